@@ -1,0 +1,249 @@
+"""memtraffic command line: thin typer commands over simulator/, profiler/, traces/ and reports/.
+
+Every user error (bad config, unknown preset, truncated trace, no GPU) ends as one line on stderr and
+exit code 2; nothing here computes anything itself.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from simulator.errors import ConfigError, MemtrafficError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Per-layer HBM traffic of transformers: predicted (simulate, compare), measured (profile, count, "
+    "import), checked (validate) and shown (report).",
+)
+console = Console()
+
+DEFAULT_HARDWARE = "h100-sxm"
+
+# ----------------------------------------------------------------------------------------- arguments
+
+
+def parse_sizes(text: str, what: str) -> list[int]:
+    """'1,8,64' -> [1, 8, 64]; '1:4096' -> powers of two from 1 to 4096; 'a:b:f' -> factor f."""
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if ":" in part:
+                bits = [int(x) for x in part.split(":")]
+                if len(bits) not in (2, 3):
+                    raise ValueError
+                lo, hi = bits[0], bits[1]
+                factor = bits[2] if len(bits) == 3 else 2
+                if lo < 1 or hi < lo or factor < 2:
+                    raise ConfigError(f"--{what} {part}: a range needs 1 <= start <= end and factor >= 2")
+                v = lo
+                while v <= hi:
+                    out.append(v)
+                    v *= factor
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise ConfigError(f"--{what} {text!r}: expected integers like 1,8,64 or a range like 1:4096") from None
+    if not out:
+        raise ConfigError(f"--{what} is empty")
+    bad = [v for v in out if v < 1]
+    if bad:
+        raise ConfigError(f"--{what}: sizes must be positive, got {bad[0]}")
+    return sorted(set(out))
+
+
+def parse_routing(text: str) -> dict:
+    """'uniform' | 'zipf:1.2' | 'histogram:FILE'."""
+    kind, _, arg = text.partition(":")
+    if kind == "uniform" and not arg:
+        return {"kind": "uniform"}
+    if kind == "zipf":
+        try:
+            return {"kind": "zipf", "s": float(arg or 1.0)}
+        except ValueError:
+            raise ConfigError(f"--routing {text}: zipf needs a number, e.g. zipf:1.1") from None
+    if kind == "histogram" and arg:
+        return {"kind": "histogram", "histogram": arg}
+    raise ConfigError(f"--routing {text}: expected uniform, zipf:S or histogram:FILE")
+
+
+Batch = Annotated[str, typer.Option("--batch", "-b", help="sizes: 1,8,64 or a range 1:4096 (powers of two)")]
+Context = Annotated[str, typer.Option("--context", "-c", help="KV length (decode) or prompt length (prefill)")]
+Phase = Annotated[str, typer.Option("--phase", help="decode or prefill")]
+Hardware = Annotated[str, typer.Option("--hardware", "-H", help="hardware preset or YAML file")]
+Fmt = Annotated[str, typer.Option("--format", "-f", help="table, csv, json or parquet")]
+Output = Annotated[Path | None, typer.Option("--output", "-o", help="write the table to this file")]
+Sets = Annotated[list[str] | None, typer.Option("--set", help="override a model field: top_k=16, knum=1024")]
+
+
+def _workload(batch: str, context: str, phase: str, weight_dtype: str, act_dtype: str, kv_dtype: str,
+              tp: int, ep: int, routing: str):
+    from pydantic import ValidationError
+
+    from simulator.config import Workload, describe_validation_error
+
+    try:
+        return Workload(
+            phase=phase, batch=parse_sizes(batch, "batch"), context=parse_sizes(context, "context"),
+            weight_dtype=weight_dtype, activation_dtype=act_dtype, kv_dtype=kv_dtype, tp=tp, ep=ep,
+            routing=parse_routing(routing),
+        )
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, "workload")) from None
+
+
+def _emit(df, fmt: str, output: Path | None, table_fn) -> None:
+    from reports.tables import FORMATS, frame_text, write_frame
+
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
+    if output is not None:
+        write_frame(df, output, "parquet" if fmt == "table" and output.suffix == ".parquet" else
+                    ("csv" if fmt == "table" else fmt))
+        console.print(f"wrote {len(df)} rows to {output}")
+    elif fmt == "table":
+        console.print(table_fn())
+    elif fmt == "parquet":
+        raise ConfigError("--format parquet needs --output FILE")
+    else:
+        sys.stdout.write(frame_text(df, fmt))
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+
+@app.command()
+def simulate(
+    model: Annotated[str, typer.Argument(help="preset name, model YAML/JSON, or a Hugging Face config.json")],
+    hardware: Hardware = DEFAULT_HARDWARE,
+    batch: Batch = "1,8,64,512",
+    context: Context = "2048",
+    phase: Phase = "decode",
+    per_layer: Annotated[bool, typer.Option("--per-layer", help="one row per layer")] = False,
+    fmt: Fmt = "table",
+    output: Output = None,
+    sets: Sets = None,
+    weight_dtype: Annotated[str, typer.Option("--weight-dtype")] = "bf16",
+    act_dtype: Annotated[str, typer.Option("--act-dtype")] = "bf16",
+    kv_dtype: Annotated[str, typer.Option("--kv-dtype")] = "bf16",
+    tp: Annotated[int, typer.Option("--tp", help="tensor-parallel degree")] = 1,
+    ep: Annotated[int, typer.Option("--ep", help="expert-parallel degree")] = 1,
+    routing: Annotated[str, typer.Option("--routing", help="uniform, zipf:S or histogram:FILE")] = "uniform",
+    calibration: Annotated[Path | None, typer.Option("--calibration", help="run dir or calibration JSON")] = None,
+) -> None:
+    """FLOPs, bytes (weights, activations, KV read/write), intensity and roofline time per step."""
+    from simulator.loading import load_hardware, load_model
+    from simulator.sweep import simulate as run
+
+    cfg = load_model(model, sets or [])
+    hw = load_hardware(hardware)
+    wl = _workload(batch, context, phase, weight_dtype, act_dtype, kv_dtype, tp, ep, routing)
+    eff = _calibration(calibration)
+    df = run(cfg, hw, wl, per_layer=per_layer, efficiency=eff)
+    from reports.tables import simulate_table
+
+    _emit(df, fmt, output, lambda: simulate_table(df, f"{cfg.name} on {hw.name}, {phase}"))
+
+
+@app.command()
+def compare(
+    models: Annotated[list[str], typer.Argument(help="two or more models (presets or files)")],
+    hardware: Hardware = DEFAULT_HARDWARE,
+    batch: Batch = "1:4096",
+    context: Context = "2048",
+    phase: Phase = "decode",
+    fmt: Fmt = "table",
+    output: Output = None,
+    sets: Sets = None,
+    weight_dtype: Annotated[str, typer.Option("--weight-dtype")] = "bf16",
+    kv_dtype: Annotated[str, typer.Option("--kv-dtype")] = "bf16",
+    tp: Annotated[int, typer.Option("--tp")] = 1,
+    ep: Annotated[int, typer.Option("--ep")] = 1,
+    routing: Annotated[str, typer.Option("--routing")] = "uniform",
+) -> None:
+    """Weight bytes and time per step of several models side by side, with ratios to the first."""
+    from reports.tables import compare_frame, compare_table
+    from simulator.loading import load_hardware, load_model
+    from simulator.sweep import compare as run
+
+    if len(models) < 2:
+        raise ConfigError("compare needs at least two models")
+    cfgs = [load_model(m, sets or []) for m in models]
+    hw = load_hardware(hardware)
+    wl = _workload(batch, context, phase, weight_dtype, "bf16", kv_dtype, tp, ep, routing)
+    cmp = compare_frame(run(cfgs, hw, wl))
+    title = f"{' vs '.join(c.name for c in cfgs)} on {hw.name}, {phase}, context {context}"
+    _emit(cmp, fmt, output, lambda: compare_table(cmp, title))
+
+
+@app.command()
+def presets(
+    kind: Annotated[str, typer.Option("--kind", help="models, hardware or all")] = "all",
+) -> None:
+    """List the model and hardware presets with their sources."""
+    from rich.table import Table
+
+    from simulator.loading import list_presets
+
+    kinds = ["models", "hardware"] if kind == "all" else [kind]
+    for k in kinds:
+        if k not in {"models", "hardware"}:
+            raise ConfigError(f"--kind {kind}: choose models, hardware or all")
+        table = Table(title=f"{k} presets", title_justify="left")
+        table.add_column("name")
+        table.add_column("description")
+        table.add_column("sources")
+        for p in list_presets(k):
+            table.add_row(p["name"], p.get("description", ""), p.get("sources", ""))
+        console.print(table)
+
+
+def _calibration(path: Path | None) -> dict[str, float] | None:
+    if path is None:
+        return None
+    from reports.calibration import load_calibration
+
+    return load_calibration(path)
+
+
+# ------------------------------------------------------------------------------------------- running
+
+
+def main() -> None:
+    """Console entry point: one line and exit code 2 for every user error, never a traceback."""
+    try:
+        app(standalone_mode=False)
+    except MemtrafficError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail("interrupted")
+    except FileNotFoundError as exc:
+        _fail(f"no such file: {exc.filename}")
+    except _click_exceptions() as exc:
+        exc.show()
+        sys.exit(2 if getattr(exc, "exit_code", 2) != 0 else 0)
+
+
+def _click_exceptions() -> tuple[type[BaseException], ...]:
+    import click
+
+    return (click.ClickException, click.exceptions.Abort)
+
+
+def _fail(message: str) -> None:
+    first = message.strip().splitlines()[0] if message.strip() else "error"
+    print(f"memtraffic: error: {first}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

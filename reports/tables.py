@@ -1,0 +1,134 @@
+"""Terminal tables and file output of simulation frames (rich for the terminal, atomic files)."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from rich.table import Table
+
+from simulator.errors import ConfigError
+
+FORMATS = ("table", "csv", "json", "parquet")
+
+
+def si(value: float, unit: str = "B") -> str:
+    """1.23 GB style, decimal prefixes (HBM bandwidths are quoted in decimal units)."""
+    if value is None or not np.isfinite(value):
+        return "-"
+    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}"
+
+
+def seconds(value: float) -> str:
+    if not np.isfinite(value):
+        return "-"
+    if value >= 1:
+        return f"{value:.3g} s"
+    if value >= 1e-3:
+        return f"{value * 1e3:.3g} ms"
+    return f"{value * 1e6:.3g} us"
+
+
+def simulate_table(df: pd.DataFrame, title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    per_layer = (df["layer"] != "total").any()
+    cols = ["batch", "context"] + (["layer"] if per_layer else []) + [
+        "FLOPs", "weights", "act", "KV read", "KV write", "total", "AI", "time", "bound",
+    ]
+    for c in cols:
+        table.add_column(c, justify="left" if c in {"layer", "bound"} else "right")
+    for r in df.itertuples(index=False):
+        row = [str(r.batch), str(r.context)] + ([r.layer] if per_layer else [])
+        row += [
+            si(r.flops, "FLOP"),
+            si(r.weight_bytes_ideal),
+            si(r.act_bytes_ideal),
+            si(r.kv_read_bytes),
+            si(r.kv_write_bytes),
+            si(r.bytes_ideal),
+            f"{r.intensity:.3g}",
+            seconds(r.time_s),
+            r.bound,
+        ]
+        table.add_row(*row)
+    return table
+
+
+def compare_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (batch, context): weight bytes and time per step of every model, and ratios to the first."""
+    totals = df[df["layer"] == "total"]
+    models = list(dict.fromkeys(totals["model"]))
+    wide = totals.pivot_table(
+        index=["batch", "context"], columns="model", values=["weight_bytes_ideal", "bytes_ideal", "time_s"],
+        sort=False,
+    )
+    out = pd.DataFrame(index=wide.index)
+    first = models[0]
+    for m in models:
+        out[f"{m} weight_bytes"] = wide[("weight_bytes_ideal", m)]
+        out[f"{m} bytes"] = wide[("bytes_ideal", m)]
+        out[f"{m} time_s"] = wide[("time_s", m)]
+    for m in models[1:]:
+        out[f"weight ratio {first}/{m}"] = wide[("weight_bytes_ideal", first)] / wide[("weight_bytes_ideal", m)]
+        out[f"time ratio {first}/{m}"] = wide[("time_s", first)] / wide[("time_s", m)]
+    return out.reset_index()
+
+
+def compare_table(cmp: pd.DataFrame, title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for c in cmp.columns:
+        table.add_column(c.replace(" weight_bytes", "\nweights/step").replace(" bytes", "\nbytes/step")
+                         .replace(" time_s", "\ntime/step"), justify="right")
+    for r in cmp.itertuples(index=False):
+        cells = []
+        for c, v in zip(cmp.columns, r, strict=True):
+            if c in {"batch", "context"}:
+                cells.append(str(v))
+            elif "ratio" in c:
+                cells.append(f"{v:.2f}x")
+            elif c.endswith("time_s"):
+                cells.append(seconds(v))
+            else:
+                cells.append(si(v))
+        table.add_row(*cells)
+    return table
+
+
+def write_frame(df: pd.DataFrame, path: Path, fmt: str) -> Path:
+    """Write csv/json/parquet to `path` atomically (temp file in the same folder, then rename)."""
+    if fmt not in {"csv", "json", "parquet"}:
+        raise ConfigError(f"--format {fmt}: a file needs csv, json or parquet")
+    path = Path(path)
+    if not path.parent.exists():
+        raise ConfigError(f"--output {path}: folder {path.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        if fmt == "csv":
+            df.to_csv(tmp, index=False)
+        elif fmt == "json":
+            df.to_json(tmp, orient="records", indent=1)
+        else:
+            df.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def frame_text(df: pd.DataFrame, fmt: str) -> str:
+    """csv or json text for stdout."""
+    buf = io.StringIO()
+    if fmt == "csv":
+        df.to_csv(buf, index=False)
+    else:
+        df.to_json(buf, orient="records", indent=1)
+    return buf.getvalue()

@@ -1,0 +1,414 @@
+"""Validated schemas for models, hardware and workloads.
+
+One model config drives the analytic simulator, the reference PyTorch modules and the profiler, so every
+shape lives here once. Every number that came from somewhere carries its provenance.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+
+DType = Literal["fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4"]
+DTYPE_BYTES: dict[str, float] = {
+    "fp32": 4.0,
+    "tf32": 4.0,
+    "bf16": 2.0,
+    "fp16": 2.0,
+    "fp8": 1.0,
+    "int8": 1.0,
+    "int4": 0.5,
+}
+
+# datasheet/measured/derived for hardware; paper/code/derived/secondary/recalled mirror the tags
+# [Q]/[C]/[D]/[S]/[R] of docs/cost-reference.md; "user" marks a number typed in by hand.
+Tag = Literal["datasheet", "measured", "derived", "paper", "code", "secondary", "recalled", "user"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Source(Strict):
+    tag: Tag
+    source: str = ""
+
+
+class Quantity(Strict):
+    """A hardware number with where it came from."""
+
+    value: PositiveFloat
+    tag: Tag
+    source: str = ""
+
+
+# --------------------------------------------------------------------------------------------- hardware
+
+
+class HardwareConfig(Strict):
+    name: str
+    description: str = ""
+    peak_flops: dict[DType, Quantity] = Field(description="dense (no structured sparsity) FLOP/s per dtype")
+    hbm_bandwidth: Quantity = Field(description="bytes/s")
+    hbm_capacity: Quantity = Field(description="bytes")
+    l2_bytes: Quantity
+    interconnect_bandwidth: Quantity | None = Field(None, description="bytes/s per direction per device")
+    sustained_bandwidth_fraction: Quantity | None = Field(
+        None, description="achievable fraction of hbm_bandwidth for streaming kernels"
+    )
+
+    @model_validator(mode="after")
+    def _has_bf16_or_fp16(self) -> HardwareConfig:
+        if not self.peak_flops:
+            raise ValueError("peak_flops needs at least one dtype")
+        return self
+
+    def flops_for(self, dtype: str) -> float:
+        """Peak FLOP/s for a compute dtype, falling back to the nearest wider type the chip has."""
+        for candidate in (dtype, *_FLOPS_FALLBACK.get(dtype, ())):
+            if candidate in self.peak_flops:
+                return self.peak_flops[candidate].value
+        raise ValueError(f"hardware {self.name!r} lists no peak FLOP/s for {dtype} or a wider type")
+
+
+_FLOPS_FALLBACK: dict[str, tuple[str, ...]] = {
+    "int4": ("int8", "fp8", "fp16", "bf16"),
+    "int8": ("fp8", "fp16", "bf16"),
+    "fp8": ("fp16", "bf16"),
+    "fp16": ("bf16",),
+    "bf16": ("fp16",),
+    "tf32": ("fp32",),
+    "fp32": ("tf32",),
+}
+
+# ------------------------------------------------------------------------------------------------ model
+
+
+class AttentionConfig(Strict):
+    """Self-attention with a KV cache. MHA/GQA/MQA share one shape; MLA caches a compressed latent."""
+
+    kind: Literal["mha", "gqa", "mqa", "mla"]
+    n_heads: PositiveInt
+    n_kv_heads: PositiveInt | None = None
+    head_dim: PositiveInt | None = Field(None, description="per-head q/k dim; MLA: qk_nope + qk_rope")
+    qkv_bias: bool = False
+    o_bias: bool = False
+    # MLA (DeepSeek-V2/V3)
+    q_lora_rank: PositiveInt | None = None
+    kv_lora_rank: PositiveInt | None = None
+    qk_nope_head_dim: PositiveInt | None = None
+    qk_rope_head_dim: PositiveInt | None = None
+    v_head_dim: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> AttentionConfig:
+        if self.kind == "mla":
+            need = ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+            missing = [f for f in need if getattr(self, f) is None]
+            if missing:
+                raise ValueError(f"MLA attention needs {', '.join(missing)}")
+            return self
+        if self.head_dim is None:
+            raise ValueError("head_dim is required (explicit, not hidden/heads)")
+        kv = self.kv_heads
+        if self.n_heads % kv:
+            raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={kv}")
+        if self.kind == "mha" and kv != self.n_heads:
+            raise ValueError(f"mha needs n_kv_heads == n_heads, got {kv} != {self.n_heads}")
+        if self.kind == "mqa" and kv != 1:
+            raise ValueError(f"mqa needs n_kv_heads == 1, got {kv}")
+        return self
+
+    @property
+    def kv_heads(self) -> int:
+        if self.n_kv_heads is not None:
+            return self.n_kv_heads
+        return 1 if self.kind == "mqa" else self.n_heads
+
+    @property
+    def kv_elements_per_token(self) -> int:
+        """Cached elements per token per layer (cost-reference section 10.1)."""
+        if self.kind == "mla":
+            assert self.kv_lora_rank is not None and self.qk_rope_head_dim is not None
+            return self.kv_lora_rank + self.qk_rope_head_dim
+        assert self.head_dim is not None
+        return 2 * self.kv_heads * self.head_dim
+
+
+Activation = Literal["gelu", "relu", "silu", "swiglu", "geglu"]
+GATED: frozenset[str] = frozenset({"swiglu", "geglu"})
+
+
+class DenseFFNConfig(Strict):
+    kind: Literal["dense"] = "dense"
+    d_ff: PositiveInt
+    activation: Activation = "swiglu"
+    bias: bool = False
+
+
+class MoEConfig(Strict):
+    kind: Literal["moe"] = "moe"
+    n_experts: PositiveInt
+    top_k: PositiveInt
+    expert_ffn: PositiveInt
+    n_shared_experts: Annotated[int, Field(ge=0)] = 0
+    shared_ffn: Annotated[int, Field(ge=0)] = Field(0, description="total intermediate width of shared experts")
+    activation: Activation = "swiglu"
+    router: Literal["softmax", "sigmoid"] = "softmax"
+    router_bias: bool = Field(False, description="per-expert selection bias (DeepSeek-V3)")
+    n_groups: PositiveInt | None = Field(None, description="node-limited routing groups (DeepSeek-V3)")
+    topk_groups: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> MoEConfig:
+        if self.top_k > self.n_experts:
+            raise ValueError(f"top_k={self.top_k} exceeds n_experts={self.n_experts}")
+        if (self.n_shared_experts == 0) != (self.shared_ffn == 0):
+            raise ValueError("n_shared_experts and shared_ffn must both be zero or both positive")
+        if self.n_groups is not None and self.n_experts % self.n_groups:
+            raise ValueError(f"n_experts={self.n_experts} is not a multiple of n_groups={self.n_groups}")
+        return self
+
+
+class PKMConfig(Strict):
+    """Product-key memory (Lample et al. 2019): H heads, each picks top_k of n_keys^2 value rows."""
+
+    kind: Literal["pkm"] = "pkm"
+    n_keys: PositiveInt = Field(description="sub-keys per side; rows = n_keys^2")
+    heads: PositiveInt
+    top_k: PositiveInt
+    key_dim: PositiveInt = Field(description="query dim per head (both halves together)")
+    value_dim: PositiveInt | None = Field(None, description="defaults to d_model")
+    shared_table: str | None = Field(None, description="layers naming the same table share its values")
+    query_batchnorm: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> PKMConfig:
+        _check_rows(self.top_k, self.n_keys, "top_k", "n_keys")
+        if self.key_dim % 2:
+            raise ValueError(f"key_dim={self.key_dim} must be even (two halves)")
+        return self
+
+    @property
+    def rows(self) -> int:
+        return self.n_keys**2
+
+
+class PEERConfig(Strict):
+    """PEER (He 2024): n_keys^2 single-neuron experts (u_i, v_i), product-key retrieval per head."""
+
+    kind: Literal["peer"] = "peer"
+    n_keys: PositiveInt
+    heads: PositiveInt
+    top_k: PositiveInt
+    query_dim: PositiveInt = Field(description="per-half query dim d_q")
+    activation: Activation = "gelu"
+    shared_table: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> PEERConfig:
+        _check_rows(self.top_k, self.n_keys, "top_k", "n_keys")
+        return self
+
+    @property
+    def rows(self) -> int:
+        return self.n_keys**2
+
+
+class MemoryPlusConfig(Strict):
+    """Memory+ (Berges et al. 2024): PKM lookup into a (shared) table, SiLU-gated, output projection."""
+
+    kind: Literal["memory_plus"] = "memory_plus"
+    n_keys: PositiveInt
+    heads: PositiveInt
+    top_k: PositiveInt
+    key_dim: PositiveInt
+    value_dim: PositiveInt | None = Field(None, description="defaults to d_model (the released code)")
+    shared_table: str | None = "memory"
+    gated: bool = Field(True, description="swilu: bag * SiLU(W_1 x) then W_o")
+
+    @model_validator(mode="after")
+    def _check(self) -> MemoryPlusConfig:
+        _check_rows(self.top_k, self.n_keys, "top_k", "n_keys")
+        return self
+
+    @property
+    def rows(self) -> int:
+        return self.n_keys**2
+
+
+class UltraMemConfig(Strict):
+    """UltraMem (Huang et al., ICLR 2025): TDQKR, implicit value expansion, multi-core scoring."""
+
+    kind: Literal["ultramem"] = "ultramem"
+    knum: PositiveInt = Field(description="physical sub-keys per side; physical rows = knum^2")
+    key_dim: PositiveInt = Field(description="D_k per side")
+    rank: PositiveInt = Field(2, description="Tucker rank r")
+    cores: PositiveInt = Field(2, description="multi-core scoring c")
+    heads: PositiveInt = 2
+    top_m: PositiveInt
+    row_col_top: PositiveInt | None = Field(None, description="top rows/cols before the grid; default top_m")
+    value_dim: PositiveInt
+    expansion: PositiveInt = Field(4, description="implicit value expansion E")
+    skip_span: Annotated[int, Field(ge=0)] = Field(0, description="output added this many blocks later")
+
+    @model_validator(mode="after")
+    def _check(self) -> UltraMemConfig:
+        _check_rows(self.top_m, self.knum, "top_m", "knum")
+        if self.m_rc > self.keys_per_side:
+            raise ValueError(f"row_col_top={self.m_rc} exceeds the keys per side ({self.keys_per_side})")
+        return self
+
+    @property
+    def m_rc(self) -> int:
+        return self.row_col_top or self.top_m
+
+    @property
+    def keys_per_side(self) -> int:
+        return int(round(math.sqrt(self.expansion) * self.knum))
+
+    @property
+    def rows(self) -> int:
+        return self.knum**2
+
+
+class UltraMemV2Config(Strict):
+    """UltraMemV2 (ICLR 2026): pre-value rows, one value projector, memory layer in every block."""
+
+    kind: Literal["ultramemv2"] = "ultramemv2"
+    knum: PositiveInt
+    key_dim: PositiveInt
+    rank: PositiveInt = 2
+    cores: PositiveInt = 2
+    heads: PositiveInt = 1
+    top_m: PositiveInt
+    row_col_top: PositiveInt | None = Field(None, description="m_rc; the paper caps it at 128")
+    value_dim: PositiveInt
+    pre_value_dim: PositiveInt
+    share_ratio: PositiveFloat | None = Field(
+        None, description="ring-window sharing: layer window = share_ratio * table rows (None: knum^2)"
+    )
+    shared_table: str | None = Field("values", description="one table of knum^2 * L_m rows for the model")
+
+    @model_validator(mode="after")
+    def _check(self) -> UltraMemV2Config:
+        _check_rows(self.top_m, self.knum, "top_m", "knum")
+        if self.share_ratio is not None and self.share_ratio > 1:
+            raise ValueError(f"share_ratio={self.share_ratio} must be at most 1")
+        return self
+
+    @property
+    def m_rc(self) -> int:
+        return self.row_col_top or min(self.top_m, 128)
+
+    def keys_per_side(self, memory_layers: int) -> int:
+        """n_l: floor(sqrt(share_ratio * L_m) * knum) with ring sharing, else knum (cost-ref 9.2)."""
+        if self.share_ratio is None:
+            return self.knum
+        return int(math.floor(math.sqrt(self.share_ratio * memory_layers) * self.knum))
+
+    def window_rows(self, memory_layers: int) -> int:
+        return self.keys_per_side(memory_layers) ** 2
+
+
+FFNLayer = Annotated[
+    DenseFFNConfig | MoEConfig | PKMConfig | PEERConfig | MemoryPlusConfig | UltraMemConfig | UltraMemV2Config,
+    Field(discriminator="kind"),
+]
+MEMORY_KINDS: frozenset[str] = frozenset({"pkm", "peer", "memory_plus", "ultramem", "ultramemv2"})
+
+
+class BlockConfig(Strict):
+    """`repeat` identical transformer blocks: attention then one or more FFN-position layers."""
+
+    repeat: PositiveInt = 1
+    attention: AttentionConfig
+    ffn: list[FFNLayer] = Field(min_length=1)
+    norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
+    parallel_ffn: bool = Field(
+        False, description="FFN-position layers run in parallel on the same input (UltraMemV2)"
+    )
+
+
+class ModelConfig(Strict):
+    name: str
+    description: str = ""
+    d_model: PositiveInt
+    vocab_size: PositiveInt
+    tie_embeddings: bool = False
+    embeddings: bool = Field(True, description="false for a bare stack of blocks (no embedding, no LM head)")
+    blocks: list[BlockConfig] = Field(min_length=1)
+    norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
+    sources: list[Source] = Field(default_factory=list)
+    provenance: dict[str, Source] = Field(
+        default_factory=dict, description="field path -> where that number came from"
+    )
+
+    @property
+    def n_layers(self) -> int:
+        return sum(b.repeat for b in self.blocks)
+
+    def expanded_blocks(self) -> list[BlockConfig]:
+        """One entry per transformer block, in order."""
+        return [b for b in self.blocks for _ in range(b.repeat)]
+
+    def memory_layer_count(self, table: str | None) -> int:
+        """Memory layers that read the shared table `table` (sharing changes rows per table)."""
+        return sum(
+            b.repeat
+            for b in self.blocks
+            for layer in b.ffn
+            if layer.kind in MEMORY_KINDS and getattr(layer, "shared_table", None) == table
+        )
+
+
+# --------------------------------------------------------------------------------------------- workload
+
+
+class RoutingSpec(Strict):
+    kind: Literal["uniform", "zipf", "histogram"] = "uniform"
+    s: Annotated[float, Field(ge=0)] = 1.0
+    histogram: str | None = Field(None, description="path to a routing table (CSV/Parquet: item,count)")
+
+
+class Workload(Strict):
+    phase: Literal["decode", "prefill"] = "decode"
+    batch: list[PositiveInt] = Field(default_factory=lambda: [1], min_length=1)
+    context: list[PositiveInt] = Field(
+        default_factory=lambda: [2048], min_length=1,
+        description="decode: KV entries per sequence; prefill: prompt tokens per sequence",
+    )
+    tokens_per_step: PositiveInt = Field(1, description="decode tokens per sequence per step (speculation)")
+    weight_dtype: DType = "bf16"
+    activation_dtype: DType = "bf16"
+    kv_dtype: DType = "bf16"
+    tp: PositiveInt = Field(1, description="tensor-parallel degree")
+    ep: PositiveInt = Field(1, description="expert-parallel degree")
+    routing: RoutingSpec = Field(default_factory=RoutingSpec)
+
+
+def _check_rows(k: int, n_keys: int, k_name: str, n_name: str) -> None:
+    if k > n_keys:
+        # top-k over each product-key side cannot pick more than that side has
+        raise ValueError(f"{k_name}={k} exceeds {n_name}={n_keys}")
+
+
+def describe_validation_error(exc: Exception, what: str) -> str:
+    """One line naming the first failing field and the problem, from a pydantic ValidationError."""
+    errors: list[dict[str, Any]] = getattr(exc, "errors", lambda: [])()
+    if not errors:
+        return f"{what}: {exc}"
+    first = errors[0]
+    loc = ".".join(str(p) for p in first.get("loc", ()) if not _is_union_tag(p))
+    msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{what}: {loc or '<root>'}: {msg}{more}"
+
+
+def _is_union_tag(part: object) -> bool:
+    # pydantic inserts the discriminator value into locations of tagged unions; keep indices and names
+    return isinstance(part, str) and part in {
+        "dense", "moe", "pkm", "peer", "memory_plus", "ultramem", "ultramemv2",
+    }

@@ -1,0 +1,110 @@
+"""The shared vocabulary of the layer cost functions: sweep points in, per-layer cost arrays out.
+
+Every layer family module exposes `cost(layer, model, points) -> LayerCost`: a pure function whose
+arrays are indexed like `points` (one entry per (batch, context) point), so a whole sweep is a handful of
+numpy expressions instead of one Python call per point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from simulator.config import DTYPE_BYTES, ModelConfig, Workload
+from simulator.routing import RoutingModel
+
+Array = np.ndarray
+
+
+@dataclass(frozen=True)
+class Points:
+    """The (batch, context) points of a sweep, flattened, with the workload's byte widths."""
+
+    batch: Array  # sequences per step
+    context: Array  # decode: KV entries per sequence; prefill: prompt tokens per sequence
+    phase: str
+    tokens_per_step: int
+    b_w: float  # bytes per weight
+    b_a: float  # bytes per activation element
+    b_kv: float  # bytes per cached KV element
+    tp: int
+    ep: int
+    routing: RoutingModel
+
+    @classmethod
+    def grid(cls, workload: Workload, routing: RoutingModel | None = None) -> Points:
+        b, s = np.meshgrid(
+            np.asarray(workload.batch, dtype=np.float64),
+            np.asarray(workload.context, dtype=np.float64),
+            indexing="ij",
+        )
+        return cls(
+            batch=b.ravel(),
+            context=s.ravel(),
+            phase=workload.phase,
+            tokens_per_step=workload.tokens_per_step,
+            b_w=DTYPE_BYTES[workload.weight_dtype],
+            b_a=DTYPE_BYTES[workload.activation_dtype],
+            b_kv=DTYPE_BYTES[workload.kv_dtype],
+            tp=workload.tp,
+            ep=workload.ep,
+            routing=routing or RoutingModel(kind="uniform"),
+        )
+
+    @property
+    def size(self) -> int:
+        return int(self.batch.size)
+
+    @property
+    def tokens(self) -> Array:
+        """Tokens in flight in one forward step (T in cost-reference.md)."""
+        if self.phase == "decode":
+            return self.batch * self.tokens_per_step
+        return self.batch * self.context
+
+    def zeros(self) -> Array:
+        return np.zeros(self.size, dtype=np.float64)
+
+    def full(self, value: float) -> Array:
+        return np.full(self.size, float(value), dtype=np.float64)
+
+
+@dataclass
+class LayerCost:
+    """Counts for one layer per forward step, per device; arrays broadcast over the sweep points.
+
+    ideal: every needed weight read once, activations on chip except the layer's input and output.
+    naive: no reuse (all experts / every requested row read; unfused intermediates round-trip HBM).
+    """
+
+    kind: str
+    params: float  # parameters private to this layer (a shared table is counted in table_params)
+    active_params: float  # parameters used per token (including this layer's share of table rows)
+    flops: Array
+    weight_bytes_ideal: Array
+    weight_bytes_naive: Array
+    act_bytes_ideal: Array
+    act_bytes_naive: Array
+    kv_read_bytes: Array
+    kv_write_bytes: Array
+    distinct_items: Array  # experts or memory rows touched per step (nan where not sparse)
+    items_requested: Array  # token-item selections per step (T*k, T*H*m; nan where not sparse)
+    comm_bytes: Array  # bytes sent per device for TP all-reduce / EP all-to-all
+    item_bytes: float = float("nan")  # bytes of one expert or memory row
+    table_id: str | None = None  # shared value table this layer reads
+    table_params: float = 0.0  # parameters of that table (counted once per model)
+    straggler: Array | None = None  # EP: expected max device load / mean load
+    notes: list[str] = field(default_factory=list)
+
+
+def split_weights(params: float, degree: int) -> float:
+    """Per-device share of weights sharded over `degree` devices."""
+    return params / degree
+
+
+def allreduce_bytes(tokens: Array, d_model: int, b_a: float, tp: int) -> Array:
+    """Ring all-reduce of a [T, d] activation: 2(tp-1)/tp of the tensor per device."""
+    return 2.0 * (tp - 1) / tp * tokens * d_model * b_a
+
+

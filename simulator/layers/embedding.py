@@ -1,0 +1,60 @@
+"""Token embedding gather and LM head: weights, FLOPs and logits traffic."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from simulator.config import ModelConfig
+from simulator.costs import LayerCost, Points
+
+
+def logit_tokens(points: Points) -> np.ndarray:
+    """Positions whose logits a step computes: every decode token; the last prompt position of each
+    sequence in prefill (what a serving engine samples from)."""
+    return points.tokens if points.phase == "decode" else points.batch.copy()
+
+
+def embed_cost(model: ModelConfig, points: Points) -> LayerCost:
+    d, vocab = model.d_model, model.vocab_size
+    tokens = points.tokens
+    row = d * points.b_w
+    nan = points.full(np.nan)
+    return LayerCost(
+        kind="embedding",
+        params=float(vocab * d),
+        active_params=float(d),
+        flops=points.zeros(),
+        # a gather reads the requested rows, never the whole table; repeated ids can share a row
+        weight_bytes_ideal=np.minimum(tokens, vocab) * row / points.tp,
+        weight_bytes_naive=tokens * row / points.tp,
+        act_bytes_ideal=tokens * d * points.b_a,
+        act_bytes_naive=tokens * (d * points.b_a + 8.0),  # + int64 token ids
+        kv_read_bytes=points.zeros(),
+        kv_write_bytes=points.zeros(),
+        distinct_items=nan,
+        items_requested=nan.copy(),
+        comm_bytes=points.zeros(),
+    )
+
+
+def head_cost(model: ModelConfig, points: Points) -> LayerCost:
+    d, vocab = model.d_model, model.vocab_size
+    n = logit_tokens(points)
+    weights = points.full(vocab * d * points.b_w / points.tp)
+    nan = points.full(np.nan)
+    return LayerCost(
+        kind="head",
+        params=0.0 if model.tie_embeddings else float(vocab * d),  # tied: counted with the embedding
+        active_params=float(vocab * d),
+        flops=2.0 * vocab * d * n / points.tp,
+        weight_bytes_ideal=weights,
+        weight_bytes_naive=weights.copy(),
+        act_bytes_ideal=n * (d + vocab / points.tp) * points.b_a,
+        act_bytes_naive=n * (d * points.b_a + vocab / points.tp * (points.b_a + 4.0 + 4.0)),  # fp32 upcast
+        kv_read_bytes=points.zeros(),
+        kv_write_bytes=points.zeros(),
+        distinct_items=nan,
+        items_requested=nan.copy(),
+        # vocab-parallel head: all-gather of the logits shards
+        comm_bytes=n * vocab * points.b_a * (points.tp - 1) / points.tp,
+    )

@@ -1,0 +1,250 @@
+"""Sweeps: one model (or several) on one GPU over batch sizes and contexts, as a pandas DataFrame.
+
+Each distinct layer is costed once over all sweep points at once (numpy arrays); repeated blocks are
+multiplied, not recomputed. Columns are documented in `COLUMNS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from simulator.config import MEMORY_KINDS, HardwareConfig, ModelConfig, Workload
+from simulator.costs import LayerCost, Points
+from simulator.layers import attention, cost_function, embedding
+from simulator.roofline import roofline
+from simulator.routing import RoutingModel
+
+COLUMNS: dict[str, str] = {
+    "model": "model name",
+    "hardware": "hardware name",
+    "phase": "decode or prefill",
+    "batch": "sequences per step",
+    "context": "decode: KV entries per sequence; prefill: prompt tokens per sequence",
+    "tokens": "tokens in flight in one forward step (T)",
+    "layer": "layer name (block3.moe, block0.attn, embed, head) or 'total' for the whole model",
+    "block": "transformer block index (-1 for embed/head/total)",
+    "kind": "attention, dense, moe, pkm, peer, memory_plus, ultramem, ultramemv2, embedding, head, model",
+    "params": "parameters stored (shared tables counted once, in the total)",
+    "active_params": "parameters used per token",
+    "flops": "FLOPs per step (2 per multiply-accumulate), per device",
+    "weight_bytes_ideal": "weights read per step: every needed weight once (distinct experts/rows)",
+    "weight_bytes_naive": "weights read per step without reuse (all experts; every requested row)",
+    "act_bytes_ideal": "activation bytes: layer input and output only",
+    "act_bytes_naive": "activation bytes with unfused intermediates written and read back",
+    "kv_read_bytes": "KV-cache bytes read per step",
+    "kv_write_bytes": "KV-cache bytes written per step",
+    "bytes_ideal": "weight + activation + KV bytes, ideal level",
+    "bytes_naive": "weight + activation + KV bytes, naive level",
+    "distinct_items": "expected distinct experts or memory rows touched per step (sum over layers)",
+    "items_requested": "token-item selections per step (T*k for MoE, T*H*m for memory layers)",
+    "comm_bytes": "bytes sent per device for tensor/expert parallelism",
+    "intensity": "FLOPs per ideal byte",
+    "t_compute_s": "FLOPs / peak FLOP/s of the compute dtype",
+    "t_memory_s": "ideal bytes / (HBM bandwidth x efficiency)",
+    "time_s": "roofline time per step: max(t_compute_s, t_memory_s), summed over layers",
+    "time_naive_s": "roofline time with naive bytes",
+    "bound": "compute or memory (for totals: the bound of the layers holding most of the time)",
+}
+
+_SUMMED = (
+    "flops", "weight_bytes_ideal", "weight_bytes_naive", "act_bytes_ideal", "act_bytes_naive",
+    "kv_read_bytes", "kv_write_bytes", "comm_bytes",
+)
+
+
+@dataclass(frozen=True)
+class LayerEntry:
+    """A layer as it occurs in the model: its cost (computed once) and the blocks it appears in."""
+
+    name: str  # suffix after "block{i}." or the whole name for embed/head
+    blocks: tuple[int, ...]  # empty for embed/head
+    cost: LayerCost
+
+
+_SUFFIX = {"dense": "ffn", "moe": "moe", "attention": "attn"}
+
+
+def layer_entries(model: ModelConfig, points: Points) -> list[LayerEntry]:
+    """Every distinct layer of the model, costed over all points."""
+    entries: list[LayerEntry] = []
+    if model.embeddings:
+        entries.append(LayerEntry("embed", (), embedding.embed_cost(model, points)))
+    first = 0
+    for block in model.blocks:
+        blocks = tuple(range(first, first + block.repeat))
+        first += block.repeat
+        entries.append(LayerEntry("attn", blocks, attention.cost(block.attention, model, points)))
+        seen: dict[str, int] = {}
+        for layer in block.ffn:
+            base = _SUFFIX.get(layer.kind, "memory" if layer.kind in MEMORY_KINDS else layer.kind)
+            seen[base] = seen.get(base, 0) + 1
+            name = base if seen[base] == 1 else f"{base}{seen[base] - 1}"
+            entries.append(LayerEntry(name, blocks, cost_function(layer.kind)(layer, model, points)))
+    if model.embeddings:
+        entries.append(LayerEntry("head", (), embedding.head_cost(model, points)))
+    return entries
+
+
+def total_params(entries: Sequence[LayerEntry]) -> tuple[float, float]:
+    """(stored, active per token) parameters of the model; shared tables counted once."""
+    stored = 0.0
+    active = 0.0
+    tables: dict[str, float] = {}
+    for e in entries:
+        n = max(len(e.blocks), 1)
+        stored += e.cost.params * n
+        active += e.cost.active_params * n
+        if e.cost.table_id is not None:
+            tables[e.cost.table_id] = e.cost.table_params
+    return stored + sum(tables.values()), active
+
+
+def routing_model(workload: Workload) -> RoutingModel:
+    spec = workload.routing
+    if spec.kind == "uniform":
+        return RoutingModel(kind="uniform")
+    if spec.kind == "zipf":
+        return RoutingModel(kind="zipf", s=spec.s)
+    from simulator.routing_io import load_histogram  # only when a measured histogram is asked for
+
+    return RoutingModel(kind="histogram", counts=load_histogram(spec.histogram))
+
+
+def simulate(
+    model: ModelConfig,
+    hardware: HardwareConfig,
+    workload: Workload,
+    per_layer: bool = False,
+    efficiency: Mapping[str, float] | None = None,
+    routing: RoutingModel | None = None,
+) -> pd.DataFrame:
+    """FLOPs, bytes and roofline time per forward step for every (batch, context) of the workload.
+
+    One row per point with the whole model (`layer == "total"`), plus, with `per_layer`, one row per
+    layer and point. `efficiency` maps a layer kind to its achieved share of peak HBM bandwidth
+    (from `memtraffic simulate --calibration`); kinds not in it use 1.0 (pure roofline).
+    Columns: see `COLUMNS`.
+    """
+    points = Points.grid(workload, routing or routing_model(workload))
+    entries = layer_entries(model, points)
+    eff = dict(efficiency or {})
+    dtype = workload.activation_dtype
+    n = points.size
+
+    per_entry: list[dict[str, np.ndarray]] = []
+    for e in entries:
+        c = e.cost
+        # broadcast: a layer may return a scalar where a count does not depend on the point
+        row = {k: np.broadcast_to(np.asarray(getattr(c, k), dtype=np.float64), (n,)) for k in _SUMMED}
+        row["distinct_items"] = c.distinct_items
+        row["items_requested"] = c.items_requested
+        row["bytes_ideal"] = row["weight_bytes_ideal"] + row["act_bytes_ideal"] + row["kv_read_bytes"] + row[
+            "kv_write_bytes"
+        ]
+        row["bytes_naive"] = row["weight_bytes_naive"] + row["act_bytes_naive"] + row["kv_read_bytes"] + row[
+            "kv_write_bytes"
+        ]
+        scale = c.straggler if c.straggler is not None else 1.0
+        k_eff = eff.get(c.kind, 1.0)
+        row.update(roofline(row["flops"], row["bytes_ideal"], hardware, dtype, k_eff, scale))
+        row["time_naive_s"] = roofline(row["flops"], row["bytes_naive"], hardware, dtype, k_eff, scale)["time_s"]
+        per_entry.append(row)
+
+    stored, active = total_params(entries)
+    base = {
+        "model": model.name,
+        "hardware": hardware.name,
+        "phase": workload.phase,
+    }
+    totals = _totals(entries, per_entry, n)
+    total_df = pd.DataFrame(
+        {
+            **base,
+            "batch": points.batch.astype(np.int64),
+            "context": points.context.astype(np.int64),
+            "tokens": points.tokens,
+            "layer": "total",
+            "block": -1,
+            "kind": "model",
+            "params": stored,
+            "active_params": active,
+            **totals,
+        }
+    )
+    if not per_layer:
+        return total_df[list(COLUMNS)]
+    frames = [_layer_frame(e, row, points, base) for e, row in zip(entries, per_entry, strict=True)]
+    layers = pd.concat(frames, ignore_index=True)
+    order = {"embed": -2, "head": 10**9}
+    layers["_o"] = layers["block"].where(layers["block"] >= 0, layers["layer"].map(order).fillna(-1))
+    layers = layers.sort_values(["batch", "context", "_o"], kind="stable").drop(columns="_o")
+    out = pd.concat([layers, total_df], ignore_index=True)
+    return out[list(COLUMNS)]
+
+
+def _totals(entries: Sequence[LayerEntry], rows: Sequence[dict[str, np.ndarray]], n: int) -> dict:
+    acc = {k: np.zeros(n) for k in (*_SUMMED, "bytes_ideal", "bytes_naive", "t_compute_s", "t_memory_s",
+                                    "time_s", "time_naive_s")}
+    distinct = np.zeros(n)
+    requested = np.zeros(n)
+    sparse = False
+    compute_time = np.zeros(n)
+    for e, row in zip(entries, rows, strict=True):
+        mult = max(len(e.blocks), 1)
+        for k in acc:
+            acc[k] += row[k] * mult
+        if not np.all(np.isnan(row["distinct_items"])):
+            sparse = True
+            distinct += np.nan_to_num(row["distinct_items"]) * mult
+            requested += np.nan_to_num(row["items_requested"]) * mult
+        compute_time += np.where(row["t_compute_s"] >= row["t_memory_s"], row["time_s"], 0.0) * mult
+    with np.errstate(divide="ignore", invalid="ignore"):
+        intensity = acc["flops"] / acc["bytes_ideal"]
+    return {
+        **acc,
+        "distinct_items": distinct if sparse else np.full(n, np.nan),
+        "items_requested": requested if sparse else np.full(n, np.nan),
+        "intensity": intensity,
+        "bound": np.where(compute_time * 2 > acc["time_s"], "compute", "memory"),
+    }
+
+
+def _layer_frame(e: LayerEntry, row: dict[str, np.ndarray], points: Points, base: dict) -> pd.DataFrame:
+    blocks = e.blocks or (-1,)
+    nb = len(blocks)
+    n = points.size
+    names = [f"block{b}.{e.name}" if b >= 0 else e.name for b in blocks]
+    data = {k: np.tile(v, nb) for k, v in row.items()}
+    return pd.DataFrame(
+        {
+            **base,
+            "batch": np.tile(points.batch.astype(np.int64), nb),
+            "context": np.tile(points.context.astype(np.int64), nb),
+            "tokens": np.tile(points.tokens, nb),
+            "layer": np.repeat(names, n),
+            "block": np.repeat(np.asarray(blocks, dtype=np.int64), n),
+            "kind": e.cost.kind,
+            "params": e.cost.params,
+            "active_params": e.cost.active_params,
+            **data,
+            "bound": np.where(data["t_compute_s"] >= data["t_memory_s"], "compute", "memory"),
+        }
+    )
+
+
+def compare(
+    models: Sequence[ModelConfig],
+    hardware: HardwareConfig,
+    workload: Workload,
+    per_layer: bool = False,
+    efficiency: Mapping[str, float] | None = None,
+) -> pd.DataFrame:
+    """`simulate` for several models on one GPU and workload, stacked."""
+    return pd.concat(
+        [simulate(m, hardware, workload, per_layer=per_layer, efficiency=efficiency) for m in models],
+        ignore_index=True,
+    )
