@@ -82,13 +82,22 @@ def compare_frame(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def compare_table(cmp: pd.DataFrame, title: str) -> Table:
+    """Weights and time per step of each model, ratios to the first; total bytes stay in csv/json."""
     table = Table(title=title, title_justify="left")
-    for c in cmp.columns:
-        table.add_column(c.replace(" weight_bytes", "\nweights/step").replace(" bytes", "\nbytes/step")
-                         .replace(" time_s", "\ntime/step"), justify="right")
-    for r in cmp.itertuples(index=False):
+    cols = ["batch"]
+    if cmp["context"].nunique() > 1:
+        cols.append("context")
+    cols += [c for c in cmp.columns if c.endswith(" weight_bytes")]
+    cols += [c for c in cmp.columns if c.startswith("weight ratio")]
+    cols += [c for c in cmp.columns if c.endswith(" time_s")]
+    cols += [c for c in cmp.columns if c.startswith("time ratio")]
+    for c in cols:
+        label = (c.replace(" weight_bytes", "\nweights/step").replace(" time_s", "\ntime/step")
+                 .replace("weight ratio ", "weights\n").replace("time ratio ", "time\n"))
+        table.add_column(label, justify="right", overflow="fold")
+    for r in cmp[cols].itertuples(index=False):
         cells = []
-        for c, v in zip(cmp.columns, r, strict=True):
+        for c, v in zip(cols, r, strict=True):
             if c in {"batch", "context"}:
                 cells.append(str(v))
             elif "ratio" in c:

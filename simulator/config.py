@@ -9,7 +9,16 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 DType = Literal["fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4"]
 DTYPE_BYTES: dict[str, float] = {
@@ -161,10 +170,13 @@ class MoEConfig(Strict):
     n_groups: PositiveInt | None = Field(None, description="node-limited routing groups (DeepSeek-V3)")
     topk_groups: PositiveInt | None = None
 
+    @field_validator("top_k")
+    @classmethod
+    def _k_fits(cls, v: int, info: ValidationInfo) -> int:
+        return _not_above(v, info, "top_k", "n_experts")
+
     @model_validator(mode="after")
     def _check(self) -> MoEConfig:
-        if self.top_k > self.n_experts:
-            raise ValueError(f"top_k={self.top_k} exceeds n_experts={self.n_experts}")
         if (self.n_shared_experts == 0) != (self.shared_ffn == 0):
             raise ValueError("n_shared_experts and shared_ffn must both be zero or both positive")
         if self.n_groups is not None and self.n_experts % self.n_groups:
@@ -184,9 +196,14 @@ class PKMConfig(Strict):
     shared_table: str | None = Field(None, description="layers naming the same table share its values")
     query_batchnorm: bool = False
 
+    @field_validator("top_k")
+    @classmethod
+    def _k_fits(cls, v: int, info: ValidationInfo) -> int:
+        # top-k over each product-key side cannot pick more than that side has
+        return _not_above(v, info, "top_k", "n_keys")
+
     @model_validator(mode="after")
     def _check(self) -> PKMConfig:
-        _check_rows(self.top_k, self.n_keys, "top_k", "n_keys")
         if self.key_dim % 2:
             raise ValueError(f"key_dim={self.key_dim} must be even (two halves)")
         return self
@@ -207,10 +224,12 @@ class PEERConfig(Strict):
     activation: Activation = "gelu"
     shared_table: str | None = None
 
-    @model_validator(mode="after")
-    def _check(self) -> PEERConfig:
-        _check_rows(self.top_k, self.n_keys, "top_k", "n_keys")
-        return self
+    @field_validator("top_k")
+    @classmethod
+    def _k_fits(cls, v: int, info: ValidationInfo) -> int:
+        # top-k over each product-key side cannot pick more than that side has
+        return _not_above(v, info, "top_k", "n_keys")
+
 
     @property
     def rows(self) -> int:
@@ -229,10 +248,12 @@ class MemoryPlusConfig(Strict):
     shared_table: str | None = "memory"
     gated: bool = Field(True, description="swilu: bag * SiLU(W_1 x) then W_o")
 
-    @model_validator(mode="after")
-    def _check(self) -> MemoryPlusConfig:
-        _check_rows(self.top_k, self.n_keys, "top_k", "n_keys")
-        return self
+    @field_validator("top_k")
+    @classmethod
+    def _k_fits(cls, v: int, info: ValidationInfo) -> int:
+        # top-k over each product-key side cannot pick more than that side has
+        return _not_above(v, info, "top_k", "n_keys")
+
 
     @property
     def rows(self) -> int:
@@ -254,9 +275,14 @@ class UltraMemConfig(Strict):
     expansion: PositiveInt = Field(4, description="implicit value expansion E")
     skip_span: Annotated[int, Field(ge=0)] = Field(0, description="output added this many blocks later")
 
+    @field_validator("top_m")
+    @classmethod
+    def _k_fits(cls, v: int, info: ValidationInfo) -> int:
+        # top-k over each product-key side cannot pick more than that side has
+        return _not_above(v, info, "top_m", "knum")
+
     @model_validator(mode="after")
     def _check(self) -> UltraMemConfig:
-        _check_rows(self.top_m, self.knum, "top_m", "knum")
         if self.m_rc > self.keys_per_side:
             raise ValueError(f"row_col_top={self.m_rc} exceeds the keys per side ({self.keys_per_side})")
         return self
@@ -292,9 +318,14 @@ class UltraMemV2Config(Strict):
     )
     shared_table: str | None = Field("values", description="one table of knum^2 * L_m rows for the model")
 
+    @field_validator("top_m")
+    @classmethod
+    def _k_fits(cls, v: int, info: ValidationInfo) -> int:
+        # top-k over each product-key side cannot pick more than that side has
+        return _not_above(v, info, "top_m", "knum")
+
     @model_validator(mode="after")
     def _check(self) -> UltraMemV2Config:
-        _check_rows(self.top_m, self.knum, "top_m", "knum")
         if self.share_ratio is not None and self.share_ratio > 1:
             raise ValueError(f"share_ratio={self.share_ratio} must be at most 1")
         return self
@@ -336,7 +367,7 @@ class ModelConfig(Strict):
     name: str
     description: str = ""
     d_model: PositiveInt
-    vocab_size: PositiveInt
+    vocab_size: PositiveInt | None = Field(None, description="required when the model has embeddings")
     tie_embeddings: bool = False
     embeddings: bool = Field(True, description="false for a bare stack of blocks (no embedding, no LM head)")
     blocks: list[BlockConfig] = Field(min_length=1)
@@ -345,6 +376,12 @@ class ModelConfig(Strict):
     provenance: dict[str, Source] = Field(
         default_factory=dict, description="field path -> where that number came from"
     )
+
+    @model_validator(mode="after")
+    def _vocab_with_embeddings(self) -> ModelConfig:
+        if self.embeddings and self.vocab_size is None:
+            raise ValueError("vocab_size is required when embeddings is true")
+        return self
 
     @property
     def n_layers(self) -> int:
@@ -389,10 +426,11 @@ class Workload(Strict):
     routing: RoutingSpec = Field(default_factory=RoutingSpec)
 
 
-def _check_rows(k: int, n_keys: int, k_name: str, n_name: str) -> None:
-    if k > n_keys:
-        # top-k over each product-key side cannot pick more than that side has
-        raise ValueError(f"{k_name}={k} exceeds {n_name}={n_keys}")
+def _not_above(v: int, info: ValidationInfo, name: str, limit_name: str) -> int:
+    limit = info.data.get(limit_name)
+    if limit is not None and v > limit:
+        raise ValueError(f"{name}={v} exceeds {limit_name}={limit}")
+    return v
 
 
 def describe_validation_error(exc: Exception, what: str) -> str:

@@ -14,8 +14,13 @@ def logit_tokens(points: Points) -> np.ndarray:
     return points.tokens if points.phase == "decode" else points.batch.copy()
 
 
+def _vocab(model: ModelConfig) -> int:
+    assert model.vocab_size is not None, "the config validator requires vocab_size with embeddings"
+    return model.vocab_size
+
+
 def embed_cost(model: ModelConfig, points: Points) -> LayerCost:
-    d, vocab = model.d_model, model.vocab_size
+    d, vocab = model.d_model, _vocab(model)
     tokens = points.tokens
     row = d * points.b_w
     nan = points.full(np.nan)
@@ -38,7 +43,7 @@ def embed_cost(model: ModelConfig, points: Points) -> LayerCost:
 
 
 def head_cost(model: ModelConfig, points: Points) -> LayerCost:
-    d, vocab = model.d_model, model.vocab_size
+    d, vocab = model.d_model, _vocab(model)
     n = logit_tokens(points)
     weights = points.full(vocab * d * points.b_w / points.tp)
     nan = points.full(np.nan)

@@ -1,0 +1,372 @@
+"""Hugging Face `config.json` -> ModelConfig, for the model families we can model exactly.
+
+Each rule below encodes a config-ingestion bug seen in other tools (shared/docs/prior-art.md 6.9, 10.12):
+`head_dim` is read from the file when present (never assumed hidden/heads), GQA comes from
+`num_key_value_heads`, MLA keeps its latent ranks, shared experts and interleaved dense/MoE layers follow the
+family's own layer rule, and tied embeddings are read, not guessed. Defaults for absent keys are those of the
+transformers config class of that family; each default used is recorded in the model's provenance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from simulator.config import (
+    AttentionConfig,
+    BlockConfig,
+    DenseFFNConfig,
+    ModelConfig,
+    MoEConfig,
+    Source,
+    describe_validation_error,
+)
+from simulator.errors import ConfigError
+
+# `architectures[0]` -> model_type, for config files that lack `model_type`.
+_ARCH_TO_TYPE: dict[str, str] = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "MixtralForCausalLM": "mixtral",
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen2MoeForCausalLM": "qwen2_moe",
+    "Qwen3ForCausalLM": "qwen3",
+    "Qwen3MoeForCausalLM": "qwen3_moe",
+    "OlmoeForCausalLM": "olmoe",
+    "DeepseekV2ForCausalLM": "deepseek_v2",
+    "DeepseekV3ForCausalLM": "deepseek_v3",
+}
+
+_GATED_ACT: dict[str, str] = {
+    # the gated MLP of these families: act(W_g x) * (W_u x); the activation names the gate
+    "silu": "swiglu",
+    "swish": "swiglu",
+    "gelu": "geglu",
+    "gelu_pytorch_tanh": "geglu",
+    "gelu_new": "geglu",
+}
+
+
+class _Reader:
+    """Typed access to one config dict that remembers which transformers defaults it fell back on."""
+
+    def __init__(self, cfg: dict[str, Any], what: str) -> None:
+        self.cfg = cfg
+        self.what = what
+        self.defaults: dict[str, Any] = {}
+
+    def need_int(self, key: str) -> int:
+        if self.cfg.get(key) is None:
+            raise ConfigError(f"{self.what}: missing required key '{key}'")
+        return self._as_int(key, self.cfg[key])
+
+    def opt_int(self, key: str, default: int | None) -> int | None:
+        value = self.cfg.get(key)
+        if value is None:
+            return self._default(key, default)
+        return self._as_int(key, value)
+
+    def opt_bool(self, key: str, default: bool) -> bool:
+        value = self.cfg.get(key)
+        if value is None:
+            return self._default(key, default)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{self.what}: '{key}' must be true or false, got {value!r}")
+        return value
+
+    def opt_str(self, key: str, default: str) -> str:
+        value = self.cfg.get(key)
+        if value is None:
+            return self._default(key, default)
+        return str(value)
+
+    def _default(self, key: str, default: Any) -> Any:
+        # an explicit null is the published value (e.g. q_lora_rank of V2-Lite); only absent keys are defaults
+        if key not in self.cfg:
+            self.defaults[key] = default
+        return default
+
+    def int_list(self, key: str) -> list[int]:
+        value = self.cfg.get(key) or []
+        if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
+            raise ConfigError(f"{self.what}: '{key}' must be a list of layer indices, got {value!r}")
+        return value
+
+    def _as_int(self, key: str, value: Any) -> int:
+        # JSON may carry 4096.0; bools are ints in Python and must not pass as sizes
+        if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+            raise ConfigError(f"{self.what}: '{key}' must be an integer, got {value!r}")
+        return int(value)
+
+
+def model_type_of(cfg: dict[str, Any]) -> str | None:
+    """The family named by a config.json: `model_type`, else the first known `architectures` entry."""
+    model_type = cfg.get("model_type")
+    if isinstance(model_type, str) and model_type:
+        return model_type
+    for arch in cfg.get("architectures") or []:
+        if arch in _ARCH_TO_TYPE:
+            return _ARCH_TO_TYPE[arch]
+    return None
+
+
+def is_hf_config(raw: dict[str, Any]) -> bool:
+    """A Hugging Face config carries `model_type` or `architectures`; our own schema has neither."""
+    return "model_type" in raw or "architectures" in raw
+
+
+def from_hf_config(cfg: dict[str, Any], name: str) -> ModelConfig:
+    """Translate a Hugging Face `config.json` dict into a validated ModelConfig."""
+    what = f"hf config {name}"
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{what}: expected a JSON object, got {type(cfg).__name__}")
+    model_type = model_type_of(cfg)
+    builder = _BUILDERS.get(model_type or "")
+    if builder is None:
+        supported = ", ".join(sorted(_BUILDERS))
+        shown = repr(model_type) if model_type else f"unknown (architectures={cfg.get('architectures')!r})"
+        raise ConfigError(f"{what}: unsupported model_type {shown}; supported: {supported}")
+    assert model_type is not None
+    r = _Reader(cfg, what)
+    d_model = r.need_int("hidden_size")
+    n_layers = r.need_int("num_hidden_layers")
+    per_layer = builder(r, d_model, n_layers)
+    blocks = _group(per_layer)
+
+    vocab_size = r.need_int("vocab_size")
+    # every family here defaults to untied (their transformers config classes pass False)
+    tie = r.opt_bool("tie_word_embeddings", False)
+    provenance = {
+        f"hf.{key}": Source(
+            tag="code", source=f"absent from config.json; transformers {model_type} default {value!r}"
+        )
+        for key, value in sorted(r.defaults.items())
+    }
+    try:
+        return ModelConfig(
+            name=name,
+            description=f"from a Hugging Face config.json (model_type {model_type})",
+            d_model=d_model,
+            vocab_size=vocab_size,
+            tie_embeddings=tie,
+            blocks=blocks,
+            norm="rmsnorm",
+            sources=[Source(tag="code", source=f"Hugging Face config.json, model_type {model_type}")],
+            provenance=provenance,
+        )
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, what)) from exc
+
+
+# ----------------------------------------------------------------------------------------- per family
+
+
+def _attention(r: _Reader, d_model: int, qkv_bias: bool, o_bias: bool) -> AttentionConfig:
+    n_heads = r.need_int("num_attention_heads")
+    n_kv = r.opt_int("num_key_value_heads", n_heads)
+    assert n_kv is not None
+    # explicit head_dim wins (Qwen3, Gemma, Llama-3.2 ...); only derive when the file has none
+    head_dim = r.cfg.get("head_dim")
+    if head_dim is None:
+        if d_model % n_heads:
+            raise ConfigError(
+                f"{r.what}: no head_dim and hidden_size {d_model} is not divisible by {n_heads} heads"
+            )
+        head_dim = d_model // n_heads
+    else:
+        head_dim = r._as_int("head_dim", head_dim)
+    if n_kv == n_heads:
+        kind = "mha"
+    elif n_kv == 1:
+        kind = "mqa"
+    else:
+        kind = "gqa"
+    return _validated(
+        r,
+        lambda: AttentionConfig(
+            kind=kind, n_heads=n_heads, n_kv_heads=n_kv, head_dim=head_dim, qkv_bias=qkv_bias, o_bias=o_bias
+        ),
+    )
+
+
+def _mla(r: _Reader) -> AttentionConfig:
+    nope = r.need_int("qk_nope_head_dim")
+    rope = r.need_int("qk_rope_head_dim")
+    # q_lora_rank null (V2-Lite) means a plain W_Q projection; 0 is written by some ports for the same
+    q_lora = r.opt_int("q_lora_rank", None) or None
+    bias = r.opt_bool("attention_bias", False)
+    return _validated(
+        r,
+        lambda: AttentionConfig(
+            kind="mla",
+            n_heads=r.need_int("num_attention_heads"),
+            head_dim=nope + rope,
+            qkv_bias=bias,
+            o_bias=bias,
+            q_lora_rank=q_lora,
+            kv_lora_rank=r.need_int("kv_lora_rank"),
+            qk_nope_head_dim=nope,
+            qk_rope_head_dim=rope,
+            v_head_dim=r.need_int("v_head_dim"),
+        ),
+    )
+
+
+def _activation(r: _Reader) -> str:
+    act = r.opt_str("hidden_act", "silu")
+    if act not in _GATED_ACT:
+        known = ", ".join(sorted(_GATED_ACT))
+        raise ConfigError(f"{r.what}: hidden_act {act!r} is not supported (known: {known})")
+    return _GATED_ACT[act]
+
+
+def _dense(r: _Reader, bias: bool = False) -> DenseFFNConfig:
+    act = _activation(r)
+    return _validated(
+        r, lambda: DenseFFNConfig(d_ff=r.need_int("intermediate_size"), activation=act, bias=bias)
+    )
+
+
+def _llama(r: _Reader, d: int, n_layers: int) -> list[BlockConfig]:
+    bias = r.opt_bool("attention_bias", False)  # LlamaAttention puts it on q, k, v and o
+    attn = _attention(r, d, qkv_bias=bias, o_bias=bias)
+    ffn = _dense(r, bias=r.opt_bool("mlp_bias", False))
+    return [BlockConfig(attention=attn, ffn=[ffn]) for _ in range(n_layers)]
+
+
+def _mistral(r: _Reader, d: int, n_layers: int) -> list[BlockConfig]:
+    attn = _attention(r, d, qkv_bias=False, o_bias=False)
+    return [BlockConfig(attention=attn, ffn=[_dense(r)]) for _ in range(n_layers)]
+
+
+def _qwen2(r: _Reader, d: int, n_layers: int) -> list[BlockConfig]:
+    # Qwen2 attention: bias on q, k, v; none on o (hard-wired in modeling_qwen2)
+    attn = _attention(r, d, qkv_bias=r.opt_bool("qkv_bias", True), o_bias=False)
+    return [BlockConfig(attention=attn, ffn=[_dense(r)]) for _ in range(n_layers)]
+
+
+def _qwen3(r: _Reader, d: int, n_layers: int) -> list[BlockConfig]:
+    bias = r.opt_bool("attention_bias", False)
+    attn = _attention(r, d, qkv_bias=bias, o_bias=bias)
+    return [BlockConfig(attention=attn, ffn=[_dense(r)]) for _ in range(n_layers)]
+
+
+def _moe(r: _Reader, n_experts_key: str, expert_key: str, **extra: Any) -> MoEConfig:
+    act = _activation(r)
+    return _validated(
+        r,
+        lambda: MoEConfig(
+            n_experts=r.need_int(n_experts_key),
+            top_k=r.need_int("num_experts_per_tok"),
+            expert_ffn=r.need_int(expert_key),
+            activation=act,
+            **extra,
+        ),
+    )
+
+
+def _mixtral(r: _Reader, d: int, n_layers: int) -> list[BlockConfig]:
+    attn = _attention(r, d, qkv_bias=False, o_bias=False)
+    moe = _moe(r, "num_local_experts", "intermediate_size")
+    return [BlockConfig(attention=attn, ffn=[moe]) for _ in range(n_layers)]
+
+
+def _olmoe(r: _Reader, d: int, n_layers: int) -> list[BlockConfig]:
+    bias = r.opt_bool("attention_bias", False)
+    attn = _attention(r, d, qkv_bias=bias, o_bias=bias)
+    moe = _moe(r, "num_experts", "intermediate_size")  # OLMoE keeps the expert width in intermediate_size
+    return [BlockConfig(attention=attn, ffn=[moe]) for _ in range(n_layers)]
+
+
+def _qwen_sparse_layers(r: _Reader, n_layers: int) -> list[bool]:
+    """Qwen2-MoE / Qwen3-MoE rule: MoE unless listed in mlp_only_layers or off the sparse step."""
+    step = r.opt_int("decoder_sparse_step", 1) or 1
+    dense_only = set(r.int_list("mlp_only_layers"))
+    has_experts = (r.opt_int("num_experts", 0) or 0) > 0
+    return [has_experts and i not in dense_only and (i + 1) % step == 0 for i in range(n_layers)]
+
+
+def _qwen2_moe(r: _Reader, d: int, n_layers: int) -> list[BlockConfig]:
+    attn = _attention(r, d, qkv_bias=r.opt_bool("qkv_bias", True), o_bias=False)
+    shared = r.opt_int("shared_expert_intermediate_size", 0) or 0
+    moe = _moe(
+        r, "num_experts", "moe_intermediate_size", n_shared_experts=1 if shared else 0, shared_ffn=shared
+    )
+    sparse = _qwen_sparse_layers(r, n_layers)
+    dense = _dense(r) if not all(sparse) else None
+    return [BlockConfig(attention=attn, ffn=[moe if s else dense]) for s in sparse]  # type: ignore[list-item]
+
+
+def _qwen3_moe(r: _Reader, d: int, n_layers: int) -> list[BlockConfig]:
+    bias = r.opt_bool("attention_bias", False)
+    attn = _attention(r, d, qkv_bias=bias, o_bias=bias)
+    moe = _moe(r, "num_experts", "moe_intermediate_size")
+    sparse = _qwen_sparse_layers(r, n_layers)
+    dense = _dense(r) if not all(sparse) else None
+    return [BlockConfig(attention=attn, ffn=[moe if s else dense]) for s in sparse]  # type: ignore[list-item]
+
+
+def _deepseek(r: _Reader, d: int, n_layers: int) -> list[BlockConfig]:
+    attn = _mla(r)
+    n_routed = r.opt_int("n_routed_experts", None)
+    first_dense = r.opt_int("first_k_dense_replace", 0) or 0
+    freq = r.opt_int("moe_layer_freq", 1) or 1
+    n_shared = r.opt_int("n_shared_experts", 0) or 0
+    expert_ffn = r.need_int("moe_intermediate_size") if n_routed else 0
+    method = r.opt_str("topk_method", "greedy")
+    n_group = r.opt_int("n_group", 1) or 1
+    grouped = method != "greedy" and n_group > 1  # plain greedy ignores the group fields
+    moe = None
+    if n_routed:
+        moe = _moe(
+            r,
+            "n_routed_experts",
+            "moe_intermediate_size",
+            n_shared_experts=n_shared,
+            shared_ffn=n_shared * expert_ffn,  # shared experts have the routed width, not intermediate_size
+            router="sigmoid" if r.opt_str("scoring_func", "softmax") == "sigmoid" else "softmax",
+            router_bias=method == "noaux_tc",  # V3's e_score_correction_bias
+            n_groups=n_group if grouped else None,
+            topk_groups=r.opt_int("topk_group", None) if grouped else None,
+        )
+    # modeling_deepseek: MoE iff n_routed_experts and layer >= first_k_dense_replace and layer % freq == 0
+    sparse = [bool(n_routed) and i >= first_dense and i % freq == 0 for i in range(n_layers)]
+    dense = _dense(r) if not all(sparse) else None
+    return [BlockConfig(attention=attn, ffn=[moe if s else dense]) for s in sparse]  # type: ignore[list-item]
+
+
+_BUILDERS: dict[str, Callable[[_Reader, int, int], list[BlockConfig]]] = {
+    "llama": _llama,
+    "mistral": _mistral,
+    "mixtral": _mixtral,
+    "qwen2": _qwen2,
+    "qwen2_moe": _qwen2_moe,
+    "qwen3": _qwen3,
+    "qwen3_moe": _qwen3_moe,
+    "olmoe": _olmoe,
+    "deepseek_v2": _deepseek,
+    "deepseek_v3": _deepseek,
+}
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def _validated(r: _Reader, build: Callable[[], Any]) -> Any:
+    try:
+        return build()
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, r.what)) from exc
+
+
+def _group(per_layer: list[BlockConfig]) -> list[BlockConfig]:
+    """Merge runs of identical consecutive blocks into one BlockConfig with `repeat`."""
+    groups: list[tuple[BlockConfig, int]] = []
+    for block in per_layer:
+        if groups and groups[-1][0] == block:
+            groups[-1] = (block, groups[-1][1] + 1)
+        else:
+            groups.append((block, 1))
+    return [block.model_copy(update={"repeat": n}) for block, n in groups]

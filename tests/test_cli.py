@@ -1,0 +1,108 @@
+"""The command line as a user runs it: real processes, exit codes and what they print."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> str:
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def test_compare_prints_weight_bytes_and_ratio_per_batch() -> None:
+    proc = run("compare", "olmoe-1b-7b", "ultramemv2-1b-7b", "--batch", "1:4096", "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    from io import StringIO
+
+    df = pd.read_csv(StringIO(proc.stdout))
+    assert list(df["batch"]) == [2**i for i in range(13)]
+    ratio = df["weight ratio olmoe-1b-7b/ultramemv2-1b-7b"]
+    expected = df["olmoe-1b-7b weight_bytes"] / df["ultramemv2-1b-7b weight_bytes"]
+    assert ratio.to_numpy() == pytest.approx(expected.to_numpy())
+    # at batch 1 both read about the same weights; the MoE saturates at all experts by batch ~64
+    assert ratio.iloc[0] == pytest.approx(1.0, abs=0.1)
+    assert ratio[df["batch"] == 64].iloc[0] > 3
+
+
+def test_simulate_per_layer_json_and_parquet(tmp_path: Path) -> None:
+    proc = run("simulate", "mixtral-8x7b", "--batch", "1,8", "--context", "1024", "--per-layer", "-f", "json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert {r["layer"] for r in rows} >= {"block0.attn", "block31.moe", "total"}
+    out = tmp_path / "sim.parquet"
+    proc = run("simulate", "llama-3.1-8b", "--phase", "prefill", "-f", "parquet", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert set(pd.read_parquet(out)["phase"]) == {"prefill"}
+
+
+def test_set_override_changes_top_k() -> None:
+    base = run("simulate", "olmoe-1b-7b", "--batch", "4", "-f", "csv")
+    more = run("simulate", "olmoe-1b-7b", "--batch", "4", "--set", "top_k=16", "-f", "csv")
+    assert base.returncode == more.returncode == 0
+    from io import StringIO
+
+    a, b = pd.read_csv(StringIO(base.stdout)).iloc[0], pd.read_csv(StringIO(more.stdout)).iloc[0]
+    assert b["flops"] > a["flops"] and b["weight_bytes_ideal"] > a["weight_bytes_ideal"]
+
+
+def test_bad_input_top_k_above_experts() -> None:
+    assert_one_line_error(run("simulate", "olmoe-1b-7b", "--set", "top_k=100"), "top_k", "n_experts")
+
+
+def test_bad_input_negative_size() -> None:
+    assert_one_line_error(run("simulate", "olmoe-1b-7b", "--batch", "-4"), "batch")
+    assert_one_line_error(run("simulate", "olmoe-1b-7b", "--set", "d_model=-5"), "d_model")
+
+
+def test_bad_input_unknown_preset_suggests_names() -> None:
+    line = assert_one_line_error(run("simulate", "olmoe-1b-8b"), "olmoe-1b-8b")
+    assert "olmoe-1b-7b" in line
+
+
+def test_bad_input_malformed_json_and_yaml(tmp_path: Path) -> None:
+    bad_json = tmp_path / "model.json"
+    bad_json.write_text('{"name": "x", "d_model": 12,, }')
+    assert_one_line_error(run("simulate", str(bad_json)), "model.json")
+    bad_yaml = tmp_path / "model.yaml"
+    bad_yaml.write_text("name: x\nblocks: [\n  - {repeat: 2\n")
+    assert_one_line_error(run("simulate", str(bad_yaml)), "model.yaml")
+
+
+def test_bad_input_unsupported_hf_architecture(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"model_type": "mamba", "architectures": ["MambaForCausalLM"], "hidden_size": 768}))
+    assert_one_line_error(run("simulate", str(cfg)), "mamba")
+
+
+def test_bad_input_workload_and_format() -> None:
+    assert_one_line_error(run("simulate", "olmoe-1b-7b", "--phase", "train"), "phase")
+    assert_one_line_error(run("simulate", "olmoe-1b-7b", "--format", "xml"), "format")
+    assert_one_line_error(run("compare", "olmoe-1b-7b"), "two")
+    assert_one_line_error(run("simulate", "olmoe-1b-7b", "--hardware", "h900"), "h900")
+
+
+def test_presets_lists_models_and_hardware() -> None:
+    proc = run("presets")
+    assert proc.returncode == 0
+    for name in ("olmoe-1b-7b", "ultramemv2-1b-7b", "deepseek-v3", "h100-sxm", "b200"):
+        assert name in proc.stdout

@@ -1,0 +1,270 @@
+"""Hugging Face config.json ingestion: published parameter totals, equality with the presets, and the
+config-ingestion rules that other tools got wrong (prior-art.md 6.9 and 10.12)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from simulator.config import GATED, AttentionConfig, DenseFFNConfig, ModelConfig, MoEConfig
+from simulator.errors import ConfigError
+from simulator.hf import from_hf_config
+from simulator.loading import load_model
+
+HF_DIR = Path(__file__).parent / "data" / "hf"
+
+
+def hf(name: str) -> dict[str, Any]:
+    return json.loads((HF_DIR / f"{name}.json").read_text())
+
+
+# ------------------------------------------------------------------- hand parameter count (independent)
+
+
+def attention_params(a: AttentionConfig, d: int) -> int:
+    """Projection weights (+ biases, + MLA's two latent RMSNorms), written out from the model code."""
+    if a.kind == "mla":
+        assert a.qk_nope_head_dim and a.qk_rope_head_dim and a.kv_lora_rank and a.v_head_dim
+        q_out = a.n_heads * (a.qk_nope_head_dim + a.qk_rope_head_dim)
+        # with a query LoRA: W_DQ, q_a_layernorm, W_UQ; without: one W_Q
+        q = d * a.q_lora_rank + a.q_lora_rank + a.q_lora_rank * q_out if a.q_lora_rank else d * q_out
+        kv_a = d * (a.kv_lora_rank + a.qk_rope_head_dim) + a.kv_lora_rank  # kv_a_proj_with_mqa + its norm
+        kv_b = a.kv_lora_rank * a.n_heads * (a.qk_nope_head_dim + a.v_head_dim)
+        return q + kv_a + kv_b + a.n_heads * a.v_head_dim * d
+    assert a.head_dim is not None
+    kv = a.n_kv_heads or a.n_heads
+    weights = d * a.n_heads * a.head_dim + 2 * d * kv * a.head_dim + a.n_heads * a.head_dim * d
+    bias = (a.n_heads + 2 * kv) * a.head_dim if a.qkv_bias else 0
+    return weights + bias + (d if a.o_bias else 0)
+
+
+def ffn_params(layer: Any, d: int) -> int:
+    if isinstance(layer, DenseFFNConfig):
+        mats = 3 if layer.activation in GATED else 2
+        return mats * d * layer.d_ff + ((layer.d_ff + d) if layer.bias else 0)
+    assert isinstance(layer, MoEConfig)
+    experts = layer.n_experts * 3 * d * layer.expert_ffn + 3 * d * layer.shared_ffn
+    return experts + d * layer.n_experts + (layer.n_experts if layer.router_bias else 0)
+
+
+def total_params(m: ModelConfig) -> int:
+    d = m.d_model
+    embed = m.vocab_size * d * (1 if m.tie_embeddings else 2) if m.embeddings else 0
+    blocks = sum(
+        b.repeat * (attention_params(b.attention, d) + sum(ffn_params(f, d) for f in b.ffn) + 2 * d)
+        for b in m.blocks
+    )
+    return embed + blocks + d  # + final norm
+
+
+# published totals: model cards / papers (see each preset's sources)
+PUBLISHED = {
+    "Llama-3.1-8B": ("llama-3.1-8b", 8.03e9),
+    "Mixtral-8x7B": ("mixtral-8x7b", 46.7e9),
+    "Qwen3-30B-A3B": ("qwen3-30b-a3b", 30.5e9),
+    "OLMoE-1B-7B": ("olmoe-1b-7b", 6.92e9),
+    "DeepSeek-V3": ("deepseek-v3", 671e9),
+    "DeepSeek-V2-Lite": ("deepseek-v2-lite", 15.7e9),
+    "Qwen1.5-MoE-A2.7B": ("qwen1.5-moe-a2.7b", 14.3e9),
+}
+
+
+@pytest.mark.parametrize("file", sorted(PUBLISHED))
+def test_total_params_match_published(file: str) -> None:
+    model = from_hf_config(hf(file), file)
+    total = total_params(model)
+    assert abs(total / PUBLISHED[file][1] - 1) < 0.01, f"{file}: {total:,}"
+
+
+def test_deepseek_v3_total_is_the_main_model() -> None:
+    # 3 dense + 58 MoE blocks + untied embeddings = 671,026,419,200; the MTP block is not counted
+    assert total_params(from_hf_config(hf("DeepSeek-V3"), "v3")) == 671_026_419_200
+
+
+@pytest.mark.parametrize("file", sorted(PUBLISHED))
+def test_hf_config_equals_hand_written_preset(file: str) -> None:
+    ingested = from_hf_config(hf(file), file)
+    preset = load_model(PUBLISHED[file][0])
+    assert ingested.blocks == preset.blocks
+    assert (ingested.d_model, ingested.vocab_size, ingested.tie_embeddings, ingested.embeddings) == (
+        preset.d_model,
+        preset.vocab_size,
+        preset.tie_embeddings,
+        preset.embeddings,
+    )
+
+
+# the two dense presets whose config.json is not stored in tests/data/hf: the published values inline
+QWEN25_72B = {
+    "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu", "hidden_size": 8192,
+    "intermediate_size": 29568, "num_attention_heads": 64, "num_hidden_layers": 80, "num_key_value_heads": 8,
+    "tie_word_embeddings": False, "vocab_size": 152064,
+}
+LLAMA31_405B = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu", "hidden_size": 16384,
+    "intermediate_size": 53248, "num_attention_heads": 128, "num_hidden_layers": 126,
+    "num_key_value_heads": 8, "tie_word_embeddings": False, "vocab_size": 128256, "attention_bias": False,
+    "mlp_bias": False,
+}
+
+
+@pytest.mark.parametrize(
+    "cfg,preset,published",
+    [(QWEN25_72B, "qwen2.5-72b", 72.7e9), (LLAMA31_405B, "llama-3.1-405b", 405e9)],
+)
+def test_dense_presets_match_their_configs(cfg: dict[str, Any], preset: str, published: float) -> None:
+    ingested = from_hf_config(cfg, preset)
+    assert ingested.blocks == load_model(preset).blocks
+    assert abs(total_params(ingested) / published - 1) < 0.01
+
+
+# -------------------------------------------------------------------------------- ingestion rules
+
+
+def test_explicit_head_dim_wins_over_hidden_over_heads() -> None:
+    cfg = hf("Qwen3-30B-A3B")
+    assert cfg["hidden_size"] // cfg["num_attention_heads"] == 64  # the wrong answer
+    attn = from_hf_config(cfg, "q3").blocks[0].attention
+    assert attn.head_dim == 128 and attn.kind == "gqa" and attn.kv_heads == 4
+    assert attn.kv_elements_per_token == 2 * 4 * 128
+
+
+def test_head_dim_derived_only_when_absent_and_null_counts_as_absent() -> None:
+    cfg = hf("Mixtral-8x7B")
+    assert "head_dim" not in cfg
+    assert from_hf_config(cfg, "m").blocks[0].attention.head_dim == 128
+    cfg["head_dim"] = None  # newer Mistral configs write an explicit null
+    assert from_hf_config(cfg, "m").blocks[0].attention.head_dim == 128
+    cfg["head_dim"] = 96
+    assert from_hf_config(cfg, "m").blocks[0].attention.head_dim == 96
+
+
+def test_gqa_mha_mqa_from_num_key_value_heads() -> None:
+    cfg = hf("Llama-3.1-8B")
+    assert from_hf_config(cfg, "l").blocks[0].attention.kind == "gqa"
+    cfg["num_key_value_heads"] = 1
+    assert from_hf_config(cfg, "l").blocks[0].attention.kind == "mqa"
+    del cfg["num_key_value_heads"]  # LlamaConfig default: as many KV heads as query heads
+    model = from_hf_config(cfg, "l")
+    assert model.blocks[0].attention.kind == "mha"
+    assert "hf.num_key_value_heads" in model.provenance
+
+
+def test_mla_fields_and_kv_cache() -> None:
+    v3 = from_hf_config(hf("DeepSeek-V3"), "v3")
+    a = v3.blocks[0].attention
+    assert (a.kind, a.q_lora_rank, a.kv_lora_rank, a.qk_rope_head_dim, a.qk_nope_head_dim, a.v_head_dim) == (
+        "mla", 1536, 512, 64, 128, 128,
+    )
+    assert a.kv_elements_per_token == 576
+    lite = from_hf_config(hf("DeepSeek-V2-Lite"), "lite").blocks[0].attention
+    assert lite.q_lora_rank is None  # q_lora_rank: null -> a plain W_Q
+
+
+def test_deepseek_dense_then_moe_with_shared_experts() -> None:
+    v3 = from_hf_config(hf("DeepSeek-V3"), "v3")
+    assert [b.repeat for b in v3.blocks] == [3, 58]
+    dense, moe = v3.blocks[0].ffn[0], v3.blocks[1].ffn[0]
+    assert isinstance(dense, DenseFFNConfig) and dense.d_ff == 18432
+    assert isinstance(moe, MoEConfig)
+    assert (moe.n_experts, moe.top_k, moe.expert_ffn, moe.n_shared_experts, moe.shared_ffn) == (
+        256, 8, 2048, 1, 2048,
+    )
+    assert (moe.router, moe.router_bias, moe.n_groups, moe.topk_groups) == ("sigmoid", True, 8, 4)
+    lite = from_hf_config(hf("DeepSeek-V2-Lite"), "lite").blocks[1].ffn[0]
+    assert isinstance(lite, MoEConfig)
+    # 2 shared experts of the routed width 1408, not of intermediate_size 10944
+    assert (lite.n_shared_experts, lite.shared_ffn, lite.n_groups, lite.router) == (2, 2816, None, "softmax")
+
+
+def test_deepseek_moe_layer_freq_interleaves() -> None:
+    cfg = hf("DeepSeek-V2-Lite")
+    cfg["moe_layer_freq"] = 2
+    cfg["num_hidden_layers"] = 6
+    kinds = [b.ffn[0].kind for b in from_hf_config(cfg, "x").expanded_blocks()]
+    # layer 0 dense (first_k_dense_replace 1); then MoE on even layers only
+    assert kinds == ["dense", "dense", "moe", "dense", "moe", "dense"]
+
+
+def test_qwen_decoder_sparse_step_and_mlp_only_layers() -> None:
+    cfg = hf("Qwen1.5-MoE-A2.7B")
+    cfg.update(num_hidden_layers=6, decoder_sparse_step=2, mlp_only_layers=[3])
+    model = from_hf_config(cfg, "x")
+    kinds = [b.ffn[0].kind for b in model.expanded_blocks()]
+    # MoE where (i + 1) % 2 == 0 and i not in mlp_only_layers
+    assert kinds == ["dense", "moe", "dense", "dense", "dense", "moe"]
+    dense = model.blocks[0].ffn[0]
+    assert isinstance(dense, DenseFFNConfig) and dense.d_ff == 5632
+    shared = model.blocks[1].ffn[0]
+    assert isinstance(shared, MoEConfig) and (shared.n_shared_experts, shared.shared_ffn) == (1, 5632)
+
+
+def test_consecutive_identical_blocks_are_grouped() -> None:
+    cfg = hf("Qwen3-30B-A3B")
+    cfg["mlp_only_layers"] = [0, 1, 47]
+    model = from_hf_config(cfg, "x")
+    assert [(b.repeat, b.ffn[0].kind) for b in model.blocks] == [(2, "dense"), (45, "moe"), (1, "dense")]
+    assert model.n_layers == 48
+
+
+def test_tied_embeddings_and_attention_bias() -> None:
+    cfg = hf("Llama-3.1-8B")
+    assert from_hf_config(cfg, "l").tie_embeddings is False
+    cfg["tie_word_embeddings"] = True  # e.g. Llama-3.2-1B/3B
+    assert from_hf_config(cfg, "l").tie_embeddings is True
+    qwen = from_hf_config(QWEN25_72B, "q").blocks[0].attention
+    assert (qwen.qkv_bias, qwen.o_bias) == (True, False)  # qwen2: bias on q, k, v only
+    cfg["attention_bias"] = True
+    llama = from_hf_config(cfg, "l").blocks[0].attention
+    assert (llama.qkv_bias, llama.o_bias) == (True, True)
+
+
+def test_architectures_without_model_type() -> None:
+    cfg = hf("Mixtral-8x7B")
+    del cfg["model_type"]
+    assert from_hf_config(cfg, "m").blocks == load_model("mixtral-8x7b").blocks
+
+
+def one_line(exc: pytest.ExceptionInfo[BaseException]) -> str:
+    text = str(exc.value)
+    assert "\n" not in text and text.strip() == text
+    return text
+
+
+def test_unsupported_model_type_is_one_line_with_supported_list() -> None:
+    cfg = copy.deepcopy(hf("Llama-3.1-8B"))
+    cfg["model_type"] = "gemma2"
+    with pytest.raises(ConfigError) as exc:
+        from_hf_config(cfg, "g")
+    text = one_line(exc)
+    assert "'gemma2'" in text and "deepseek_v3" in text and "qwen3_moe" in text
+
+
+@pytest.mark.parametrize(
+    "change,needle",
+    [
+        ({"hidden_size": None}, "hidden_size"),
+        ({"num_attention_heads": "32"}, "num_attention_heads"),
+        ({"hidden_act": "relu2"}, "hidden_act"),
+        ({"num_key_value_heads": 5}, "n_kv_heads=5"),
+        ({"tie_word_embeddings": "no"}, "tie_word_embeddings"),
+    ],
+)
+def test_bad_hf_values_are_one_line_config_errors(change: dict[str, Any], needle: str) -> None:
+    cfg = hf("Llama-3.1-8B")
+    cfg.update(change)
+    with pytest.raises(ConfigError) as exc:
+        from_hf_config(cfg, "bad")
+    assert needle in one_line(exc)
+
+
+def test_moe_top_k_above_experts_from_hf() -> None:
+    cfg = hf("Mixtral-8x7B")
+    cfg["num_experts_per_tok"] = 9
+    with pytest.raises(ConfigError) as exc:
+        from_hf_config(cfg, "m")
+    assert "top_k=9 exceeds n_experts=8" in one_line(exc)

@@ -1,0 +1,142 @@
+"""The sweep: published per-layer numbers, hand derivations, brute force and monotonicity properties."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from simulator.config import HardwareConfig, ModelConfig, Workload
+from simulator.sweep import COLUMNS, simulate
+
+H100 = HardwareConfig.model_validate(
+    {
+        "name": "test-h100",
+        "peak_flops": {"bf16": {"value": 989.4e12, "tag": "datasheet"}},
+        "hbm_bandwidth": {"value": 3.35e12, "tag": "datasheet"},
+        "hbm_capacity": {"value": 80e9, "tag": "datasheet"},
+        "l2_bytes": {"value": 50e6, "tag": "datasheet"},
+    }
+)
+
+
+def olmoe_like(blocks: int = 16) -> ModelConfig:
+    return ModelConfig.model_validate(
+        {
+            "name": "olmoe-like",
+            "d_model": 2048,
+            "vocab_size": 50304,
+            "blocks": [
+                {
+                    "repeat": blocks,
+                    "attention": {"kind": "mha", "n_heads": 16, "head_dim": 128},
+                    "ffn": [{"kind": "moe", "n_experts": 64, "top_k": 8, "expert_ffn": 1024}],
+                }
+            ],
+        }
+    )
+
+
+def test_olmoe_layer_weight_bytes_match_cost_reference_section_11() -> None:
+    # cost-reference.md section 11, OLMoE-1B-7B layer (attention + router + touched experts), bf16, MB
+    published = {1: 134.5, 4: 367.1, 16: 744.0, 64: 839.0, 256: 839.1}
+    df = simulate(olmoe_like(), H100, Workload(batch=list(published), context=[2048]), per_layer=True)
+    layer = df[df["layer"].isin(["block0.attn", "block0.moe"])].groupby("batch")["weight_bytes_ideal"].sum()
+    for batch, mb in published.items():
+        assert layer[batch] / 1e6 == pytest.approx(mb, abs=0.06)
+
+
+def test_gqa_decode_kv_and_flops_by_hand() -> None:
+    # Llama-3.1-8B-like: 32 layers, 32 q heads, 8 kv heads of 128, SwiGLU 14336, vocab 128256, untied
+    model = ModelConfig.model_validate(
+        {
+            "name": "llama-like",
+            "d_model": 4096,
+            "vocab_size": 128256,
+            "blocks": [
+                {
+                    "repeat": 32,
+                    "attention": {"kind": "gqa", "n_heads": 32, "n_kv_heads": 8, "head_dim": 128},
+                    "ffn": [{"kind": "dense", "d_ff": 14336}],
+                }
+            ],
+        }
+    )
+    b, s = 8, 4096
+    tot = simulate(model, H100, Workload(batch=[b], context=[s])).iloc[0]
+    kv_per_token = 32 * 2 * 8 * 128 * 2  # L x (K+V) x kv heads x head dim x bf16
+    assert tot["kv_read_bytes"] == b * s * kv_per_token
+    assert tot["kv_write_bytes"] == b * kv_per_token
+    attn = 4096 * 4096 * 2 + 2 * 4096 * 1024
+    ffn = 3 * 4096 * 14336
+    linear = 32 * (attn + ffn) + 128256 * 4096  # + LM head; the embedding gather has no FLOPs
+    scores = 32 * 4 * 32 * 128 * s  # QK^T and PV per token: 4 * heads * head_dim * context
+    assert tot["flops"] == pytest.approx(b * (2 * linear + scores), rel=1e-12)
+    weights = (32 * (attn + ffn) + 128256 * 4096) * 2 + b * 4096 * 2  # + b embedding rows
+    assert tot["weight_bytes_ideal"] == pytest.approx(weights, rel=1e-12)
+    assert tot["params"] == pytest.approx(32 * (attn + ffn) + 2 * 128256 * 4096)
+
+
+def test_grid_equals_pointwise_brute_force() -> None:
+    model = olmoe_like(blocks=2)
+    batches, contexts = [1, 3, 17, 300], [64, 1000, 5000]
+    grid = simulate(model, H100, Workload(batch=batches, context=contexts), per_layer=True)
+    for b in batches:
+        for s in contexts:
+            one = simulate(model, H100, Workload(batch=[b], context=[s]), per_layer=True)
+            sub = grid[(grid["batch"] == b) & (grid["context"] == s)].reset_index(drop=True)
+            num = [c for c in COLUMNS if sub[c].dtype.kind == "f"]
+            np.testing.assert_allclose(sub[num].to_numpy(), one[num].to_numpy(), rtol=1e-12)
+
+
+def test_prefill_moe_touches_every_expert_and_is_compute_bound() -> None:
+    df = simulate(olmoe_like(), H100, Workload(phase="prefill", batch=[4], context=[4096]), per_layer=True)
+    moe = df[df["layer"] == "block0.moe"].iloc[0]
+    assert moe["distinct_items"] == pytest.approx(64.0)
+    assert moe["weight_bytes_ideal"] == pytest.approx(moe["weight_bytes_naive"])
+    assert moe["bound"] == "compute"
+
+
+def test_per_layer_rows_sum_to_total() -> None:
+    df = simulate(olmoe_like(blocks=3), H100, Workload(batch=[1, 64], context=[512]), per_layer=True)
+    for _, group in df.groupby("batch"):
+        layers, total = group[group["layer"] != "total"], group[group["layer"] == "total"].iloc[0]
+        for col in ("flops", "bytes_ideal", "bytes_naive", "kv_read_bytes", "time_s"):
+            assert layers[col].sum() == pytest.approx(total[col], rel=1e-12)
+    names = set(df["layer"])
+    assert {"embed", "head", "total", "block2.moe", "block0.attn"} <= names
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n_experts=st.integers(1, 300),
+    k_frac=st.floats(0.01, 1.0),
+    d=st.sampled_from([64, 256, 1024]),
+    batch=st.lists(st.integers(1, 5000), min_size=2, max_size=6, unique=True),
+    phase=st.sampled_from(["decode", "prefill"]),
+)
+def test_bytes_never_fall_as_batch_grows(n_experts: int, k_frac: float, d: int, batch: list[int],
+                                         phase: str) -> None:
+    k = max(1, int(n_experts * k_frac))
+    model = ModelConfig.model_validate(
+        {
+            "name": "p",
+            "d_model": d,
+            "vocab_size": 1000,
+            "blocks": [
+                {
+                    "attention": {"kind": "gqa", "n_heads": 4, "n_kv_heads": 2, "head_dim": 16},
+                    "ffn": [{"kind": "moe", "n_experts": n_experts, "top_k": k, "expert_ffn": 32}],
+                }
+            ],
+        }
+    )
+    df = simulate(model, H100, Workload(phase=phase, batch=sorted(batch), context=[128]), per_layer=True)
+    for _, layer in df.groupby("layer"):
+        layer = layer.sort_values("batch")
+        for col in ("weight_bytes_ideal", "weight_bytes_naive", "bytes_ideal", "bytes_naive", "flops"):
+            assert np.all(np.diff(layer[col].to_numpy()) >= -1e-6 * layer[col].abs().max()), col
+        assert np.all(layer["bytes_ideal"] <= layer["bytes_naive"] * (1 + 1e-12))
+    moe = df[df["kind"] == "moe"]
+    assert np.all(moe["distinct_items"] <= np.minimum(n_experts, moe["tokens"] * k) + 1e-9)

@@ -1,0 +1,477 @@
+"""Import existing kineto traces (+ an optional NVML/GPM timeline and runs file) into one bundle.
+
+One bundle holds one model: each trace is one batch size. The measurement window of a batch size is
+the steady-state loop named in the runs file, else the span of the trace's own step ranges.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from simulator.errors import TraceError
+from traces.attribution import (
+    DEFAULT_LAYER_PATTERN,
+    DEFAULT_STEP_PATTERN,
+    attribute,
+    layer_ranges,
+    layer_table,
+    step_ranges,
+)
+from traces.bundle import write_bundle
+from traces.kineto import DEVICE_CATEGORIES, KinetoTrace, inject_events, read_kineto
+from traces.timeline import counter_events, integrate, read_timeline
+
+_BATCH_IN_NAME = re.compile(r"_b(\d+)(?=[._-]|$)")
+_RUN_KEYS = ("kineto", "batch", "steady_start_ns", "steady_end_ns", "steps")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One entry of a runs file."""
+
+    kineto: Path
+    batch: int
+    steady_start_ns: int
+    steady_end_ns: int
+    steps: int
+    us_per_step: float | None
+    model: str | None
+
+
+@dataclass(frozen=True)
+class RunsFile:
+    path: Path
+    runs: list[RunSpec]
+    peak_hbm_Bps: float | None
+    doc: dict[str, Any]
+
+    def find(self, trace: Path) -> RunSpec | None:
+        """The entry whose kineto path is this trace (same file, else same file name)."""
+        resolved = trace.resolve()
+        for r in self.runs:
+            if r.kineto.resolve() == resolved:
+                return r
+        same_name = [r for r in self.runs if r.kineto.name == trace.name]
+        return same_name[0] if len(same_name) == 1 else None
+
+
+def read_runs_file(path: Path) -> RunsFile:
+    """Parse and validate a runs file: {"runs": [{kineto, batch, steady_start_ns, ...}], "peak_hbm_Bps"?}."""
+    if not path.is_file():
+        raise TraceError(f"{path}: no such runs file")
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise TraceError(f"{path}: runs file is not JSON ({str(exc).splitlines()[0]})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("runs"), list):
+        raise TraceError(f"{path}: runs file has no 'runs' list")
+    runs = []
+    for i, r in enumerate(doc["runs"]):
+        if not isinstance(r, dict):
+            raise TraceError(f"{path}: runs[{i}] is not an object")
+        missing = [k for k in _RUN_KEYS if k not in r]
+        if missing:
+            raise TraceError(f"{path}: runs[{i}] lacks {', '.join(missing)}")
+        try:
+            spec = RunSpec(
+                kineto=path.parent / str(r["kineto"]),
+                batch=int(r["batch"]),
+                steady_start_ns=int(r["steady_start_ns"]),
+                steady_end_ns=int(r["steady_end_ns"]),
+                steps=int(r["steps"]),
+                us_per_step=float(r["us_per_step"]) if r.get("us_per_step") is not None else None,
+                model=str(r["model"]) if r.get("model") is not None else None,
+            )
+        except (TypeError, ValueError) as exc:
+            raise TraceError(f"{path}: runs[{i}] has a bad value ({exc})") from None
+        if spec.steady_end_ns <= spec.steady_start_ns or spec.steps <= 0:
+            raise TraceError(f"{path}: runs[{i}] has an empty window or no steps")
+        runs.append(spec)
+    peak = doc.get("peak_hbm_Bps")
+    return RunsFile(path=path, runs=runs, peak_hbm_Bps=float(peak) if peak is not None else None, doc=doc)
+
+
+def _batch_from_ops(trace: KinetoTrace, layer_pattern: str | None) -> int | None:
+    """First dim of the first recorded input of the ops inside the first layer range (by time)."""
+    layers = layer_ranges(trace.events, layer_pattern)
+    if layers.empty or trace.ops.empty:
+        return None
+    first = layers.iloc[0]
+    ops = trace.ops
+    inside = ops[
+        (ops["pid"] == first["pid"])
+        & (ops["tid"] == first["tid"])
+        & (ops["ts_ns"] >= first["ts_ns"])
+        & (ops["ts_ns"] < first["ts_ns"] + first["dur_ns"])
+        & (ops["first_dim"] >= 0)
+    ].sort_values("ts_ns")
+    return int(inside["first_dim"].iloc[0]) if len(inside) else None
+
+
+@dataclass
+class _Imported:
+    """One trace after reading and attribution (times wall-clock ns)."""
+
+    path: Path
+    trace: KinetoTrace
+    batch: int
+    kernels: pd.DataFrame
+    run: dict[str, Any]
+    base_ns: int
+    batch_source: str
+
+
+def _import_one(
+    path: Path,
+    batch: int | None,
+    spec: RunSpec | None,
+    layer_pattern: str | None,
+    step_pattern: str | None,
+    need_wall_clock: bool,
+) -> _Imported:
+    batch_source = "argument" if batch is not None else ""
+    if batch is None and spec is not None:
+        batch, batch_source = spec.batch, "runs file"
+    if batch is None and (m := _BATCH_IN_NAME.search(path.name)):
+        batch, batch_source = int(m.group(1)), "file name"
+    trace = read_kineto(path, with_ops=batch is None)
+    if batch is None:
+        batch = _batch_from_ops(trace, layer_pattern)
+        batch_source = "input dims of the first layer's first op"
+        if batch is None:
+            raise TraceError(
+                f"{path}: batch size unknown (no batch=, no _b<N> in the name, no recorded input dims)"
+            )
+    if trace.base_time_ns is None and need_wall_clock:
+        raise TraceError(
+            f"{path}: trace has no baseTimeNanoseconds, so it cannot be aligned with the timeline"
+        )
+    base = trace.base_time_ns or 0
+    kernels = attribute(trace.events, layer_pattern, step_pattern, source=str(path))
+    kernels["ts_ns"] = kernels["ts_ns"] + np.int64(base)
+    kernels.insert(0, "batch", np.int64(batch))
+
+    steps = step_ranges(trace.events, step_pattern)
+    n_trace_steps = int(steps["step_idx"].nunique()) if len(steps) else 0
+    if spec is not None:
+        run = {
+            "batch": batch,
+            "steps": spec.steps,
+            "steady_start_ns": spec.steady_start_ns,
+            "steady_end_ns": spec.steady_end_ns,
+            "us_per_step": spec.us_per_step
+            if spec.us_per_step is not None
+            else (spec.steady_end_ns - spec.steady_start_ns) / spec.steps / 1e3,
+            "window": "runs file",
+        }
+    else:
+        if len(steps):
+            a = int(steps["ts_ns"].min()) + base
+            b = int((steps["ts_ns"] + steps["dur_ns"]).max()) + base
+        else:  # no step ranges: the device activity span counts as one step
+            a = int(kernels["ts_ns"].min())
+            b = int((kernels["ts_ns"] + kernels["dur_ns"]).max())
+        n = max(n_trace_steps, 1)
+        run = {
+            "batch": batch,
+            "steps": n,
+            "steady_start_ns": a,
+            "steady_end_ns": b,
+            "us_per_step": (b - a) / n / 1e3,
+            "window": "trace steps",
+        }
+    run["trace_steps"] = n_trace_steps
+    return _Imported(path, trace, batch, kernels, run, base, batch_source)
+
+
+def _run_row(
+    imp: _Imported, timeline: pd.DataFrame | None, peak: float | None, nvml_name: str
+) -> dict[str, Any]:
+    r = imp.run
+    a, b, steps = r["steady_start_ns"], r["steady_end_ns"], r["steps"]
+    k = imp.kernels
+    in_steps = k[k["step"] >= 0]
+    n_trace_steps = max(r["trace_steps"], 1)
+    row: dict[str, Any] = {
+        "batch": imp.batch,
+        "steps": steps,
+        "us_per_step": float(r["us_per_step"]),
+        "window_s": (b - a) / 1e9,
+        "steady_start_ns": a,
+        "steady_end_ns": b,
+        "gpm_bytes_per_step": np.nan,
+        "gpm_bw_Bps": np.nan,
+        "mean_dram_util_pct": np.nan,
+        "energy_j_per_step": np.nan,
+        "mean_power_w": np.nan,
+        "mean_sm_util_pct": np.nan,
+        "mean_tensor_util_pct": np.nan,
+        "mean_util_mem_pct": np.nan,
+        "nvml_coverage": np.nan,
+        "kernel_time_ns_per_step": float(in_steps["dur_ns"].sum()) / n_trace_steps,
+        "n_kernels_per_step": float(len(in_steps)) / n_trace_steps,
+        "trace_steps": r["trace_steps"],
+    }
+    if timeline is None:
+        return row
+    st = integrate(timeline, a, b, peak)
+    if st.covered_ns == 0:
+        t0, t1 = int(timeline["t_start_ns"].iloc[0]), int(timeline["t_end_ns"].iloc[-1])
+        raise TraceError(
+            f"{nvml_name}: timeline [{t0}, {t1}) ns has no time overlap with the window "
+            f"[{a}, {b}) ns of {imp.path.name} (batch {imp.batch})"
+        )
+    seconds = (b - a) / 1e9
+    row.update(
+        mean_dram_util_pct=_nan(st.mean_dram_util_pct),
+        mean_power_w=_nan(st.mean_power_w),
+        mean_sm_util_pct=_nan(st.mean_sm_util_pct),
+        mean_tensor_util_pct=_nan(st.mean_tensor_util_pct),
+        mean_util_mem_pct=_nan(st.mean_util_mem_pct),
+        nvml_coverage=st.covered_ns / st.window_ns,
+        energy_j_per_step=_nan(None if st.energy_j is None else st.energy_j / steps),
+    )
+    if st.dram_bytes is not None:
+        row["gpm_bytes_per_step"] = st.dram_bytes / steps
+        row["gpm_bw_Bps"] = st.dram_bytes / seconds
+    return row
+
+
+def _nan(v: float | None) -> float:
+    return np.nan if v is None else float(v)
+
+
+def _model_config(doc: dict[str, Any] | None, model: str | None) -> dict[str, Any] | None:
+    """The runs file's ``models`` entry for the model, merged over ``models.common`` (meta.json layout)."""
+    if doc is None or model is None or not isinstance(doc.get("models"), dict):
+        return None
+    models = doc["models"]
+    if not isinstance(models.get(model), dict):
+        return None
+    common = models.get("common") if isinstance(models.get("common"), dict) else {}
+    return {**common, **models[model]}
+
+
+def _resolve_traces(
+    traces: list[Path], runs: RunsFile | None, model: str | None
+) -> list[tuple[Path, RunSpec | None]]:
+    if not traces:
+        if runs is None:
+            raise TraceError("no kineto traces given (and no runs file to take them from)")
+        chosen = [r for r in runs.runs if model is None or r.model == model]
+        if not chosen:
+            raise TraceError(f"{runs.path}: no runs for model {model!r}")
+        return [(r.kineto, r) for r in chosen]
+    out = []
+    for t in traces:
+        t = Path(t)
+        spec = runs.find(t) if runs is not None else None
+        if runs is not None and spec is None:
+            raise TraceError(f"{t}: not listed in runs file {runs.path}")
+        out.append((t, spec))
+    return out
+
+
+def import_traces(
+    traces: list[Path],
+    output: Path,
+    nvml: Path | None = None,
+    runs: Path | None = None,
+    model: str | None = None,
+    layer_pattern: str | None = None,
+    step_pattern: str | None = None,
+    peak_hbm_Bps: float | None = None,
+    batch: list[int] | None = None,
+) -> Path:
+    """Import kineto traces (one per batch size, one model) into a bundle at ``output``; returns it.
+
+    ``traces`` may be empty when ``runs`` lists them (then every run, or every run of ``model``).
+    ``batch`` gives the batch sizes in the order of ``traces``. Without ``peak_hbm_Bps`` here or in the
+    runs file, GPM bytes are not computed and the bundle says so under ``missing``.
+    """
+    runs_file = read_runs_file(Path(runs)) if runs is not None else None
+    todo = _resolve_traces(list(traces), runs_file, model)
+    if batch is not None and len(batch) != len(todo):
+        raise TraceError(f"batch= gives {len(batch)} sizes for {len(todo)} traces")
+    models = sorted({s.model for _, s in todo if s is not None and s.model is not None})
+    if model is None and len(models) > 1:
+        raise TraceError(
+            f"traces of several models ({', '.join(models)}): import one model per bundle (model=)"
+        )
+    model_name = model if model is not None else (models[0] if models else None)
+
+    peak, peak_source = peak_hbm_Bps, "argument"
+    if peak is None and runs_file is not None and runs_file.peak_hbm_Bps is not None:
+        peak, peak_source = runs_file.peak_hbm_Bps, f"runs file {runs_file.path.name}"
+    timeline = read_timeline(Path(nvml)) if nvml is not None else None
+    nvml_name = Path(nvml).name if nvml is not None else ""
+
+    imported: list[_Imported] = []
+    for i, (path, spec) in enumerate(todo):
+        b = batch[i] if batch is not None else None
+        imported.append(_import_one(path, b, spec, layer_pattern, step_pattern, timeline is not None))
+    seen: dict[int, Path] = {}
+    for imp in imported:
+        if imp.batch in seen:
+            raise TraceError(f"{imp.path}: batch {imp.batch} already imported from {seen[imp.batch].name}")
+        seen[imp.batch] = imp.path
+    imported.sort(key=lambda x: x.batch)
+
+    kernels = pd.concat([x.kernels for x in imported], ignore_index=True)
+    tables: dict[str, pd.DataFrame] = {
+        "kernels": kernels,
+        "layers": layer_table(kernels),
+        "runs": pd.DataFrame([_run_row(x, timeline, peak, nvml_name) for x in imported]),
+    }
+    if timeline is not None:
+        tables["nvml"] = timeline
+
+    meta = _meta(
+        imported, runs_file, model_name, timeline, nvml_name, peak, peak_source, layer_pattern, step_pattern
+    )
+    meta["measured"]["gpm"] = bool(tables["runs"]["gpm_bytes_per_step"].notna().any())
+    for r in tables["runs"].itertuples():
+        if r.nvml_coverage < 0.999:  # NaN (no timeline) compares False
+            meta["missing"].append(
+                f"nvml: the timeline covers {r.nvml_coverage:.1%} of batch {r.batch}'s window; "
+                "bytes, power and energy are for the covered part only"
+            )
+    with tempfile.TemporaryDirectory(prefix="memtraffic-import-") as tmpdir:
+        raw: dict[str, Path] = {}
+        for imp in imported:
+            name = imp.path.name if imp.path.name.endswith(".gz") else imp.path.name + ".gz"
+            if name in raw:  # same file name from two folders
+                name = f"b{imp.batch}_{name}"
+            dst = Path(tmpdir) / name
+            extra: list[dict[str, Any]] = []
+            span = imp.trace.span_ns
+            if timeline is not None and span is not None:
+                extra = counter_events(timeline, imp.base_ns, span, _device_pid(imp.trace), peak)
+            inject_events(imp.path, dst, extra)
+            raw[name] = dst
+        for run, name in zip(meta["runs"], raw, strict=True):
+            run["kineto"] = f"raw/{name}"
+        return write_bundle(Path(output), meta, tables, raw)
+
+
+def _device_pid(trace: KinetoTrace) -> int:
+    """pid of the GPU process in the trace (where kernels are), so counters show under the kernels."""
+    ev = trace.events
+    dev = ev[ev["cat"].isin(DEVICE_CATEGORIES)]
+    return int(dev["pid"].mode().iloc[0]) if len(dev) else 0
+
+
+def _meta(
+    imported: list[_Imported],
+    runs_file: RunsFile | None,
+    model_name: str | None,
+    timeline: pd.DataFrame | None,
+    nvml_name: str,
+    peak: float | None,
+    peak_source: str,
+    layer_pattern: str | None,
+    step_pattern: str | None,
+) -> dict[str, Any]:
+    doc = runs_file.doc if runs_file is not None else None
+    trace_names = ", ".join(x.path.name for x in imported)
+    runs_name = runs_file.path.name if runs_file is not None else None
+    device_name = next((x.trace.device_name for x in imported if x.trace.device_name), None)
+    if device_name is None and doc is not None and isinstance(doc.get("device"), str):
+        device_name = doc["device"]
+    workload: dict[str, Any] = {"phase": None, "context": None, "dtype": None}
+    if doc is not None:
+        for k in ("phase", "context", "dtype", "input_ring", "torch"):
+            if k in doc:
+                workload[k] = doc[k]
+    missing: list[str] = []
+    if timeline is None:
+        missing.append("nvml: no NVML/GPM timeline given, so no bandwidth, power or energy")
+    elif peak is None:
+        missing.append("gpm: no peak_hbm_Bps (argument or runs file), so GPM bytes were not computed")
+    elif timeline["gpm_dram_bw_util_pct"].isna().all():
+        missing.append("gpm: the timeline has no GPM DRAM bandwidth values")
+    no_base = [x.path.name for x in imported if x.trace.base_time_ns is None]
+    if no_base:
+        missing.append(
+            f"kernels.ts_ns: {', '.join(no_base)} had no baseTimeNanoseconds; their times are trace-relative"
+        )
+    missing += [
+        "ncu: no Nsight Compute per-kernel DRAM bytes in an import",
+        "routing: kineto traces do not record routing",
+        "opcount: op-level counts come from the profiler, not from traces",
+    ]
+    provenance: dict[str, str] = {
+        "kernels": f"imported from {trace_names}",
+        "layers": f"derived from kernels (imported from {trace_names})",
+        "runs.kernel_time_ns_per_step": f"imported from {trace_names}",
+    }
+    if runs_name is not None:
+        provenance["runs.steps"] = f"imported from {runs_name}"
+        provenance["runs.steady_start_ns"] = f"imported from {runs_name}"
+        provenance["runs.us_per_step"] = f"imported from {runs_name}"
+    else:
+        provenance["runs.steps"] = f"imported from {trace_names} (step ranges)"
+    if timeline is not None:
+        provenance["nvml"] = f"imported from {nvml_name}"
+        for col in (
+            "gpm_bytes_per_step",
+            "gpm_bw_Bps",
+            "mean_dram_util_pct",
+            "energy_j_per_step",
+            "mean_power_w",
+        ):
+            provenance[f"runs.{col}"] = f"imported from {nvml_name}"
+    runs_meta = [
+        {
+            "batch": x.batch,
+            "steps": x.run["steps"],
+            "steady_start_ns": x.run["steady_start_ns"],
+            "steady_end_ns": x.run["steady_end_ns"],
+            "us_per_step": x.run["us_per_step"],
+            "kineto": "",
+            "complete": True,
+            "window": x.run["window"],
+            "batch_source": x.batch_source,
+            "source_file": x.path.name,
+        }
+        for x in imported
+    ]
+    return {
+        "source": "imported",
+        "partial": False,
+        "model": {"name": model_name, "config": _model_config(doc, model_name)},
+        "device": {
+            "name": device_name,
+            "peak_hbm_Bps": peak,
+            "peak_source": peak_source if peak is not None else None,
+        },
+        "workload": workload,
+        "runs": runs_meta,
+        "measured": {
+            "kernels": True,
+            "nvml": timeline is not None,
+            "gpm": False,
+            "ncu": False,
+            "routing": False,
+            "opcount": False,
+        },
+        "missing": missing,
+        "provenance": provenance,
+        "extra": {
+            "layer_pattern": layer_pattern or DEFAULT_LAYER_PATTERN,
+            "step_pattern": step_pattern or DEFAULT_STEP_PATTERN,
+            "runs_file": runs_name,
+            "nvml_file": nvml_name or None,
+            "kernel_time": "sum of device activity durations (kernel, gpu_memcpy, gpu_memset); "
+            "runs.kernel_time_ns_per_step is over the trace's own (profiled) steps, not the steady loop",
+            "energy": "cumulative energy_mj counter, linear between readings at each window's t_end_ns",
+        },
+    }
