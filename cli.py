@@ -22,7 +22,8 @@ app = typer.Typer(
     help="Per-layer HBM traffic of transformers: predicted (simulate, compare), measured (profile, count, "
     "import), checked (validate) and shown (report).",
 )
-console = Console()
+# Piped output is not squeezed into 80 columns: tables stay readable in files and CI logs.
+console = Console() if sys.stdout.isatty() else Console(width=140)
 
 DEFAULT_HARDWARE = "h100-sxm"
 
@@ -52,7 +53,9 @@ def parse_sizes(text: str, what: str) -> list[int]:
             else:
                 out.append(int(part))
         except ValueError:
-            raise ConfigError(f"--{what} {text!r}: expected integers like 1,8,64 or a range like 1:4096") from None
+            raise ConfigError(
+                f"--{what} {text!r}: expected integers like 1,8,64 or a range like 1:4096"
+            ) from None
     if not out:
         raise ConfigError(f"--{what} is empty")
     bad = [v for v in out if v < 1]
@@ -77,7 +80,9 @@ def parse_routing(text: str) -> dict:
 
 
 Batch = Annotated[str, typer.Option("--batch", "-b", help="sizes: 1,8,64 or a range 1:4096 (powers of two)")]
-Context = Annotated[str, typer.Option("--context", "-c", help="KV length (decode) or prompt length (prefill)")]
+Context = Annotated[
+    str, typer.Option("--context", "-c", help="KV length (decode) or prompt length (prefill)")
+]
 Phase = Annotated[str, typer.Option("--phase", help="decode or prefill")]
 Hardware = Annotated[str, typer.Option("--hardware", "-H", help="hardware preset or YAML file")]
 Fmt = Annotated[str, typer.Option("--format", "-f", help="table, csv, json or parquet")]
@@ -85,16 +90,31 @@ Output = Annotated[Path | None, typer.Option("--output", "-o", help="write the t
 Sets = Annotated[list[str] | None, typer.Option("--set", help="override a model field: top_k=16, knum=1024")]
 
 
-def _workload(batch: str, context: str, phase: str, weight_dtype: str, act_dtype: str, kv_dtype: str,
-              tp: int, ep: int, routing: str):
+def _workload(
+    batch: str,
+    context: str,
+    phase: str,
+    weight_dtype: str,
+    act_dtype: str,
+    kv_dtype: str,
+    tp: int,
+    ep: int,
+    routing: str,
+):
     from pydantic import ValidationError
 
     from simulator.config import Workload, describe_validation_error
 
     try:
         return Workload(
-            phase=phase, batch=parse_sizes(batch, "batch"), context=parse_sizes(context, "context"),
-            weight_dtype=weight_dtype, activation_dtype=act_dtype, kv_dtype=kv_dtype, tp=tp, ep=ep,
+            phase=phase,
+            batch=parse_sizes(batch, "batch"),
+            context=parse_sizes(context, "context"),
+            weight_dtype=weight_dtype,
+            activation_dtype=act_dtype,
+            kv_dtype=kv_dtype,
+            tp=tp,
+            ep=ep,
             routing=parse_routing(routing),
         )
     except ValidationError as exc:
@@ -107,8 +127,13 @@ def _emit(df, fmt: str, output: Path | None, table_fn) -> None:
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
     if output is not None:
-        write_frame(df, output, "parquet" if fmt == "table" and output.suffix == ".parquet" else
-                    ("csv" if fmt == "table" else fmt))
+        write_frame(
+            df,
+            output,
+            "parquet"
+            if fmt == "table" and output.suffix == ".parquet"
+            else ("csv" if fmt == "table" else fmt),
+        )
         console.print(f"wrote {len(df)} rows to {output}")
     elif fmt == "table":
         console.print(table_fn())
@@ -138,7 +163,9 @@ def simulate(
     tp: Annotated[int, typer.Option("--tp", help="tensor-parallel degree")] = 1,
     ep: Annotated[int, typer.Option("--ep", help="expert-parallel degree")] = 1,
     routing: Annotated[str, typer.Option("--routing", help="uniform, zipf:S or histogram:FILE")] = "uniform",
-    calibration: Annotated[Path | None, typer.Option("--calibration", help="run dir or calibration JSON")] = None,
+    calibration: Annotated[
+        Path | None, typer.Option("--calibration", help="run dir or calibration JSON")
+    ] = None,
 ) -> None:
     """FLOPs, bytes (weights, activations, KV read/write), intensity and roofline time per step."""
     from simulator.loading import load_hardware, load_model
@@ -205,6 +232,72 @@ def presets(
         for p in list_presets(k):
             table.add_row(p["name"], p.get("description", ""), p.get("sources", ""))
         console.print(table)
+
+
+@app.command("import")
+def import_(
+    traces: Annotated[list[Path] | None, typer.Argument(help="kineto JSON traces (.json or .json.gz)")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="bundle directory to write")] = Path("run"),
+    nvml: Annotated[Path | None, typer.Option("--nvml", help="NVML/GPM timeline CSV")] = None,
+    runs: Annotated[Path | None, typer.Option("--runs", help="JSON listing each trace's steady window")] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="the traced model: preset, model file or HF config.json")
+    ] = None,
+    runs_model: Annotated[
+        str | None, typer.Option("--runs-model", help="take this model's runs from the runs file")
+    ] = None,
+    layer_pattern: Annotated[str | None, typer.Option("--layer-pattern", help="regex of layer ranges")] = None,
+    step_pattern: Annotated[str | None, typer.Option("--step-pattern", help="regex of step ranges")] = None,
+    peak: Annotated[float | None, typer.Option("--peak-hbm-bps", help="theoretical HBM bytes/s")] = None,
+    batch: Annotated[str | None, typer.Option("--batch", help="batch size of each trace, in order")] = None,
+) -> None:
+    """Turn torch.profiler traces (and an NVML/GPM timeline) recorded elsewhere into a trace bundle."""
+    from traces import import_traces
+
+    cfg = None
+    if model is not None:
+        from simulator.loading import load_model
+
+        cfg = load_model(model)
+    out = import_traces(
+        list(traces or []),
+        output,
+        nvml=nvml,
+        runs=runs,
+        model=runs_model,
+        model_config=cfg.model_dump(mode="json") if cfg is not None else None,
+        layer_pattern=layer_pattern,
+        step_pattern=step_pattern,
+        peak_hbm_Bps=peak,
+        batch=[int(b) for b in batch.split(",")] if batch else None,
+    )
+    _print_bundle_summary(out)
+
+
+def _print_bundle_summary(path: Path) -> None:
+    from rich.table import Table
+
+    from reports.tables import seconds, si
+    from traces import read_bundle
+
+    bundle = read_bundle(path)
+    runs = bundle.runs
+    table = Table(title=f"bundle {path} ({bundle.meta.get('source')})", title_justify="left")
+    for c in ("batch", "steps", "time/step", "kernel time/step", "GPM bytes/step", "GPM bandwidth"):
+        table.add_column(c, justify="right")
+    if runs is not None:
+        for r in runs.itertuples(index=False):
+            table.add_row(
+                str(r.batch),
+                str(r.steps),
+                seconds(r.us_per_step / 1e6),
+                seconds(getattr(r, "kernel_time_ns_per_step", float("nan")) / 1e9),
+                si(getattr(r, "gpm_bytes_per_step", float("nan"))),
+                si(getattr(r, "gpm_bw_Bps", float("nan")), "B/s"),
+            )
+    console.print(table)
+    for reason in bundle.meta.get("missing", []):
+        console.print(f"not measured: {reason}")
 
 
 def _calibration(path: Path | None) -> dict[str, float] | None:

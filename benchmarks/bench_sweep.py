@@ -53,9 +53,15 @@ def llm_analysis_sweep(batches: list[int], contexts: list[int]) -> tuple[float, 
         # llm-analysis wants ffn width as a multiple of d_model; round up (it only changes its numbers)
         ffn_dim = int(np.ceil(width / cfg.d_model)) * cfg.d_model
         model = LaModel(
-            name=name, num_layers=cfg.n_layers, n_head=block.attention.n_heads, hidden_dim=cfg.d_model,
-            vocab_size=cfg.vocab_size, num_key_value_heads=block.attention.kv_heads, ffn_embed_dim=ffn_dim,
-            moe_num_experts=experts, moe_top_k=getattr(ffn, "top_k", 1),
+            name=name,
+            num_layers=cfg.n_layers,
+            n_head=block.attention.n_heads,
+            hidden_dim=cfg.d_model,
+            vocab_size=cfg.vocab_size,
+            num_key_value_heads=block.attention.kv_heads,
+            ffn_embed_dim=ffn_dim,
+            moe_num_experts=experts,
+            moe_top_k=getattr(ffn, "top_k", 1),
         )
         analysis = la.LLMAnalysis(model, gpu, dtype)
         for b in batches:
@@ -77,7 +83,9 @@ def main() -> None:
     contexts = [32 * i for i in range(1, args.contexts + 1)]
     points = len(MODELS) * len(batches) * len(contexts)
     print(f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}")
-    print(f"points: {points:,} ({len(MODELS)} models x {len(batches)} batch sizes x {len(contexts)} contexts)")
+    print(
+        f"points: {points:,} ({len(MODELS)} models x {len(batches)} batch sizes x {len(contexts)} contexts)"
+    )
 
     simulate(load_model(MODELS[0]), load_hardware("h100-sxm"), Workload(batch=[1], context=[1]))  # warm-up
     t_mt, rows = memtraffic_sweep(batches, contexts)
@@ -85,8 +93,10 @@ def main() -> None:
     mt_rate = rows / t_mt
     la_rate = (done + refused) / t_la
     print(f"memtraffic   : {rows:,} points in {t_mt:.2f} s = {mt_rate:,.0f} points/s")
-    print(f"llm-analysis : {done + refused:,} points in {t_la:.2f} s = {la_rate:,.0f} points/s "
-          f"({refused:,} refused by its memory checks)")
+    print(
+        f"llm-analysis : {done + refused:,} points in {t_la:.2f} s = {la_rate:,.0f} points/s "
+        f"({refused:,} refused by its memory checks)"
+    )
     print(f"ratio        : memtraffic is {mt_rate / la_rate:,.1f}x faster")
 
 

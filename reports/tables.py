@@ -39,9 +39,21 @@ def seconds(value: float) -> str:
 def simulate_table(df: pd.DataFrame, title: str) -> Table:
     table = Table(title=title, title_justify="left")
     per_layer = (df["layer"] != "total").any()
-    cols = ["batch", "context"] + (["layer"] if per_layer else []) + [
-        "FLOPs", "weights", "act", "KV read", "KV write", "total", "AI", "time", "bound",
-    ]
+    cols = (
+        ["batch", "context"]
+        + (["layer"] if per_layer else [])
+        + [
+            "FLOPs",
+            "weights",
+            "act",
+            "KV read",
+            "KV write",
+            "total",
+            "AI",
+            "time",
+            "bound",
+        ]
+    )
     for c in cols:
         table.add_column(c, justify="left" if c in {"layer", "bound"} else "right")
     for r in df.itertuples(index=False):
@@ -66,7 +78,9 @@ def compare_frame(df: pd.DataFrame) -> pd.DataFrame:
     totals = df[df["layer"] == "total"]
     models = list(dict.fromkeys(totals["model"]))
     wide = totals.pivot_table(
-        index=["batch", "context"], columns="model", values=["weight_bytes_ideal", "bytes_ideal", "time_s"],
+        index=["batch", "context"],
+        columns="model",
+        values=["weight_bytes_ideal", "bytes_ideal", "time_s"],
         sort=False,
     )
     out = pd.DataFrame(index=wide.index)
@@ -76,7 +90,9 @@ def compare_frame(df: pd.DataFrame) -> pd.DataFrame:
         out[f"{m} bytes"] = wide[("bytes_ideal", m)]
         out[f"{m} time_s"] = wide[("time_s", m)]
     for m in models[1:]:
-        out[f"weight ratio {first}/{m}"] = wide[("weight_bytes_ideal", first)] / wide[("weight_bytes_ideal", m)]
+        out[f"weight ratio {first}/{m}"] = (
+            wide[("weight_bytes_ideal", first)] / wide[("weight_bytes_ideal", m)]
+        )
         out[f"time ratio {first}/{m}"] = wide[("time_s", first)] / wide[("time_s", m)]
     return out.reset_index()
 
@@ -92,8 +108,12 @@ def compare_table(cmp: pd.DataFrame, title: str) -> Table:
     cols += [c for c in cmp.columns if c.endswith(" time_s")]
     cols += [c for c in cmp.columns if c.startswith("time ratio")]
     for c in cols:
-        label = (c.replace(" weight_bytes", "\nweights/step").replace(" time_s", "\ntime/step")
-                 .replace("weight ratio ", "weights\n").replace("time ratio ", "time\n"))
+        label = (
+            c.replace(" weight_bytes", "\nweights/step")
+            .replace(" time_s", "\ntime/step")
+            .replace("weight ratio ", "weights\n")
+            .replace("time ratio ", "time\n")
+        )
         table.add_column(label, justify="right", overflow="fold")
     for r in cmp[cols].itertuples(index=False):
         cells = []

@@ -163,7 +163,9 @@ class MoEConfig(Strict):
     top_k: PositiveInt
     expert_ffn: PositiveInt
     n_shared_experts: Annotated[int, Field(ge=0)] = 0
-    shared_ffn: Annotated[int, Field(ge=0)] = Field(0, description="total intermediate width of shared experts")
+    shared_ffn: Annotated[int, Field(ge=0)] = Field(
+        0, description="total intermediate width of shared experts"
+    )
     activation: Activation = "swiglu"
     router: Literal["softmax", "sigmoid"] = "softmax"
     router_bias: bool = Field(False, description="per-expert selection bias (DeepSeek-V3)")
@@ -230,7 +232,6 @@ class PEERConfig(Strict):
         # top-k over each product-key side cannot pick more than that side has
         return _not_above(v, info, "top_k", "n_keys")
 
-
     @property
     def rows(self) -> int:
         return self.n_keys**2
@@ -253,7 +254,6 @@ class MemoryPlusConfig(Strict):
     def _k_fits(cls, v: int, info: ValidationInfo) -> int:
         # top-k over each product-key side cannot pick more than that side has
         return _not_above(v, info, "top_k", "n_keys")
-
 
     @property
     def rows(self) -> int:
@@ -345,7 +345,13 @@ class UltraMemV2Config(Strict):
 
 
 FFNLayer = Annotated[
-    DenseFFNConfig | MoEConfig | PKMConfig | PEERConfig | MemoryPlusConfig | UltraMemConfig | UltraMemV2Config,
+    DenseFFNConfig
+    | MoEConfig
+    | PKMConfig
+    | PEERConfig
+    | MemoryPlusConfig
+    | UltraMemConfig
+    | UltraMemV2Config,
     Field(discriminator="kind"),
 ]
 MEMORY_KINDS: frozenset[str] = frozenset({"pkm", "peer", "memory_plus", "ultramem", "ultramemv2"})
@@ -414,7 +420,8 @@ class Workload(Strict):
     phase: Literal["decode", "prefill"] = "decode"
     batch: list[PositiveInt] = Field(default_factory=lambda: [1], min_length=1)
     context: list[PositiveInt] = Field(
-        default_factory=lambda: [2048], min_length=1,
+        default_factory=lambda: [2048],
+        min_length=1,
         description="decode: KV entries per sequence; prefill: prompt tokens per sequence",
     )
     tokens_per_step: PositiveInt = Field(1, description="decode tokens per sequence per step (speculation)")
@@ -448,5 +455,11 @@ def describe_validation_error(exc: Exception, what: str) -> str:
 def _is_union_tag(part: object) -> bool:
     # pydantic inserts the discriminator value into locations of tagged unions; keep indices and names
     return isinstance(part, str) and part in {
-        "dense", "moe", "pkm", "peer", "memory_plus", "ultramem", "ultramemv2",
+        "dense",
+        "moe",
+        "pkm",
+        "peer",
+        "memory_plus",
+        "ultramem",
+        "ultramemv2",
     }

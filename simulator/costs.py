@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from simulator.config import DTYPE_BYTES, ModelConfig, Workload
+from simulator.config import DTYPE_BYTES, Workload
 from simulator.routing import RoutingModel
 
 Array = np.ndarray
@@ -106,5 +106,3 @@ def split_weights(params: float, degree: int) -> float:
 def allreduce_bytes(tokens: Array, d_model: int, b_a: float, tp: int) -> Array:
     """Ring all-reduce of a [T, d] activation: 2(tp-1)/tp of the tensor per device."""
     return 2.0 * (tp - 1) / tp * tokens * d_model * b_a
-
-

@@ -51,8 +51,14 @@ COLUMNS: dict[str, str] = {
 }
 
 _SUMMED = (
-    "flops", "weight_bytes_ideal", "weight_bytes_naive", "act_bytes_ideal", "act_bytes_naive",
-    "kv_read_bytes", "kv_write_bytes", "comm_bytes",
+    "flops",
+    "weight_bytes_ideal",
+    "weight_bytes_naive",
+    "act_bytes_ideal",
+    "act_bytes_naive",
+    "kv_read_bytes",
+    "kv_write_bytes",
+    "comm_bytes",
 )
 
 
@@ -142,16 +148,18 @@ def simulate(
         row = {k: np.broadcast_to(np.asarray(getattr(c, k), dtype=np.float64), (n,)) for k in _SUMMED}
         row["distinct_items"] = c.distinct_items
         row["items_requested"] = c.items_requested
-        row["bytes_ideal"] = row["weight_bytes_ideal"] + row["act_bytes_ideal"] + row["kv_read_bytes"] + row[
-            "kv_write_bytes"
-        ]
-        row["bytes_naive"] = row["weight_bytes_naive"] + row["act_bytes_naive"] + row["kv_read_bytes"] + row[
-            "kv_write_bytes"
-        ]
+        row["bytes_ideal"] = (
+            row["weight_bytes_ideal"] + row["act_bytes_ideal"] + row["kv_read_bytes"] + row["kv_write_bytes"]
+        )
+        row["bytes_naive"] = (
+            row["weight_bytes_naive"] + row["act_bytes_naive"] + row["kv_read_bytes"] + row["kv_write_bytes"]
+        )
         scale = c.straggler if c.straggler is not None else 1.0
         k_eff = eff.get(c.kind, 1.0)
         row.update(roofline(row["flops"], row["bytes_ideal"], hardware, dtype, k_eff, scale))
-        row["time_naive_s"] = roofline(row["flops"], row["bytes_naive"], hardware, dtype, k_eff, scale)["time_s"]
+        row["time_naive_s"] = roofline(row["flops"], row["bytes_naive"], hardware, dtype, k_eff, scale)[
+            "time_s"
+        ]
         per_entry.append(row)
 
     stored, active = total_params(entries)
@@ -187,8 +195,18 @@ def simulate(
 
 
 def _totals(entries: Sequence[LayerEntry], rows: Sequence[dict[str, np.ndarray]], n: int) -> dict:
-    acc = {k: np.zeros(n) for k in (*_SUMMED, "bytes_ideal", "bytes_naive", "t_compute_s", "t_memory_s",
-                                    "time_s", "time_naive_s")}
+    acc = {
+        k: np.zeros(n)
+        for k in (
+            *_SUMMED,
+            "bytes_ideal",
+            "bytes_naive",
+            "t_compute_s",
+            "t_memory_s",
+            "time_s",
+            "time_naive_s",
+        )
+    }
     distinct = np.zeros(n)
     requested = np.zeros(n)
     sparse = False

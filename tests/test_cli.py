@@ -90,7 +90,9 @@ def test_bad_input_malformed_json_and_yaml(tmp_path: Path) -> None:
 
 def test_bad_input_unsupported_hf_architecture(tmp_path: Path) -> None:
     cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps({"model_type": "mamba", "architectures": ["MambaForCausalLM"], "hidden_size": 768}))
+    cfg.write_text(
+        json.dumps({"model_type": "mamba", "architectures": ["MambaForCausalLM"], "hidden_size": 768})
+    )
     assert_one_line_error(run("simulate", str(cfg)), "mamba")
 
 

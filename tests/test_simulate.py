@@ -116,8 +116,9 @@ def test_per_layer_rows_sum_to_total() -> None:
     batch=st.lists(st.integers(1, 5000), min_size=2, max_size=6, unique=True),
     phase=st.sampled_from(["decode", "prefill"]),
 )
-def test_bytes_never_fall_as_batch_grows(n_experts: int, k_frac: float, d: int, batch: list[int],
-                                         phase: str) -> None:
+def test_bytes_never_fall_as_batch_grows(
+    n_experts: int, k_frac: float, d: int, batch: list[int], phase: str
+) -> None:
     k = max(1, int(n_experts * k_frac))
     model = ModelConfig.model_validate(
         {

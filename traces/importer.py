@@ -290,8 +290,13 @@ def import_traces(
     step_pattern: str | None = None,
     peak_hbm_Bps: float | None = None,
     batch: list[int] | None = None,
+    model_config: dict[str, Any] | None = None,
 ) -> Path:
     """Import kineto traces (one per batch size, one model) into a bundle at ``output``; returns it.
+
+    ``model_config`` is the memtraffic model (a ``ModelConfig`` as a dict) the traces were recorded
+    from; it becomes the bundle's model, so ``validate`` predicts the same shapes. What the runs file
+    says of the model is kept under ``extra.recorded_model``.
 
     ``traces`` may be empty when ``runs`` lists them (then every run, or every run of ``model``).
     ``batch`` gives the batch sizes in the order of ``traces``. Without ``peak_hbm_Bps`` here or in the
@@ -337,6 +342,9 @@ def import_traces(
     meta = _meta(
         imported, runs_file, model_name, timeline, nvml_name, peak, peak_source, layer_pattern, step_pattern
     )
+    if model_config is not None:
+        meta["extra"]["recorded_model"] = meta["model"]
+        meta["model"] = {"name": model_config.get("name"), "config": model_config}
     meta["measured"]["gpm"] = bool(tables["runs"]["gpm_bytes_per_step"].notna().any())
     for r in tables["runs"].itertuples():
         if r.nvml_coverage < 0.999:  # NaN (no timeline) compares False

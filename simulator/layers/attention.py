@@ -81,7 +81,9 @@ def cost(attn: AttentionConfig, model: ModelConfig, points: Points) -> LayerCost
     qkv_elems = h * qk + 2 * (attn.kv_heads * qk if attn.kind != "mla" else kv_elems)
     # unfused path: x read, q/k/v written and read, attention output written and read, y written,
     # and the score matrix written and read twice (scores, then softmax probabilities)
-    act_naive = tokens * (d + 2 * qkv_elems + 2 * h * v + d) * points.b_a / tp + 4.0 * scores * points.b_a / tp
+    act_naive = (
+        tokens * (d + 2 * qkv_elems + 2 * h * v + d) * points.b_a / tp + 4.0 * scores * points.b_a / tp
+    )
     nan = points.full(np.nan)
     return LayerCost(
         kind="attention",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulator.config import GATED, MoEConfig, ModelConfig
+from simulator.config import GATED, ModelConfig, MoEConfig
 from simulator.costs import LayerCost, Points, allreduce_bytes
 from simulator.layers.dense import ffn_params
 from simulator.routing import expected_max_load

@@ -7,22 +7,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from simulator.loading import load_model
 from traces import import_traces, read_bundle
 
 HERE = Path(__file__).resolve().parent
 RECORDINGS = HERE / "h100-decode-2026-11-26"
 BUNDLES = HERE / "bundles"
-MODELS = ("moe", "umv2")
+# recorded model name in meta.json -> the memtraffic preset with the same shapes
+MODELS = {"moe": "h100-sample-moe", "umv2": "h100-sample-umv2"}
 
 
 def main() -> None:
-    for model in MODELS:
+    for model, preset in MODELS.items():
         out = import_traces(
             [],
             BUNDLES / model,
             nvml=RECORDINGS / "nvml_timeline.csv",
             runs=RECORDINGS / "meta.json",
             model=model,
+            model_config=load_model(preset).model_dump(mode="json"),
         )
         runs = read_bundle(out).runs
         assert runs is not None
