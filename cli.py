@@ -274,6 +274,116 @@ def import_(
     _print_bundle_summary(out)
 
 
+@app.command()
+def validate(
+    run_dir: Annotated[Path, typer.Argument(help="a trace bundle (from profile or import)")],
+    model: Annotated[str | None, typer.Option("--model", help="model to predict (default: the bundle's)")] = None,
+    output: Output = None,
+    fmt: Annotated[str | None, typer.Option("--format", "-f", help="parquet or csv (with --output)")] = None,
+    calibrate: Annotated[
+        Path | None, typer.Option("--save-calibration", help="write the fitted per-kind bandwidth efficiency")
+    ] = None,
+) -> None:
+    """Predicted against measured bytes, time and distinct experts/rows, per layer and batch size."""
+    from reports.validation import validate_run
+
+    result = validate_run(run_dir, model=model, output=output, fmt=fmt, console=console)
+    if output is not None:
+        console.print(f"wrote validation tables to {output}")
+    if calibrate is not None:
+        from reports.calibration import fit_efficiency, save_calibration
+
+        eff = fit_efficiency(result)
+        save_calibration(calibrate, eff, {"bundle": str(run_dir)})
+        console.print(f"wrote calibration {calibrate}: " + ", ".join(f"{k} {v:.3f}" for k, v in eff.items()))
+
+
+@app.command()
+def report(
+    inputs: Annotated[list[str], typer.Argument(help="models (presets/files) and run dirs (bundles), mixed")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="HTML file to write")] = Path("report.html"),
+    batch: Annotated[str | None, typer.Option("--batch", "-b", help="batch sizes to simulate")] = None,
+    context: Annotated[int | None, typer.Option("--context", "-c", help="context to simulate")] = None,
+    hardware: Hardware = DEFAULT_HARDWARE,
+    title: Annotated[str | None, typer.Option("--title")] = None,
+) -> None:
+    """One self-contained interactive HTML page (works offline) from simulations and runs."""
+    import shlex
+
+    from reports.html import report_run
+
+    runs = [i for i in inputs if (Path(i) / "bundle.json").is_file()]
+    models = [i for i in inputs if i not in runs]
+    path = report_run(
+        models,
+        runs,
+        output,
+        batches=parse_sizes(batch, "batch") if batch else None,
+        context=context,
+        hardware=hardware,
+        title=title,
+        command=shlex.join(["memtraffic", *sys.argv[1:]]),
+    )
+    console.print(f"report: {path.resolve()}")
+
+
+SAMPLE_RUNS = {"moe": "h100-sample-moe", "umv2": "h100-sample-umv2"}
+
+
+@app.command()
+def demo(
+    output: Annotated[Path, typer.Option("--output", "-o", help="folder for bundles, tables, report")] = Path(
+        "memtraffic-demo"
+    ),
+) -> None:
+    """The main job on the embedded default: import the bundled real H100 recordings, validate them,
+    compare OLMoE-1B-7B with UltraMemV2-1B/7B on an H100 at batch 1..4096, write one HTML report."""
+    import shlex
+    from importlib.resources import files
+
+    from reports.html import report_run
+    from reports.tables import compare_frame, compare_table
+    from reports.validation import validate_run
+    from simulator.config import Workload
+    from simulator.loading import load_hardware, load_model
+    from simulator.sweep import compare as run_compare
+    from traces import import_traces
+
+    samples = Path(str(files("traces") / "samples" / "h100-decode-2026-11-26"))
+    output.mkdir(parents=True, exist_ok=True)
+    bundles = []
+    for recorded, preset in SAMPLE_RUNS.items():
+        console.rule(f"[bold]{preset}: real H100 decode recording, imported and validated")
+        bundle = import_traces(
+            [],
+            output / f"bundle-{recorded}",
+            nvml=samples / "nvml_timeline.csv",
+            runs=samples / "meta.json",
+            model=recorded,
+            model_config=load_model(preset).model_dump(mode="json"),
+        )
+        _print_bundle_summary(bundle)
+        validate_run(bundle, model=preset, output=output / f"validation-{recorded}", fmt="csv", console=console)
+        bundles.append(bundle)
+
+    console.rule("[bold]OLMoE-1B-7B against UltraMemV2-1B/7B, simulated")
+    pair = [load_model("olmoe-1b-7b"), load_model("ultramemv2-1b-7b")]
+    batches = [2**i for i in range(13)]
+    cmp = compare_frame(run_compare(pair, load_hardware("h100-sxm"), Workload(batch=batches, context=[2048])))
+    console.print(compare_table(cmp, "olmoe-1b-7b vs ultramemv2-1b-7b on h100-sxm, decode, context 2048"))
+
+    path = report_run(
+        [m.name for m in pair],
+        bundles,
+        output / "report.html",
+        batches=batches,
+        context=2048,
+        title="memtraffic demo: MoE against UltraMemV2, predicted and measured on an H100",
+        command=shlex.join(["memtraffic", *sys.argv[1:]]),
+    )
+    console.print(f"report: {path.resolve()}")
+
+
 def _print_bundle_summary(path: Path) -> None:
     from rich.table import Table
 

@@ -1,0 +1,175 @@
+"""The HTML report: self-contained (plotly.js inline, no network), one div per chart, valid trace data."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from plotly.offline import get_plotlyjs
+
+from reports.html import build_report, write_report
+from reports.validation import validate
+from simulator.config import Workload
+from simulator.errors import ConfigError
+from simulator.loading import load_hardware, load_model
+from simulator.sweep import compare
+from tests.test_validation import make_tiny_bundle, sample_bundles, tiny_hardware
+from traces.bundle import read_bundle
+
+SIM_CHARTS = {
+    "chart-step-bytes",
+    "chart-step-time",
+    "chart-roofline",
+    "chart-layer-bytes-0",
+    "chart-layer-bytes-1",
+    "chart-distinct",
+}
+MEASURED_CHARTS = {"chart-timeline-0", "chart-pred-meas-bytes", "chart-pred-meas-time"}
+CHART_DIV = re.compile(r'<div class="chart" id="([^"]+)"')
+
+
+def chart_specs(text: str) -> dict[str, dict]:
+    """Chart id -> the figure JSON embedded for it."""
+    out = {}
+    for cid in CHART_DIV.findall(text):
+        m = re.search(
+            rf'<script type="application/json" id="{re.escape(cid)}-data">(.*?)</script>', text, re.S
+        )
+        assert m, f"no data for {cid}"
+        out[cid] = json.loads(m.group(1))
+    return out
+
+
+def values(v: object) -> np.ndarray:
+    """Trace coordinates as plotly writes them: a list, or a typed array {dtype, bdata} (plotly >= 6)."""
+    if isinstance(v, dict) and "bdata" in v:
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"])).astype(float)
+    return np.asarray(v, dtype=object)
+
+
+def check_traces(spec: dict, cid: str) -> None:
+    data = spec["data"]
+    assert isinstance(data, list) and data, cid
+    assert isinstance(spec["layout"], dict) and spec["layout"].get("title"), cid
+    for tr in data:
+        assert tr.get("type") in {"scatter", "bar"}, (cid, tr.get("type"))
+        x, y = values(tr["x"]), values(tr["y"])
+        assert len(x) == len(y) > 0, (cid, tr.get("name"))
+        if tr["type"] == "scatter":
+            ys = y.astype(float)
+            assert np.isfinite(ys).any(), (cid, tr.get("name"))
+
+
+def assert_self_contained(text: str) -> None:
+    srcs = re.findall(r"<script[^>]*\bsrc\s*=", text, re.I)
+    assert not srcs, "a script is loaded from a URL"
+    assert not re.search(r"<link[^>]+href=[\"']https?://", text, re.I)
+    assert text.count(get_plotlyjs()) == 1, "plotly.js must be inline exactly once"
+    # the only cdn.plot.ly mention is the default topojson URL inside plotly.js itself (unused: no maps)
+    assert text.count("cdn.plot.ly") == get_plotlyjs().count("cdn.plot.ly")
+
+
+@pytest.fixture(scope="module")
+def sim():
+    hw = load_hardware("h100-sxm")
+    models = [load_model("olmoe-1b-7b"), load_model("ultramemv2-1b-7b")]
+    return compare(models, hw, Workload(batch=[1, 4, 16, 64, 256], context=[2048]), per_layer=True)
+
+
+def test_report_from_simulation_alone(sim, tmp_path: Path) -> None:
+    text = build_report(
+        sim, [], [], "Sparse layers on H100", command="memtraffic report olmoe-1b-7b ultramemv2-1b-7b"
+    )
+    assert_self_contained(text)
+    specs = chart_specs(text)
+    assert set(specs) == SIM_CHARTS
+    for cid, spec in specs.items():
+        check_traces(spec, cid)
+    assert "memtraffic report olmoe-1b-7b ultramemv2-1b-7b" in text
+    for level in ("ideal", "naive", "eager"):
+        assert f"<dt>{level}</dt>" in text
+    assert "Simulation only" in text
+    assert text.count("Omitted:") == 2  # timeline and predicted-vs-measured
+    # MoE and memory layers are separate traces in the per-step charts
+    names = [tr["name"] for tr in specs["chart-step-bytes"]["data"]]
+    assert any("olmoe" in n and "moe" in n.split("·")[-1] for n in names)
+    assert any("ultramemv2" in n and "memory" in n for n in names)
+    # the roofline has the hardware's roof and a point per layer and batch
+    roof = specs["chart-roofline"]["data"]
+    assert any(tr["name"].startswith("roof h100") for tr in roof)
+    n_points = sum(len(values(tr["x"])) for tr in roof if "(predicted)" in tr["name"])
+    assert n_points == int(((sim["layer"] != "total") & (sim["flops"] > 0)).sum())
+    out = write_report(tmp_path / "report.html", text)
+    assert out.read_text(encoding="utf-8") == text
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_report_totals_only_and_empty(sim) -> None:
+    totals = sim[sim["layer"] == "total"]
+    text = build_report(totals, [], [], "totals", command="x")
+    assert "totals only" in text
+    specs = chart_specs(text)
+    assert set(specs) == {"chart-step-bytes", "chart-step-time"}  # whole-step lines only
+    assert all(tr["name"].endswith("· total") for tr in specs["chart-step-bytes"]["data"])
+    assert_self_contained(text)
+    empty = build_report(None, [], [], "nothing", command="x")
+    assert not CHART_DIV.findall(empty) and empty.count("Omitted:") == 6
+
+
+def _measured(tmp_path: Path) -> tuple[list, list]:
+    paths = sample_bundles()
+    if paths:
+        bundles = [read_bundle(p) for p in paths]
+        return bundles, [validate(b) for b in bundles]
+    b = read_bundle(make_tiny_bundle(tmp_path / "tiny"))
+    return [b], [validate(b, hardware=tiny_hardware())]
+
+
+def test_report_from_bundles(tmp_path: Path) -> None:
+    bundles, validations = _measured(tmp_path)
+    text = build_report(
+        None, bundles, validations, "H100 samples", command="memtraffic report RUN --output r.html"
+    )
+    assert_self_contained(text)
+    specs = chart_specs(text)
+    assert set(specs) >= MEASURED_CHARTS
+    assert {"chart-step-bytes", "chart-step-time", "chart-roofline", "chart-distinct"} <= set(specs)
+    for cid, spec in specs.items():
+        check_traces(spec, cid)
+    device = bundles[0].meta["device"]["name"]
+    assert device in text and "recorded " in text
+    # the timeline: GB/s line plus a shaded, labelled steady window per run of every bundle
+    layout = specs["chart-timeline-0"]["layout"]
+    runs = sum(len(b.table("runs")) for b in bundles)
+    labels = [a["text"] for a in layout["annotations"]]
+    assert len(labels) == runs and all(re.search(r" b\d+$", t) for t in labels)
+    assert len(layout["shapes"]) > runs  # plus the profiled layer windows
+    # predicted vs measured: y = x and the +-25 % band
+    names = [tr.get("name") for tr in specs["chart-pred-meas-bytes"]["data"]]
+    assert "±25 %" in names and "predicted = measured" in names
+    # the validation tables
+    assert "per step (errors (pred − meas) / meas" in text
+
+
+def test_write_report_needs_folder(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as exc:
+        write_report(tmp_path / "no" / "r.html", "<html></html>")
+    assert "\n" not in str(exc.value)
+
+
+def test_report_run_models_and_runs(tmp_path: Path) -> None:
+    from reports.html import report_run
+
+    run = make_tiny_bundle(tmp_path / "tiny")
+    out = report_run(["olmoe-1b-7b"], [run], tmp_path / "r.html", command="memtraffic report olmoe-1b-7b RUN")
+    text = out.read_text(encoding="utf-8")
+    specs = chart_specs(text)
+    assert {"chart-timeline-0", "chart-pred-meas-bytes", "chart-layer-bytes-0", "chart-layer-bytes-1"} <= set(
+        specs
+    )
+    names = {tr["name"] for tr in specs["chart-step-bytes"]["data"]}
+    assert any(n.startswith("olmoe-1b-7b") for n in names) and any(n.startswith("tiny-moe") for n in names)
