@@ -236,17 +236,23 @@ def presets(
 
 @app.command("import")
 def import_(
-    traces: Annotated[list[Path] | None, typer.Argument(help="kineto JSON traces (.json or .json.gz)")] = None,
+    traces: Annotated[
+        list[Path] | None, typer.Argument(help="kineto JSON traces (.json or .json.gz)")
+    ] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="bundle directory to write")] = Path("run"),
     nvml: Annotated[Path | None, typer.Option("--nvml", help="NVML/GPM timeline CSV")] = None,
-    runs: Annotated[Path | None, typer.Option("--runs", help="JSON listing each trace's steady window")] = None,
+    runs: Annotated[
+        Path | None, typer.Option("--runs", help="JSON listing each trace's steady window")
+    ] = None,
     model: Annotated[
         str | None, typer.Option("--model", help="the traced model: preset, model file or HF config.json")
     ] = None,
     runs_model: Annotated[
         str | None, typer.Option("--runs-model", help="take this model's runs from the runs file")
     ] = None,
-    layer_pattern: Annotated[str | None, typer.Option("--layer-pattern", help="regex of layer ranges")] = None,
+    layer_pattern: Annotated[
+        str | None, typer.Option("--layer-pattern", help="regex of layer ranges")
+    ] = None,
     step_pattern: Annotated[str | None, typer.Option("--step-pattern", help="regex of step ranges")] = None,
     peak: Annotated[float | None, typer.Option("--peak-hbm-bps", help="theoretical HBM bytes/s")] = None,
     batch: Annotated[str | None, typer.Option("--batch", help="batch size of each trace, in order")] = None,
@@ -277,7 +283,9 @@ def import_(
 @app.command()
 def validate(
     run_dir: Annotated[Path, typer.Argument(help="a trace bundle (from profile or import)")],
-    model: Annotated[str | None, typer.Option("--model", help="model to predict (default: the bundle's)")] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="model to predict (default: the bundle's)")
+    ] = None,
     output: Output = None,
     fmt: Annotated[str | None, typer.Option("--format", "-f", help="parquet or csv (with --output)")] = None,
     calibrate: Annotated[
@@ -363,7 +371,9 @@ def demo(
             model_config=load_model(preset).model_dump(mode="json"),
         )
         _print_bundle_summary(bundle)
-        validate_run(bundle, model=preset, output=output / f"validation-{recorded}", fmt="csv", console=console)
+        validate_run(
+            bundle, model=preset, output=output / f"validation-{recorded}", fmt="csv", console=console
+        )
         bundles.append(bundle)
 
     console.rule("[bold]OLMoE-1B-7B against UltraMemV2-1B/7B, simulated")

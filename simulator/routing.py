@@ -258,9 +258,11 @@ def _build_numba_kernel() -> Callable[..., tuple[FloatArray, FloatArray, FloatAr
         the previous T_j by squaring or by a cached step factor where the grid allows (_grid_steps).
       * |x_j| >= 40: the term is exactly 1.0 in float64, so the item is counted once at the first such j
         and a cumulative sum spreads it to every larger T_j.
-    A Zipf law on 10^7 items keeps most items in the first range for every practical T, so 10^7 items x
-    50 token counts take ~0.2-0.3 s on 2 cores; the worst case (every item mid-range for every T on a
-    grid without doubling or equal steps) runs at one exp per item and token count, ~1.4 s.
+    A Zipf law keeps most items in the first range for every practical T: on the 2-CPU development VM
+    (shared, so timings varied), 10^7 items x 50 token counts took 0.25-0.5 s for Zipf s = 1 on geometric
+    or power-of-two grids, against 1.6-2.1 s for the worst case (every item mid-range at every T, on a
+    grid without doubling or equal steps: one exp per item and token count). benchmarks/bench_routing.py
+    measures it.
     """
     try:
         import numba
@@ -583,23 +585,26 @@ def expected_max_load(
 ) -> tuple[FloatArray, FloatArray]:
     """Mean and expected maximum token-expert pairs per device under expert parallelism (section 2.5).
 
-    G devices hold N/G experts each; with uniform top-k routing a device receives
-    mean = T*k/G pairs, and the step waits for the most loaded one, approximated (Gaussian, [D] in the
-    reference) as E[max] ~ mean + std * sqrt(2 ln G).
-    std^2 = T * k * (1/G) * (1 - 1/G) * (N - k)/(N - 1) is the exact variance (a token's pairs on one
-    device are hypergeometric); the reference's T*k/G*(1 - 1/G) omits the last factor, which matters only
-    when k is a sizeable fraction of N (OLMoE: 56/63). E[max] is capped at T * min(k, N/G), the most a
-    device can receive. Returns (mean, expected_max), each shaped like tokens.
+    G devices hold N/G experts each; with uniform top-k routing a device receives mean = T*k/G pairs, and
+    the step waits for the most loaded one, approximated (Gaussian, [D] in the reference) as
+    E[max] ~ mean + std * sqrt(2 ln G), with
+    std^2 = T * k * (1/G) * (1 - 1/G) * (N - k)/(N - 1), the exact variance (a token's pairs on one device
+    are hypergeometric). The reference's T*k/G*(1 - 1/G) omits the last factor, which matters only when k
+    is a sizeable fraction of N (OLMoE: 56/63).
+    When G does not divide N, the largest shards hold ceil(N/G) experts; E[max] then uses that shard's
+    mean and std (share e/N in place of 1/G) while `mean` stays the average T*k/G. E[max] is capped at
+    T * min(k, e), the most one device can receive. Returns (mean, expected_max), each shaped like tokens.
     """
     t = _tokens(tokens)
     n = _whole("n_experts", n_experts)
     kk = _whole("k", k)
     _not_above("k", kk, "n_experts", n)
     g = _whole("devices", devices)
-    if n % g:
-        raise ConfigError(f"n_experts={n} is not divisible by devices={g}")
-    mean = t * kk / g
+    _not_above("devices", g, "n_experts", n)  # a device without experts is a config mistake
+    largest_shard = -(-n // g)
+    share = largest_shard / n
     finite_population = (n - kk) / (n - 1) if n > 1 else 0.0
-    std = np.sqrt(mean * (1.0 - 1.0 / g) * finite_population)
-    expected_max = np.minimum(mean + std * math.sqrt(2.0 * math.log(g)), t * min(kk, n // g))
+    std = np.sqrt(t * kk * share * (1.0 - share) * finite_population)
+    expected_max = np.minimum(t * kk * share + std * math.sqrt(2.0 * math.log(g)), t * min(kk, largest_shard))
+    mean = t * kk / g
     return _out(mean), _out(expected_max)
