@@ -281,6 +281,90 @@ def import_(
 
 
 @app.command()
+def profile(
+    model: Annotated[
+        str, typer.Argument(help="preset, model file, HF config.json, or path/to/file.py:factory")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="bundle directory to write")] = Path("run"),
+    batch: Batch = "1,8,64,512",
+    phase: Phase = "decode",
+    context: Annotated[
+        int, typer.Option("--context", "-c", help="KV length (decode) or prompt length")
+    ] = 2048,
+    steps: Annotated[int, typer.Option("--steps", help="profiled steps per batch size")] = 3,
+    warmup: Annotated[int, typer.Option("--warmup", help="warm-up steps per batch size")] = 3,
+    steady_seconds: Annotated[
+        float, typer.Option("--steady-seconds", help="steady loop per batch size")
+    ] = 1.0,
+    device: Annotated[
+        str | None, typer.Option("--device", help="cuda, cpu (default: cuda if present)")
+    ] = None,
+    dtype: Annotated[str, typer.Option("--dtype", help="fp32, tf32, bf16 or fp16")] = "bf16",
+    input_shape: Annotated[
+        str | None, typer.Option("--input-shape", help="for file.py:factory, e.g. B,1,1024 (B = batch)")
+    ] = None,
+    input_ring: Annotated[int, typer.Option("--input-ring", help="distinct inputs cycled per step")] = 16,
+    kv_mode: Annotated[str, typer.Option("--kv-mode", help="fixed (read-only cache) or append")] = "fixed",
+    ncu: Annotated[bool, typer.Option("--ncu", help="second pass under Nsight Compute (DRAM bytes)")] = False,
+    routing: Annotated[
+        bool, typer.Option("--routing/--no-routing", help="record experts/rows touched")
+    ] = True,
+    sets: Sets = None,
+) -> None:
+    """Run a model across batch sizes under torch.profiler (+ NVML/GPM, + ncu) into a trace bundle."""
+    from profiler.run import profile as run
+
+    out = run(
+        model,
+        parse_sizes(batch, "batch"),
+        output,
+        overrides=sets or [],
+        input_shape=input_shape,
+        phase=phase,
+        context=context,
+        steps=steps,
+        warmup=warmup,
+        steady_seconds=steady_seconds,
+        device=device,
+        dtype=dtype,
+        input_ring=input_ring,
+        kv_mode=kv_mode,
+        ncu=ncu,
+        record_routing=routing,
+        progress=sys.stderr.isatty(),
+    )
+    _print_bundle_summary(out)
+
+
+@app.command()
+def count(
+    model: Annotated[str, typer.Argument(help="preset, model file or HF config.json")],
+    batch: Batch = "1,8,64",
+    context: Annotated[int, typer.Option("--context", "-c")] = 2048,
+    phase: Phase = "decode",
+    dtype: Annotated[str, typer.Option("--dtype")] = "bf16",
+    device: Annotated[str, typer.Option("--device", help="meta (no memory) or cpu (real routing)")] = "meta",
+    per_op: Annotated[
+        bool, typer.Option("--per-op", help="one row per aten op instead of per layer")
+    ] = False,
+    fmt: Fmt = "table",
+    output: Output = None,
+    sets: Sets = None,
+) -> None:
+    """What the real PyTorch module reads and writes, op by op (the eager level), without a GPU."""
+    from profiler.count import count_model, count_sweep
+    from simulator.loading import load_model
+
+    cfg = load_model(model, sets or [])
+    sizes = parse_sizes(batch, "batch")
+    if per_op:
+        df = count_model(cfg, sizes[0], context, phase, dtype, device)
+    else:
+        df = count_sweep(cfg, sizes, context, phase, dtype, device)
+    _emit(df, fmt, output, lambda: _count_table(df, f"{cfg.name}: op-level counts ({device}), {phase}"))
+
+
+@app.command()
 def validate(
     run_dir: Annotated[Path, typer.Argument(help="a trace bundle (from profile or import)")],
     model: Annotated[
@@ -394,6 +478,12 @@ def demo(
     console.print(f"report: {path.resolve()}")
 
 
+def _count_table(df, title: str):
+    from reports.tables import count_table
+
+    return count_table(df, title)
+
+
 def _print_bundle_summary(path: Path) -> None:
     from rich.table import Table
 
@@ -432,7 +522,12 @@ def _calibration(path: Path | None) -> dict[str, float] | None:
 
 
 def main() -> None:
-    """Console entry point: one line and exit code 2 for every user error, never a traceback."""
+    """Console entry point: one line and exit code 2 for every user error, never a traceback.
+
+    Set MEMTRAFFIC_DEBUG=1 to see the traceback of an unexpected (internal) error.
+    """
+    import os
+
     try:
         app(standalone_mode=False)
     except MemtrafficError as exc:
@@ -441,15 +536,25 @@ def main() -> None:
         _fail("interrupted")
     except FileNotFoundError as exc:
         _fail(f"no such file: {exc.filename}")
-    except _click_exceptions() as exc:
-        exc.show()
-        sys.exit(2 if getattr(exc, "exit_code", 2) != 0 else 0)
+    except OSError as exc:
+        _fail(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
+    except Exception as exc:
+        if _is_usage_error(exc):
+            if type(exc).__name__ == "NoArgsIsHelpError":  # bare `memtraffic`: the help was shown
+                return
+            _fail(f"{exc.format_message()} (see memtraffic --help)")  # type: ignore[attr-defined]
+        # a bug, not bad input: still one line, with a way to get the traceback
+        if os.environ.get("MEMTRAFFIC_DEBUG"):
+            raise
+        print(f"memtraffic: internal error: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
+        sys.exit(1)
+    except SystemExit:
+        raise
 
 
-def _click_exceptions() -> tuple[type[BaseException], ...]:
-    import click
-
-    return (click.ClickException, click.exceptions.Abort)
+def _is_usage_error(exc: BaseException) -> bool:
+    """Command-line usage errors of typer's click (it vendors its own copy, so match by shape)."""
+    return hasattr(exc, "format_message") and hasattr(exc, "exit_code")
 
 
 def _fail(message: str) -> None:

@@ -1,0 +1,138 @@
+"""The measuring side of the command line (import, validate, report, profile, count) as a user runs it:
+real processes on the committed H100 recordings and on small CPU runs; bad input gives one line, exit 2."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.test_cli import ROOT, assert_one_line_error, run
+
+SAMPLES = ROOT / "traces" / "samples" / "h100-decode-2026-11-26"
+MOE_BUNDLE = ROOT / "traces" / "samples" / "bundles" / "moe"
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("import") / "moe"
+    proc = run(
+        "import", "--runs", str(SAMPLES / "meta.json"), "--runs-model", "moe", "--nvml",
+        str(SAMPLES / "nvml_timeline.csv"), "--model", "h100-sample-moe", "-o", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "98.9 MB" in proc.stdout  # GPM bytes per step at batch 1, as the recording's README says
+    return out
+
+
+def test_import_then_validate_prints_errors_per_batch(imported: Path, tmp_path: Path) -> None:
+    proc = run("validate", str(imported), "-o", str(tmp_path / "val"), "-f", "csv")
+    assert proc.returncode == 0, proc.stderr
+    steps = pd.read_csv(tmp_path / "val" / "steps.csv")
+    assert list(steps["batch"]) == [1, 8, 64, 256]
+    # the signed error is recomputed here from the two byte columns it is made of
+    err = (steps["pred_bytes_ideal"] - steps["meas_bytes_gpm"]) / steps["meas_bytes_gpm"] * 100
+    assert steps["err_ideal_pct"].to_numpy() == pytest.approx(err.to_numpy())
+    assert (steps["err_ideal_pct"].abs() < 10).all()
+    layers = pd.read_csv(tmp_path / "val" / "layers.csv")
+    assert {"block0.attn", "block3.moe"} <= set(layers["layer"])
+
+
+def test_report_from_bundle_and_model(tmp_path: Path) -> None:
+    out = tmp_path / "r.html"
+    proc = run("report", "olmoe-1b-7b", str(MOE_BUNDLE), "--batch", "1:64", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    html = out.read_text()
+    assert "<script src=" not in html.replace('<script src="data:', "")  # nothing fetched from a network
+    assert "h100-sample-moe" in html and "olmoe-1b-7b" in html
+
+
+def test_import_truncated_trace(tmp_path: Path) -> None:
+    raw = (SAMPLES / "kineto" / "moe_decode_b8.json.gz").read_bytes()
+    cut = tmp_path / "cut_b8.json.gz"
+    cut.write_bytes(raw[: len(raw) // 2])
+    assert_one_line_error(run("import", str(cut), "-o", str(tmp_path / "out")), "cut_b8.json.gz")
+    assert not (tmp_path / "out").exists()
+
+
+def test_import_foreign_json(tmp_path: Path) -> None:
+    foreign = tmp_path / "notes_b1.json"
+    foreign.write_text(json.dumps({"hello": [1, 2, 3]}))
+    assert_one_line_error(run("import", str(foreign), "-o", str(tmp_path / "out")), "notes_b1.json")
+
+
+def test_import_timeline_missing_columns_and_no_overlap(tmp_path: Path) -> None:
+    timeline = pd.read_csv(SAMPLES / "nvml_timeline.csv")
+    partial = tmp_path / "partial.csv"
+    timeline.drop(columns=["gpm_dram_bw_util_pct"]).to_csv(partial, index=False)
+    trace = SAMPLES / "kineto" / "moe_decode_b1.json.gz"
+    assert_one_line_error(
+        run("import", str(trace), "--nvml", str(partial), "-o", str(tmp_path / "a")), "gpm_dram_bw_util_pct"
+    )
+    shifted = tmp_path / "shifted.csv"
+    later = timeline.copy()
+    later[["t_start_ns", "t_end_ns"]] += 10**15  # eleven days later
+    later.to_csv(shifted, index=False)
+    assert_one_line_error(
+        run("import", str(trace), "--nvml", str(shifted), "-o", str(tmp_path / "b")), "overlap"
+    )
+
+
+def test_validate_bad_bundles(tmp_path: Path) -> None:
+    assert_one_line_error(run("validate", str(tmp_path / "nowhere")), "nowhere")
+    assert_one_line_error(run("validate", str(MOE_BUNDLE), "--model", "olmoe-1b-7b"), "olmoe-1b-7b")
+    old = tmp_path / "old"
+    shutil.copytree(MOE_BUNDLE, old)
+    meta = json.loads((old / "bundle.json").read_text())
+    meta["version"] = 0
+    (old / "bundle.json").write_text(json.dumps(meta))
+    assert_one_line_error(run("validate", str(old)), "version")
+
+
+def test_profile_on_cpu_writes_a_bundle_that_validates(tmp_path: Path) -> None:
+    model = tmp_path / "tiny.yaml"
+    model.write_text(
+        "name: tiny-moe\nd_model: 64\nembeddings: false\nblocks:\n  - repeat: 2\n"
+        "    attention: {kind: gqa, n_heads: 4, n_kv_heads: 2, head_dim: 16}\n"
+        "    ffn: [{kind: moe, n_experts: 8, top_k: 2, expert_ffn: 32}]\n"
+    )
+    out = tmp_path / "run"
+    proc = run(
+        "profile", str(model), "--batch", "1,4", "--context", "32", "--steps", "2", "--warmup", "1",
+        "--steady-seconds", "0.1", "--dtype", "fp32", "-o", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "not measured" in proc.stdout  # no GPU here: the bundle says what it lacks
+    meta = json.loads((out / "bundle.json").read_text())
+    assert meta["partial"] is False and [r["batch"] for r in meta["runs"]] == [1, 4]
+    routing = pd.read_parquet(out / "routing.parquet")
+    assert routing["item"].max() < 8
+
+
+def test_profile_factory_needs_input_shape(tmp_path: Path) -> None:
+    factory = tmp_path / "mine.py"
+    factory.write_text("import torch\n\ndef build():\n    return torch.nn.Linear(8, 8)\n")
+    assert_one_line_error(run("profile", f"{factory}:build", "-o", str(tmp_path / "o")), "input-shape")
+
+
+def test_count_on_meta_tensors_csv() -> None:
+    proc = run("count", "h100-sample-moe", "--batch", "1,8", "--context", "256", "-f", "csv")
+    assert proc.returncode == 0, proc.stderr
+    from io import StringIO
+
+    df = pd.read_csv(StringIO(proc.stdout))
+    assert {"block0.attn", "block3.moe"} <= set(df["layer"])
+    # a gather-aware count: the MoE layer at batch 1 reads its top-4 experts, not all 32
+    moe = df[(df["layer"] == "block0.moe") & (df["batch"] == 1)].iloc[0]
+    expert = 3 * 1024 * 768 * 2
+    assert 4 * expert <= moe["bytes_read"] < 8 * expert
+
+
+def test_raw_trace_in_bundle_carries_counter_events() -> None:
+    raw = sorted((MOE_BUNDLE / "raw").glob("*.json.gz"))[0]
+    events = json.loads(gzip.decompress(raw.read_bytes()))["traceEvents"]
+    assert any(e.get("ph") == "C" and "GPM" in e.get("name", "") for e in events)
