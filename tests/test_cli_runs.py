@@ -77,9 +77,25 @@ def test_import_timeline_missing_columns_and_no_overlap(tmp_path: Path) -> None:
     later = timeline.copy()
     later[["t_start_ns", "t_end_ns"]] += 10**15  # eleven days later
     later.to_csv(shifted, index=False)
-    assert_one_line_error(
+    line = assert_one_line_error(
         run("import", str(trace), "--nvml", str(shifted), "-o", str(tmp_path / "b")), "overlap"
     )
+    # the kernels were readable, so they are kept: a partial bundle that says what is missing
+    assert "partial" in line
+    meta = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    assert meta["partial"] is True and any("overlap" in m for m in meta["missing"])
+    assert len(pd.read_parquet(tmp_path / "b" / "kernels.parquet")) > 0
+
+
+def test_import_keeps_the_good_traces_when_one_is_cut(tmp_path: Path) -> None:
+    good = SAMPLES / "kineto" / "umv2_decode_b1.json.gz"
+    raw = (SAMPLES / "kineto" / "umv2_decode_b8.json.gz").read_bytes()
+    cut = tmp_path / "umv2_decode_b8.json.gz"
+    cut.write_bytes(raw[: len(raw) // 3])
+    line = assert_one_line_error(run("import", str(good), str(cut), "-o", str(tmp_path / "out")), "truncated")
+    assert "partial" in line
+    meta = json.loads((tmp_path / "out" / "bundle.json").read_text())
+    assert meta["partial"] is True and [r["batch"] for r in meta["runs"]] == [1]
 
 
 def test_validate_bad_bundles(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from traces.attribution import (
     step_ranges,
 )
 from traces.bundle import write_bundle
-from traces.kineto import DEVICE_CATEGORIES, KinetoTrace, inject_events, read_kineto
+from traces.kineto import DEVICE_CATEGORIES, KinetoTrace, TruncatedTraceError, inject_events, read_kineto
 from traces.timeline import counter_events, integrate, read_timeline
 
 _BATCH_IN_NAME = re.compile(r"_b(\d+)(?=[._-]|$)")
@@ -136,13 +136,14 @@ def _import_one(
     layer_pattern: str | None,
     step_pattern: str | None,
     need_wall_clock: bool,
+    allow_truncated: bool = False,
 ) -> _Imported:
     batch_source = "argument" if batch is not None else ""
     if batch is None and spec is not None:
         batch, batch_source = spec.batch, "runs file"
     if batch is None and (m := _BATCH_IN_NAME.search(path.name)):
         batch, batch_source = int(m.group(1)), "file name"
-    trace = read_kineto(path, with_ops=batch is None)
+    trace = read_kineto(path, with_ops=batch is None, allow_truncated=allow_truncated)
     if batch is None:
         batch = _batch_from_ops(trace, layer_pattern)
         batch_source = "input dims of the first layer's first op"
@@ -316,13 +317,34 @@ def import_traces(
     peak, peak_source = peak_hbm_Bps, "argument"
     if peak is None and runs_file is not None and runs_file.peak_hbm_Bps is not None:
         peak, peak_source = runs_file.peak_hbm_Bps, f"runs file {runs_file.path.name}"
-    timeline = read_timeline(Path(nvml)) if nvml is not None else None
+    # A bad timeline or a cut-off trace still ends in a TraceError, but only after what could be read
+    # is written as a partial bundle: a user's measurements are never thrown away.
+    problems: list[str] = []
+    timeline = None
+    if nvml is not None:
+        try:
+            timeline = read_timeline(Path(nvml))
+        except TraceError as exc:
+            problems.append(str(exc))
     nvml_name = Path(nvml).name if nvml is not None else ""
 
     imported: list[_Imported] = []
     for i, (path, spec) in enumerate(todo):
         b = batch[i] if batch is not None else None
-        imported.append(_import_one(path, b, spec, layer_pattern, step_pattern, timeline is not None))
+        try:
+            imported.append(_import_one(path, b, spec, layer_pattern, step_pattern, timeline is not None))
+        except TruncatedTraceError as exc:
+            problems.append(str(exc))
+            try:  # keep the events before the cut when they still hold attributable kernels
+                imported.append(
+                    _import_one(
+                        path, b, spec, layer_pattern, step_pattern, timeline is not None, allow_truncated=True
+                    )
+                )
+            except TraceError:
+                continue
+    if not imported:
+        raise TraceError(problems[0])
     seen: dict[int, Path] = {}
     for imp in imported:
         if imp.batch in seen:
@@ -334,7 +356,7 @@ def import_traces(
     tables: dict[str, pd.DataFrame] = {
         "kernels": kernels,
         "layers": layer_table(kernels),
-        "runs": pd.DataFrame([_run_row(x, timeline, peak, nvml_name) for x in imported]),
+        "runs": pd.DataFrame([_salvaged_run_row(x, timeline, peak, nvml_name, problems) for x in imported]),
     }
     if timeline is not None:
         tables["nvml"] = timeline
@@ -345,6 +367,11 @@ def import_traces(
     if model_config is not None:
         meta["extra"]["recorded_model"] = meta["model"]
         meta["model"] = {"name": model_config.get("name"), "config": model_config}
+    if problems:
+        meta["partial"] = True
+        meta["missing"].extend(problems)
+        for run, imp in zip(meta["runs"], imported, strict=True):
+            run["complete"] = run["complete"] and not imp.trace.truncated
     meta["measured"]["gpm"] = bool(tables["runs"]["gpm_bytes_per_step"].notna().any())
     for r in tables["runs"].itertuples():
         if r.nvml_coverage < 0.999:  # NaN (no timeline) compares False
@@ -354,7 +381,10 @@ def import_traces(
             )
     with tempfile.TemporaryDirectory(prefix="memtraffic-import-") as tmpdir:
         raw: dict[str, Path] = {}
-        for imp in imported:
+        for run, imp in zip(meta["runs"], imported, strict=True):
+            if imp.trace.truncated:  # its events are in the tables; a cut file is no raw trace to keep
+                run["kineto"] = None
+                continue
             name = imp.path.name if imp.path.name.endswith(".gz") else imp.path.name + ".gz"
             if name in raw:  # same file name from two folders
                 name = f"b{imp.batch}_{name}"
@@ -365,9 +395,23 @@ def import_traces(
                 extra = counter_events(timeline, imp.base_ns, span, _device_pid(imp.trace), peak)
             inject_events(imp.path, dst, extra)
             raw[name] = dst
-        for run, name in zip(meta["runs"], raw, strict=True):
             run["kineto"] = f"raw/{name}"
-        return write_bundle(Path(output), meta, tables, raw)
+        written = write_bundle(Path(output), meta, tables, raw)
+    if problems:
+        more = f" (+{len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise TraceError(f"{problems[0]}{more}; what could be read is saved in {written} (partial)")
+    return written
+
+
+def _salvaged_run_row(
+    imp: _Imported, timeline: pd.DataFrame | None, peak: float | None, nvml_name: str, problems: list[str]
+) -> dict[str, Any]:
+    """The run's row; a window the timeline does not cover is recorded as a problem, not fatal."""
+    try:
+        return _run_row(imp, timeline, peak, nvml_name)
+    except TraceError as exc:
+        problems.append(str(exc))
+        return _run_row(imp, None, peak, nvml_name)
 
 
 def _device_pid(trace: KinetoTrace) -> int:
