@@ -104,6 +104,7 @@ class AttentionConfig(Strict):
     head_dim: PositiveInt | None = Field(None, description="per-head q/k dim; MLA: qk_nope + qk_rope")
     qkv_bias: bool = False
     o_bias: bool = False
+    sliding_window: PositiveInt | None = Field(None, description="attend to at most this many recent keys")
     # MLA (DeepSeek-V2/V3)
     q_lora_rank: PositiveInt | None = None
     kv_lora_rank: PositiveInt | None = None
@@ -425,11 +426,20 @@ class Workload(Strict):
         description="decode: KV entries per sequence; prefill: prompt tokens per sequence",
     )
     tokens_per_step: PositiveInt = Field(1, description="decode tokens per sequence per step (speculation)")
+    logits: Literal["last", "all"] = Field(
+        "last",
+        description="prefill: LM-head logits for the last position of each sequence (what a serving engine "
+        "samples from) or for every position (a plain Hugging Face forward)",
+    )
     weight_dtype: DType = "bf16"
     activation_dtype: DType = "bf16"
     kv_dtype: DType = "bf16"
-    tp: PositiveInt = Field(1, description="tensor-parallel degree")
-    ep: PositiveInt = Field(1, description="expert-parallel degree")
+    tp: PositiveInt = Field(1, description="tensor-parallel degree (within each layer)")
+    ep: PositiveInt = Field(
+        1,
+        description="expert-parallel degree: MoE experts sharded over ep devices; the other layers run "
+        "data-parallel over them; batch is the global batch",
+    )
     routing: RoutingSpec = Field(default_factory=RoutingSpec)
 
 

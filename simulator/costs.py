@@ -7,7 +7,7 @@ numpy expressions instead of one Python call per point.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -21,10 +21,11 @@ Array = np.ndarray
 class Points:
     """The (batch, context) points of a sweep, flattened, with the workload's byte widths."""
 
-    batch: Array  # sequences per step
+    batch: Array  # sequences per step (global, over all expert-parallel ranks)
     context: Array  # decode: KV entries per sequence; prefill: prompt tokens per sequence
     phase: str
     tokens_per_step: int
+    logits: str  # "last": one position per sequence in prefill; "all": every position
     b_w: float  # bytes per weight
     b_a: float  # bytes per activation element
     b_kv: float  # bytes per cached KV element
@@ -44,6 +45,7 @@ class Points:
             context=s.ravel(),
             phase=workload.phase,
             tokens_per_step=workload.tokens_per_step,
+            logits=workload.logits,
             b_w=DTYPE_BYTES[workload.weight_dtype],
             b_a=DTYPE_BYTES[workload.activation_dtype],
             b_kv=DTYPE_BYTES[workload.kv_dtype],
@@ -62,6 +64,17 @@ class Points:
         if self.phase == "decode":
             return self.batch * self.tokens_per_step
         return self.batch * self.context
+
+    def data_parallel_share(self) -> Points:
+        """The points as the busiest data-parallel rank sees them.
+
+        With expert parallelism (ep > 1) the layers other than MoE run data-parallel over the ep
+        devices, as large MoE models are served (DeepSeek-V3): each rank holds ceil(batch / ep) of the
+        sequences, while the MoE layers receive tokens from every rank.
+        """
+        if self.ep == 1:
+            return self
+        return replace(self, batch=np.ceil(self.batch / self.ep))
 
     def zeros(self) -> Array:
         return np.zeros(self.size, dtype=np.float64)
@@ -94,7 +107,6 @@ class LayerCost:
     item_bytes: float = float("nan")  # bytes of one expert or memory row
     table_id: str | None = None  # shared value table this layer reads
     table_params: float = 0.0  # parameters of that table (counted once per model)
-    straggler: Array | None = None  # EP: expected max device load / mean load
     notes: list[str] = field(default_factory=list)
 
 

@@ -163,7 +163,9 @@ def from_hf_config(cfg: dict[str, Any], name: str) -> ModelConfig:
 # ----------------------------------------------------------------------------------------- per family
 
 
-def _attention(r: _Reader, d_model: int, qkv_bias: bool, o_bias: bool) -> AttentionConfig:
+def _attention(
+    r: _Reader, d_model: int, qkv_bias: bool, o_bias: bool, window: int | None = None
+) -> AttentionConfig:
     n_heads = r.need_int("num_attention_heads")
     n_kv = r.opt_int("num_key_value_heads", n_heads)
     assert n_kv is not None
@@ -186,7 +188,13 @@ def _attention(r: _Reader, d_model: int, qkv_bias: bool, o_bias: bool) -> Attent
     return _validated(
         r,
         lambda: AttentionConfig(
-            kind=kind, n_heads=n_heads, n_kv_heads=n_kv, head_dim=head_dim, qkv_bias=qkv_bias, o_bias=o_bias
+            kind=kind,
+            n_heads=n_heads,
+            n_kv_heads=n_kv,
+            head_dim=head_dim,
+            qkv_bias=qkv_bias,
+            o_bias=o_bias,
+            sliding_window=window,
         ),
     )
 
@@ -236,21 +244,40 @@ def _llama(r: _Reader, d: int, n_layers: int) -> list[BlockConfig]:
     return [BlockConfig(attention=attn, ffn=[ffn]) for _ in range(n_layers)]
 
 
+def _mistral_window(r: _Reader) -> int | None:
+    """Mistral/Mixtral attend within `sliding_window` keys when it is set (null in later releases)."""
+    return r.opt_int("sliding_window", None)
+
+
+def _qwen_windows(r: _Reader, n_layers: int) -> list[int | None]:
+    """Qwen2/3: layers from `max_window_layers` on use the window, only when `use_sliding_window`."""
+    if not r.opt_bool("use_sliding_window", False):
+        return [None] * n_layers
+    window = r.opt_int("sliding_window", None)
+    first = r.opt_int("max_window_layers", 0) or 0
+    return [window if i >= first else None for i in range(n_layers)]
+
+
 def _mistral(r: _Reader, d: int, n_layers: int) -> list[BlockConfig]:
-    attn = _attention(r, d, qkv_bias=False, o_bias=False)
+    attn = _attention(r, d, qkv_bias=False, o_bias=False, window=_mistral_window(r))
     return [BlockConfig(attention=attn, ffn=[_dense(r)]) for _ in range(n_layers)]
 
 
 def _qwen2(r: _Reader, d: int, n_layers: int) -> list[BlockConfig]:
     # Qwen2 attention: bias on q, k, v; none on o (hard-wired in modeling_qwen2)
-    attn = _attention(r, d, qkv_bias=r.opt_bool("qkv_bias", True), o_bias=False)
-    return [BlockConfig(attention=attn, ffn=[_dense(r)]) for _ in range(n_layers)]
+    bias = r.opt_bool("qkv_bias", True)
+    return [
+        BlockConfig(attention=_attention(r, d, qkv_bias=bias, o_bias=False, window=w), ffn=[_dense(r)])
+        for w in _qwen_windows(r, n_layers)
+    ]
 
 
 def _qwen3(r: _Reader, d: int, n_layers: int) -> list[BlockConfig]:
     bias = r.opt_bool("attention_bias", False)
-    attn = _attention(r, d, qkv_bias=bias, o_bias=bias)
-    return [BlockConfig(attention=attn, ffn=[_dense(r)]) for _ in range(n_layers)]
+    return [
+        BlockConfig(attention=_attention(r, d, qkv_bias=bias, o_bias=bias, window=w), ffn=[_dense(r)])
+        for w in _qwen_windows(r, n_layers)
+    ]
 
 
 def _moe(r: _Reader, n_experts_key: str, expert_key: str, **extra: Any) -> MoEConfig:
@@ -268,7 +295,7 @@ def _moe(r: _Reader, n_experts_key: str, expert_key: str, **extra: Any) -> MoECo
 
 
 def _mixtral(r: _Reader, d: int, n_layers: int) -> list[BlockConfig]:
-    attn = _attention(r, d, qkv_bias=False, o_bias=False)
+    attn = _attention(r, d, qkv_bias=False, o_bias=False, window=_mistral_window(r))
     moe = _moe(r, "num_local_experts", "intermediate_size")
     return [BlockConfig(attention=attn, ffn=[moe]) for _ in range(n_layers)]
 
@@ -289,23 +316,30 @@ def _qwen_sparse_layers(r: _Reader, n_layers: int) -> list[bool]:
 
 
 def _qwen2_moe(r: _Reader, d: int, n_layers: int) -> list[BlockConfig]:
-    attn = _attention(r, d, qkv_bias=r.opt_bool("qkv_bias", True), o_bias=False)
+    bias = r.opt_bool("qkv_bias", True)
+    attns = [_attention(r, d, qkv_bias=bias, o_bias=False, window=w) for w in _qwen_windows(r, n_layers)]
     shared = r.opt_int("shared_expert_intermediate_size", 0) or 0
     moe = _moe(
         r, "num_experts", "moe_intermediate_size", n_shared_experts=1 if shared else 0, shared_ffn=shared
     )
     sparse = _qwen_sparse_layers(r, n_layers)
     dense = _dense(r) if not all(sparse) else None
-    return [BlockConfig(attention=attn, ffn=[moe if s else dense]) for s in sparse]  # type: ignore[list-item]
+    return [
+        BlockConfig(attention=a, ffn=[moe if s else dense])  # type: ignore[list-item]
+        for a, s in zip(attns, sparse, strict=True)
+    ]
 
 
 def _qwen3_moe(r: _Reader, d: int, n_layers: int) -> list[BlockConfig]:
     bias = r.opt_bool("attention_bias", False)
-    attn = _attention(r, d, qkv_bias=bias, o_bias=bias)
+    attns = [_attention(r, d, qkv_bias=bias, o_bias=bias, window=w) for w in _qwen_windows(r, n_layers)]
     moe = _moe(r, "num_experts", "moe_intermediate_size")
     sparse = _qwen_sparse_layers(r, n_layers)
     dense = _dense(r) if not all(sparse) else None
-    return [BlockConfig(attention=attn, ffn=[moe if s else dense]) for s in sparse]  # type: ignore[list-item]
+    return [
+        BlockConfig(attention=a, ffn=[moe if s else dense])  # type: ignore[list-item]
+        for a, s in zip(attns, sparse, strict=True)
+    ]
 
 
 def _deepseek(r: _Reader, d: int, n_layers: int) -> list[BlockConfig]:

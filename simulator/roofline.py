@@ -13,16 +13,15 @@ def roofline(
     hardware: HardwareConfig,
     compute_dtype: str,
     bandwidth_efficiency: float | np.ndarray = 1.0,
-    compute_scale: float | np.ndarray = 1.0,
 ) -> dict[str, np.ndarray]:
     """t = max(FLOPs / peak, bytes / (bandwidth x efficiency)) per point.
 
     `bandwidth_efficiency` is the achieved share of peak HBM bandwidth (1.0 = pure roofline; a fitted
-    per-layer-kind value after calibration); `compute_scale` stretches compute time (EP stragglers).
+    per-layer-kind value after calibration).
     """
     peak = hardware.flops_for(compute_dtype)
     bw = hardware.hbm_bandwidth.value * np.asarray(bandwidth_efficiency, dtype=np.float64)
-    t_compute = flops * compute_scale / peak
+    t_compute = flops / peak
     t_memory = bytes_moved / bw
     with np.errstate(divide="ignore", invalid="ignore"):
         intensity = np.where(bytes_moved > 0, flops / np.where(bytes_moved > 0, bytes_moved, 1.0), np.inf)

@@ -608,3 +608,32 @@ def expected_max_load(
     expected_max = np.minimum(t * kk * share + std * math.sqrt(2.0 * math.log(g)), t * min(kk, largest_shard))
     mean = t * kk / g
     return _out(mean), _out(expected_max)
+
+
+def expected_max_distinct_per_device(n_items: int, devices: int, distinct: ArrayLike) -> FloatArray:
+    """Expected distinct items on the busiest of `devices` shards, given E[U] over all N items.
+
+    Each item is touched with probability p = E[U]/N (the mean over items, whatever the routing); a
+    shard of e = ceil(N/G) items then holds X ~ Binomial(e, p) touched items, and treating the G shards
+    as independent, E[max] = sum_{x=1..e} (1 - P(X < x)^G), computed exactly from the binomial pmf.
+    In memory-bound decode the step waits for that device.
+    """
+    n = _whole("n_items", n_items)
+    g = _whole("devices", devices)
+    _not_above("devices", g, "n_items", n)
+    u = np.asarray(distinct, dtype=np.float64)
+    if g == 1:
+        return _out(u)
+    shard = -(-n // g)
+    p = np.clip(u / n, 0.0, 1.0)
+    q = 1.0 - p
+    pmf = q**shard  # P(X = 0), then the recurrence pmf(x+1) = pmf(x) (e - x)/(x + 1) p/q
+    cdf = pmf.copy()
+    expected = np.zeros_like(p)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(q > 0, p / np.where(q > 0, q, 1.0), 0.0)
+    for x in range(1, shard + 1):
+        expected += 1.0 - np.clip(cdf, 0.0, 1.0) ** g  # P(max >= x)
+        pmf = pmf * (shard - x + 1) / x * ratio
+        cdf = cdf + pmf
+    return _out(np.where(q > 0, expected, float(shard)))

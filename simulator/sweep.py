@@ -30,8 +30,9 @@ COLUMNS: dict[str, str] = {
     "kind": "attention, dense, moe, pkm, peer, memory_plus, ultramem, ultramemv2, embedding, head, model",
     "params": "parameters stored (shared tables counted once, in the total)",
     "active_params": "parameters used per token",
-    "flops": "FLOPs per step (2 per multiply-accumulate), per device",
-    "weight_bytes_ideal": "weights read per step: every needed weight once (distinct experts/rows)",
+    "flops": "FLOPs per step (2 per multiply-accumulate) on the busiest device",
+    "weight_bytes_ideal": "weights read per step on the busiest device: every needed weight once "
+    "(distinct experts/rows; with ep > 1 the expected maximum over the expert shards)",
     "weight_bytes_naive": "weights read per step without reuse (all experts; every requested row)",
     "act_bytes_ideal": "activation bytes: layer input and output only",
     "act_bytes_naive": "activation bytes with unfused intermediates written and read back",
@@ -75,23 +76,29 @@ _SUFFIX = {"dense": "ffn", "moe": "moe", "attention": "attn"}
 
 
 def layer_entries(model: ModelConfig, points: Points) -> list[LayerEntry]:
-    """Every distinct layer of the model, costed over all points."""
+    """Every distinct layer of the model, costed over all points.
+
+    MoE layers see the global batch; the others see the busiest data-parallel rank's share of it
+    (they run data-parallel when ep > 1; identical points when ep == 1).
+    """
     entries: list[LayerEntry] = []
+    rank = points.data_parallel_share()
     if model.embeddings:
-        entries.append(LayerEntry("embed", (), embedding.embed_cost(model, points)))
+        entries.append(LayerEntry("embed", (), embedding.embed_cost(model, rank)))
     first = 0
     for block in model.blocks:
         blocks = tuple(range(first, first + block.repeat))
         first += block.repeat
-        entries.append(LayerEntry("attn", blocks, attention.cost(block.attention, model, points)))
+        entries.append(LayerEntry("attn", blocks, attention.cost(block.attention, model, rank)))
         seen: dict[str, int] = {}
         for layer in block.ffn:
             base = _SUFFIX.get(layer.kind, "memory" if layer.kind in MEMORY_KINDS else layer.kind)
             seen[base] = seen.get(base, 0) + 1
             name = base if seen[base] == 1 else f"{base}{seen[base] - 1}"
-            entries.append(LayerEntry(name, blocks, cost_function(layer.kind)(layer, model, points)))
+            seen_by = points if layer.kind == "moe" else rank
+            entries.append(LayerEntry(name, blocks, cost_function(layer.kind)(layer, model, seen_by)))
     if model.embeddings:
-        entries.append(LayerEntry("head", (), embedding.head_cost(model, points)))
+        entries.append(LayerEntry("head", (), embedding.head_cost(model, rank)))
     return entries
 
 
@@ -154,12 +161,9 @@ def simulate(
         row["bytes_naive"] = (
             row["weight_bytes_naive"] + row["act_bytes_naive"] + row["kv_read_bytes"] + row["kv_write_bytes"]
         )
-        scale = c.straggler if c.straggler is not None else 1.0
         k_eff = eff.get(c.kind, 1.0)
-        row.update(roofline(row["flops"], row["bytes_ideal"], hardware, dtype, k_eff, scale))
-        row["time_naive_s"] = roofline(row["flops"], row["bytes_naive"], hardware, dtype, k_eff, scale)[
-            "time_s"
-        ]
+        row.update(roofline(row["flops"], row["bytes_ideal"], hardware, dtype, k_eff))
+        row["time_naive_s"] = roofline(row["flops"], row["bytes_naive"], hardware, dtype, k_eff)["time_s"]
         per_entry.append(row)
 
     stored, active = total_params(entries)

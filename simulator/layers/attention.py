@@ -1,8 +1,8 @@
 """Self-attention with a KV cache (MHA, GQA, MQA, MLA): cost-reference section 10.
 
-`points.context` is the KV length each sequence attends over in decode, and the prompt length in
-prefill (causal). Norm weights are not counted (they are O(d) and the published totals we check omit
-them).
+`points.context` is the KV length each sequence attends over in decode (capped by a sliding window),
+and the prompt length in prefill (causal). Norm weights are not counted (they are O(d) and the
+published totals we check omit them).
 """
 
 from __future__ import annotations
@@ -55,41 +55,82 @@ def score_flops_per_pair(attn: AttentionConfig, phase: str) -> float:
     return 2.0 * h * (qk + v)
 
 
+def device_params(attn: AttentionConfig, d_model: int, tp: int) -> float:
+    """Projection weights one tensor-parallel rank holds.
+
+    Heads split over ranks, but MLA's down-projections (they produce the latent every rank needs) are
+    replicated, and GQA/MQA K/V heads are replicated when there are fewer of them than ranks.
+    """
+    params = projection_params(attn, d_model)
+    if tp == 1:
+        return params
+    if attn.kind == "mla":
+        assert attn.kv_lora_rank and attn.qk_rope_head_dim
+        down = d_model * (attn.kv_lora_rank + attn.qk_rope_head_dim)
+        down += d_model * attn.q_lora_rank if attn.q_lora_rank else 0
+        return down + (params - down) / tp
+    qk, _ = head_dims(attn)
+    kv = 2 * attn.kv_heads * qk * (d_model + (1 if attn.qkv_bias else 0))
+    return (params - kv) / tp + kv / min(tp, attn.kv_heads)
+
+
+def attended_pairs(points: Points, window: int | None) -> np.ndarray:
+    """(query, key) pairs per step: decode tokens x keys in reach; causal prefill sums min(i, W)."""
+    ctx = points.context
+    if points.phase == "decode":
+        reach = ctx if window is None else np.minimum(ctx, window)
+        return points.tokens * reach
+    if window is None:
+        return points.batch * ctx * (ctx + 1) / 2.0
+    w = np.minimum(ctx, window)
+    return points.batch * (w * (w + 1) / 2.0 + (ctx - w) * w)
+
+
 def cost(attn: AttentionConfig, model: ModelConfig, points: Points) -> LayerCost:
     d = model.d_model
     tokens, batch, ctx = points.tokens, points.batch, points.context
     tp = points.tp
     params = projection_params(attn, d)
+    on_device = device_params(attn, d, tp)
     kv_elems = attn.kv_elements_per_token
-    # KV heads split over tp; when there are fewer KV heads than devices they are replicated
+    # KV heads split over tp; when there are fewer KV heads than devices they are replicated; MLA's
+    # latent is one vector per token that every rank reads
     kv_split = min(tp, attn.kv_heads) if attn.kind != "mla" else 1
-    pair = score_flops_per_pair(attn, points.phase)
     qk, v = head_dims(attn)
     h = attn.n_heads
+    window = attn.sliding_window
 
+    pairs = attended_pairs(points, window)
     if points.phase == "decode":
-        pairs = tokens * ctx  # every new token attends over the sequence's cached context
-        kv_read = batch * ctx * kv_elems * points.b_kv / kv_split
-        scores = tokens * h * ctx
+        reach = ctx if window is None else np.minimum(ctx, window)
+        kv_read = batch * reach * kv_elems * points.b_kv / kv_split  # only keys within reach are read
+        scores = tokens * h * reach
     else:
-        pairs = batch * ctx * ctx / 2.0  # causal: half the square
         kv_read = batch * ctx * kv_elems * points.b_kv / kv_split  # ideal: each K/V tile read once
         scores = batch * h * ctx * ctx  # an eager kernel materialises the full square
     kv_write = tokens * kv_elems * points.b_kv / kv_split
 
-    weights = points.full(params * points.b_w / tp)
-    qkv_elems = h * qk + 2 * (attn.kv_heads * qk if attn.kind != "mla" else kv_elems)
-    # unfused path: x read, q/k/v written and read, attention output written and read, y written,
-    # and the score matrix written and read twice (scores, then softmax probabilities)
+    if attn.kind != "mla":
+        qkv_elems = h * qk + 2 * attn.kv_heads * qk
+    elif points.phase == "decode":  # absorbed: queries in latent space, the new latent written
+        assert attn.kv_lora_rank and attn.qk_rope_head_dim
+        qkv_elems = h * (attn.kv_lora_rank + attn.qk_rope_head_dim) + kv_elems
+    else:  # prefill expands the latent into full per-head keys and values
+        qkv_elems = 2 * h * qk + h * v
+    # unfused path: x read and y written (whole on every rank); per-rank q/k/v and attention output
+    # written and read; the score matrix written and read twice (scores, then softmax probabilities)
     act_naive = (
-        tokens * (d + 2 * qkv_elems + 2 * h * v + d) * points.b_a / tp + 4.0 * scores * points.b_a / tp
+        tokens * 2 * d * points.b_a
+        + tokens * (2 * qkv_elems + 2 * h * v) * points.b_a / tp
+        + 4.0 * scores * points.b_a / tp
     )
+    weights = points.full(on_device * points.b_w)
     nan = points.full(np.nan)
     return LayerCost(
         kind="attention",
         params=params,
         active_params=params,
-        flops=(2.0 * params * tokens + pair * pairs) / tp,
+        flops=2.0 * on_device * tokens + score_flops_per_pair(attn, points.phase) * pairs / tp,
         weight_bytes_ideal=weights,
         weight_bytes_naive=weights.copy(),
         act_bytes_ideal=2.0 * tokens * d * points.b_a,

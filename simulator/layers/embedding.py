@@ -9,9 +9,11 @@ from simulator.costs import LayerCost, Points
 
 
 def logit_tokens(points: Points) -> np.ndarray:
-    """Positions whose logits a step computes: every decode token; the last prompt position of each
-    sequence in prefill (what a serving engine samples from)."""
-    return points.tokens if points.phase == "decode" else points.batch.copy()
+    """Positions whose logits a step computes: every decode token; in prefill the last prompt position
+    of each sequence (what a serving engine samples from), or every position with `logits="all"`."""
+    if points.phase == "decode" or points.logits == "all":
+        return points.tokens
+    return points.batch.copy()
 
 
 def _vocab(model: ModelConfig) -> int:
