@@ -100,6 +100,7 @@ def _workload(
     tp: int,
     ep: int,
     routing: str,
+    logits: str = "last",
 ):
     from pydantic import ValidationError
 
@@ -116,6 +117,7 @@ def _workload(
             tp=tp,
             ep=ep,
             routing=parse_routing(routing),
+            logits=logits,
         )
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc, "workload")) from None
@@ -161,11 +163,16 @@ def simulate(
     act_dtype: Annotated[str, typer.Option("--act-dtype")] = "bf16",
     kv_dtype: Annotated[str, typer.Option("--kv-dtype")] = "bf16",
     tp: Annotated[int, typer.Option("--tp", help="tensor-parallel degree")] = 1,
-    ep: Annotated[int, typer.Option("--ep", help="expert-parallel degree")] = 1,
+    ep: Annotated[
+        int, typer.Option("--ep", help="expert-parallel degree (other layers data-parallel; global batch)")
+    ] = 1,
     routing: Annotated[str, typer.Option("--routing", help="uniform, zipf:S or histogram:FILE")] = "uniform",
     calibration: Annotated[
         Path | None, typer.Option("--calibration", help="run dir or calibration JSON")
     ] = None,
+    logits: Annotated[
+        str, typer.Option("--logits", help="prefill: LM-head logits for the last position or all")
+    ] = "last",
 ) -> None:
     """FLOPs, bytes (weights, activations, KV read/write), intensity and roofline time per step."""
     from simulator.loading import load_hardware, load_model
@@ -173,7 +180,7 @@ def simulate(
 
     cfg = load_model(model, sets or [])
     hw = load_hardware(hardware)
-    wl = _workload(batch, context, phase, weight_dtype, act_dtype, kv_dtype, tp, ep, routing)
+    wl = _workload(batch, context, phase, weight_dtype, act_dtype, kv_dtype, tp, ep, routing, logits)
     eff = _calibration(calibration)
     df = run(cfg, hw, wl, per_layer=per_layer, efficiency=eff)
     from reports.tables import simulate_table
