@@ -27,12 +27,22 @@ import pandas as pd
 from simulator.errors import MeasurementUnavailable, TraceError
 
 __all__ = [
-    "CACHE_MODE", "COLUMNS", "DEFAULT_LAYER_REGEX", "DEFAULT_METRICS", "layer_totals", "ncu_available",
-    "ncu_command", "parse_ncu_csv", "run_ncu",
+    "CACHE_MODE",
+    "COLUMNS",
+    "DEFAULT_LAYER_REGEX",
+    "DEFAULT_METRICS",
+    "layer_totals",
+    "ncu_available",
+    "ncu_command",
+    "parse_ncu_csv",
+    "run_ncu",
 ]
 
 DEFAULT_METRICS: tuple[str, ...] = (
-    "dram__bytes_read.sum", "dram__bytes_write.sum", "gpu__time_duration.sum", "lts__t_bytes.sum",
+    "dram__bytes_read.sum",
+    "dram__bytes_write.sum",
+    "gpu__time_duration.sum",
+    "lts__t_bytes.sum",
 )
 # ncu metric -> (our column, unit family). Values are converted to bytes and nanoseconds.
 _METRIC_COLUMNS: dict[str, tuple[str, str]] = {
@@ -42,7 +52,13 @@ _METRIC_COLUMNS: dict[str, tuple[str, str]] = {
     "lts__t_bytes.sum": ("l2_bytes", "bytes"),
 }
 COLUMNS: tuple[str, ...] = (
-    "kernel_id", "kernel", "nvtx_stack", "layer", "dram_bytes_read", "dram_bytes_write", "duration_ns",
+    "kernel_id",
+    "kernel",
+    "nvtx_stack",
+    "layer",
+    "dram_bytes_read",
+    "dram_bytes_write",
+    "duration_ns",
     "l2_bytes",
 )
 CACHE_MODE = "flush-all"  # ncu's default --cache-control all
@@ -50,10 +66,28 @@ DEFAULT_LAYER_REGEX = r"^block\d+\.[A-Za-z_]\w*$"  # block3.moe, block0.attn, bl
 
 # ncu's unit names (decimal prefixes) -> factor to bytes / nanoseconds.
 _UNITS: dict[str, dict[str, float]] = {
-    "bytes": {"byte": 1, "b": 1, "kbyte": 1e3, "kb": 1e3, "mbyte": 1e6, "mb": 1e6, "gbyte": 1e9, "gb": 1e9,
-              "tbyte": 1e12, "tb": 1e12},
-    "time": {"nsecond": 1, "ns": 1, "usecond": 1e3, "us": 1e3, "msecond": 1e6, "ms": 1e6, "second": 1e9,
-             "s": 1e9},
+    "bytes": {
+        "byte": 1,
+        "b": 1,
+        "kbyte": 1e3,
+        "kb": 1e3,
+        "mbyte": 1e6,
+        "mb": 1e6,
+        "gbyte": 1e9,
+        "gb": 1e9,
+        "tbyte": 1e12,
+        "tb": 1e12,
+    },
+    "time": {
+        "nsecond": 1,
+        "ns": 1,
+        "usecond": 1e3,
+        "us": 1e3,
+        "msecond": 1e6,
+        "ms": 1e6,
+        "second": 1e9,
+        "s": 1e9,
+    },
 }
 _REQUIRED = ("ID", "Kernel Name", "Metric Name", "Metric Unit", "Metric Value")
 _HEADER_START = '"ID",'
@@ -76,8 +110,14 @@ def ncu_available(ncu: str = "ncu") -> tuple[bool, str]:
     return True, f"{path}: {lines[-1] if lines else 'version unknown'}"
 
 
-def ncu_command(python_argv: Sequence[str], nvtx_include: str, metrics: Sequence[str] = DEFAULT_METRICS,
-                *, log_file: str | os.PathLike[str], ncu: str = "ncu") -> list[str]:
+def ncu_command(
+    python_argv: Sequence[str],
+    nvtx_include: str,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    *,
+    log_file: str | os.PathLike[str],
+    ncu: str = "ncu",
+) -> list[str]:
     """The ncu command line that profiles `python_argv` (the full argv, interpreter first).
 
     Only kernels inside the push/pop NVTX range `nvtx_include` are profiled: the trailing "/" that
@@ -88,16 +128,35 @@ def ncu_command(python_argv: Sequence[str], nvtx_include: str, metrics: Sequence
         raise ValueError("python_argv is empty")
     include = nvtx_include if nvtx_include.endswith("/") else nvtx_include + "/"
     return [
-        ncu, "--nvtx", "--nvtx-include", include, "--metrics", ",".join(metrics), "--csv",
-        "--print-units", "base", "--clock-control", "none", "--log-file", os.fspath(log_file),
+        ncu,
+        "--nvtx",
+        "--nvtx-include",
+        include,
+        "--metrics",
+        ",".join(metrics),
+        "--csv",
+        "--print-units",
+        "base",
+        "--clock-control",
+        "none",
+        "--log-file",
+        os.fspath(log_file),
         *python_argv,
     ]
 
 
-def run_ncu(python_argv: Sequence[str], nvtx_include: str, *, log_file: str | os.PathLike[str],
-            metrics: Sequence[str] = DEFAULT_METRICS, layer_regex: str = DEFAULT_LAYER_REGEX,
-            ncu: str = "ncu", timeout_s: float | None = None, env: dict[str, str] | None = None,
-            cwd: str | os.PathLike[str] | None = None) -> pd.DataFrame:
+def run_ncu(
+    python_argv: Sequence[str],
+    nvtx_include: str,
+    *,
+    log_file: str | os.PathLike[str],
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    layer_regex: str = DEFAULT_LAYER_REGEX,
+    ncu: str = "ncu",
+    timeout_s: float | None = None,
+    env: dict[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> pd.DataFrame:
     """Run the program under ncu and parse its CSV.
 
     Raises MeasurementUnavailable when ncu is missing or has no counter permission (ERR_NVGPUCTRPERM), and
@@ -119,10 +178,13 @@ def run_ncu(python_argv: Sequence[str], nvtx_include: str, *, log_file: str | os
     if _PERMISSION_MARK in output:
         raise MeasurementUnavailable(
             "ncu: no permission for GPU performance counters (ERR_NVGPUCTRPERM): run as root or set "
-            "NVreg_RestrictProfilingToAdminUsers=0")
+            "NVreg_RestrictProfilingToAdminUsers=0"
+        )
     if proc.returncode != 0 or not logged:
-        raise TraceError(f"ncu exited {proc.returncode} and wrote {'no' if not logged else 'a'} CSV: "
-                         f"{_last_message(output)}")
+        raise TraceError(
+            f"ncu exited {proc.returncode} and wrote {'no' if not logged else 'a'} CSV: "
+            f"{_last_message(output)}"
+        )
     df = parse_ncu_csv(log, layer_regex=layer_regex)
     df.attrs["command"] = cmd
     df.attrs["ncu"] = reason
@@ -155,7 +217,7 @@ def _nvtx_ranges(cell: str, fields: list[str]) -> list[str]:
                 names.append(parts[0])
                 continue
             extra = max(0, len(parts) - len(fields))  # a range name with ':' in it spans several parts
-            names.append(":".join(parts[at:at + 1 + extra]))
+            names.append(":".join(parts[at : at + 1 + extra]))
         return [n for n in names if n]
     body = re.sub(r"^\s*\d+[\s:]+", "", cell.strip())  # drop the thread id
     return [n for n in re.split(r"[:/\s]+", body) if n and n.lower() != "none"]
@@ -175,8 +237,9 @@ def _number(text: str, unit: str, family: str, where: str) -> float:
         raise TraceError(f"{where}: metric value {text!r} is not a number") from None
 
 
-def parse_ncu_csv(path: str | os.PathLike[str], layer_regex: str = DEFAULT_LAYER_REGEX,
-                  cache_mode: str = CACHE_MODE) -> pd.DataFrame:
+def parse_ncu_csv(
+    path: str | os.PathLike[str], layer_regex: str = DEFAULT_LAYER_REGEX, cache_mode: str = CACHE_MODE
+) -> pd.DataFrame:
     """One row per kernel: `COLUMNS`, bytes in bytes and durations in ns; `attrs["cache_mode"]` set.
 
     `layer` is the innermost NVTX range matching `layer_regex` ("" when none). Raises TraceError (one line)
@@ -190,8 +253,9 @@ def parse_ncu_csv(path: str | os.PathLike[str], layer_regex: str = DEFAULT_LAYER
     lines = text.splitlines(keepends=True)
     start = next((i for i, ln in enumerate(lines) if ln.startswith(_HEADER_START)), None)
     if start is None:
-        raise TraceError(f"{path}: no ncu CSV header (line starting {_HEADER_START!r}); "
-                         f"ncu said: {_last_message(text)}")
+        raise TraceError(
+            f"{path}: no ncu CSV header (line starting {_HEADER_START!r}); ncu said: {_last_message(text)}"
+        )
     if not text.endswith("\n"):
         raise TraceError(f"{path}: truncated ncu CSV (no newline at the end of the last row)")
     body = [ln for ln in lines[start:] if ln.strip() and not ln.startswith("==")]  # ==PROF== / ==WARNING==
@@ -210,8 +274,10 @@ def parse_ncu_csv(path: str | os.PathLike[str], layer_regex: str = DEFAULT_LAYER
     metric_sets: dict[tuple[str, str], set[str]] = {}
     for n, row in enumerate(rows[1:], start=2):
         if len(row) != len(header):
-            raise TraceError(f"{path}: truncated or malformed ncu CSV: row {n} has {len(row)} fields, "
-                             f"the header {len(header)}")
+            raise TraceError(
+                f"{path}: truncated or malformed ncu CSV: row {n} has {len(row)} fields, "
+                f"the header {len(header)}"
+            )
         key = (row[pid_col] if pid_col is not None else "", row[col["ID"]])
         kernel = kernels.get(key)
         if kernel is None:
@@ -221,8 +287,12 @@ def parse_ncu_csv(path: str | os.PathLike[str], layer_regex: str = DEFAULT_LAYER
                 kernel_id = int(row[col["ID"]].replace(",", ""))
             except ValueError:
                 raise TraceError(f"{path}: row {n}: kernel ID {row[col['ID']]!r} is not an integer") from None
-            kernel = {"kernel_id": kernel_id, "kernel": row[col["Kernel Name"]],
-                      "nvtx_stack": "/".join(ranges), "layer": layer}
+            kernel = {
+                "kernel_id": kernel_id,
+                "kernel": row[col["Kernel Name"]],
+                "nvtx_stack": "/".join(ranges),
+                "layer": layer,
+            }
             kernel.update({c: float("nan") for c, _ in _METRIC_COLUMNS.values()})
             kernels[key] = kernel
             metric_sets[key] = set()
@@ -231,14 +301,17 @@ def parse_ncu_csv(path: str | os.PathLike[str], layer_regex: str = DEFAULT_LAYER
         target = _METRIC_COLUMNS.get(metric)
         if target is not None:
             column, family = target
-            kernel[column] = _number(row[col["Metric Value"]], row[col["Metric Unit"]], family,
-                                     f"{path}: row {n} ({metric})")
+            kernel[column] = _number(
+                row[col["Metric Value"]], row[col["Metric Unit"]], family, f"{path}: row {n} ({metric})"
+            )
     every = set().union(*metric_sets.values()) if metric_sets else set()
     short = [key for key, seen in metric_sets.items() if seen != every]
     if short:
         key = short[-1]
-        raise TraceError(f"{path}: truncated ncu CSV: kernel ID {key[1]} has {len(metric_sets[key])} of "
-                         f"{len(every)} metrics")
+        raise TraceError(
+            f"{path}: truncated ncu CSV: kernel ID {key[1]} has {len(metric_sets[key])} of "
+            f"{len(every)} metrics"
+        )
     df = pd.DataFrame(list(kernels.values()), columns=list(COLUMNS))
     df["kernel_id"] = df["kernel_id"].astype("int64")
     df.attrs["cache_mode"] = cache_mode
@@ -249,9 +322,11 @@ def parse_ncu_csv(path: str | os.PathLike[str], layer_regex: str = DEFAULT_LAYER
 def layer_totals(df: pd.DataFrame) -> pd.DataFrame:
     """Per layer (first-seen order; "" = outside any layer range): kernels and summed bytes / time."""
     metrics = [c for c, _ in _METRIC_COLUMNS.values()]
-    out = df.groupby("layer", sort=False).agg(
-        kernels=("kernel_id", "size"), **{c: (c, "sum") for c in metrics}
-    ).reset_index()
+    out = (
+        df.groupby("layer", sort=False)
+        .agg(kernels=("kernel_id", "size"), **{c: (c, "sum") for c in metrics})
+        .reset_index()
+    )
     out["dram_bytes"] = out["dram_bytes_read"] + out["dram_bytes_write"]
     out.attrs = dict(df.attrs)
     return out

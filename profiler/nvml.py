@@ -18,17 +18,24 @@ from typing import Any, Protocol
 import pandas as pd
 
 from simulator.errors import MeasurementUnavailable
+from traces.timeline import TIMELINE_COLUMNS
 
 __all__ = [
-    "COLUMNS", "GPM_METRICS", "MIN_GPM_WINDOW_S", "NvmlBackend", "NvmlSampler", "PynvmlBackend",
-    "device_info", "dram_bytes", "nvml_status", "peak_hbm_bps",
+    "COLUMNS",
+    "GPM_METRICS",
+    "MIN_GPM_WINDOW_S",
+    "NvmlBackend",
+    "NvmlSampler",
+    "PynvmlBackend",
+    "device_info",
+    "dram_bytes",
+    "nvml_status",
+    "peak_hbm_bps",
 ]
 
-# Exactly the columns of the real recording (shared/data/h100-decode-2026-11-26/nvml_timeline.csv).
-COLUMNS: tuple[str, ...] = (
-    "t_start_ns", "t_end_ns", "gpm_dram_bw_util_pct", "gpm_sm_util_pct", "gpm_tensor_util_pct",
-    "util_gpu_pct", "util_mem_pct", "power_mw", "energy_mj", "sm_clock_mhz", "mem_clock_mhz",
-)
+# Exactly the columns of the real recording (shared/data/h100-decode-2026-11-26/nvml_timeline.csv): the
+# timeline format traces.timeline reads.
+COLUMNS: tuple[str, ...] = TIMELINE_COLUMNS
 
 # GPM metric ids (pynvml NVML_GPM_METRIC_*; fixed by the NVML ABI) -> our column.
 GPM_METRICS: dict[int, str] = {
@@ -208,8 +215,9 @@ def nvml_status(device_index: int = 0, require_gpm: bool = True) -> tuple[bool, 
     return True, f"NVML ok: {info['name']}, driver {info['driver']}, {gpm}"
 
 
-def dram_bytes(timeline: pd.DataFrame, peak_hbm_Bps: float, t0_ns: int | None = None,
-               t1_ns: int | None = None) -> float:
+def dram_bytes(
+    timeline: pd.DataFrame, peak_hbm_Bps: float, t0_ns: int | None = None, t1_ns: int | None = None
+) -> float:
     """DRAM bytes moved in [t0_ns, t1_ns]: sum of util/100 x peak x (overlap of each window, seconds).
 
     Windows with NaN GPM bandwidth contribute nothing; check for them before trusting the sum.
@@ -232,8 +240,14 @@ class NvmlSampler:
     `errors` and the affected values are NaN.
     """
 
-    def __init__(self, device_index: int = 0, interval_s: float = 0.1, *, backend: NvmlBackend | None = None,
-                 require_gpm: bool = True) -> None:
+    def __init__(
+        self,
+        device_index: int = 0,
+        interval_s: float = 0.1,
+        *,
+        backend: NvmlBackend | None = None,
+        require_gpm: bool = True,
+    ) -> None:
         self.device_index = device_index
         self.requested_interval_s = interval_s
         self.interval_s = max(float(interval_s), MIN_GPM_WINDOW_S)  # GPM reads ~0 below 100 ms
@@ -387,4 +401,3 @@ class NvmlSampler:
                 values = (None,) * len(columns)  # NaN in the DataFrame
             for column, v in zip(columns, values, strict=True):
                 rows[column].append(v)
-

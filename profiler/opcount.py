@@ -42,14 +42,29 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import flop_registry
 
 __all__ = [
-    "COLUMNS", "SDPA_OP", "OpCounter", "OpRecord", "count_ops", "op_bytes", "sdpa_flops", "summarize",
+    "COLUMNS",
+    "SDPA_OP",
+    "OpCounter",
+    "OpRecord",
+    "count_ops",
+    "op_bytes",
+    "op_totals",
+    "sdpa_flops",
+    "summarize",
     "tensor_bytes",
 ]
 
 aten = torch.ops.aten
 
 COLUMNS: tuple[str, ...] = (
-    "seq", "module", "op", "flops", "bytes_read", "bytes_written", "out_shape", "dtype",
+    "seq",
+    "module",
+    "op",
+    "flops",
+    "bytes_read",
+    "bytes_written",
+    "out_shape",
+    "dtype",
 )
 
 # Name of the row a fused SDPA call produces (the aten op F.scaled_dot_product_attention maps to).
@@ -58,20 +73,59 @@ SDPA_OP = "aten.scaled_dot_product_attention"
 # Ops that only create a new view or change metadata: no data moves. `is_view` catches most view ops;
 # these are listed because their schema does not say so (_unsafe_view) or to be explicit.
 _METADATA_OPS = {
-    aten.view, aten._unsafe_view, aten.reshape, aten._reshape_alias, aten.expand, aten.t,
-    aten.transpose, aten.permute, aten.slice, aten.select, aten.unsqueeze, aten.squeeze,
-    aten.as_strided, aten.detach, aten.alias, aten.lift_fresh, aten.unfold, aten.narrow, aten.split,
-    aten.split_with_sizes, aten.unbind, aten.view_as_real, aten.view_as_complex, aten.resize_,
-    aten.set_, aten.empty, aten.empty_strided, aten.empty_like, aten.new_empty, aten.new_empty_strided,
-    aten.empty_permuted, aten._fused_sdp_choice,
+    aten.view,
+    aten._unsafe_view,
+    aten.reshape,
+    aten._reshape_alias,
+    aten.expand,
+    aten.t,
+    aten.transpose,
+    aten.permute,
+    aten.slice,
+    aten.select,
+    aten.unsqueeze,
+    aten.squeeze,
+    aten.as_strided,
+    aten.detach,
+    aten.alias,
+    aten.lift_fresh,
+    aten.unfold,
+    aten.narrow,
+    aten.split,
+    aten.split_with_sizes,
+    aten.unbind,
+    aten.view_as_real,
+    aten.view_as_complex,
+    aten.resize_,
+    aten.set_,
+    aten.empty,
+    aten.empty_strided,
+    aten.empty_like,
+    aten.new_empty,
+    aten.new_empty_strided,
+    aten.empty_permuted,
+    aten._fused_sdp_choice,
     # in-place metadata changes: the data stays where it is
-    aten.t_, aten.transpose_, aten.unsqueeze_, aten.squeeze_, aten.as_strided_, aten.detach_,
+    aten.t_,
+    aten.transpose_,
+    aten.unsqueeze_,
+    aten.squeeze_,
+    aten.as_strided_,
+    aten.detach_,
 }
 
 # In-place ops that overwrite the mutated tensor without reading it.
 _WRITE_ONLY_INPLACE = {
-    aten.fill_, aten.zero_, aten.uniform_, aten.normal_, aten.random_, aten.bernoulli_,
-    aten.exponential_, aten.geometric_, aten.log_normal_, aten.cauchy_,
+    aten.fill_,
+    aten.zero_,
+    aten.uniform_,
+    aten.normal_,
+    aten.random_,
+    aten.bernoulli_,
+    aten.exponential_,
+    aten.geometric_,
+    aten.log_normal_,
+    aten.cauchy_,
 }
 
 Rule = Callable[[Sequence[Any], dict[str, Any], Any], tuple[int, int]]
@@ -176,17 +230,20 @@ def _index_put_(args: Sequence[Any], kwargs: dict[str, Any], out: Any) -> tuple[
 
 def _index_rows_(accumulate: bool) -> Rule:
     """index_copy_ / index_add_(self, dim, index, source): whole rows along `dim`."""
+
     def rule(args: Sequence[Any], kwargs: dict[str, Any], out: Any) -> tuple[int, int]:
         dst, dim = _arg(args, kwargs, 0, "self"), _arg(args, kwargs, 1, "dim")
         index, source = _arg(args, kwargs, 2, "index"), _arg(args, kwargs, 3, "source")
         written = int(index.numel()) * _row_bytes(dst, dim)
         read = tensor_bytes(source) + tensor_bytes(index) + (written if accumulate else 0)
         return read, written
+
     return rule
 
 
 def _scatter_(accumulate: bool) -> Rule:
     """scatter_ / scatter_add_ / scatter_reduce_(self, dim, index, src|value, ...): one element per index."""
+
     def rule(args: Sequence[Any], kwargs: dict[str, Any], out: Any) -> tuple[int, int]:
         dst, index = _arg(args, kwargs, 0, "self"), _arg(args, kwargs, 2, "index")
         src = _arg(args, kwargs, 3, "src", kwargs.get("value"))
@@ -196,6 +253,7 @@ def _scatter_(accumulate: bool) -> Rule:
         if isinstance(src, torch.Tensor):
             read += int(index.numel()) * src.element_size()
         return read, written
+
     return rule
 
 
@@ -223,8 +281,9 @@ _BYTE_RULES: dict[Any, Rule] = {
 }
 
 
-def _schema_bytes(func: torch._ops.OpOverload, args: Sequence[Any], kwargs: dict[str, Any],
-                  out: Any) -> tuple[int, int]:
+def _schema_bytes(
+    func: torch._ops.OpOverload, args: Sequence[Any], kwargs: dict[str, Any], out: Any
+) -> tuple[int, int]:
     """Default, in-place and out= rules, read off the op's schema alias annotations."""
     mutated: list[torch.Tensor] = []
     out_args: list[torch.Tensor] = []
@@ -247,8 +306,9 @@ def _schema_bytes(func: torch._ops.OpOverload, args: Sequence[Any], kwargs: dict
     return read, written
 
 
-def op_bytes(func: torch._ops.OpOverload, args: Sequence[Any], kwargs: dict[str, Any],
-             out: Any) -> tuple[int, int]:
+def op_bytes(
+    func: torch._ops.OpOverload, args: Sequence[Any], kwargs: dict[str, Any], out: Any
+) -> tuple[int, int]:
     """(bytes_read, bytes_written) of one executed aten op, by the rules in the module docstring."""
     packet = func._overloadpacket
     if packet in _METADATA_OPS or func.is_view:
@@ -323,8 +383,9 @@ class _SdpaAsOneOp(TorchFunctionMode):
         super().__init__()
         self.counter = counter
 
-    def __torch_function__(self, func: Any, types: Any, args: Sequence[Any] = (),
-                           kwargs: dict[str, Any] | None = None) -> Any:
+    def __torch_function__(
+        self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
         kwargs = kwargs or {}
         if func is not F.scaled_dot_product_attention:
             return func(*args, **kwargs)
@@ -367,6 +428,7 @@ class OpCounter(TorchDispatchMode):
     def _pre_hook(self, name: str) -> Callable[..., None]:
         def hook(module: torch.nn.Module, args: Any) -> None:
             self._stack.append(name)
+
         return hook
 
     def _post_hook(self, name: str) -> Callable[..., None]:
@@ -375,6 +437,7 @@ class OpCounter(TorchDispatchMode):
             while self._stack:
                 if self._stack.pop() == name:
                     break
+
         return hook
 
     @property
@@ -403,8 +466,13 @@ class OpCounter(TorchDispatchMode):
             self._handles.clear()
             self._stack.clear()
 
-    def __torch_dispatch__(self, func: torch._ops.OpOverload, types: Any, args: Sequence[Any] = (),
-                           kwargs: dict[str, Any] | None = None) -> Any:
+    def __torch_dispatch__(
+        self,
+        func: torch._ops.OpOverload,
+        types: Any,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         if self._muted:
@@ -413,8 +481,9 @@ class OpCounter(TorchDispatchMode):
         self._record(str(func), self._flops(func, args, kwargs, out), read, written, out)
         return out
 
-    def _flops(self, func: torch._ops.OpOverload, args: Sequence[Any], kwargs: dict[str, Any],
-               out: Any) -> int:
+    def _flops(
+        self, func: torch._ops.OpOverload, args: Sequence[Any], kwargs: dict[str, Any], out: Any
+    ) -> int:
         packet = func._overloadpacket
         rule = _FLOP_RULES.get(packet)
         if rule is not None:
@@ -430,16 +499,18 @@ class OpCounter(TorchDispatchMode):
 
     def _record(self, op: str, flops: int, read: int, written: int, out: Any) -> None:
         first = _first_tensor(out)
-        self.records.append(OpRecord(
-            seq=len(self.records),
-            module=self.current_module,
-            op=op,
-            flops=flops,
-            bytes_read=int(read),
-            bytes_written=int(written),
-            out_shape=tuple(int(s) for s in first.shape) if first is not None else None,
-            dtype=str(first.dtype).removeprefix("torch.") if first is not None else "",
-        ))
+        self.records.append(
+            OpRecord(
+                seq=len(self.records),
+                module=self.current_module,
+                op=op,
+                flops=flops,
+                bytes_read=int(read),
+                bytes_written=int(written),
+                out_shape=tuple(int(s) for s in first.shape) if first is not None else None,
+                dtype=str(first.dtype).removeprefix("torch.") if first is not None else "",
+            )
+        )
 
     def to_dataframe(self) -> pd.DataFrame:
         """One row per recorded op, columns `COLUMNS`."""
@@ -463,12 +534,21 @@ def summarize(df: pd.DataFrame, depth: int = 1) -> pd.DataFrame:
     if depth < 0:
         raise ValueError(f"depth must be >= 0, got {depth}")
     prefix = df["module"].map(lambda m: ".".join(m.split(".")[:depth]) if m else "")
-    grouped = df.assign(module=prefix).groupby("module", sort=False)
-    out = grouped.agg(
-        n_ops=("op", "size"),
-        flops=("flops", "sum"),
-        bytes_read=("bytes_read", "sum"),
-        bytes_written=("bytes_written", "sum"),
-    ).reset_index()
+    return op_totals(df.assign(module=prefix), "module")
+
+
+def op_totals(df: pd.DataFrame, by: str) -> pd.DataFrame:
+    """Per value of column `by` of per-op rows, first-seen order: by, n_ops, flops, bytes_read,
+    bytes_written, bytes_total."""
+    out = (
+        df.groupby(by, sort=False)
+        .agg(
+            n_ops=("op", "size"),
+            flops=("flops", "sum"),
+            bytes_read=("bytes_read", "sum"),
+            bytes_written=("bytes_written", "sum"),
+        )
+        .reset_index()
+    )
     out["bytes_total"] = out["bytes_read"] + out["bytes_written"]
     return out

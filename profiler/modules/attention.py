@@ -1,0 +1,236 @@
+"""Self-attention with a KV cache: MHA/GQA/MQA through SDPA, and MLA with a latent cache.
+
+Decode reads a preallocated cache of `context` entries per sequence. Two cache modes:
+- "fixed": the cache is read-only, as in the H100 recordings: the new token's K/V are projected
+  (their weights are read) but not stored, and every step attends over the same `context` entries;
+- "append": the new K/V are written at the cache's end and attended over; when the headroom is used
+  up the length falls back to `context` (shapes stay bounded over a long steady loop).
+Prefill is causal self-attention over the prompt; it does not keep a cache. No rotary embedding is
+applied (it moves no weights and little data).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from profiler.modules.common import factory_kwargs
+from simulator.config import AttentionConfig
+from simulator.errors import ConfigError
+
+KV_MODES = ("fixed", "append")
+
+
+class _CachedAttention(nn.Module):
+    """The constructor and KV-cache handling both attention kinds share; `_build` makes the weights."""
+
+    def __init__(
+        self,
+        cfg: AttentionConfig,
+        d_model: int,
+        *,
+        phase: str = "decode",
+        kv_mode: str = "fixed",
+        append_headroom: int = 64,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        if phase not in ("decode", "prefill"):
+            raise ConfigError(f"phase must be decode or prefill, got {phase!r}")
+        if kv_mode not in KV_MODES:
+            raise ConfigError(f"kv_mode must be one of {', '.join(KV_MODES)}, got {kv_mode!r}")
+        self.phase = phase
+        self.kv_mode = kv_mode
+        self.append_headroom = append_headroom
+        self.context = 0
+        self.length = 0  # entries currently attended over (append mode grows it)
+        self._build(cfg, d_model, factory_kwargs(device, dtype))
+
+    def _build(self, cfg: AttentionConfig, d_model: int, f: dict[str, object]) -> None:
+        raise NotImplementedError
+
+    def _cache_shapes(self, batch: int, capacity: int) -> dict[str, tuple[int, ...]]:
+        raise NotImplementedError
+
+    def setup_cache(self, batch: int, context: int, fill: str = "randn") -> None:
+        """Allocate (decode) the cache for `batch` sequences of `context` entries; prefill frees it."""
+        for name in self._cache_shapes(1, 1):
+            setattr(self, name, None)
+        self.context = self.length = int(context)
+        if self.phase != "decode":
+            return
+        capacity = context + (self.append_headroom if self.kv_mode == "append" else 0)
+        p = next(self.parameters())
+        for name, shape in self._cache_shapes(batch, capacity).items():
+            buf = torch.empty(shape, device=p.device, dtype=p.dtype)
+            if fill == "randn" and buf.device.type != "meta":
+                buf.normal_()
+            elif fill == "zeros":
+                buf.zero_()
+            setattr(self, name, buf)
+
+    def _advance(self, tokens: int) -> tuple[int, int]:
+        """(write position, attended length) for an append step; wraps back to `context` when full."""
+        cache = getattr(self, next(iter(self._cache_shapes(1, 1))))
+        if self.length + tokens > cache.shape[-2]:
+            self.length = self.context
+        pos = self.length
+        self.length += tokens
+        return pos, self.length
+
+    def _check_cache(self, batch: int) -> torch.Tensor:
+        cache = getattr(self, next(iter(self._cache_shapes(1, 1))), None)
+        if cache is None:
+            raise RuntimeError("decode attention needs setup_cache(batch, context) first")
+        if cache.shape[0] != batch:
+            raise RuntimeError(f"KV cache holds {cache.shape[0]} sequences, input has {batch}")
+        return cache
+
+
+class Attention(_CachedAttention):
+    """MHA / GQA / MQA: q/k/v/o projections and SDPA, never copying K/V per query head (decode folds
+    each group's query heads into one KV head's queries, prefill uses `enable_gqa`)."""
+
+    def _build(self, cfg: AttentionConfig, d_model: int, f: dict[str, object]) -> None:
+        if cfg.kind == "mla":
+            raise ConfigError("use MLAAttention for kind 'mla'")
+        assert cfg.head_dim is not None
+        self.n_heads, self.n_kv, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        self.q_proj = nn.Linear(d_model, self.n_heads * self.head_dim, bias=cfg.qkv_bias, **f)
+        self.k_proj = nn.Linear(d_model, self.n_kv * self.head_dim, bias=cfg.qkv_bias, **f)
+        self.v_proj = nn.Linear(d_model, self.n_kv * self.head_dim, bias=cfg.qkv_bias, **f)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, d_model, bias=cfg.o_bias, **f)
+        self.k_cache: torch.Tensor | None = None
+        self.v_cache: torch.Tensor | None = None
+
+    def _cache_shapes(self, batch: int, capacity: int) -> dict[str, tuple[int, ...]]:
+        shape = (batch, self.n_kv, capacity, self.head_dim)
+        return {"k_cache": shape, "v_cache": shape}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        gqa = self.n_kv != self.n_heads
+        if self.phase == "prefill":
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1, enable_gqa=gqa)
+        else:
+            self._check_cache(b)
+            assert self.k_cache is not None and self.v_cache is not None
+            if self.kv_mode == "fixed":
+                keys, values = self.k_cache, self.v_cache
+            else:
+                pos, length = self._advance(t)
+                self.k_cache[:, :, pos : pos + t].copy_(k)
+                self.v_cache[:, :, pos : pos + t].copy_(v)
+                keys, values = self.k_cache[:, :, :length], self.v_cache[:, :, :length]
+            # speculative tokens of one step would need a causal tail mask; decode steps have t == 1
+            out = grouped_decode_attention(q, keys, values)
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+
+
+class MLAAttention(_CachedAttention):
+    """Multi-head latent attention (DeepSeek-V2/V3).
+
+    The cache holds, per token, the normalised latent c (kv_lora_rank) and the shared rope key
+    (qk_rope_head_dim) in one row. Decode absorbs the up-projections: queries are mapped into the
+    latent space (q_nope @ W_UK), attention runs as MQA over the cached rows (values = the latent
+    part of the same rows), and W_UV maps the result back per head. Prefill expands the latent into
+    per-head keys and values and runs causal SDPA.
+    """
+
+    def _build(self, cfg: AttentionConfig, d_model: int, f: dict[str, object]) -> None:
+        assert cfg.kv_lora_rank and cfg.qk_nope_head_dim and cfg.qk_rope_head_dim and cfg.v_head_dim
+        h = self.n_heads = cfg.n_heads
+        self.c, self.nope, self.rope, self.vdim = (
+            cfg.kv_lora_rank,
+            cfg.qk_nope_head_dim,
+            cfg.qk_rope_head_dim,
+            cfg.v_head_dim,
+        )
+        qk = self.nope + self.rope
+        self.scale = qk**-0.5
+        if cfg.q_lora_rank:
+            self.wq_a: nn.Linear | None = nn.Linear(d_model, cfg.q_lora_rank, bias=False, **f)
+            self.q_norm: nn.Module | None = nn.RMSNorm(cfg.q_lora_rank, eps=1e-6, **f)
+            self.wq_b = nn.Linear(cfg.q_lora_rank, h * qk, bias=False, **f)
+        else:
+            self.wq_a = self.q_norm = None
+            self.wq_b = nn.Linear(d_model, h * qk, bias=False, **f)
+        self.wkv_a = nn.Linear(d_model, self.c + self.rope, bias=False, **f)
+        self.kv_norm = nn.RMSNorm(self.c, eps=1e-6, **f)
+        self.wkv_b = nn.Linear(self.c, h * (self.nope + self.vdim), bias=False, **f)
+        self.wo = nn.Linear(h * self.vdim, d_model, bias=False, **f)
+        self.kv_cache: torch.Tensor | None = None
+
+    def _cache_shapes(self, batch: int, capacity: int) -> dict[str, tuple[int, ...]]:
+        return {"kv_cache": (batch, capacity, self.c + self.rope)}
+
+    def _queries(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, t, _ = x.shape
+        if self.wq_a is not None:
+            assert self.q_norm is not None
+            x = self.q_norm(self.wq_a(x))
+        q = self.wq_b(x).view(b, t, self.n_heads, self.nope + self.rope)
+        return q[..., : self.nope], q[..., self.nope :]
+
+    def _latent(self, x: torch.Tensor) -> torch.Tensor:
+        kv = self.wkv_a(x)
+        return torch.cat([self.kv_norm(kv[..., : self.c]), kv[..., self.c :]], dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        q_nope, q_rope = self._queries(x)
+        latent = self._latent(x)  # (b, t, c + rope)
+        w = self.wkv_b.weight.view(self.n_heads, self.nope + self.vdim, self.c)
+        w_uk, w_uv = w[:, : self.nope], w[:, self.nope :]
+        if self.phase == "prefill":
+            kv = self.wkv_b(latent[..., : self.c]).view(b, t, self.n_heads, self.nope + self.vdim)
+            k_rope = latent[..., self.c :].unsqueeze(2).expand(b, t, self.n_heads, self.rope)
+            k = torch.cat([kv[..., : self.nope], k_rope], dim=-1).transpose(1, 2)
+            v = kv[..., self.nope :].transpose(1, 2)
+            q = torch.cat([q_nope, q_rope], dim=-1).transpose(1, 2)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1, scale=self.scale)
+            return self.wo(out.transpose(1, 2).reshape(b, t, self.n_heads * self.vdim))
+        self._check_cache(b)
+        assert self.kv_cache is not None
+        if self.kv_mode == "fixed":
+            rows = self.kv_cache
+        else:
+            pos, length = self._advance(t)
+            self.kv_cache[:, pos : pos + t].copy_(latent)
+            rows = self.kv_cache[:, :length]
+        # absorbed: q_lat = q_nope W_UK per head; scores over [latent | rope key] rows, one KV head
+        q_lat = torch.einsum("bthn,hnc->bhtc", q_nope, w_uk)
+        q = torch.cat([q_lat, q_rope.transpose(1, 2)], dim=-1)  # (b, h, t, c + rope)
+        keys = rows.unsqueeze(1)  # (b, 1, S, c + rope)
+        values = keys[..., : self.c]
+        o_lat = grouped_decode_attention(q, keys, values, scale=self.scale)
+        out = torch.einsum("bhtc,hvc->bthv", o_lat, w_uv)
+        return self.wo(out.reshape(b, t, self.n_heads * self.vdim))
+
+
+def grouped_decode_attention(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float | None = None
+) -> torch.Tensor:
+    """Decode attention (no mask) of H query heads over G <= H shared KV heads.
+
+    The H/G query heads of a group are folded into the query-length dimension, so it is plain attention
+    over G heads: every SDPA backend takes it, and each K/V row is read once per group, never expanded
+    into per-query-head copies. q: (b, H, t, d); keys/values: (b, G, S, d | d_v).
+    """
+    b, h, t, d = q.shape
+    g = keys.shape[1]
+    if g == h:
+        return F.scaled_dot_product_attention(q, keys, values, scale=scale)
+    folded = q.reshape(b, g, (h // g) * t, d)  # query head i belongs to group i // (h // g)
+    out = F.scaled_dot_product_attention(folded, keys, values, scale=scale)
+    return out.reshape(b, h, t, values.shape[-1])
+
+
+def build_attention(cfg: AttentionConfig, d_model: int, **kwargs: object) -> _CachedAttention:
+    cls = MLAAttention if cfg.kind == "mla" else Attention
+    return cls(cfg, d_model, **kwargs)  # type: ignore[arg-type]

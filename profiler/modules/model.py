@@ -1,0 +1,268 @@
+"""The whole reference model: embeddings, blocks, final norm and head, from a ModelConfig.
+
+Every sublayer (norm + layer + residual add) runs inside a range named like the simulator's layers and
+the H100 recordings: `block{i}.attn`, `block{i}.ffn`, `block{i}.moe`, `block{i}.memory` (a second layer
+of the same family in one block gets `ffn1`, `memory1`, ...), plus `embed` and `head`. With
+`parallel_ffn` the FFN-position layers share one normalised input and their outputs are added to the
+residual together; otherwise each has its own norm and residual add, in order. An UltraMem layer with
+`skip_span` > 0 reads its block's input and adds its output after block i + skip_span.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import torch
+import torch.nn as nn
+
+from profiler.modules.attention import build_attention
+from profiler.modules.common import (
+    NORM_TYPES,
+    RoutingRecorder,
+    factory_kwargs,
+    layer_range,
+    make_norm,
+    torch_dtype,
+)
+from profiler.modules.ffn import DenseFFN
+from profiler.modules.memory_plus import MemoryPlus
+from profiler.modules.moe import MoE
+from profiler.modules.peer import PEER
+from profiler.modules.pkm import PKM
+from profiler.modules.tables import TableRegistry
+from profiler.modules.ultramem import UltraMem
+from profiler.modules.ultramemv2 import UltraMemV2
+from simulator.config import MEMORY_KINDS, ModelConfig
+
+_SUFFIX = {"dense": "ffn", "moe": "moe"}
+
+
+def sublayer_base(kind: str) -> str:
+    """Range-name suffix of an FFN-position layer kind (the simulator's naming)."""
+    return _SUFFIX.get(kind, "memory" if kind in MEMORY_KINDS else kind)
+
+
+class Sublayer(nn.Module):
+    """norm -> layer -> residual add, inside the layer's named range."""
+
+    def __init__(self, name: str, norm: nn.Module | None, layer: nn.Module, skip_span: int = 0) -> None:
+        super().__init__()
+        self.layer_name = name
+        self.norm = norm
+        self.layer = layer
+        self.skip_span = skip_span
+
+    def forward(
+        self, h: torch.Tensor, u: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(new residual, normalised input, output deferred to a later block or None)."""
+        with layer_range(self.layer_name):
+            if u is None:
+                assert self.norm is not None
+                u = self.norm(h)
+            out = self.layer(u)
+            if self.skip_span:
+                return h, u, out
+            return h + out, u, None
+
+
+class Block(nn.Module):
+    def __init__(self, attn: Sublayer, ffn: list[Sublayer], parallel: bool) -> None:
+        super().__init__()
+        self.attn = attn
+        self.ffn = nn.ModuleList(ffn)
+        self.parallel = parallel
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]:
+        h, _, _ = self.attn(h)
+        deferred: list[tuple[int, torch.Tensor]] = []
+        u = None
+        for sub in self.ffn:
+            h, u_out, out = sub(h, u if self.parallel else None)
+            if self.parallel:
+                u = u_out
+            if out is not None:
+                deferred.append((sub.skip_span, out))
+        return h, deferred
+
+
+class ReferenceModel(nn.Module):
+    """A runnable model of `config`: inputs are token ids (B, T) when config.embeddings, else hidden
+    states (B, T, d). Decode returns logits (or hidden states) for every position; prefill for the last
+    position of each sequence only (what a serving engine samples from), like the simulator's head."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        *,
+        phase: str = "decode",
+        kv_mode: str = "fixed",
+        append_headroom: int = 64,
+        dtype: str | torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+        record_routing: bool = False,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.phase = phase
+        dt = torch_dtype(dtype)
+        f = factory_kwargs(device, dt)
+        d = config.d_model
+        self.tables_registry = TableRegistry(device, dt)
+        self.embed = nn.Embedding(config.vocab_size, d, **f) if config.embeddings else None
+        blocks: list[Block] = []
+        table_layers: dict[str | None, int] = {}  # next layer index per shared table
+        for i, bc in enumerate(config.expanded_blocks()):
+            attn = build_attention(
+                bc.attention, d, phase=phase, kv_mode=kv_mode, append_headroom=append_headroom, **f
+            )
+            attn_sub = Sublayer(f"block{i}.attn", make_norm(bc.norm, d, **f), attn)
+            subs: list[Sublayer] = []
+            seen: dict[str, int] = {}
+            for j, lc in enumerate(bc.ffn):
+                base = sublayer_base(lc.kind)
+                seen[base] = seen.get(base, 0) + 1
+                name = f"block{i}.{base}" + (str(seen[base] - 1) if seen[base] > 1 else "")
+                layer = self._build_ffn_layer(lc, name, table_layers)
+                norm = make_norm(bc.norm, d, **f) if (j == 0 or not bc.parallel_ffn) else None
+                skip = getattr(lc, "skip_span", 0)
+                subs.append(Sublayer(name, norm, layer, skip))
+            blocks.append(Block(attn_sub, subs, bc.parallel_ffn))
+        self.blocks = nn.ModuleList(blocks)
+        # ModuleDict keys may not shadow its methods ("values"), nor hold dots
+        self.tables = nn.ModuleDict(
+            {"table_" + re.sub(r"\W", "_", k): t for k, t in self.tables_registry.tables.items()}
+        )
+        if config.embeddings:
+            self.norm: nn.Module | None = make_norm(config.norm, d, **f)
+            self.head: nn.Linear | None = nn.Linear(d, config.vocab_size, bias=False, **f)
+            if config.tie_embeddings:
+                assert self.embed is not None
+                self.head.weight = self.embed.weight
+        else:
+            self.norm = self.head = None
+        self.set_recording(record_routing)
+        self.eval()
+
+    def _build_ffn_layer(self, lc: object, name: str, table_layers: dict[str | None, int]) -> nn.Module:
+        cfg = self.config
+        d = cfg.d_model
+        p = self.tables_registry
+        f = factory_kwargs(p.device, p.dtype)
+        kind = lc.kind  # type: ignore[attr-defined]
+        if kind == "dense":
+            return DenseFFN.from_config(lc, d, **f)  # type: ignore[arg-type]
+        if kind == "moe":
+            return MoE(lc, d, **f)  # type: ignore[arg-type]
+        if kind == "pkm":
+            return PKM(lc, d, tables=p, name=name, **f)  # type: ignore[arg-type]
+        if kind == "peer":
+            return PEER(lc, d, tables=p, name=name, **f)  # type: ignore[arg-type]
+        if kind == "memory_plus":
+            return MemoryPlus(lc, d, tables=p, name=name, **f)  # type: ignore[arg-type]
+        if kind == "ultramem":
+            return UltraMem(lc, d, tables=p, name=name, **f)  # type: ignore[arg-type]
+        if kind == "ultramemv2":
+            table = lc.shared_table  # type: ignore[attr-defined]
+            index = table_layers.get(table, 0)
+            table_layers[table] = index + 1
+            layers = cfg.memory_layer_count(table) if table is not None else 1
+            return UltraMemV2(
+                lc,
+                d,
+                tables=p,
+                layer_index=index,
+                memory_layers=layers,
+                name=name,
+                **f,  # type: ignore[arg-type]
+            )
+        raise ValueError(f"unknown FFN-position layer kind {kind!r}")
+
+    # ------------------------------------------------------------------------------------ setup
+    def setup_cache(self, batch: int, context: int, fill: str = "randn") -> None:
+        """(Re)allocate every attention cache for `batch` sequences of `context` entries (decode)."""
+        for block in self.blocks:
+            block.attn.layer.setup_cache(batch, context, fill)  # type: ignore[union-attr,operator]
+
+    def sublayers(self) -> Iterator[Sublayer]:
+        for block in self.blocks:
+            yield block.attn  # type: ignore[misc]
+            yield from block.ffn  # type: ignore[misc]
+
+    def layer_names(self) -> list[str]:
+        """Range names in execution order, embed/head included when present."""
+        names = [s.layer_name for s in self.sublayers()]
+        return (["embed", *names, "head"]) if self.embed is not None else names
+
+    def module_layer_map(self) -> dict[str, str]:
+        """Module path prefix -> layer name, for attributing op counts (longest prefix wins)."""
+        out: dict[str, str] = {}
+        for i, block in enumerate(self.blocks):
+            out[f"blocks.{i}.attn"] = block.attn.layer_name  # type: ignore[union-attr]
+            for j, sub in enumerate(block.ffn):
+                out[f"blocks.{i}.ffn.{j}"] = sub.layer_name  # type: ignore[union-attr]
+        if self.embed is not None:
+            out["embed"] = "embed"
+            out["norm"] = "head"
+            out["head"] = "head"
+        return out
+
+    def routing_recorders(self) -> dict[str, RoutingRecorder]:
+        """Layer name -> recorder, for every MoE and memory layer."""
+        return {
+            s.layer_name: s.layer.recorder  # type: ignore[union-attr]
+            for s in self.sublayers()
+            if isinstance(getattr(s.layer, "recorder", None), RoutingRecorder)
+        }
+
+    def set_recording(self, enabled: bool) -> None:
+        for rec in self.routing_recorders().values():
+            rec.enabled = enabled
+
+    def reset_routing(self) -> None:
+        for rec in self.routing_recorders().values():
+            rec.reset()
+
+    def param_count(self, include_norms: bool = False) -> int:
+        """Parameters stored (shared tables and tied weights once); norms left out by default, as the
+        simulator leaves them out."""
+        norm_params = {id(p) for m in self.modules() if isinstance(m, NORM_TYPES) for p in m.parameters()}
+        return sum(p.numel() for p in self.parameters() if include_norms or id(p) not in norm_params)
+
+    def make_input(self, batch: int, context: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One step's input: decode 1 token per sequence, prefill `context` tokens per sequence."""
+        tokens = 1 if self.phase == "decode" else context
+        p = next(self.parameters())
+        if self.embed is not None:
+            if p.device.type == "meta":
+                return torch.zeros(batch, tokens, dtype=torch.long, device="meta")
+            ids = torch.randint(0, self.config.vocab_size, (batch, tokens), generator=generator)
+            return ids.to(p.device)
+        if p.device.type == "meta":
+            return torch.empty(batch, tokens, self.config.d_model, dtype=p.dtype, device="meta")
+        x = torch.randn(batch, tokens, self.config.d_model, generator=generator)
+        return x.to(device=p.device, dtype=p.dtype)
+
+    # ------------------------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.embed is not None:
+            with layer_range("embed"):
+                h = self.embed(x)
+        else:
+            h = x
+        n = len(self.blocks)
+        pending: dict[int, list[torch.Tensor]] = {}
+        for i, block in enumerate(self.blocks):
+            h, deferred = block(h)
+            for span, out in deferred:
+                pending.setdefault(min(i + span, n - 1), []).append(out)
+            for out in pending.pop(i, []):
+                h = h + out
+        if self.head is None:
+            return h
+        with layer_range("head"):
+            if self.phase == "prefill":
+                h = h[:, -1:]
+            assert self.norm is not None
+            return self.head(self.norm(h))

@@ -1,0 +1,395 @@
+"""The one prepared check for a lent H100 (<= 10 minutes): what the CPU machines cannot measure.
+
+Stages, each a child process with its own time budget (a hang or crash costs only that stage):
+  device   device facts (NVML, torch), read-only nvidia-smi query
+  parity   every reference-module family on CUDA (fp32 vs the CPU, bf16 runs) before the big sweeps
+  gpm      GPM calibration: a 2 GiB device copy loop for 1 s, bytes counted vs GPM DRAM bytes
+  moe      profile an OLMoE-like model (d 2048, 8 blocks, 64 experts top-8) at batch 1..4096, ncu pass
+  umv2     profile an UltraMemV2-like model (d 2048, 8 blocks, shared 2.2 M-row table), ncu pass
+  nvml     benchmarks/bench_nvml_overhead.py: does the sampler slow the run it measures
+Everything lands under $OUT/gpu-checks/, packed at the end into $OUT/gpu-checks.tar.gz (split into
+parts of <= 15 MiB when larger; the device tool returns at most 8 files of 16 MiB).
+
+    python3 scripts/gpu_checks.py --dry-run      # the plan, on any machine (builds the models on meta)
+    python3 scripts/gpu_checks.py                # on the GPU machine (scripts/gpu_checks.sh wraps it)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tarfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+BATCHES = [1, 4, 16, 64, 256, 1024, 4096]
+CONTEXT = 256  # KV entries per sequence; GQA 16q/4kv keeps batch 4096 at 17 GB of cache
+PART_BYTES = 15 * 2**20
+# stage -> (seconds budget, what it does); the budgets sum to 530 s, under the 600 s command limit
+STAGES: dict[str, tuple[int, str]] = {
+    "device": (30, "device facts: NVML device_info, torch.cuda properties, nvidia-smi query (read-only)"),
+    "parity": (45, "each layer family on CUDA: fp32 output vs CPU (same weights), bf16 forward runs"),
+    "gpm": (40, "GPM calibration: 2 GiB copy loop >= 1 s, counted bytes vs integrated GPM DRAM bytes"),
+    "moe": (190, f"profile OLMoE-like, batches {BATCHES}, context {CONTEXT}, NVML/GPM, ncu at [1, 4]"),
+    "umv2": (165, f"profile UltraMemV2-like, batches {BATCHES}, context {CONTEXT}, NVML/GPM, "
+                  "ncu at [1, 64, 1024]"),
+    "nvml": (60, "benchmarks/bench_nvml_overhead.py --steps 100"),
+}
+NCU_BATCHES = {"moe": [1, 4], "umv2": [1, 64, 1024]}
+
+
+# ------------------------------------------------------------------------------------------ models
+def moe_config() -> Any:
+    from simulator.config import AttentionConfig, BlockConfig, ModelConfig, MoEConfig
+
+    attn = AttentionConfig(kind="gqa", n_heads=16, n_kv_heads=4, head_dim=128)
+    moe = MoEConfig(n_experts=64, top_k=8, expert_ffn=1024, activation="swiglu", router="softmax")
+    return ModelConfig(
+        name="olmoe-like-d2048-8L", description="OLMoE-1B-7B layer shape (64 experts, top-8), 8 blocks, GQA",
+        d_model=2048, vocab_size=50304, embeddings=False,
+        blocks=[BlockConfig(repeat=8, attention=attn, ffn=[moe])],
+    )
+
+
+def umv2_config() -> Any:
+    from simulator.config import AttentionConfig, BlockConfig, DenseFFNConfig, ModelConfig, UltraMemV2Config
+
+    attn = AttentionConfig(kind="gqa", n_heads=16, n_kv_heads=4, head_dim=128)
+    mem = UltraMemV2Config(knum=528, key_dim=512, rank=2, cores=2, heads=1, top_m=128, value_dim=768,
+                           pre_value_dim=384, shared_table="values")
+    return ModelConfig(
+        name="umv2-like-d2048-8L", description="UltraMemV2-1B/7B layer shape, 8 blocks, GQA, shared table",
+        d_model=2048, vocab_size=50304, embeddings=False,
+        blocks=[BlockConfig(repeat=8, attention=attn, parallel_ffn=True,
+                            ffn=[DenseFFNConfig(d_ff=6144), mem])],
+    )
+
+
+def _model_plan(cfg: Any) -> dict[str, Any]:
+    """Parameters and memory of a model, from a meta-tensor build (no memory used)."""
+    from profiler.modules import ReferenceModel
+
+    model = ReferenceModel(cfg, device="meta", dtype="bf16")
+    params = model.param_count(include_norms=True)
+    kv = sum(b.attention.kv_elements_per_token * b.repeat for b in cfg.blocks) * 2  # bf16 bytes per token
+    return {
+        "name": cfg.name,
+        "params": params,
+        "weights_GB": params * 2 / 1e9,
+        "kv_GB_at_max_batch": kv * CONTEXT * max(BATCHES) / 1e9,
+        "layers": model.layer_names(),
+    }
+
+
+# ------------------------------------------------------------------------------------------ stages
+def stage_device(out: Path) -> None:
+    import torch
+
+    info: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
+                            "cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available()}
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        info.update(name=p.name, sm_count=p.multi_processor_count, total_memory=p.total_memory,
+                    l2_bytes=getattr(p, "L2_cache_size", None))
+    try:
+        from profiler.nvml import device_info, nvml_status
+
+        info["nvml_status"] = nvml_status(require_gpm=True)
+        info["nvml"] = device_info()
+    except Exception as exc:
+        info["nvml_error"] = f"{type(exc).__name__}: {exc}"
+    try:
+        from profiler.ncu import ncu_available
+
+        info["ncu"] = ncu_available()
+    except Exception as exc:
+        info["ncu_error"] = f"{type(exc).__name__}: {exc}"
+    q = "name,driver_version,clocks.max.memory,clocks.max.sm,power.limit,memory.total"
+    try:
+        smi = subprocess.run(["nvidia-smi", f"--query-gpu={q}", "--format=csv"], capture_output=True,
+                             text=True, timeout=20, check=False)
+        info["nvidia_smi"] = (smi.stdout + smi.stderr).strip()
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        info["nvidia_smi"] = f"{type(exc).__name__}: {exc}"
+    (out / "device.json").write_text(json.dumps(info, indent=1, default=str))
+    print(json.dumps(info, indent=1, default=str))
+
+
+def stage_parity(out: Path) -> None:
+    """Small configs of every family: CUDA fp32 == CPU fp32 (same weights); bf16 on CUDA runs."""
+    import torch
+
+    from profiler.modules import ReferenceModel
+    from simulator.config import (
+        AttentionConfig,
+        BlockConfig,
+        DenseFFNConfig,
+        MemoryPlusConfig,
+        ModelConfig,
+        MoEConfig,
+        PEERConfig,
+        PKMConfig,
+        UltraMemConfig,
+        UltraMemV2Config,
+    )
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    families = {
+        "dense": [DenseFFNConfig(d_ff=256)],
+        "moe": [MoEConfig(n_experts=16, top_k=4, expert_ffn=64, n_shared_experts=1, shared_ffn=64)],
+        "moe-v3": [MoEConfig(n_experts=16, top_k=4, expert_ffn=64, router="sigmoid", router_bias=True,
+                             n_groups=4, topk_groups=2)],
+        "pkm": [PKMConfig(n_keys=32, heads=2, top_k=8, key_dim=32)],
+        "peer": [PEERConfig(n_keys=32, heads=2, top_k=8, query_dim=16)],
+        "memory_plus": [MemoryPlusConfig(n_keys=32, heads=2, top_k=8, key_dim=32)],
+        "ultramem": [UltraMemConfig(knum=24, key_dim=32, heads=2, top_m=16, row_col_top=8, value_dim=64)],
+        "ultramemv2": [DenseFFNConfig(d_ff=256), UltraMemV2Config(knum=24, key_dim=32, top_m=16,
+                                                                   row_col_top=8, value_dim=64,
+                                                                   pre_value_dim=32)],
+    }
+    attns = {"gqa": AttentionConfig(kind="gqa", n_heads=8, n_kv_heads=2, head_dim=16),
+             "mla": AttentionConfig(kind="mla", n_heads=4, q_lora_rank=32, kv_lora_rank=32,
+                                    qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16)}
+    results = []
+    for fam, ffn in families.items():
+        for aname, attn in attns.items():
+            for phase in ("decode", "prefill"):
+                cfg = ModelConfig(name=f"{fam}-{aname}", d_model=128, vocab_size=101,
+                                  blocks=[BlockConfig(repeat=2, attention=attn, ffn=ffn,
+                                                      parallel_ffn=fam == "ultramemv2")])
+                row: dict[str, Any] = {"family": fam, "attention": aname, "phase": phase}
+                try:
+                    torch.manual_seed(0)
+                    cpu = ReferenceModel(cfg, phase=phase)
+                    cpu.setup_cache(4, 16)
+                    ids = cpu.make_input(4, 16)
+                    with torch.no_grad():
+                        want = cpu(ids)
+                        gpu = ReferenceModel(cfg, phase=phase, device="cuda")
+                        gpu.load_state_dict(cpu.state_dict())
+                        gpu.setup_cache(4, 16)
+                        _copy_caches(cpu, gpu)
+                        got = gpu(ids.cuda()).cpu()
+                        row["max_abs_err_fp32"] = float((got - want).abs().max())
+                        row["rel_err_fp32"] = float((got - want).norm() / want.norm())
+                        half = ReferenceModel(cfg, phase=phase, device="cuda", dtype="bf16")
+                        half.setup_cache(4, 16)
+                        y = half(ids.cuda())
+                        row["bf16_finite"] = bool(torch.isfinite(y).all())
+                    row["ok"] = row["rel_err_fp32"] < 1e-4 and row["bf16_finite"]
+                except Exception as exc:
+                    row["ok"] = False
+                    row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                results.append(row)
+                print(row)
+    (out / "parity.json").write_text(json.dumps(results, indent=1))
+    bad = [r for r in results if not r["ok"]]
+    print(f"parity: {len(results) - len(bad)} of {len(results)} ok")
+    if bad:
+        raise SystemExit(1)
+
+
+def _copy_caches(src: Any, dst: Any) -> None:
+    """KV caches are plain attributes (not buffers): copy them so both models attend over the same."""
+    for s_block, d_block in zip(src.blocks, dst.blocks, strict=True):
+        s_attn, d_attn = s_block.attn.layer, d_block.attn.layer
+        for name in ("k_cache", "v_cache", "kv_cache"):
+            s = getattr(s_attn, name, None)
+            if s is not None:
+                getattr(d_attn, name).copy_(s)
+
+
+def stage_gpm(out: Path) -> None:
+    import torch
+
+    from profiler.nvml import NvmlSampler, device_info, dram_bytes
+
+    info = device_info()
+    peak = info["peak_hbm_Bps"]
+    n = 2**30  # bf16 elements: 2 GiB per buffer
+    src = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    with NvmlSampler(interval_s=0.1, require_gpm=True) as sampler:
+        time.sleep(0.3)  # an idle lead-in window
+        t0 = time.time_ns()
+        copies = 0
+        while time.time_ns() - t0 < 1_000_000_000 or copies < 10:
+            dst.copy_(src)
+            copies += 1
+            if copies % 10 == 0:
+                torch.cuda.synchronize()
+        torch.cuda.synchronize()
+        t1 = time.time_ns()
+        time.sleep(0.6)  # settle: the counter lags (measured-on-h100.md)
+    timeline = sampler.to_dataframe()
+    timeline.to_csv(out / "gpm_calibration_timeline.csv", index=False)
+    moved = 2 * 2 * n * copies  # bytes read + written
+    seconds = (t1 - t0) / 1e9
+    gpm_window = dram_bytes(timeline, peak, t0, t1)
+    gpm_all = dram_bytes(timeline, peak)  # the whole recording: catches the lag after t1
+    result = {
+        "peak_hbm_Bps": peak, "peak_derivation": info["peak_hbm_derivation"], "copies": copies,
+        "seconds": seconds, "bytes_counted": moved, "copy_Bps": moved / seconds,
+        "gpm_bytes_in_window": gpm_window, "gpm_bytes_whole_recording": gpm_all,
+        "ratio_window": gpm_window / moved, "ratio_whole": gpm_all / moved,
+        "sampler_errors": sampler.errors[:5],
+    }
+    (out / "gpm_calibration.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+
+
+def stage_profile(out: Path, which: str) -> None:
+    from profiler.run import profile_model
+
+    cfg = moe_config() if which == "moe" else umv2_config()
+    started = time.time()
+    path = profile_model(
+        cfg, BATCHES, "decode", CONTEXT, steps=3, warmup=3, output=out / f"{which}-bundle", device="cuda",
+        dtype="bf16", steady_seconds=1.0, input_ring=16, ncu=True, record_routing=True, progress=False,
+        ncu_batches=NCU_BATCHES[which], ncu_steps=1, ncu_timeout_s=100, routing_max_rows=400_000,
+    )
+    _summarize_bundle(path, out / f"{which}-summary.txt", time.time() - started)
+
+
+def _summarize_bundle(path: Path, dest: Path, seconds: float) -> None:
+    from traces.bundle import read_bundle
+
+    b = read_bundle(path)
+    lines = [f"{path.name}: {seconds:.0f} s, partial={b.partial}, tables={b.tables}",
+             f"device: {b.meta['device']}", "missing:", *[f"  {m}" for m in b.meta["missing"]]]
+    runs = b.runs
+    if runs is not None:
+        cols = [c for c in ("batch", "steps", "us_per_step", "gpm_bytes_per_step", "gpm_bw_Bps",
+                            "kernel_time_ns_per_step", "n_kernels_per_step", "mean_power_w") if c in runs]
+        lines.append(runs[cols].to_string(index=False))
+    ncu = b.ncu
+    if ncu is not None:
+        per = ncu.groupby(["batch", "layer"])[["dram_bytes_read", "dram_bytes_write"]].sum()
+        lines.append(per.head(40).to_string())
+    text = "\n".join(lines)
+    dest.write_text(text + "\n")
+    print(text)
+
+
+def stage_nvml(out: Path) -> None:
+    bench = ROOT / "benchmarks" / "bench_nvml_overhead.py"
+    proc = subprocess.run([sys.executable, str(bench), "--steps", "100"], capture_output=True, text=True,
+                          timeout=STAGES["nvml"][0] - 5, check=False)
+    (out / "nvml_overhead.txt").write_text(proc.stdout + proc.stderr)
+    print(proc.stdout + proc.stderr)
+
+
+def run_stage(name: str, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    if name in ("moe", "umv2"):
+        stage_profile(out, name)
+    else:
+        {"device": stage_device, "parity": stage_parity, "gpm": stage_gpm, "nvml": stage_nvml}[name](out)
+
+
+# ------------------------------------------------------------------------------------------ orchestration
+def pack(work: Path, dest_dir: Path) -> list[Path]:
+    """work/ -> dest_dir/gpu-checks.tar.gz, split into <= 15 MiB parts when larger (cat them to rejoin)."""
+    tar_path = dest_dir / "gpu-checks.tar.gz"
+    with tarfile.open(tar_path, "w:gz") as tar:
+        tar.add(work, arcname=work.name)
+    if tar_path.stat().st_size <= PART_BYTES:
+        return [tar_path]
+    parts = []
+    with open(tar_path, "rb") as f:
+        i = 0
+        while chunk := f.read(PART_BYTES):
+            part = dest_dir / f"gpu-checks.tar.gz.part{i:02d}"
+            part.write_bytes(chunk)
+            parts.append(part)
+            i += 1
+    tar_path.unlink()
+    return parts
+
+
+def orchestrate(out_root: Path, stages: list[str]) -> int:
+    work = out_root / "gpu-checks"
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    summary: dict[str, Any] = {"started_utc": started, "stages": {}}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    for name in stages:
+        budget = STAGES[name][0]
+        log = work / f"{name}.log"
+        t0 = time.time()
+        print(f"== {name} (budget {budget} s): {STAGES[name][1]}", flush=True)
+        with open(log, "w") as f:
+            try:
+                proc = subprocess.run([sys.executable, __file__, "--stage", name, "--out", str(work)],
+                                      stdout=f, stderr=subprocess.STDOUT, timeout=budget, env=env, cwd=ROOT,
+                                      check=False)
+                rc: int | str = proc.returncode
+            except subprocess.TimeoutExpired:
+                rc = "timeout"
+        tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+        summary["stages"][name] = {"rc": rc, "seconds": round(time.time() - t0, 1), "tail": tail}
+        print(f"   {name}: rc={rc} in {time.time() - t0:.0f} s; {tail[-1] if tail else ''}", flush=True)
+    (work / "summary.json").write_text(json.dumps(summary, indent=1))
+    files = pack(work, out_root)
+    print("packed:", ", ".join(f"{p.name} ({p.stat().st_size / 2**20:.1f} MiB)" for p in files))
+    print(json.dumps(summary["stages"], indent=1))
+    return 0 if all(s["rc"] == 0 for s in summary["stages"].values()) else 1
+
+
+def dry_run(stages: list[str]) -> int:
+    print(__doc__.split("\n\n")[0])
+    total = 0
+    for name in stages:
+        budget, what = STAGES[name]
+        total += budget
+        print(f"  {name:7s} {budget:4d} s  {what}")
+    print(f"  total budget {total} s (command limit 600 s)")
+    for cfg in (moe_config(), umv2_config()):
+        plan = _model_plan(cfg)
+        print(f"  model {plan['name']}: {plan['params'] / 1e9:.2f} B params, {plan['weights_GB']:.1f} GB "
+              f"bf16 weights (L2 is 0.05 GB), KV {plan['kv_GB_at_max_batch']:.1f} GB at batch "
+              f"{max(BATCHES)} x context {CONTEXT}; layers {', '.join(plan['layers'][:4])}, ...")
+    print(f"  output: $OUT/gpu-checks/ packed into $OUT/gpu-checks.tar.gz "
+          f"(parts of <= {PART_BYTES >> 20} MiB)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dry-run", action="store_true", help="print the plan and exit (any machine)")
+    p.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset, in order")
+    p.add_argument("--stage", default=None, help=argparse.SUPPRESS)  # child: run one stage
+    p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu-checks-out")))
+    a = p.parse_args(argv)
+    stages = [s for s in a.stages.split(",") if s]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        p.error(f"unknown stage(s) {unknown}; known: {', '.join(STAGES)}")
+    if a.dry_run:
+        return dry_run(stages)
+    if a.stage is not None:
+        try:
+            run_stage(a.stage, a.out)
+        except Exception:
+            traceback.print_exc()
+            return 1
+        return 0
+    return orchestrate(a.out, stages)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""count_model: op-level FLOPs and bytes of one step of the reference model, on meta tensors."""
+
+from __future__ import annotations
+
+import time
+
+from profiler.count import SUMMARY_COLUMNS, count_model, summarize_layers
+from profiler.opcount import SDPA_OP
+from simulator.config import (
+    AttentionConfig,
+    BlockConfig,
+    DenseFFNConfig,
+    ModelConfig,
+    MoEConfig,
+    UltraMemV2Config,
+)
+
+BF16 = 2
+D, L, HEADS, KV, HD, FF, VOCAB = 4096, 32, 32, 8, 128, 14336, 128256
+
+
+def llama_7b() -> ModelConfig:
+    attn = AttentionConfig(kind="gqa", n_heads=HEADS, n_kv_heads=KV, head_dim=HD)
+    return ModelConfig(name="llama-like-7b", d_model=D, vocab_size=VOCAB,
+                       blocks=[BlockConfig(repeat=L, attention=attn, ffn=[DenseFFNConfig(d_ff=FF)])])
+
+
+def test_7b_linear_flops_are_twice_the_non_embedding_params() -> None:
+    start = time.perf_counter()
+    ops = count_model(llama_7b(), batch=4, context=512, phase="decode", dtype="bf16")
+    assert time.perf_counter() - start < 60
+    # hand count: q/o 4096x4096 each, k/v 4096x1024 each, SwiGLU 3 x 4096x14336, untied head 4096 x vocab
+    per_block = 2 * D * HEADS * HD + 2 * D * KV * HD + 3 * D * FF
+    params_no_embed = L * per_block + D * VOCAB
+    assert params_no_embed == 7_504_658_432  # Llama-3.1-8B: 8,030,261,248 - embedding - norm weights
+    linear = ops[ops["op"] != SDPA_OP]
+    assert linear["flops"].sum() == 2 * params_no_embed * 4  # 4 tokens in flight
+    # attention: 2 * S * (d_qk + d_v) per query head and token over the 512-entry cache
+    sdpa = ops[ops["op"] == SDPA_OP]
+    assert len(sdpa) == L and sdpa["flops"].sum() == L * 4 * HEADS * 2 * 512 * (2 * HD)
+
+    summary = summarize_layers(ops)
+    assert list(summary.columns) == list(SUMMARY_COLUMNS)
+    names = list(summary["layer"])
+    assert names[0] == "embed" and names[-1] == "head"
+    assert names[1:-1] == [f"block{i}.{s}" for i in range(L) for s in ("attn", "ffn")]
+    ffn = summary.set_index("layer").loc["block7.ffn"]
+    assert ffn["flops"] == 4 * 2 * 3 * D * FF
+    # eager bytes read: at least the weights (read once) plus the KV cache of 4 x 512 entries
+    attn = summary.set_index("layer").loc["block0.attn"]
+    kv_bytes = 4 * 512 * 2 * KV * HD * BF16
+    assert attn["bytes_read"] >= (2 * D * HEADS * HD + 2 * D * KV * HD) * BF16 + kv_bytes
+
+
+def _sparse_model() -> ModelConfig:
+    attn = AttentionConfig(kind="mha", n_heads=16, head_dim=128)
+    return ModelConfig(
+        name="olmoe-umv2-like", d_model=2048, vocab_size=50304,
+        blocks=[
+            BlockConfig(repeat=2, attention=attn, ffn=[MoEConfig(n_experts=64, top_k=8, expert_ffn=1024)]),
+            BlockConfig(repeat=2, attention=attn, parallel_ffn=True, ffn=[
+                DenseFFNConfig(d_ff=6144),
+                UltraMemV2Config(knum=528, key_dim=512, top_m=128, value_dim=768, pre_value_dim=384),
+            ]),
+        ],
+    )
+
+
+def test_moe_and_memory_gathers_read_less_than_their_tables() -> None:
+    ops = count_model(_sparse_model(), batch=2, context=256)
+    expert_bytes = 3 * 2048 * 1024 * BF16
+    moe = ops[ops["layer"] == "block0.moe"]
+    # round-robin routing on meta: 2 tokens x top-8 -> 16 distinct experts of 64
+    weight_reads = moe[moe["op"].isin(["aten.mm.default", "aten.addmm.default"])]
+    assert weight_reads["bytes_read"].sum() >= 16 * expert_bytes
+    assert moe["bytes_read"].sum() < 64 * expert_bytes
+
+    mem = ops[ops["layer"] == "block2.memory"]
+    gathers = mem[mem["op"].str.contains("embedding")]
+    row_bytes = (768 + 384) * BF16
+    table_bytes = 528**2 * 2 * row_bytes  # one table shared by the 2 memory layers
+    requested = 2 * 128 * row_bytes  # T x top-m rows
+    assert requested <= gathers["bytes_read"].sum() < requested * 1.1
+    assert gathers["bytes_read"].sum() < table_bytes / 100
