@@ -102,49 +102,19 @@ def runs_row(
     input_ring: int,
 ) -> dict[str, Any]:
     """One row of the runs table (the importer's columns), NVML/GPM integrated over the steady window."""
-    nan = float("nan")
-    steps, t0, t1, nvml = window.steps, window.start_ns, window.end_ns, window.nvml
-    row: dict[str, Any] = {
+    from traces.timeline import run_measurements
+
+    steps, t0, t1 = window.steps, window.start_ns, window.end_ns
+    return {
         "batch": batch,
         "steps": steps,
         "us_per_step": (t1 - t0) / steps / 1e3,
         "window_s": (t1 - t0) / 1e9,
         "steady_start_ns": t0,
         "steady_end_ns": t1,
-        "gpm_bytes_per_step": nan,
-        "gpm_bw_Bps": nan,
-        "mean_dram_util_pct": nan,
-        "energy_j_per_step": nan,
-        "mean_power_w": nan,
-        "mean_sm_util_pct": nan,
-        "mean_tensor_util_pct": nan,
-        "mean_util_mem_pct": nan,
-        "nvml_coverage": nan,
+        **run_measurements(window.nvml, t0, t1, steps, peak),
         "kernel_time_ns_per_step": kernel_time_ns,
         "n_kernels_per_step": n_kernels,
         "trace_steps": trace_steps,
         "input_ring": input_ring,
     }
-    if nvml is None or nvml.empty:
-        return row
-    from traces.timeline import integrate
-
-    st = integrate(nvml, t0, t1, peak)
-    seconds = (t1 - t0) / 1e9
-
-    def val(v: float | None) -> float:
-        return nan if v is None else float(v)
-
-    row.update(
-        mean_dram_util_pct=val(st.mean_dram_util_pct),
-        mean_power_w=val(st.mean_power_w),
-        mean_sm_util_pct=val(st.mean_sm_util_pct),
-        mean_tensor_util_pct=val(st.mean_tensor_util_pct),
-        mean_util_mem_pct=val(st.mean_util_mem_pct),
-        nvml_coverage=st.covered_ns / st.window_ns if st.window_ns else nan,
-        energy_j_per_step=nan if st.energy_j is None else st.energy_j / steps,
-    )
-    if st.dram_bytes is not None:
-        row["gpm_bytes_per_step"] = st.dram_bytes / steps
-        row["gpm_bw_Bps"] = st.dram_bytes / seconds
-    return row

@@ -27,7 +27,7 @@ from traces.attribution import (
 )
 from traces.bundle import write_bundle
 from traces.kineto import DEVICE_CATEGORIES, KinetoTrace, TruncatedTraceError, inject_events, read_kineto
-from traces.timeline import counter_events, integrate, read_timeline
+from traces.timeline import counter_events, read_timeline, run_measurements
 
 _BATCH_IN_NAME = re.compile(r"_b(\d+)(?=[._-]|$)")
 _RUN_KEYS = ("kineto", "batch", "steady_start_ns", "steady_end_ns", "steps")
@@ -201,53 +201,25 @@ def _run_row(
     k = imp.kernels
     in_steps = k[k["step"] >= 0]
     n_trace_steps = max(r["trace_steps"], 1)
-    row: dict[str, Any] = {
+    measured = run_measurements(timeline, a, b, steps, peak)
+    if timeline is not None and measured["nvml_coverage"] == 0:
+        t0, t1 = int(timeline["t_start_ns"].iloc[0]), int(timeline["t_end_ns"].iloc[-1])
+        raise TraceError(
+            f"{nvml_name}: timeline [{t0}, {t1}) ns has no time overlap with the window "
+            f"[{a}, {b}) ns of {imp.path.name} (batch {imp.batch})"
+        )
+    return {
         "batch": imp.batch,
         "steps": steps,
         "us_per_step": float(r["us_per_step"]),
         "window_s": (b - a) / 1e9,
         "steady_start_ns": a,
         "steady_end_ns": b,
-        "gpm_bytes_per_step": np.nan,
-        "gpm_bw_Bps": np.nan,
-        "mean_dram_util_pct": np.nan,
-        "energy_j_per_step": np.nan,
-        "mean_power_w": np.nan,
-        "mean_sm_util_pct": np.nan,
-        "mean_tensor_util_pct": np.nan,
-        "mean_util_mem_pct": np.nan,
-        "nvml_coverage": np.nan,
+        **measured,
         "kernel_time_ns_per_step": float(in_steps["dur_ns"].sum()) / n_trace_steps,
         "n_kernels_per_step": float(len(in_steps)) / n_trace_steps,
         "trace_steps": r["trace_steps"],
     }
-    if timeline is None:
-        return row
-    st = integrate(timeline, a, b, peak)
-    if st.covered_ns == 0:
-        t0, t1 = int(timeline["t_start_ns"].iloc[0]), int(timeline["t_end_ns"].iloc[-1])
-        raise TraceError(
-            f"{nvml_name}: timeline [{t0}, {t1}) ns has no time overlap with the window "
-            f"[{a}, {b}) ns of {imp.path.name} (batch {imp.batch})"
-        )
-    seconds = (b - a) / 1e9
-    row.update(
-        mean_dram_util_pct=_nan(st.mean_dram_util_pct),
-        mean_power_w=_nan(st.mean_power_w),
-        mean_sm_util_pct=_nan(st.mean_sm_util_pct),
-        mean_tensor_util_pct=_nan(st.mean_tensor_util_pct),
-        mean_util_mem_pct=_nan(st.mean_util_mem_pct),
-        nvml_coverage=st.covered_ns / st.window_ns,
-        energy_j_per_step=_nan(None if st.energy_j is None else st.energy_j / steps),
-    )
-    if st.dram_bytes is not None:
-        row["gpm_bytes_per_step"] = st.dram_bytes / steps
-        row["gpm_bw_Bps"] = st.dram_bytes / seconds
-    return row
-
-
-def _nan(v: float | None) -> float:
-    return np.nan if v is None else float(v)
 
 
 def _model_config(doc: dict[str, Any] | None, model: str | None) -> dict[str, Any] | None:

@@ -149,6 +149,47 @@ def integrate(timeline: pd.DataFrame, start_ns: int, end_ns: int, peak_Bps: floa
     )
 
 
+RUN_MEASUREMENT_COLUMNS: tuple[str, ...] = (
+    "gpm_bytes_per_step",
+    "gpm_bw_Bps",
+    "mean_dram_util_pct",
+    "energy_j_per_step",
+    "mean_power_w",
+    "mean_sm_util_pct",
+    "mean_tensor_util_pct",
+    "mean_util_mem_pct",
+    "nvml_coverage",
+)
+
+
+def run_measurements(
+    timeline: pd.DataFrame | None, start_ns: int, end_ns: int, steps: int, peak_Bps: float | None
+) -> dict[str, float]:
+    """The runs-table columns a timeline gives for one steady window of `steps` steps (NaN where it
+    gives nothing): GPM bytes and bandwidth, energy per step, mean power and utilisations, coverage."""
+    out = dict.fromkeys(RUN_MEASUREMENT_COLUMNS, float("nan"))
+    if timeline is None or timeline.empty:
+        return out
+    st = integrate(timeline, start_ns, end_ns, peak_Bps)
+
+    def val(v: float | None) -> float:
+        return float("nan") if v is None else float(v)
+
+    out.update(
+        mean_dram_util_pct=val(st.mean_dram_util_pct),
+        mean_power_w=val(st.mean_power_w),
+        mean_sm_util_pct=val(st.mean_sm_util_pct),
+        mean_tensor_util_pct=val(st.mean_tensor_util_pct),
+        mean_util_mem_pct=val(st.mean_util_mem_pct),
+        nvml_coverage=st.covered_ns / st.window_ns if st.window_ns else float("nan"),
+        energy_j_per_step=val(None if st.energy_j is None else st.energy_j / steps),
+    )
+    if st.dram_bytes is not None:
+        out["gpm_bytes_per_step"] = st.dram_bytes / steps
+        out["gpm_bw_Bps"] = st.dram_bytes / ((end_ns - start_ns) / 1e9)
+    return out
+
+
 def counter_events(
     timeline: pd.DataFrame,
     base_time_ns: int,
