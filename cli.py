@@ -368,7 +368,9 @@ def count(
         df = count_model(cfg, sizes[0], context, phase, dtype, device)
     else:
         df = count_sweep(cfg, sizes, context, phase, dtype, device)
-    _emit(df, fmt, output, lambda: _count_table(df, f"{cfg.name}: op-level counts ({device}), {phase}"))
+    from reports.tables import count_table
+
+    _emit(df, fmt, output, lambda: count_table(df, f"{cfg.name}: op-level counts ({device}), {phase}"))
 
 
 @app.command()
@@ -483,12 +485,6 @@ def demo(
         command=shlex.join(["memtraffic", *sys.argv[1:]]),
     )
     console.print(f"report: {path.resolve()}")
-
-
-def _count_table(df, title: str):
-    from reports.tables import count_table
-
-    return count_table(df, title)
 
 
 def _print_bundle_summary(path: Path) -> None:

@@ -83,15 +83,21 @@ def main(argv: list[str] | None = None) -> int:
     flops = 2 * args.size**3 * args.matmuls
     print(f"device: {torch.cuda.get_device_name()}  ({reason})")
     print(f"workload: {args.matmuls} x bf16 matmul {args.size}^3 per step, median of {args.steps} steps")
-    print(f"without sampler: {base1 * 1e3:.3f} ms/step, again after: {base2 * 1e3:.3f} ms/step "
-          f"({flops / base / 1e12:.0f} TFLOP/s)")
-    print(f"with sampler:    {sampled * 1e3:.3f} ms/step ({len(timeline)} windows of {sampler.interval_s} s, "
-          f"GPM {'on' if gpm_ok else 'off'}, {len(sampler.errors)} sampler errors)")
+    print(
+        f"without sampler: {base1 * 1e3:.3f} ms/step, again after: {base2 * 1e3:.3f} ms/step "
+        f"({flops / base / 1e12:.0f} TFLOP/s)"
+    )
+    print(
+        f"with sampler:    {sampled * 1e3:.3f} ms/step ({len(timeline)} windows of {sampler.interval_s} s, "
+        f"GPM {'on' if gpm_ok else 'off'}, {len(sampler.errors)} sampler errors)"
+    )
     print(f"ratio with/without: {sampled / base:.4f}")
     if gpm_ok and len(timeline):
         mean = timeline[["gpm_dram_bw_util_pct", "gpm_sm_util_pct", "gpm_tensor_util_pct"]].mean()
-        print(f"GPM over the sampled phase: DRAM {mean.iloc[0]:.1f} %, SM {mean.iloc[1]:.1f} %, "
-              f"tensor {mean.iloc[2]:.1f} %")
+        print(
+            f"GPM over the sampled phase: DRAM {mean.iloc[0]:.1f} %, SM {mean.iloc[1]:.1f} %, "
+            f"tensor {mean.iloc[2]:.1f} %"
+        )
     return 0
 
 

@@ -13,14 +13,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from reports.atomic import require_folder, write_text_atomic
 from simulator.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -85,8 +84,7 @@ def save_calibration(path: str | Path, eff: dict[str, float], provenance: dict[s
     path = Path(path)
     if path.is_dir():
         path = path / CALIBRATION_FILE
-    if not path.parent.exists():
-        raise ConfigError(f"{path}: folder {path.parent} does not exist")
+    require_folder(path, str(path))
     doc = {
         "format": CALIBRATION_FORMAT,
         "version": CALIBRATION_VERSION,
@@ -94,16 +92,7 @@ def save_calibration(path: str | Path, eff: dict[str, float], provenance: dict[s
         "efficiency": _checked(eff, str(path)),
         "provenance": provenance,
     }
-    text = json.dumps(doc, indent=1, sort_keys=False, default=str)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text + "\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_text_atomic(path, json.dumps(doc, indent=1, sort_keys=False, default=str) + "\n")
 
 
 def load_calibration(

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from rich.table import Table
 
+from reports.atomic import FRAME_WRITERS, require_folder, write_frame_atomic
 from simulator.errors import ConfigError
 
 FORMATS = ("table", "csv", "json", "parquet")
@@ -132,32 +131,29 @@ def compare_table(cmp: pd.DataFrame, title: str) -> Table:
 
 def write_frame(df: pd.DataFrame, path: Path, fmt: str) -> Path:
     """Write csv/json/parquet to `path` atomically (temp file in the same folder, then rename)."""
-    if fmt not in {"csv", "json", "parquet"}:
+    if fmt not in FRAME_WRITERS:
         raise ConfigError(f"--format {fmt}: a file needs csv, json or parquet")
     path = Path(path)
-    if not path.parent.exists():
-        raise ConfigError(f"--output {path}: folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        if fmt == "csv":
-            df.to_csv(tmp, index=False)
-        elif fmt == "json":
-            df.to_json(tmp, orient="records", indent=1)
-        else:
-            df.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    require_folder(path, f"--output {path}")
+    return write_frame_atomic(df, path, fmt)
 
 
 def frame_text(df: pd.DataFrame, fmt: str) -> str:
     """csv or json text for stdout."""
     buf = io.StringIO()
-    if fmt == "csv":
-        df.to_csv(buf, index=False)
-    else:
-        df.to_json(buf, orient="records", indent=1)
+    FRAME_WRITERS["csv" if fmt == "csv" else "json"](df, buf)
     return buf.getvalue()
+
+
+def count_table(df: pd.DataFrame, title: str) -> Table:
+    """`memtraffic count`: per layer (batch, layer, ops, FLOPs, bytes read/written) or, with --per-op,
+    one row per aten op."""
+    table = Table(title=title, title_justify="left")
+    per_op = "op" in df.columns
+    keys = ["layer", "module", "op"] if per_op else ["batch", "layer", "n_ops"]
+    for c in [*keys, "FLOPs", "read", "written"]:
+        table.add_column(c, justify="left" if c in {"layer", "module", "op"} else "right")
+    for r in df.itertuples(index=False):
+        cells = [str(getattr(r, k)) for k in keys]
+        table.add_row(*cells, si(r.flops, "FLOP"), si(r.bytes_read), si(r.bytes_written))
+    return table

@@ -40,8 +40,10 @@ STAGES: dict[str, tuple[int, str]] = {
     "parity": (45, "each layer family on CUDA: fp32 output vs CPU (same weights), bf16 forward runs"),
     "gpm": (40, "GPM calibration: 2 GiB copy loop >= 1 s, counted bytes vs integrated GPM DRAM bytes"),
     "moe": (190, f"profile OLMoE-like, batches {BATCHES}, context {CONTEXT}, NVML/GPM, ncu at [1, 4]"),
-    "umv2": (165, f"profile UltraMemV2-like, batches {BATCHES}, context {CONTEXT}, NVML/GPM, "
-                  "ncu at [1, 64, 1024]"),
+    "umv2": (
+        165,
+        f"profile UltraMemV2-like, batches {BATCHES}, context {CONTEXT}, NVML/GPM, ncu at [1, 64, 1024]",
+    ),
     "nvml": (60, "benchmarks/bench_nvml_overhead.py --steps 100"),
 }
 NCU_BATCHES = {"moe": [1, 4], "umv2": [1, 64, 1024]}
@@ -54,8 +56,11 @@ def moe_config() -> Any:
     attn = AttentionConfig(kind="gqa", n_heads=16, n_kv_heads=4, head_dim=128)
     moe = MoEConfig(n_experts=64, top_k=8, expert_ffn=1024, activation="swiglu", router="softmax")
     return ModelConfig(
-        name="olmoe-like-d2048-8L", description="OLMoE-1B-7B layer shape (64 experts, top-8), 8 blocks, GQA",
-        d_model=2048, vocab_size=50304, embeddings=False,
+        name="olmoe-like-d2048-8L",
+        description="OLMoE-1B-7B layer shape (64 experts, top-8), 8 blocks, GQA",
+        d_model=2048,
+        vocab_size=50304,
+        embeddings=False,
         blocks=[BlockConfig(repeat=8, attention=attn, ffn=[moe])],
     )
 
@@ -64,13 +69,26 @@ def umv2_config() -> Any:
     from simulator.config import AttentionConfig, BlockConfig, DenseFFNConfig, ModelConfig, UltraMemV2Config
 
     attn = AttentionConfig(kind="gqa", n_heads=16, n_kv_heads=4, head_dim=128)
-    mem = UltraMemV2Config(knum=528, key_dim=512, rank=2, cores=2, heads=1, top_m=128, value_dim=768,
-                           pre_value_dim=384, shared_table="values")
+    mem = UltraMemV2Config(
+        knum=528,
+        key_dim=512,
+        rank=2,
+        cores=2,
+        heads=1,
+        top_m=128,
+        value_dim=768,
+        pre_value_dim=384,
+        shared_table="values",
+    )
     return ModelConfig(
-        name="umv2-like-d2048-8L", description="UltraMemV2-1B/7B layer shape, 8 blocks, GQA, shared table",
-        d_model=2048, vocab_size=50304, embeddings=False,
-        blocks=[BlockConfig(repeat=8, attention=attn, parallel_ffn=True,
-                            ffn=[DenseFFNConfig(d_ff=6144), mem])],
+        name="umv2-like-d2048-8L",
+        description="UltraMemV2-1B/7B layer shape, 8 blocks, GQA, shared table",
+        d_model=2048,
+        vocab_size=50304,
+        embeddings=False,
+        blocks=[
+            BlockConfig(repeat=8, attention=attn, parallel_ffn=True, ffn=[DenseFFNConfig(d_ff=6144), mem])
+        ],
     )
 
 
@@ -94,12 +112,20 @@ def _model_plan(cfg: Any) -> dict[str, Any]:
 def stage_device(out: Path) -> None:
     import torch
 
-    info: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
-                            "cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available()}
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(),
+    }
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
-        info.update(name=p.name, sm_count=p.multi_processor_count, total_memory=p.total_memory,
-                    l2_bytes=getattr(p, "L2_cache_size", None))
+        info.update(
+            name=p.name,
+            sm_count=p.multi_processor_count,
+            total_memory=p.total_memory,
+            l2_bytes=getattr(p, "L2_cache_size", None),
+        )
     try:
         from profiler.nvml import device_info, nvml_status
 
@@ -115,8 +141,13 @@ def stage_device(out: Path) -> None:
         info["ncu_error"] = f"{type(exc).__name__}: {exc}"
     q = "name,driver_version,clocks.max.memory,clocks.max.sm,power.limit,memory.total"
     try:
-        smi = subprocess.run(["nvidia-smi", f"--query-gpu={q}", "--format=csv"], capture_output=True,
-                             text=True, timeout=20, check=False)
+        smi = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={q}", "--format=csv"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
         info["nvidia_smi"] = (smi.stdout + smi.stderr).strip()
     except (OSError, subprocess.TimeoutExpired) as exc:
         info["nvidia_smi"] = f"{type(exc).__name__}: {exc}"
@@ -147,26 +178,48 @@ def stage_parity(out: Path) -> None:
     families = {
         "dense": [DenseFFNConfig(d_ff=256)],
         "moe": [MoEConfig(n_experts=16, top_k=4, expert_ffn=64, n_shared_experts=1, shared_ffn=64)],
-        "moe-v3": [MoEConfig(n_experts=16, top_k=4, expert_ffn=64, router="sigmoid", router_bias=True,
-                             n_groups=4, topk_groups=2)],
+        "moe-v3": [
+            MoEConfig(
+                n_experts=16,
+                top_k=4,
+                expert_ffn=64,
+                router="sigmoid",
+                router_bias=True,
+                n_groups=4,
+                topk_groups=2,
+            )
+        ],
         "pkm": [PKMConfig(n_keys=32, heads=2, top_k=8, key_dim=32)],
         "peer": [PEERConfig(n_keys=32, heads=2, top_k=8, query_dim=16)],
         "memory_plus": [MemoryPlusConfig(n_keys=32, heads=2, top_k=8, key_dim=32)],
         "ultramem": [UltraMemConfig(knum=24, key_dim=32, heads=2, top_m=16, row_col_top=8, value_dim=64)],
-        "ultramemv2": [DenseFFNConfig(d_ff=256), UltraMemV2Config(knum=24, key_dim=32, top_m=16,
-                                                                   row_col_top=8, value_dim=64,
-                                                                   pre_value_dim=32)],
+        "ultramemv2": [
+            DenseFFNConfig(d_ff=256),
+            UltraMemV2Config(knum=24, key_dim=32, top_m=16, row_col_top=8, value_dim=64, pre_value_dim=32),
+        ],
     }
-    attns = {"gqa": AttentionConfig(kind="gqa", n_heads=8, n_kv_heads=2, head_dim=16),
-             "mla": AttentionConfig(kind="mla", n_heads=4, q_lora_rank=32, kv_lora_rank=32,
-                                    qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16)}
+    attns = {
+        "gqa": AttentionConfig(kind="gqa", n_heads=8, n_kv_heads=2, head_dim=16),
+        "mla": AttentionConfig(
+            kind="mla",
+            n_heads=4,
+            q_lora_rank=32,
+            kv_lora_rank=32,
+            qk_nope_head_dim=16,
+            qk_rope_head_dim=8,
+            v_head_dim=16,
+        ),
+    }
     results = []
     for fam, ffn in families.items():
         for aname, attn in attns.items():
             for phase in ("decode", "prefill"):
-                cfg = ModelConfig(name=f"{fam}-{aname}", d_model=128, vocab_size=101,
-                                  blocks=[BlockConfig(repeat=2, attention=attn, ffn=ffn,
-                                                      parallel_ffn=fam == "ultramemv2")])
+                cfg = ModelConfig(
+                    name=f"{fam}-{aname}",
+                    d_model=128,
+                    vocab_size=101,
+                    blocks=[BlockConfig(repeat=2, attention=attn, ffn=ffn, parallel_ffn=fam == "ultramemv2")],
+                )
                 row: dict[str, Any] = {"family": fam, "attention": aname, "phase": phase}
                 try:
                     torch.manual_seed(0)
@@ -241,10 +294,16 @@ def stage_gpm(out: Path) -> None:
     gpm_window = dram_bytes(timeline, peak, t0, t1)
     gpm_all = dram_bytes(timeline, peak)  # the whole recording: catches the lag after t1
     result = {
-        "peak_hbm_Bps": peak, "peak_derivation": info["peak_hbm_derivation"], "copies": copies,
-        "seconds": seconds, "bytes_counted": moved, "copy_Bps": moved / seconds,
-        "gpm_bytes_in_window": gpm_window, "gpm_bytes_whole_recording": gpm_all,
-        "ratio_window": gpm_window / moved, "ratio_whole": gpm_all / moved,
+        "peak_hbm_Bps": peak,
+        "peak_derivation": info["peak_hbm_derivation"],
+        "copies": copies,
+        "seconds": seconds,
+        "bytes_counted": moved,
+        "copy_Bps": moved / seconds,
+        "gpm_bytes_in_window": gpm_window,
+        "gpm_bytes_whole_recording": gpm_all,
+        "ratio_window": gpm_window / moved,
+        "ratio_whole": gpm_all / moved,
         "sampler_errors": sampler.errors[:5],
     }
     (out / "gpm_calibration.json").write_text(json.dumps(result, indent=1))
@@ -257,9 +316,24 @@ def stage_profile(out: Path, which: str) -> None:
     cfg = moe_config() if which == "moe" else umv2_config()
     started = time.time()
     path = profile_model(
-        cfg, BATCHES, "decode", CONTEXT, steps=3, warmup=3, output=out / f"{which}-bundle", device="cuda",
-        dtype="bf16", steady_seconds=1.0, input_ring=16, ncu=True, record_routing=True, progress=False,
-        ncu_batches=NCU_BATCHES[which], ncu_steps=1, ncu_timeout_s=100, routing_max_rows=400_000,
+        cfg,
+        BATCHES,
+        "decode",
+        CONTEXT,
+        steps=3,
+        warmup=3,
+        output=out / f"{which}-bundle",
+        device="cuda",
+        dtype="bf16",
+        steady_seconds=1.0,
+        input_ring=16,
+        ncu=True,
+        record_routing=True,
+        progress=False,
+        ncu_batches=NCU_BATCHES[which],
+        ncu_steps=1,
+        ncu_timeout_s=100,
+        routing_max_rows=400_000,
     )
     _summarize_bundle(path, out / f"{which}-summary.txt", time.time() - started)
 
@@ -268,12 +342,28 @@ def _summarize_bundle(path: Path, dest: Path, seconds: float) -> None:
     from traces.bundle import read_bundle
 
     b = read_bundle(path)
-    lines = [f"{path.name}: {seconds:.0f} s, partial={b.partial}, tables={b.tables}",
-             f"device: {b.meta['device']}", "missing:", *[f"  {m}" for m in b.meta["missing"]]]
+    lines = [
+        f"{path.name}: {seconds:.0f} s, partial={b.partial}, tables={b.tables}",
+        f"device: {b.meta['device']}",
+        "missing:",
+        *[f"  {m}" for m in b.meta["missing"]],
+    ]
     runs = b.runs
     if runs is not None:
-        cols = [c for c in ("batch", "steps", "us_per_step", "gpm_bytes_per_step", "gpm_bw_Bps",
-                            "kernel_time_ns_per_step", "n_kernels_per_step", "mean_power_w") if c in runs]
+        cols = [
+            c
+            for c in (
+                "batch",
+                "steps",
+                "us_per_step",
+                "gpm_bytes_per_step",
+                "gpm_bw_Bps",
+                "kernel_time_ns_per_step",
+                "n_kernels_per_step",
+                "mean_power_w",
+            )
+            if c in runs
+        ]
         lines.append(runs[cols].to_string(index=False))
     ncu = b.ncu
     if ncu is not None:
@@ -286,8 +376,13 @@ def _summarize_bundle(path: Path, dest: Path, seconds: float) -> None:
 
 def stage_nvml(out: Path) -> None:
     bench = ROOT / "benchmarks" / "bench_nvml_overhead.py"
-    proc = subprocess.run([sys.executable, str(bench), "--steps", "100"], capture_output=True, text=True,
-                          timeout=STAGES["nvml"][0] - 5, check=False)
+    proc = subprocess.run(
+        [sys.executable, str(bench), "--steps", "100"],
+        capture_output=True,
+        text=True,
+        timeout=STAGES["nvml"][0] - 5,
+        check=False,
+    )
     (out / "nvml_overhead.txt").write_text(proc.stdout + proc.stderr)
     print(proc.stdout + proc.stderr)
 
@@ -325,8 +420,11 @@ def orchestrate(out_root: Path, stages: list[str]) -> int:
     work.mkdir(parents=True, exist_ok=True)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     summary: dict[str, Any] = {"started_utc": started, "stages": {}}
-    env = {**os.environ, "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
     for name in stages:
         budget = STAGES[name][0]
         log = work / f"{name}.log"
@@ -334,9 +432,15 @@ def orchestrate(out_root: Path, stages: list[str]) -> int:
         print(f"== {name} (budget {budget} s): {STAGES[name][1]}", flush=True)
         with open(log, "w") as f:
             try:
-                proc = subprocess.run([sys.executable, __file__, "--stage", name, "--out", str(work)],
-                                      stdout=f, stderr=subprocess.STDOUT, timeout=budget, env=env, cwd=ROOT,
-                                      check=False)
+                proc = subprocess.run(
+                    [sys.executable, __file__, "--stage", name, "--out", str(work)],
+                    stdout=f,
+                    stderr=subprocess.STDOUT,
+                    timeout=budget,
+                    env=env,
+                    cwd=ROOT,
+                    check=False,
+                )
                 rc: int | str = proc.returncode
             except subprocess.TimeoutExpired:
                 rc = "timeout"
@@ -360,11 +464,14 @@ def dry_run(stages: list[str]) -> int:
     print(f"  total budget {total} s (command limit 600 s)")
     for cfg in (moe_config(), umv2_config()):
         plan = _model_plan(cfg)
-        print(f"  model {plan['name']}: {plan['params'] / 1e9:.2f} B params, {plan['weights_GB']:.1f} GB "
-              f"bf16 weights (L2 is 0.05 GB), KV {plan['kv_GB_at_max_batch']:.1f} GB at batch "
-              f"{max(BATCHES)} x context {CONTEXT}; layers {', '.join(plan['layers'][:4])}, ...")
-    print(f"  output: $OUT/gpu-checks/ packed into $OUT/gpu-checks.tar.gz "
-          f"(parts of <= {PART_BYTES >> 20} MiB)")
+        print(
+            f"  model {plan['name']}: {plan['params'] / 1e9:.2f} B params, {plan['weights_GB']:.1f} GB "
+            f"bf16 weights (L2 is 0.05 GB), KV {plan['kv_GB_at_max_batch']:.1f} GB at batch "
+            f"{max(BATCHES)} x context {CONTEXT}; layers {', '.join(plan['layers'][:4])}, ..."
+        )
+    print(
+        f"  output: $OUT/gpu-checks/ packed into $OUT/gpu-checks.tar.gz (parts of <= {PART_BYTES >> 20} MiB)"
+    )
     return 0
 
 

@@ -21,8 +21,12 @@ D, L, HEADS, KV, HD, FF, VOCAB = 4096, 32, 32, 8, 128, 14336, 128256
 
 def llama_7b() -> ModelConfig:
     attn = AttentionConfig(kind="gqa", n_heads=HEADS, n_kv_heads=KV, head_dim=HD)
-    return ModelConfig(name="llama-like-7b", d_model=D, vocab_size=VOCAB,
-                       blocks=[BlockConfig(repeat=L, attention=attn, ffn=[DenseFFNConfig(d_ff=FF)])])
+    return ModelConfig(
+        name="llama-like-7b",
+        d_model=D,
+        vocab_size=VOCAB,
+        blocks=[BlockConfig(repeat=L, attention=attn, ffn=[DenseFFNConfig(d_ff=FF)])],
+    )
 
 
 def test_7b_linear_flops_are_twice_the_non_embedding_params() -> None:
@@ -55,13 +59,20 @@ def test_7b_linear_flops_are_twice_the_non_embedding_params() -> None:
 def _sparse_model() -> ModelConfig:
     attn = AttentionConfig(kind="mha", n_heads=16, head_dim=128)
     return ModelConfig(
-        name="olmoe-umv2-like", d_model=2048, vocab_size=50304,
+        name="olmoe-umv2-like",
+        d_model=2048,
+        vocab_size=50304,
         blocks=[
             BlockConfig(repeat=2, attention=attn, ffn=[MoEConfig(n_experts=64, top_k=8, expert_ffn=1024)]),
-            BlockConfig(repeat=2, attention=attn, parallel_ffn=True, ffn=[
-                DenseFFNConfig(d_ff=6144),
-                UltraMemV2Config(knum=528, key_dim=512, top_m=128, value_dim=768, pre_value_dim=384),
-            ]),
+            BlockConfig(
+                repeat=2,
+                attention=attn,
+                parallel_ffn=True,
+                ffn=[
+                    DenseFFNConfig(d_ff=6144),
+                    UltraMemV2Config(knum=528, key_dim=512, top_m=128, value_dim=768, pre_value_dim=384),
+                ],
+            ),
         ],
     )
 

@@ -100,14 +100,29 @@ def test_hf_config_equals_hand_written_preset(file: str) -> None:
 
 # the two dense presets whose config.json is not stored in tests/data/hf: the published values inline
 QWEN25_72B = {
-    "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu", "hidden_size": 8192,
-    "intermediate_size": 29568, "num_attention_heads": 64, "num_hidden_layers": 80, "num_key_value_heads": 8,
-    "tie_word_embeddings": False, "vocab_size": 152064,
+    "architectures": ["Qwen2ForCausalLM"],
+    "model_type": "qwen2",
+    "hidden_act": "silu",
+    "hidden_size": 8192,
+    "intermediate_size": 29568,
+    "num_attention_heads": 64,
+    "num_hidden_layers": 80,
+    "num_key_value_heads": 8,
+    "tie_word_embeddings": False,
+    "vocab_size": 152064,
 }
 LLAMA31_405B = {
-    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu", "hidden_size": 16384,
-    "intermediate_size": 53248, "num_attention_heads": 128, "num_hidden_layers": 126,
-    "num_key_value_heads": 8, "tie_word_embeddings": False, "vocab_size": 128256, "attention_bias": False,
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_act": "silu",
+    "hidden_size": 16384,
+    "intermediate_size": 53248,
+    "num_attention_heads": 128,
+    "num_hidden_layers": 126,
+    "num_key_value_heads": 8,
+    "tie_word_embeddings": False,
+    "vocab_size": 128256,
+    "attention_bias": False,
     "mlp_bias": False,
 }
 
@@ -158,7 +173,12 @@ def test_mla_fields_and_kv_cache() -> None:
     v3 = from_hf_config(hf("DeepSeek-V3"), "v3")
     a = v3.blocks[0].attention
     assert (a.kind, a.q_lora_rank, a.kv_lora_rank, a.qk_rope_head_dim, a.qk_nope_head_dim, a.v_head_dim) == (
-        "mla", 1536, 512, 64, 128, 128,
+        "mla",
+        1536,
+        512,
+        64,
+        128,
+        128,
     )
     assert a.kv_elements_per_token == 576
     lite = from_hf_config(hf("DeepSeek-V2-Lite"), "lite").blocks[0].attention
@@ -172,7 +192,11 @@ def test_deepseek_dense_then_moe_with_shared_experts() -> None:
     assert isinstance(dense, DenseFFNConfig) and dense.d_ff == 18432
     assert isinstance(moe, MoEConfig)
     assert (moe.n_experts, moe.top_k, moe.expert_ffn, moe.n_shared_experts, moe.shared_ffn) == (
-        256, 8, 2048, 1, 2048,
+        256,
+        8,
+        2048,
+        1,
+        2048,
     )
     assert (moe.router, moe.router_bias, moe.n_groups, moe.topk_groups) == ("sigmoid", True, 8, 4)
     lite = from_hf_config(hf("DeepSeek-V2-Lite"), "lite").blocks[1].ffn[0]

@@ -86,8 +86,9 @@ def rms_norm(x: torch.Tensor, norm: torch.nn.RMSNorm) -> torch.Tensor:
     return x / torch.sqrt((x * x).mean() + eps) * w64(norm.weight)
 
 
-def attend(q: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor],
-           scale: float) -> torch.Tensor:
+def attend(
+    q: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor], scale: float
+) -> torch.Tensor:
     p = softmax([float(q @ k) * scale for k in keys])
     return sum(pi * v for pi, v in zip(p, values, strict=True))
 
@@ -158,8 +159,10 @@ def test_attention_prefill_causal() -> None:
         ks = [lin(attn.k_proj, w64(x[i, p])).view(2, 8) for p in range(t)]
         vs = [lin(attn.v_proj, w64(x[i, p])).view(2, 8) for p in range(t)]
         for p in range(t):
-            outs = [attend(qs[p][h], [k[h // 2] for k in ks[: p + 1]], [v[h // 2] for v in vs[: p + 1]],
-                           8**-0.5) for h in range(4)]
+            outs = [
+                attend(qs[p][h], [k[h // 2] for k in ks[: p + 1]], [v[h // 2] for v in vs[: p + 1]], 8**-0.5)
+                for h in range(4)
+            ]
             torch.testing.assert_close(got[i, p].double(), lin(attn.o_proj, torch.cat(outs)), **TOL)
 
 
@@ -186,13 +189,20 @@ def _mla_reference(attn: MLAAttention, x: torch.Tensor, latents: list[torch.Tens
 
 def _latent(attn: MLAAttention, x: torch.Tensor) -> torch.Tensor:
     kv = lin(attn.wkv_a, x)
-    return torch.cat([rms_norm(kv[: attn.c], attn.kv_norm), kv[attn.c:]])
+    return torch.cat([rms_norm(kv[: attn.c], attn.kv_norm), kv[attn.c :]])
 
 
 @pytest.mark.parametrize("q_lora", [None, 12])
 def test_mla_absorbed_decode_matches_expanded(q_lora: int | None) -> None:
-    cfg = AttentionConfig(kind="mla", n_heads=3, q_lora_rank=q_lora, kv_lora_rank=10, qk_nope_head_dim=6,
-                          qk_rope_head_dim=4, v_head_dim=5)
+    cfg = AttentionConfig(
+        kind="mla",
+        n_heads=3,
+        q_lora_rank=q_lora,
+        kv_lora_rank=10,
+        qk_nope_head_dim=6,
+        qk_rope_head_dim=4,
+        v_head_dim=5,
+    )
     attn = randomize_(MLAAttention(cfg, D, kv_mode="append"))
     b, s = 2, 6
     attn.setup_cache(b, s)
@@ -207,8 +217,15 @@ def test_mla_absorbed_decode_matches_expanded(q_lora: int | None) -> None:
 
 
 def test_mla_prefill_causal() -> None:
-    cfg = AttentionConfig(kind="mla", n_heads=2, q_lora_rank=8, kv_lora_rank=10, qk_nope_head_dim=6,
-                          qk_rope_head_dim=4, v_head_dim=5)
+    cfg = AttentionConfig(
+        kind="mla",
+        n_heads=2,
+        q_lora_rank=8,
+        kv_lora_rank=10,
+        qk_nope_head_dim=6,
+        qk_rope_head_dim=4,
+        v_head_dim=5,
+    )
     attn = randomize_(MLAAttention(cfg, D, phase="prefill"))
     x = torch.randn(1, 4, D)
     got = attn(x)
@@ -254,8 +271,9 @@ def _moe_reference(moe: MoE, cfg: MoEConfig, x: torch.Tensor) -> tuple[torch.Ten
         choice = [s + b for s, b in zip(sig, bias, strict=True)]
         if cfg.n_groups:
             size = cfg.n_experts // cfg.n_groups
-            group_score = [sum(sorted(choice[g * size:(g + 1) * size], reverse=True)[:2])
-                           for g in range(cfg.n_groups)]
+            group_score = [
+                sum(sorted(choice[g * size : (g + 1) * size], reverse=True)[:2]) for g in range(cfg.n_groups)
+            ]
             keep = set(top(group_score, cfg.topk_groups or cfg.n_groups))
             choice = [c if e // size in keep else -math.inf for e, c in enumerate(choice)]
         chosen = top(choice, cfg.top_k)
@@ -270,8 +288,17 @@ def _moe_reference(moe: MoE, cfg: MoEConfig, x: torch.Tensor) -> tuple[torch.Ten
 MOE_CONFIGS = {
     "softmax+shared": MoEConfig(n_experts=8, top_k=2, expert_ffn=12, n_shared_experts=1, shared_ffn=20),
     "gelu": MoEConfig(n_experts=6, top_k=3, expert_ffn=12, activation="gelu"),
-    "deepseek-v3": MoEConfig(n_experts=8, top_k=3, expert_ffn=12, router="sigmoid", router_bias=True,
-                             n_groups=4, topk_groups=2, n_shared_experts=1, shared_ffn=12),
+    "deepseek-v3": MoEConfig(
+        n_experts=8,
+        top_k=3,
+        expert_ffn=12,
+        router="sigmoid",
+        router_bias=True,
+        n_groups=4,
+        topk_groups=2,
+        n_shared_experts=1,
+        shared_ffn=12,
+    ),
 }
 
 
@@ -346,7 +373,7 @@ def test_pkm(value_dim: int | None, bn: bool) -> None:
             q = q * w64(bn_.weight) + w64(bn_.bias)
         out = 0.0
         for h in range(2):
-            scores, rows = _pk_reference(q[h * 8:(h + 1) * 8], pkm.keys[h], 3)
+            scores, rows = _pk_reference(q[h * 8 : (h + 1) * 8], pkm.keys[h], 3)
             out = out + _bag(pkm.table.values, rows, softmax(scores))
             used += rows
         if pkm.out_proj is not None:
@@ -368,7 +395,7 @@ def test_memory_plus(gated: bool) -> None:
         q = lin(mem.query, xt)
         bag = 0.0
         for h in range(2):
-            scores, rows = _pk_reference(q[h * 8:(h + 1) * 8], mem.keys[h], 3)
+            scores, rows = _pk_reference(q[h * 8 : (h + 1) * 8], mem.keys[h], 3)
             bag = bag + _bag(mem.table.values, rows, softmax(scores))
             used += rows
         want = lin(mem.wo, bag * F.silu(lin(mem.w1, xt))) if gated else bag
@@ -388,7 +415,7 @@ def test_peer() -> None:
         q = lin(peer.query, xt)
         out = 0.0
         for h in range(2):
-            scores, rows = _pk_reference(q[h * 8:(h + 1) * 8], peer.keys[h], 3)
+            scores, rows = _pk_reference(q[h * 8 : (h + 1) * 8], peer.keys[h], 3)
             for g, r in zip(softmax(scores), rows, strict=True):
                 out = out + g * F.gelu(w64(peer.table.down[r]) @ xt) * w64(peer.table.up[r])
             used += rows
@@ -405,8 +432,9 @@ def _rank_one(cores: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return u * sign, t * sign
 
 
-def _tdqkr_reference(s_row: np.ndarray, s_col: np.ndarray, cores: torch.Tensor, m_rc: int, m: int
-                     ) -> list[tuple[int, int, list[float]]]:
+def _tdqkr_reference(
+    s_row: np.ndarray, s_col: np.ndarray, cores: torch.Tensor, m_rc: int, m: int
+) -> list[tuple[int, int, list[float]]]:
     """One head: (row, col, per-core scores) of the m best grid cells. s_row/s_col: (r, n)."""
     u, t = _rank_one(cores)
     n = s_row.shape[1]
@@ -426,8 +454,9 @@ def _shuffle(v: int, size: int) -> int:
 
 
 def test_ultramem() -> None:
-    cfg = UltraMemConfig(knum=5, key_dim=6, rank=2, cores=2, heads=3, top_m=4, row_col_top=3, value_dim=8,
-                         expansion=4)
+    cfg = UltraMemConfig(
+        knum=5, key_dim=6, rank=2, cores=2, heads=3, top_m=4, row_col_top=3, value_dim=8, expansion=4
+    )
     mem = randomize_(UltraMem(cfg, D))
     mem.recorder.enabled = True
     n, e, phys_rows = cfg.keys_per_side, cfg.expansion, cfg.rows
@@ -455,8 +484,18 @@ def test_ultramem() -> None:
 
 @pytest.mark.parametrize("layer_index,share_ratio", [(0, None), (1, 0.75)])
 def test_ultramemv2(layer_index: int, share_ratio: float | None) -> None:
-    cfg = UltraMemV2Config(knum=5, key_dim=6, rank=2, cores=2, heads=1, top_m=5, row_col_top=3, value_dim=8,
-                           pre_value_dim=4, share_ratio=share_ratio)
+    cfg = UltraMemV2Config(
+        knum=5,
+        key_dim=6,
+        rank=2,
+        cores=2,
+        heads=1,
+        top_m=5,
+        row_col_top=3,
+        value_dim=8,
+        pre_value_dim=4,
+        share_ratio=share_ratio,
+    )
     layers = 2
     mem = randomize_(UltraMemV2(cfg, D, layer_index=layer_index, memory_layers=layers))
     mem.recorder.enabled = True
@@ -471,8 +510,15 @@ def test_ultramemv2(layer_index: int, share_ratio: float | None) -> None:
         q = lin(mem.wq, xt).view(2, cfg.rank, cfg.key_dim)
         x_pre = lin(mem.w_pre, xt)
         keys = w64(mem.keys[0])
-        s = [np.array([[float(keys[side, i, r] @ layer_norm(q[side, r], mem.q_norm)) for i in range(n)]
-                       for r in range(cfg.rank)]) for side in range(2)]
+        s = [
+            np.array(
+                [
+                    [float(keys[side, i, r] @ layer_norm(q[side, r], mem.q_norm)) for i in range(n)]
+                    for r in range(cfg.rank)
+                ]
+            )
+            for side in range(2)
+        ]
         pooled = torch.zeros(cfg.value_dim, dtype=torch.float64)
         for a, b, per_core in _tdqkr_reference(s[0], s[1], mem.cores[0], cfg.m_rc, cfg.top_m):
             row = (_shuffle(a * n + b, n * n) + layer_index * cfg.knum**2) % table_rows
@@ -482,8 +528,9 @@ def test_ultramemv2(layer_index: int, share_ratio: float | None) -> None:
             pooled += torch.cat([per_core[i] * dot * value[i] for i in range(cfg.cores)])
         torch.testing.assert_close(got[t].double(), lin(mem.wo, pooled), **TOL)
     assert _recorded_rows(mem.recorder) == sorted(used)
-    assert all(layer_index * cfg.knum**2 <= r or r < (layer_index * cfg.knum**2 + n * n) % table_rows
-               for r in used)  # inside the layer's (ring) window
+    assert all(
+        layer_index * cfg.knum**2 <= r or r < (layer_index * cfg.knum**2 + n * n) % table_rows for r in used
+    )  # inside the layer's (ring) window
 
 
 # ----------------------------------------------------------------------------------------- whole model
@@ -496,8 +543,13 @@ def _model(parallel: bool, tie: bool = False, skip: int = 0) -> ModelConfig:
     ]
     if skip:
         ffn.append(UltraMemConfig(knum=4, key_dim=4, top_m=3, row_col_top=2, value_dim=4, skip_span=skip))
-    return ModelConfig(name="tiny", d_model=D, vocab_size=11, tie_embeddings=tie,
-                       blocks=[BlockConfig(repeat=3, attention=attn, ffn=ffn, parallel_ffn=parallel)])
+    return ModelConfig(
+        name="tiny",
+        d_model=D,
+        vocab_size=11,
+        tie_embeddings=tie,
+        blocks=[BlockConfig(repeat=3, attention=attn, ffn=ffn, parallel_ffn=parallel)],
+    )
 
 
 @pytest.mark.parametrize("parallel,tie,skip", [(False, False, 0), (True, True, 0), (False, False, 1)])
@@ -547,28 +599,57 @@ def test_named_ranges_in_profiler_trace() -> None:
 # ----------------------------------------------------------------------------------------- parameter counts
 def _hardware() -> HardwareConfig:
     q = {"tag": "user"}
-    return HardwareConfig(name="test", peak_flops={"bf16": {"value": 1e15, **q}},
-                          hbm_bandwidth={"value": 3e12, **q}, hbm_capacity={"value": 8e10, **q},
-                          l2_bytes={"value": 5e7, **q})
+    return HardwareConfig(
+        name="test",
+        peak_flops={"bf16": {"value": 1e15, **q}},
+        hbm_bandwidth={"value": 3e12, **q},
+        hbm_capacity={"value": 8e10, **q},
+        l2_bytes={"value": 5e7, **q},
+    )
 
 
 FAMILY_LAYERS = {
     "dense": [DenseFFNConfig(d_ff=40, activation="gelu", bias=True)],
-    "moe": [MoEConfig(n_experts=6, top_k=2, expert_ffn=12, n_shared_experts=2, shared_ffn=24,
-                      router="sigmoid", router_bias=True, n_groups=3, topk_groups=2)],
-    "pkm": [DenseFFNConfig(d_ff=40), PKMConfig(n_keys=6, heads=2, top_k=3, key_dim=8, value_dim=12,
-                                               query_batchnorm=True, shared_table="pk")],
+    "moe": [
+        MoEConfig(
+            n_experts=6,
+            top_k=2,
+            expert_ffn=12,
+            n_shared_experts=2,
+            shared_ffn=24,
+            router="sigmoid",
+            router_bias=True,
+            n_groups=3,
+            topk_groups=2,
+        )
+    ],
+    "pkm": [
+        DenseFFNConfig(d_ff=40),
+        PKMConfig(
+            n_keys=6, heads=2, top_k=3, key_dim=8, value_dim=12, query_batchnorm=True, shared_table="pk"
+        ),
+    ],
     "peer": [PEERConfig(n_keys=6, heads=2, top_k=3, query_dim=4)],
     "memory_plus": [MemoryPlusConfig(n_keys=6, heads=2, top_k=3, key_dim=8)],
     "ultramem": [DenseFFNConfig(d_ff=40), UltraMemConfig(knum=5, key_dim=6, heads=3, top_m=4, value_dim=8)],
-    "ultramemv2": [DenseFFNConfig(d_ff=40), UltraMemV2Config(knum=5, key_dim=6, top_m=4, row_col_top=3,
-                                                             value_dim=9, pre_value_dim=3, cores=3,
-                                                             share_ratio=0.5)],
+    "ultramemv2": [
+        DenseFFNConfig(d_ff=40),
+        UltraMemV2Config(
+            knum=5, key_dim=6, top_m=4, row_col_top=3, value_dim=9, pre_value_dim=3, cores=3, share_ratio=0.5
+        ),
+    ],
 }
 ATTENTIONS = {
     "gqa": AttentionConfig(kind="gqa", n_heads=4, n_kv_heads=2, head_dim=4, qkv_bias=True, o_bias=True),
-    "mla": AttentionConfig(kind="mla", n_heads=2, q_lora_rank=8, kv_lora_rank=6, qk_nope_head_dim=4,
-                           qk_rope_head_dim=2, v_head_dim=3),
+    "mla": AttentionConfig(
+        kind="mla",
+        n_heads=2,
+        q_lora_rank=8,
+        kv_lora_rank=6,
+        qk_nope_head_dim=4,
+        qk_rope_head_dim=2,
+        v_head_dim=3,
+    ),
 }
 
 
@@ -621,17 +702,29 @@ def _hand_params(cfg: ModelConfig) -> int:
                 n = f.keys_per_side(cfg.memory_layer_count(f.shared_table))
                 total += 2 * f.rank * d * f.key_dim + 2 * n * f.key_dim * f.rank + f.cores * f.rank**2
                 total += d * f.pre_value_dim + f.value_dim * d
-                tables[f.shared_table] = f.knum**2 * cfg.memory_layer_count(f.shared_table) * (
-                    f.value_dim + f.pre_value_dim)
+                tables[f.shared_table] = (
+                    f.knum**2 * cfg.memory_layer_count(f.shared_table) * (f.value_dim + f.pre_value_dim)
+                )
     return total + sum(tables.values())
 
 
 @pytest.mark.parametrize("attn", list(ATTENTIONS))
 @pytest.mark.parametrize("family", list(FAMILY_LAYERS))
 def test_param_count_equals_simulator(family: str, attn: str) -> None:
-    cfg = ModelConfig(name=f"{family}-{attn}", d_model=D, vocab_size=13, tie_embeddings=family == "peer",
-                      blocks=[BlockConfig(repeat=2, attention=ATTENTIONS[attn], ffn=FAMILY_LAYERS[family],
-                                          parallel_ffn=family == "ultramemv2")])
+    cfg = ModelConfig(
+        name=f"{family}-{attn}",
+        d_model=D,
+        vocab_size=13,
+        tie_embeddings=family == "peer",
+        blocks=[
+            BlockConfig(
+                repeat=2,
+                attention=ATTENTIONS[attn],
+                ffn=FAMILY_LAYERS[family],
+                parallel_ffn=family == "ultramemv2",
+            )
+        ],
+    )
     ref = ReferenceModel(cfg, device="meta").param_count()
     assert ref == _hand_params(cfg)
     from simulator.sweep import simulate

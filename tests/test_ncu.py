@@ -24,17 +24,46 @@ from profiler.ncu import (
 from simulator.errors import MeasurementUnavailable, TraceError
 
 NVTX_HEADER = "thread Domain:Push/Pop_Range:PL_Type:PL_Value:CLR_Type:Color:Msg_Type:Msg"
-HEADER = ["ID", "Process ID", "Process Name", "Host Name", NVTX_HEADER, "Kernel Name", "Context", "Stream",
-          "Block Size", "Grid Size", "Device", "CC", "Section Name", "Metric Name", "Metric Unit",
-          "Metric Value"]
+HEADER = [
+    "ID",
+    "Process ID",
+    "Process Name",
+    "Host Name",
+    NVTX_HEADER,
+    "Kernel Name",
+    "Context",
+    "Stream",
+    "Block Size",
+    "Grid Size",
+    "Device",
+    "CC",
+    "Section Name",
+    "Metric Name",
+    "Metric Unit",
+    "Metric Value",
+]
 
 # (id, kernel, NVTX ranges outermost first, dram read B, dram write B, duration ns, L2 B)
 KERNELS = [
-    (0, "nvjet_sm90_tst_64x8_64x16_4x1_v_bz_NNT", ["measure", "step0", "block0.attn"],
-     1_048_576, 4096, 12_000, 2_000_000),
+    (
+        0,
+        "nvjet_sm90_tst_64x8_64x16_4x1_v_bz_NNT",
+        ["measure", "step0", "block0.attn"],
+        1_048_576,
+        4096,
+        12_000,
+        2_000_000,
+    ),
     (1, "flash_fwd_kernel", ["measure", "step0", "block0.attn"], 8_388_608, 65_536, 30_500, 9_000_000),
-    (2, "nvjet_sm90_tst_128x64", ["measure", "step0", "block3.moe", "expert5"],
-     25_165_824, 0, 41_250, 26_000_000),
+    (
+        2,
+        "nvjet_sm90_tst_128x64",
+        ["measure", "step0", "block3.moe", "expert5"],
+        25_165_824,
+        0,
+        41_250,
+        26_000_000,
+    ),
     (3, "elementwise_kernel", ["measure", "step0", "block3.moe"], 2048, 1024, 2_100, 8192),
     (4, "copy_kernel", ["measure", "step0"], 512, 512, 1_500, 2048),
 ]
@@ -49,18 +78,35 @@ def _csv_text(kernels=KERNELS, header=HEADER, preamble: bool = True) -> str:
     buf = io.StringIO()
     if preamble:
         buf.write("==PROF== Connected to process 4242 (/usr/bin/python3.12)\n")
-        buf.write("==PROF== Profiling \"nvjet_sm90_tst\" - 0: 0%....50%....100% - 4 passes\n")
+        buf.write('==PROF== Profiling "nvjet_sm90_tst" - 0: 0%....50%....100% - 4 passes\n')
     writer = csv.writer(buf, quoting=csv.QUOTE_ALL, lineterminator="\n")
     writer.writerow(header)
-    metrics = [("dram__bytes_read.sum", "byte"), ("dram__bytes_write.sum", "byte"),
-               ("gpu__time_duration.sum", "nsecond"), ("lts__t_bytes.sum", "byte")]
+    metrics = [
+        ("dram__bytes_read.sum", "byte"),
+        ("dram__bytes_write.sum", "byte"),
+        ("gpu__time_duration.sum", "nsecond"),
+        ("lts__t_bytes.sum", "byte"),
+    ]
     for kid, name, ranges, *values in kernels:
         for (metric, unit), value in zip(metrics, values, strict=True):
-            row = {"ID": str(kid), "Process ID": "4242", "Process Name": "python3.12", "Host Name": "host",
-                   NVTX_HEADER: _stack_cell(4242, ranges), "Kernel Name": name, "Context": "1", "Stream": "7",
-                   "Block Size": "(128, 1, 1)", "Grid Size": "(132, 1, 1)", "Device": "0", "CC": "9.0",
-                   "Section Name": "Command line profiler metrics", "Metric Name": metric,
-                   "Metric Unit": unit, "Metric Value": f"{value:,}"}  # ncu prints thousands separators
+            row = {
+                "ID": str(kid),
+                "Process ID": "4242",
+                "Process Name": "python3.12",
+                "Host Name": "host",
+                NVTX_HEADER: _stack_cell(4242, ranges),
+                "Kernel Name": name,
+                "Context": "1",
+                "Stream": "7",
+                "Block Size": "(128, 1, 1)",
+                "Grid Size": "(132, 1, 1)",
+                "Device": "0",
+                "CC": "9.0",
+                "Section Name": "Command line profiler metrics",
+                "Metric Name": metric,
+                "Metric Unit": unit,
+                "Metric Value": f"{value:,}",
+            }  # ncu prints thousands separators
             writer.writerow([row[h] for h in header if h in row])
     return buf.getvalue()
 
@@ -68,10 +114,23 @@ def _csv_text(kernels=KERNELS, header=HEADER, preamble: bool = True) -> str:
 def test_command_line() -> None:
     argv = ["python3", "bench/decode.py", "--batch", "8"]
     assert ncu_command(argv, "measure", log_file="out/ncu.csv") == [
-        "ncu", "--nvtx", "--nvtx-include", "measure/",
-        "--metrics", "dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum,lts__t_bytes.sum",
-        "--csv", "--print-units", "base", "--clock-control", "none", "--log-file", "out/ncu.csv",
-        "python3", "bench/decode.py", "--batch", "8",
+        "ncu",
+        "--nvtx",
+        "--nvtx-include",
+        "measure/",
+        "--metrics",
+        "dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum,lts__t_bytes.sum",
+        "--csv",
+        "--print-units",
+        "base",
+        "--clock-control",
+        "none",
+        "--log-file",
+        "out/ncu.csv",
+        "python3",
+        "bench/decode.py",
+        "--batch",
+        "8",
     ]
     assert ncu_command(argv, "measure/", log_file=Path("x.csv"))[3] == "measure/"  # no double slash
     assert ncu_command(argv, "m", ["dram__bytes_read.sum"], log_file="x.csv")[5] == "dram__bytes_read.sum"
@@ -103,13 +162,18 @@ def test_parse_kernels_units_and_layers(tmp_path: Path) -> None:
 def test_parse_by_header_names_and_scaled_units(tmp_path: Path) -> None:
     # Another ncu version: no NVTX column, fewer columns, columns in another order, non-base units.
     header = ["ID", "Kernel Name", "Process ID", "Metric Name", "Metric Unit", "Metric Value"]
-    text = "\n".join([
-        ",".join(f'"{h}"' for h in header),
-        '"0","k","1","dram__bytes_read.sum","Mbyte","2.50"',
-        '"0","k","1","gpu__time_duration.sum","usecond","1.5"',
-        '"1","k2","1","dram__bytes_read.sum","Kbyte","n/a"',
-        '"1","k2","1","gpu__time_duration.sum","msecond","2"',
-    ]) + "\n"
+    text = (
+        "\n".join(
+            [
+                ",".join(f'"{h}"' for h in header),
+                '"0","k","1","dram__bytes_read.sum","Mbyte","2.50"',
+                '"0","k","1","gpu__time_duration.sum","usecond","1.5"',
+                '"1","k2","1","dram__bytes_read.sum","Kbyte","n/a"',
+                '"1","k2","1","gpu__time_duration.sum","msecond","2"',
+            ]
+        )
+        + "\n"
+    )
     path = tmp_path / "v2.csv"
     path.write_text(text)
     df = parse_ncu_csv(path, layer_regex=r"^never$")
@@ -158,9 +222,11 @@ def _fake_ncu(tmp_path: Path, body: str) -> Path:
     bindir = tmp_path / "bin"
     bindir.mkdir()
     script = bindir / "ncu"
-    script.write_text(f"#!{sys.executable}\nimport sys\nargs = sys.argv[1:]\n"
-                      "if args == ['--version']:\n    print('Version 2025.3.1.0 (fake)'); sys.exit(0)\n"
-                      "log = args[args.index('--log-file') + 1]\n" + body)
+    script.write_text(
+        f"#!{sys.executable}\nimport sys\nargs = sys.argv[1:]\n"
+        "if args == ['--version']:\n    print('Version 2025.3.1.0 (fake)'); sys.exit(0)\n"
+        "log = args[args.index('--log-file') + 1]\n" + body
+    )
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     return bindir
 
@@ -177,8 +243,9 @@ def test_run_ncu_with_fake_ncu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_run_ncu_permission_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    bindir = _fake_ncu(tmp_path, "print('==ERROR== ERR_NVGPUCTRPERM - The user does not have permission')\n"
-                                 "sys.exit(1)\n")
+    bindir = _fake_ncu(
+        tmp_path, "print('==ERROR== ERR_NVGPUCTRPERM - The user does not have permission')\nsys.exit(1)\n"
+    )
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
     with pytest.raises(MeasurementUnavailable, match="ERR_NVGPUCTRPERM"):
         run_ncu(["python3", "x.py"], "measure", log_file=tmp_path / "out.csv")
@@ -196,5 +263,9 @@ def test_run_ncu_failure_and_missing_ncu(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_default_metrics() -> None:
-    assert DEFAULT_METRICS == ("dram__bytes_read.sum", "dram__bytes_write.sum", "gpu__time_duration.sum",
-                               "lts__t_bytes.sum")
+    assert DEFAULT_METRICS == (
+        "dram__bytes_read.sum",
+        "dram__bytes_write.sum",
+        "gpu__time_duration.sum",
+        "lts__t_bytes.sum",
+    )

@@ -31,8 +31,13 @@ H100_PEAK = 5120 / 8 * 2619e6 * 2  # 3.35232e12 B/s
 class FakeBackend:
     """Scripted NVML: window i (1-based) reads DRAM 10*i %, SM 50 %, tensor metric unsupported (NaN)."""
 
-    def __init__(self, gpm: bool = True, fail_start: Exception | None = None,
-                 fail_power: bool = False, fail_gpm_window: int | None = None) -> None:
+    def __init__(
+        self,
+        gpm: bool = True,
+        fail_start: Exception | None = None,
+        fail_power: bool = False,
+        fail_gpm_window: int | None = None,
+    ) -> None:
         self.gpm = gpm
         self.fail_start = fail_start
         self.fail_power = fail_power
@@ -44,8 +49,14 @@ class FakeBackend:
         self.closed = False
 
     def device_facts(self) -> dict[str, Any]:
-        return {"name": "Fake H100", "driver": "580.159.04", "bus_width_bits": 5120,
-                "max_mem_clock_mhz": 2619, "power_limit_mw": 700_000, "gpm_supported": self.gpm}
+        return {
+            "name": "Fake H100",
+            "driver": "580.159.04",
+            "bus_width_bits": 5120,
+            "max_mem_clock_mhz": 2619,
+            "power_limit_mw": 700_000,
+            "gpm_supported": self.gpm,
+        }
 
     def gpm_alloc(self) -> dict[str, int]:
         sample = {"n": -1}
@@ -189,15 +200,18 @@ def test_thread_errors_are_recorded_not_raised() -> None:
 
 # ----------------------------------------------------------------------------------------- integration
 def test_dram_bytes_integrates_overlap() -> None:
-    df = pd.DataFrame({
-        "t_start_ns": [0, 100_000_000, 200_000_000],
-        "t_end_ns": [100_000_000, 200_000_000, 300_000_000],
-        "gpm_dram_bw_util_pct": [50.0, 100.0, math.nan],
-    })
+    df = pd.DataFrame(
+        {
+            "t_start_ns": [0, 100_000_000, 200_000_000],
+            "t_end_ns": [100_000_000, 200_000_000, 300_000_000],
+            "gpm_dram_bw_util_pct": [50.0, 100.0, math.nan],
+        }
+    )
     assert dram_bytes(df, H100_PEAK) == pytest.approx(0.5 * H100_PEAK * 0.1 + H100_PEAK * 0.1)
     # Only the half of window 1 and a quarter of window 2 that overlap [50 ms, 125 ms].
     assert dram_bytes(df, H100_PEAK, 50_000_000, 125_000_000) == pytest.approx(
-        0.5 * H100_PEAK * 0.05 + H100_PEAK * 0.025)
+        0.5 * H100_PEAK * 0.05 + H100_PEAK * 0.025
+    )
 
 
 @pytest.mark.skipif(not RECORDING.exists(), reason="shared H100 recording not present")

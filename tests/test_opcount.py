@@ -121,8 +121,9 @@ def test_scatter_into_cache_charges_updated_rows_only() -> None:
 
 # ----------------------------------------------------------------------------------------- attention
 class _Attention(nn.Module):
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                causal: bool = False) -> torch.Tensor:
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False
+    ) -> torch.Tensor:
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
 
 

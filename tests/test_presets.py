@@ -28,8 +28,17 @@ MODEL_PRESETS = [
     "h100-sample-umv2",
 ]
 HARDWARE_PRESETS = [
-    "h100-sxm", "h100-pcie", "h200", "a100-sxm-80gb", "a100-pcie-40gb", "b200", "gb200", "l40s",
-    "mi300x", "mi325x", "rtx-4090",
+    "h100-sxm",
+    "h100-pcie",
+    "h200",
+    "a100-sxm-80gb",
+    "a100-pcie-40gb",
+    "b200",
+    "gb200",
+    "l40s",
+    "mi300x",
+    "mi325x",
+    "rtx-4090",
 ]
 
 
@@ -161,17 +170,27 @@ def test_h100_sample_presets_match_meta_json() -> None:
     spec = meta["models"]["moe"]["ffn"]
     assert isinstance(moe, MoEConfig)
     assert (moe.n_experts, moe.top_k, moe.expert_ffn, moe.activation) == (
-        spec["experts"], spec["top_k"], spec["expert_ffn"], spec["activation"],
+        spec["experts"],
+        spec["top_k"],
+        spec["expert_ffn"],
+        spec["activation"],
     )
     ffn, mem = load_model("h100-sample-umv2").blocks[0].ffn
     spec = meta["models"]["umv2"]["memory"]
     assert ffn.d_ff == meta["models"]["umv2"]["ffn"]["d_ff"]  # type: ignore[union-attr]
     assert isinstance(mem, UltraMemV2Config)
     assert (mem.knum, mem.knum**2, mem.key_dim, mem.rank, mem.heads) == (
-        spec["sub_keys"], spec["rows"], spec["key_dim"], spec["tucker_rank"], spec["heads"],
+        spec["sub_keys"],
+        spec["rows"],
+        spec["key_dim"],
+        spec["tucker_rank"],
+        spec["heads"],
     )
     assert (mem.top_m, mem.m_rc, mem.value_dim, mem.pre_value_dim) == (
-        spec["top_m"], spec["row_col_top"], spec["value_dim"], spec["pre_value_dim"],
+        spec["top_m"],
+        spec["row_col_top"],
+        spec["value_dim"],
+        spec["pre_value_dim"],
     )
 
 
@@ -196,8 +215,13 @@ def test_olmoe_227m_derivation_matches_table_10() -> None:
 
 def quantities(hw: HardwareConfig) -> dict[str, Quantity]:
     out: dict[str, Quantity] = {f"peak_flops.{k}": v for k, v in hw.peak_flops.items()}
-    for field in ("hbm_bandwidth", "hbm_capacity", "l2_bytes", "interconnect_bandwidth",
-                  "sustained_bandwidth_fraction"):
+    for field in (
+        "hbm_bandwidth",
+        "hbm_capacity",
+        "l2_bytes",
+        "interconnect_bandwidth",
+        "sustained_bandwidth_fraction",
+    ):
         value = getattr(hw, field)
         if value is not None:
             out[field] = value

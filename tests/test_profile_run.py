@@ -30,8 +30,16 @@ from simulator.config import (
 from traces.bundle import read_bundle
 
 BATCHES = [1, 4, 16]
-FAST = {"phase": "decode", "context": 32, "steps": 2, "warmup": 1, "dtype": "fp32", "steady_seconds": 0.2,
-        "input_ring": 4, "progress": False}
+FAST = {
+    "phase": "decode",
+    "context": 32,
+    "steps": 2,
+    "warmup": 1,
+    "dtype": "fp32",
+    "steady_seconds": 0.2,
+    "input_ring": 4,
+    "progress": False,
+}
 
 
 @pytest.fixture(autouse=True)
@@ -46,16 +54,23 @@ def _one_thread() -> Iterator[None]:
 def moe_model() -> ModelConfig:
     attn = AttentionConfig(kind="gqa", n_heads=4, n_kv_heads=2, head_dim=16)
     moe = MoEConfig(n_experts=8, top_k=2, expert_ffn=32, n_shared_experts=1, shared_ffn=32)
-    return ModelConfig(name="tiny-moe", d_model=64, vocab_size=97,
-                       blocks=[BlockConfig(repeat=2, attention=attn, ffn=[moe])])
+    return ModelConfig(
+        name="tiny-moe", d_model=64, vocab_size=97, blocks=[BlockConfig(repeat=2, attention=attn, ffn=[moe])]
+    )
 
 
 def umv2_model() -> ModelConfig:
     attn = AttentionConfig(kind="mha", n_heads=4, head_dim=32)
     mem = UltraMemV2Config(knum=12, key_dim=16, top_m=8, row_col_top=6, value_dim=64, pre_value_dim=32)
-    return ModelConfig(name="tiny-umv2", d_model=128, vocab_size=97, embeddings=False,
-                       blocks=[BlockConfig(repeat=2, attention=attn, parallel_ffn=True,
-                                           ffn=[DenseFFNConfig(d_ff=128), mem])])
+    return ModelConfig(
+        name="tiny-umv2",
+        d_model=128,
+        vocab_size=97,
+        embeddings=False,
+        blocks=[
+            BlockConfig(repeat=2, attention=attn, parallel_ffn=True, ffn=[DenseFFNConfig(d_ff=128), mem])
+        ],
+    )
 
 
 @pytest.mark.parametrize("make", [moe_model, umv2_model], ids=["moe", "umv2"])
@@ -68,8 +83,14 @@ def test_sweep_writes_a_complete_bundle(make, tmp_path: Path) -> None:
     assert meta["model"]["name"] == cfg.name and meta["model"]["config"]["d_model"] == cfg.d_model
     assert [r["batch"] for r in meta["runs"]] == BATCHES and all(r["complete"] for r in meta["runs"])
     assert all(r["steps"] >= FAST["steps"] for r in meta["runs"])
-    assert meta["workload"] == {"phase": "decode", "context": 32, "dtype": "fp32", "input_ring": 4,
-                                "kv_mode": "fixed", "tokens_per_step": 1}
+    assert meta["workload"] == {
+        "phase": "decode",
+        "context": 32,
+        "dtype": "fp32",
+        "input_ring": 4,
+        "kv_mode": "fixed",
+        "tokens_per_step": 1,
+    }
     assert "ring of 4 distinct inputs" in meta["extra"]["inputs"]
     missing = " ".join(meta["missing"]).lower()
     assert "gpu" in missing and "nvml" in missing and "ncu" in missing
@@ -82,8 +103,11 @@ def test_sweep_writes_a_complete_bundle(make, tmp_path: Path) -> None:
 
     # every blockN.xxx name, for every batch and profiled step, with CPU time and ops inside
     layers = b.layers
-    names = {f"block{i}.{s}" for i in range(2) for s in
-             (("attn", "moe") if cfg.name == "tiny-moe" else ("attn", "ffn", "memory"))}
+    names = {
+        f"block{i}.{s}"
+        for i in range(2)
+        for s in (("attn", "moe") if cfg.name == "tiny-moe" else ("attn", "ffn", "memory"))
+    }
     for (batch, step), g in layers.groupby(["batch", "step"]):
         assert names <= set(g["layer"]), (batch, step)
         assert batch in BATCHES and step in (0, 1)
@@ -138,8 +162,9 @@ def test_crash_mid_sweep_keeps_finished_batches(tmp_path: Path, monkeypatch: pyt
     assert any("sweep stopped during batch 16" in m for m in b.meta["missing"])
 
 
-def test_cli_entry_exits_2_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_entry_exits_2_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     model_file = tmp_path / "tiny.yaml"
     model_file.write_text(yaml.safe_dump(moe_model().model_dump(mode="json")))
 
@@ -147,8 +172,20 @@ def test_cli_entry_exits_2_with_one_line(tmp_path: Path, monkeypatch: pytest.Mon
         raise KeyboardInterrupt
 
     monkeypatch.setattr(run, "profile_batch", interrupted)
-    rc = run.main([str(model_file), "--batches", "1,4", "-o", str(tmp_path / "b"), "--context", "16",
-                   "--dtype", "fp32", "--no-progress"])
+    rc = run.main(
+        [
+            str(model_file),
+            "--batches",
+            "1,4",
+            "-o",
+            str(tmp_path / "b"),
+            "--context",
+            "16",
+            "--dtype",
+            "fp32",
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "interrupted" in err[0]
     assert read_bundle(tmp_path / "b").partial  # readable, with no finished batch size
@@ -157,7 +194,8 @@ def test_cli_entry_exits_2_with_one_line(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_user_module_factory_with_hooked_layer_names(tmp_path: Path) -> None:
     src = tmp_path / "mymodel.py"
-    src.write_text(textwrap.dedent("""
+    src.write_text(
+        textwrap.dedent("""
         import torch.nn as nn
 
         class Block(nn.Module):
@@ -181,7 +219,8 @@ def test_user_module_factory_with_hooked_layer_names(tmp_path: Path) -> None:
 
         def build():
             return Net()
-    """))
+    """)
+    )
     out = profile(f"{src}:build", [1, 8], tmp_path / "b", input_shape="B,1,32", **FAST)
     b = read_bundle(out)
     assert b.meta["model"]["name"] == "mymodel" and not b.partial
@@ -226,8 +265,10 @@ def test_routing_cap_keeps_whole_steps_then_layers() -> None:
             rec.record(torch.tensor(idx).view(-1, 1))
         return rec
 
-    recs = {"block0.memory": recorder(100, [[1, 2, 3], [4, 5, 6]]),
-            "block1.memory": recorder(100, [[7, 8, 9], [1, 1, 1]])}
+    recs = {
+        "block0.memory": recorder(100, [[1, 2, 3], [4, 5, 6]]),
+        "block1.memory": recorder(100, [[7, 8, 9], [1, 1, 1]]),
+    }
     full, notes = routing_rows(2, recs, cap=100)
     assert len(full) == 3 + 3 + 3 + 1 and not notes
     assert full.loc[(full["step"] == 1) & (full["layer"] == "block1.memory"), "count"].tolist() == [3]
@@ -248,14 +289,22 @@ def test_ncu_pass_parses_batch_and_step(tmp_path: Path, monkeypatch: pytest.Monk
 
     def fake_run_ncu(argv, nvtx_include, *, log_file, timeout_s, env, cwd):
         seen.update(argv=argv, include=nvtx_include, env=env)
-        df = pd.DataFrame({
-            "kernel_id": [0, 1, 2], "kernel": ["gemm", "topk", "gemm"],
-            "nvtx_stack": ["measure/batch1/step0/block0.attn", "measure/batch1/step1/block0.moe",
-                           "measure/batch4/step0/block1.moe"],
-            "layer": ["block0.attn", "block0.moe", "block1.moe"],
-            "dram_bytes_read": [1e6, 2e3, 3e6], "dram_bytes_write": [1e3, 1e2, 1e3],
-            "duration_ns": [5e3, 1e3, 6e3], "l2_bytes": [2e6, 4e3, 5e6],
-        })
+        df = pd.DataFrame(
+            {
+                "kernel_id": [0, 1, 2],
+                "kernel": ["gemm", "topk", "gemm"],
+                "nvtx_stack": [
+                    "measure/batch1/step0/block0.attn",
+                    "measure/batch1/step1/block0.moe",
+                    "measure/batch4/step0/block1.moe",
+                ],
+                "layer": ["block0.attn", "block0.moe", "block1.moe"],
+                "dram_bytes_read": [1e6, 2e3, 3e6],
+                "dram_bytes_write": [1e3, 1e2, 1e3],
+                "duration_ns": [5e3, 1e3, 6e3],
+                "l2_bytes": [2e6, 4e3, 5e6],
+            }
+        )
         df.attrs["cache_mode"] = "flush-all"
         return df
 
@@ -275,8 +324,9 @@ def test_ncu_pass_parses_batch_and_step(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_ncu_requested_on_cpu_is_recorded_missing(tmp_path: Path) -> None:
-    out = profile_model(moe_model(), [2], output=tmp_path / "b", ncu=True, opcount=False,
-                        **{**FAST, "steady_seconds": 0.05})
+    out = profile_model(
+        moe_model(), [2], output=tmp_path / "b", ncu=True, opcount=False, **{**FAST, "steady_seconds": 0.05}
+    )
     missing = read_bundle(out).meta["missing"]
     assert "ncu: needs a CUDA device" in missing and not any("not requested" in m for m in missing)
 
@@ -292,7 +342,14 @@ def test_kineto_log_lines_silenced_only_around_our_profiling() -> None:
     )
     env = {k: v for k, v in os.environ.items() if k != "KINETO_LOG_LEVEL"}
     env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                          cwd=Path(__file__).resolve().parents[1], timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "profiler_start" not in proc.stderr and "profiler_stop" not in proc.stderr

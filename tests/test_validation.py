@@ -307,7 +307,7 @@ def test_sample_bundle_against_the_other_preset() -> None:
 def test_foreign_model_description_finds_its_preset() -> None:
     """An import may record the recording's own model description (not our schema): the preset whose
     shape numbers match it is chosen, and the other sample preset is not."""
-    from reports.validation import _foreign_fingerprint, _matches_foreign, _presets_matching
+    from reports.model_match import _foreign_fingerprint, _matches_foreign, _presets_matching
     from simulator.loading import load_model
 
     meta_file = ROOT / "traces" / "samples" / "h100-decode-2026-11-26" / "meta.json"

@@ -30,8 +30,10 @@ def main() -> None:
         runs = read_bundle(out).runs
         assert runs is not None
         for r in runs.itertuples():
-            print(f"{model:5s} batch {r.batch:4d}: {r.gpm_bytes_per_step / 1e6:10.2f} MB/step (GPM), "
-                  f"{r.kernel_time_ns_per_step / 1e3:9.1f} us kernel time/step")
+            print(
+                f"{model:5s} batch {r.batch:4d}: {r.gpm_bytes_per_step / 1e6:10.2f} MB/step (GPM), "
+                f"{r.kernel_time_ns_per_step / 1e3:9.1f} us kernel time/step"
+            )
         print(f"wrote {out.relative_to(Path.cwd()) if out.is_relative_to(Path.cwd()) else out}")
 
 

@@ -1,0 +1,86 @@
+"""Atomic file writes, used for every file reports/ writes (HTML, CSV, JSON, Parquet, calibration JSON).
+
+The content goes to a temp file in the destination's folder (`.NAME.XXXX.tmp`), is fsynced, then
+`os.replace`d onto the destination: a reader sees the old file or the whole new one, never a part, and
+a failed write leaves no temp file behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from simulator.errors import ConfigError
+
+# DataFrame -> file (or buffer), per format
+FRAME_WRITERS: dict[str, Callable[[pd.DataFrame, Any], None]] = {
+    "csv": lambda df, dest: df.to_csv(dest, index=False),
+    "json": lambda df, dest: df.to_json(dest, orient="records", indent=1),
+    "parquet": lambda df, dest: df.to_parquet(dest, index=False),
+}
+
+
+def require_folder(path: Path, label: str) -> None:
+    """ConfigError "{label}: folder F does not exist" unless the folder `path` goes into exists."""
+    if not path.parent.exists():
+        raise ConfigError(f"{label}: folder {path.parent} does not exist")
+
+
+def write_atomic(
+    path: str | Path, write: Callable[[str], None], *, mode: int | None = None, label: str | None = None
+) -> Path:
+    """`write(tmp)` fills a temp file next to `path`, which then replaces `path`; returns the path.
+
+    `mode`: permissions of the result (default: 0666 less the umask, as a plain `open` would give, so
+    reports and tables can be shared). `label`: an OSError becomes the ConfigError
+    "{label}: cannot write (reason)" (default: the OSError passes through).
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, mode if mode is not None else 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except OSError as exc:
+        if label is None:
+            raise
+        raise ConfigError(f"{label}: cannot write ({exc.strerror or exc})") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _umask() -> int:
+    current = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(current)
+    return current
+
+
+def write_text_atomic(
+    path: str | Path, text: str, *, mode: int | None = None, label: str | None = None
+) -> Path:
+    """UTF-8 text, written atomically (see `write_atomic`)."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    return write_atomic(path, write, mode=mode, label=label)
+
+
+def write_frame_atomic(df: pd.DataFrame, path: str | Path, fmt: str, *, label: str | None = None) -> Path:
+    """A DataFrame as csv, json (records) or parquet, without its index, written atomically."""
+    writer = FRAME_WRITERS[fmt]
+    return write_atomic(path, lambda tmp: writer(df, tmp), label=label)
