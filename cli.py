@@ -64,6 +64,17 @@ def parse_sizes(text: str, what: str) -> list[int]:
     return sorted(set(out))
 
 
+def _ordered_sizes(text: str) -> list[int]:
+    """'8,1,64' -> [8, 1, 64], order kept (one per trace)."""
+    try:
+        sizes = [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise ConfigError(f"--batch {text!r}: expected integers like 1,8,64") from None
+    if not sizes or min(sizes) < 1:
+        raise ConfigError(f"--batch {text!r}: sizes must be positive")
+    return sizes
+
+
 def parse_routing(text: str) -> dict:
     """'uniform' | 'zipf:1.2' | 'histogram:FILE'."""
     kind, _, arg = text.partition(":")
@@ -121,6 +132,18 @@ def _workload(
         )
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc, "workload")) from None
+
+
+def _scenario(wl) -> str:
+    """What a table's numbers assume, for its title (defaults left out)."""
+    parts = [wl.phase, f"weights {wl.weight_dtype}", f"KV {wl.kv_dtype}"]
+    if len(wl.context) == 1:
+        parts.insert(1, f"context {wl.context[0]}")
+    if wl.tp > 1 or wl.ep > 1:
+        parts.append(f"per device of tp {wl.tp} x ep {wl.ep} (global batch)")
+    if wl.routing.kind != "uniform":
+        parts.append(f"routing {wl.routing.kind}")
+    return ", ".join(parts)
 
 
 def _emit(df, fmt: str, output: Path | None, table_fn) -> None:
@@ -185,7 +208,7 @@ def simulate(
     df = run(cfg, hw, wl, per_layer=per_layer, efficiency=eff)
     from reports.tables import simulate_table
 
-    _emit(df, fmt, output, lambda: simulate_table(df, f"{cfg.name} on {hw.name}, {phase}"))
+    _emit(df, fmt, output, lambda: simulate_table(df, f"{cfg.name} on {hw.name}, {_scenario(wl)}"))
 
 
 @app.command()
@@ -215,7 +238,7 @@ def compare(
     hw = load_hardware(hardware)
     wl = _workload(batch, context, phase, weight_dtype, "bf16", kv_dtype, tp, ep, routing)
     cmp = compare_frame(run(cfgs, hw, wl))
-    title = f"{' vs '.join(c.name for c in cfgs)} on {hw.name}, {phase}, context {context}"
+    title = f"{' vs '.join(c.name for c in cfgs)} on {hw.name}, {_scenario(wl)}"
     _emit(cmp, fmt, output, lambda: compare_table(cmp, title))
 
 
@@ -235,18 +258,18 @@ def presets(
         table = Table(title=f"{k} presets", title_justify="left")
         table.add_column("name")
         table.add_column("description")
-        table.add_column("sources")
+        table.add_column("provenance tags")
         for p in list_presets(k):
-            table.add_row(p["name"], p.get("description", ""), p.get("sources", ""))
+            table.add_row(p["name"], p.get("description", ""), ", ".join(p.get("source_tags", [])))
         console.print(table)
 
 
 @app.command("import")
 def import_(
+    output: Annotated[Path, typer.Option("--output", "-o", help="bundle directory to write")],
     traces: Annotated[
         list[Path] | None, typer.Argument(help="kineto JSON traces (.json or .json.gz)")
     ] = None,
-    output: Annotated[Path, typer.Option("--output", "-o", help="bundle directory to write")] = Path("run"),
     nvml: Annotated[Path | None, typer.Option("--nvml", help="NVML/GPM timeline CSV")] = None,
     runs: Annotated[
         Path | None, typer.Option("--runs", help="JSON listing each trace's steady window")
@@ -262,7 +285,18 @@ def import_(
     ] = None,
     step_pattern: Annotated[str | None, typer.Option("--step-pattern", help="regex of step ranges")] = None,
     peak: Annotated[float | None, typer.Option("--peak-hbm-bps", help="theoretical HBM bytes/s")] = None,
-    batch: Annotated[str | None, typer.Option("--batch", help="batch size of each trace, in order")] = None,
+    batch: Annotated[
+        str | None, typer.Option("--batch", "-b", help="batch size of each trace, in order")
+    ] = None,
+    phase: Annotated[
+        str | None, typer.Option("--phase", help="decode or prefill (else the runs file's)")
+    ] = None,
+    context: Annotated[
+        int | None, typer.Option("--context", "-c", help="KV / prompt length (else the runs file's)")
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option("--dtype", help="bfloat16, float16, float32 (else the runs file's)")
+    ] = None,
 ) -> None:
     """Turn torch.profiler traces (and an NVML/GPM timeline) recorded elsewhere into a trace bundle."""
     from traces import import_traces
@@ -282,7 +316,8 @@ def import_(
         layer_pattern=layer_pattern,
         step_pattern=step_pattern,
         peak_hbm_Bps=peak,
-        batch=[int(b) for b in batch.split(",")] if batch else None,
+        batch=_ordered_sizes(batch) if batch else None,
+        workload={"phase": phase, "context": context, "dtype": dtype},
     )
     _print_bundle_summary(out)
 
@@ -292,7 +327,7 @@ def profile(
     model: Annotated[
         str, typer.Argument(help="preset, model file, HF config.json, or path/to/file.py:factory")
     ],
-    output: Annotated[Path, typer.Option("--output", "-o", help="bundle directory to write")] = Path("run"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="bundle directory to write")],
     batch: Batch = "1,8,64,512",
     phase: Phase = "decode",
     context: Annotated[
@@ -379,6 +414,9 @@ def validate(
     model: Annotated[
         str | None, typer.Option("--model", help="model to predict (default: the bundle's)")
     ] = None,
+    hardware: Annotated[
+        str | None, typer.Option("--hardware", "-H", help="hardware preset (default: the bundle's device)")
+    ] = None,
     output: Output = None,
     fmt: Annotated[str | None, typer.Option("--format", "-f", help="parquet or csv (with --output)")] = None,
     calibrate: Annotated[
@@ -388,7 +426,7 @@ def validate(
     """Predicted against measured bytes, time and distinct experts/rows, per layer and batch size."""
     from reports.validation import validate_run
 
-    result = validate_run(run_dir, model=model, output=output, fmt=fmt, console=console)
+    result = validate_run(run_dir, model=model, output=output, fmt=fmt, console=console, hardware=hardware)
     if output is not None:
         console.print(f"wrote validation tables to {output}")
     if calibrate is not None:

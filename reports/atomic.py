@@ -20,7 +20,7 @@ from simulator.errors import ConfigError
 # DataFrame -> file (or buffer), per format
 FRAME_WRITERS: dict[str, Callable[[pd.DataFrame, Any], None]] = {
     "csv": lambda df, dest: df.to_csv(dest, index=False),
-    "json": lambda df, dest: df.to_json(dest, orient="records", indent=1),
+    "json": lambda df, dest: df.to_json(dest, orient="records", indent=1, double_precision=15),
     "parquet": lambda df, dest: df.to_parquet(dest, index=False),
 }
 

@@ -115,16 +115,27 @@ def report_run(
 
     Models (preset names or files) are simulated per layer on `hardware` at `batches` (default: the
     bundles' batch sizes, else 1..256 in powers of 4) and `context` (default: the bundles' context, else
-    2048); every run folder is read and validated against its own recorded model and device.
+    2048); every run folder is read and validated against its own recorded model and device (on
+    `hardware` when no preset matches the recorded device).
     """
     from reports.measured import open_bundle
+    from reports.model_match import device_preset
     from reports.validation import validate
     from simulator.config import Workload
     from simulator.loading import load_hardware, load_model
     from simulator.sweep import compare
 
     bundles = [open_bundle(Path(d)) for d in run_dirs]
-    validations = [validate(b) for b in bundles]
+    # a run on a device no preset names (a CPU run, say) is predicted on `hardware`
+    validations = [
+        validate(
+            b,
+            hardware=None
+            if device_preset((b.meta.get("device") or {}).get("name"))
+            else load_hardware(hardware),
+        )
+        for b in bundles
+    ]
     sim = None
     if models:
         run_batches = sorted({int(b) for v in validations for b in v.steps["batch"]})

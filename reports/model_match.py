@@ -32,6 +32,37 @@ DEVICE_PRESETS: dict[str, str] = {
     "NVIDIA H100 80GB HBM3": "h100-sxm",
     "NVIDIA H100 SXM5 80GB": "h100-sxm",
 }
+# Device names as NVML/torch report them, matched by pattern when not listed exactly above
+# (first match wins, so the more specific patterns come first).
+DEVICE_PATTERNS: tuple[tuple[str, str], ...] = (
+    (r"H100.*PCIe", "h100-pcie"),
+    (r"H100", "h100-sxm"),
+    (r"H200", "h200"),
+    (r"GB200", "gb200"),
+    (r"B200", "b200"),
+    (r"A100.*PCIE.*40GB|A100-PCIE-40GB", "a100-pcie-40gb"),
+    (r"A100", "a100-sxm-80gb"),
+    (r"L40S", "l40s"),
+    (r"RTX 4090", "rtx-4090"),
+    (r"MI325X", "mi325x"),
+    (r"MI300X", "mi300x"),
+)
+
+
+def device_preset(name: str | None) -> str | None:
+    """The hardware preset for a recorded device name, or None."""
+    if not name:
+        return None
+    if name in DEVICE_PRESETS:
+        return DEVICE_PRESETS[name]
+    import re
+
+    for pattern, preset in DEVICE_PATTERNS:
+        if re.search(pattern, name, flags=re.IGNORECASE):
+            return preset
+    return None
+
+
 # torch dtype names as bundles record them -> simulator DType
 DTYPES: dict[str, str] = {
     "bfloat16": "bf16",
@@ -220,12 +251,11 @@ def resolve_hardware(bundle: Bundle, hardware: HardwareConfig | None) -> tuple[H
     dev_name = device.get("name")
     notes: list[str] = []
     if hardware is None:
-        preset = DEVICE_PRESETS.get(str(dev_name))
+        preset = device_preset(dev_name)
         if preset is None:
-            known = ", ".join(sorted(DEVICE_PRESETS))
             raise ConfigError(
-                f"bundle {bundle_label(bundle)}: device {dev_name!r} maps to no hardware preset "
-                f"(known: {known}); pass the hardware"
+                f"bundle {bundle_label(bundle)}: device {dev_name!r} maps to no hardware preset; "
+                "name one with --hardware (see memtraffic presets)"
             )
         from simulator.loading import load_hardware
 

@@ -39,9 +39,9 @@ def bandwidth(v: float) -> str:
 
 
 KEYS: list[Column] = [("batch", "batch", str), ("layer", "layer", str), ("kind", "kind", str)]
-ROOFLINE: Column = ("roofline", "pred_time_s", seconds)
-KERNELS: Column = ("kernels", "meas_kernel_s", seconds)
-ACHIEVED: list[Column] = [("achieved", "achieved_bw_Bps", bandwidth), ("of peak", "bw_share_of_peak", share)]
+ROOFLINE: Column = ("roofl.", "pred_time_s", seconds)
+KERNELS: Column = ("kern.", "meas_kernel_s", seconds)
+ACHIEVED: list[Column] = [("BW", "achieved_bw_Bps", bandwidth), ("of peak", "bw_share_of_peak", share)]
 
 LAYER_COLUMNS: list[Column] = [
     *KEYS,
@@ -75,7 +75,7 @@ def step_columns(levels: Sequence[str]) -> list[Column]:
     """Per-step columns for the prediction levels present."""
     return [
         KEYS[0],
-        *[(f"pred {lv}", f"pred_bytes_{lv}", si) for lv in levels],
+        ("pred ideal", "pred_bytes_ideal", si),  # naive/eager bytes are in the written tables
         ("GPM", "meas_bytes_gpm", si),
         ("ncu", "meas_bytes_ncu", si),
         *[(f"err {lv}", f"err_{lv}_pct", pct) for lv in levels],
@@ -98,11 +98,12 @@ def _finite_or_text(v: Any) -> bool:
 
 
 def rich_table(title: str, df: pd.DataFrame, cols: Sequence[Column]) -> Table:
-    """One rich table of `df`'s rows in the given columns."""
-    cols = [c for c in cols if c[1] in df]
+    """One rich table of `df`'s rows in the given columns; a column with no value at all (no ncu pass,
+    no GPM on a CPU run) is left out, so the table stays readable."""
+    cols = [c for c in cols if c[1] in df and df[c[1]].map(_finite_or_text).any()]
     t = Table(title=title, title_justify="left")
     for head, _, _ in cols:
-        t.add_column(head, justify="left" if head in LEFT else "right")
+        t.add_column(head, justify="left" if head in LEFT else "right", no_wrap=True)
     for _, r in df.iterrows():
         t.add_row(*[fmt(r[c]) if _finite_or_text(r[c]) else "-" for _, c, fmt in cols])
     return t

@@ -38,25 +38,14 @@ def seconds(value: float) -> str:
 def simulate_table(df: pd.DataFrame, title: str) -> Table:
     table = Table(title=title, title_justify="left")
     per_layer = (df["layer"] != "total").any()
-    cols = (
-        ["batch", "context"]
-        + (["layer"] if per_layer else [])
-        + [
-            "FLOPs",
-            "weights",
-            "act",
-            "KV read",
-            "KV write",
-            "total",
-            "AI",
-            "time",
-            "bound",
-        ]
-    )
+    cols = ["batch", "context"] + (["layer"] if per_layer else [])
+    cols += ["FLOPs", "weights", "act", "KV read", "KV write", "total", "AI", "time", "bound", "HBM held"]
     for c in cols:
         table.add_column(c, justify="left" if c in {"layer", "bound"} else "right")
     for r in df.itertuples(index=False):
         row = [str(r.batch), str(r.context)] + ([r.layer] if per_layer else [])
+        too_big = r.fits is not None and not pd.isna(r.fits) and not bool(r.fits)
+        held = si(r.memory_bytes) + (" (too big)" if too_big else "")
         row += [
             si(r.flops, "FLOP"),
             si(r.weight_bytes_ideal),
@@ -67,6 +56,7 @@ def simulate_table(df: pd.DataFrame, title: str) -> Table:
             f"{r.intensity:.3g}",
             seconds(r.time_s),
             r.bound,
+            held,
         ]
         table.add_row(*row)
     return table

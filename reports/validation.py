@@ -192,6 +192,7 @@ def validate_run(
     output: str | Path | None = None,
     fmt: str | None = None,
     console: Console | None = None,
+    hardware: str | Path | HardwareConfig | None = None,
 ) -> ValidationResult:
     """`memtraffic validate RUN_DIR [--model M] [--output FILE] [--format parquet|csv]` in one call:
     validate, print the tables, write them when asked. `model` is a preset name, a file or a config."""
@@ -200,7 +201,14 @@ def validate_run(
         from simulator.loading import load_model
 
         cfg = load_model(model)
-    result = validate(run_dir, model=cfg)  # type: ignore[arg-type]
+    hw = hardware
+    if isinstance(hardware, str | Path):
+        from simulator.loading import load_hardware
+
+        hw = load_hardware(hardware)
+    if fmt is not None and output is None:
+        raise ConfigError(f"--format {fmt} needs --output")
+    result = validate(run_dir, model=cfg, hardware=hw)  # type: ignore[arg-type]
     result.render(console)
     if output is not None:
         written = result.to_files(output, fmt)

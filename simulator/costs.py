@@ -107,6 +107,7 @@ class LayerCost:
     item_bytes: float = float("nan")  # bytes of one expert or memory row
     table_id: str | None = None  # shared value table this layer reads
     table_params: float = 0.0  # parameters of that table (counted once per model)
+    device_params: float | None = None  # parameters one device stores (default: params / tp)
     notes: list[str] = field(default_factory=list)
 
 

@@ -25,6 +25,8 @@ def load_histogram(path: str | Path | None) -> np.ndarray:
     missing = {"item", "count"} - set(df.columns)
     if missing:
         raise ConfigError(f"routing.histogram: {p} lacks column(s) {', '.join(sorted(missing))}")
+    if df.empty or df["count"].sum() <= 0:
+        raise ConfigError(f"routing.histogram: {p} has no selections (no rows, or all counts zero)")
     if (df["item"] < 0).any() or (df["count"] < 0).any():
         raise ConfigError(f"routing.histogram: {p} has negative item ids or counts")
     counts = df.groupby("item")["count"].sum()

@@ -14,6 +14,7 @@ import pandas as pd
 
 from simulator.config import MEMORY_KINDS, HardwareConfig, ModelConfig, Workload
 from simulator.costs import LayerCost, Points
+from simulator.errors import ConfigError
 from simulator.layers import attention, cost_function, embedding
 from simulator.roofline import roofline
 from simulator.routing import RoutingModel
@@ -49,6 +50,12 @@ COLUMNS: dict[str, str] = {
     "time_s": "roofline time per step: max(t_compute_s, t_memory_s), summed over layers",
     "time_naive_s": "roofline time with naive bytes",
     "bound": "compute or memory (for totals: the bound of the layers holding most of the time)",
+    "memory_bytes": "HBM one device must hold: its weights (shared tables once) and the KV cache",
+    "fits": "memory_bytes <= the hardware's HBM capacity (totals only)",
+    "tp": "tensor-parallel degree",
+    "ep": "expert-parallel degree",
+    "weight_dtype": "weight dtype",
+    "kv_dtype": "KV-cache dtype",
 }
 
 _SUMMED = (
@@ -116,6 +123,23 @@ def total_params(entries: Sequence[LayerEntry]) -> tuple[float, float]:
     return stored + sum(tables.values()), active
 
 
+def check_parallelism(model: ModelConfig, workload: Workload) -> None:
+    """Refuse splits the model cannot have: heads over tp ranks, experts over ep devices."""
+    first = 0
+    for block in model.blocks:
+        heads = block.attention.n_heads
+        if heads % workload.tp:
+            raise ConfigError(
+                f"--tp {workload.tp} does not divide the {heads} attention heads of block {first}"
+            )
+        for layer in block.ffn:
+            if layer.kind == "moe" and workload.ep > layer.n_experts:
+                raise ConfigError(
+                    f"--ep {workload.ep} exceeds the {layer.n_experts} experts of block {first}"
+                )
+        first += block.repeat
+
+
 def routing_model(workload: Workload) -> RoutingModel:
     spec = workload.routing
     if spec.kind == "uniform":
@@ -142,6 +166,7 @@ def simulate(
     (from `memtraffic simulate --calibration`); kinds not in it use 1.0 (pure roofline).
     Columns: see `COLUMNS`.
     """
+    check_parallelism(model, workload)
     points = Points.grid(workload, routing or routing_model(workload))
     entries = layer_entries(model, points)
     eff = dict(efficiency or {})
@@ -161,6 +186,13 @@ def simulate(
         row["bytes_naive"] = (
             row["weight_bytes_naive"] + row["act_bytes_naive"] + row["kv_read_bytes"] + row["kv_write_bytes"]
         )
+        resident_params = c.device_params if c.device_params is not None else c.params / workload.tp
+        kv_resident = (
+            row["kv_read_bytes"] + row["kv_write_bytes"]
+            if workload.phase == "decode"
+            else row["kv_write_bytes"]
+        )
+        row["memory_bytes"] = resident_params * points.b_w + kv_resident
         k_eff = eff.get(c.kind, 1.0)
         row.update(roofline(row["flops"], row["bytes_ideal"], hardware, dtype, k_eff))
         row["time_naive_s"] = roofline(row["flops"], row["bytes_naive"], hardware, dtype, k_eff)["time_s"]
@@ -171,8 +203,16 @@ def simulate(
         "model": model.name,
         "hardware": hardware.name,
         "phase": workload.phase,
+        "tp": workload.tp,
+        "ep": workload.ep,
+        "weight_dtype": workload.weight_dtype,
+        "kv_dtype": workload.kv_dtype,
     }
     totals = _totals(entries, per_entry, n)
+    # a shared table is stored once per device (sharded along its value dim over tp)
+    tables = {e.cost.table_id: e.cost.table_params for e in entries if e.cost.table_id is not None}
+    totals["memory_bytes"] = totals["memory_bytes"] + sum(tables.values()) * points.b_w / workload.tp
+    totals["fits"] = totals["memory_bytes"] <= hardware.hbm_capacity.value
     total_df = pd.DataFrame(
         {
             **base,
@@ -203,6 +243,7 @@ def _totals(entries: Sequence[LayerEntry], rows: Sequence[dict[str, np.ndarray]]
         k: np.zeros(n)
         for k in (
             *_SUMMED,
+            "memory_bytes",
             "bytes_ideal",
             "bytes_naive",
             "t_compute_s",
@@ -254,6 +295,7 @@ def _layer_frame(e: LayerEntry, row: dict[str, np.ndarray], points: Points, base
             "active_params": e.cost.active_params,
             **data,
             "bound": np.where(data["t_compute_s"] >= data["t_memory_s"], "compute", "memory"),
+            "fits": None,  # capacity is a property of the whole model on a device
         }
     )
 

@@ -152,3 +152,34 @@ def test_raw_trace_in_bundle_carries_counter_events() -> None:
     raw = sorted((MOE_BUNDLE / "raw").glob("*.json.gz"))[0]
     events = json.loads(gzip.decompress(raw.read_bytes()))["traceEvents"]
     assert any(e.get("ph") == "C" and "GPM" in e.get("name", "") for e in events)
+
+
+def test_cpu_run_validates_on_a_named_hardware(tmp_path: Path) -> None:
+    out = tmp_path / "cpu"
+    proc = run(
+        "profile", "h100-sample-moe", "-b", "1", "-c", "64", "--steps", "1", "--warmup", "1",
+        "--steady-seconds", "0.1", "--dtype", "fp32", "-o", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert_one_line_error(run("validate", str(out)), "--hardware")
+    proc = run("validate", str(out), "--hardware", "h100-sxm")
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_import_without_runs_file_takes_the_workload_from_options(tmp_path: Path) -> None:
+    out = tmp_path / "norun"
+    trace = SAMPLES / "kineto" / "umv2_decode_b8.json.gz"
+    proc = run(
+        "import", str(trace), "--model", "h100-sample-umv2", "--context", "1024", "--dtype", "bfloat16",
+        "--phase", "decode", "-o", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    meta = json.loads((out / "bundle.json").read_text())
+    assert meta["workload"]["context"] == 1024 and meta["runs"][0]["batch"] == 8  # batch from the name
+    assert run("validate", str(out)).returncode == 0
+
+
+def test_empty_routing_histogram(tmp_path: Path) -> None:
+    hist = tmp_path / "h.csv"
+    hist.write_text("item,count\n")
+    assert_one_line_error(run("simulate", "olmoe-1b-7b", "--routing", f"histogram:{hist}"), "no selections")

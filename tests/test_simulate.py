@@ -250,3 +250,24 @@ def test_prefill_logits_last_or_all() -> None:
     head_all = every[every["layer"] == "head"].iloc[0]["flops"]
     assert head_last == 2 * 50304 * 2048 * 2
     assert head_all == 2 * 50304 * 2048 * 2 * 512
+
+
+def test_resident_memory_and_capacity() -> None:
+    # weights held once (tied head adds none) + the KV cache of every sequence, against 80 GB of HBM
+    model = olmoe_like()
+    df = simulate(model, H100, Workload(batch=[1, 512], context=[4096]))
+    params = df["params"].iloc[0]
+    kv_per_token = 16 * 2 * 16 * 128 * 2
+    for _, r in df.iterrows():
+        expected = params * 2 + r["batch"] * (4096 + 1) * kv_per_token
+        assert r["memory_bytes"] == pytest.approx(expected, rel=1e-12)
+    assert list(df["fits"]) == [True, False]  # 512 x 4096 tokens of KV cache is 275 GB
+
+
+def test_parallel_degrees_that_do_not_fit_the_model_are_refused() -> None:
+    from simulator.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--tp 3 does not divide the 16 attention heads"):
+        simulate(olmoe_like(), H100, Workload(batch=[1], tp=3))
+    with pytest.raises(ConfigError, match="--ep 128 exceeds the 64 experts"):
+        simulate(olmoe_like(), H100, Workload(batch=[1], ep=128))

@@ -264,12 +264,14 @@ def import_traces(
     peak_hbm_Bps: float | None = None,
     batch: list[int] | None = None,
     model_config: dict[str, Any] | None = None,
+    workload: dict[str, Any] | None = None,
 ) -> Path:
     """Import kineto traces (one per batch size, one model) into a bundle at ``output``; returns it.
 
     ``model_config`` is the memtraffic model (a ``ModelConfig`` as a dict) the traces were recorded
     from; it becomes the bundle's model, so ``validate`` predicts the same shapes. What the runs file
-    says of the model is kept under ``extra.recorded_model``.
+    says of the model is kept under ``extra.recorded_model``. ``workload`` (phase, context, dtype) fills
+    or overrides what the runs file says of the run, so a bundle without a runs file can be validated.
 
     ``traces`` may be empty when ``runs`` lists them (then every run, or every run of ``model``).
     ``batch`` gives the batch sizes in the order of ``traces``. Without ``peak_hbm_Bps`` here or in the
@@ -278,11 +280,11 @@ def import_traces(
     runs_file = read_runs_file(Path(runs)) if runs is not None else None
     todo = _resolve_traces(list(traces), runs_file, model)
     if batch is not None and len(batch) != len(todo):
-        raise TraceError(f"batch= gives {len(batch)} sizes for {len(todo)} traces")
+        raise TraceError(f"--batch gives {len(batch)} sizes for {len(todo)} traces")
     models = sorted({s.model for _, s in todo if s is not None and s.model is not None})
     if model is None and len(models) > 1:
         raise TraceError(
-            f"traces of several models ({', '.join(models)}): import one model per bundle (model=)"
+            f"traces of several models ({', '.join(models)}): import one model per bundle (--runs-model)"
         )
     model_name = model if model is not None else (models[0] if models else None)
 
@@ -336,6 +338,14 @@ def import_traces(
     meta = _meta(
         imported, runs_file, model_name, timeline, nvml_name, peak, peak_source, layer_pattern, step_pattern
     )
+    meta["workload"].update({k: v for k, v in (workload or {}).items() if v is not None})
+    short = tables["runs"][tables["runs"]["window_s"] < 1.0]
+    if timeline is not None and len(short):
+        meta["missing"].append(
+            "gpm: measurement window under 1 s for batch "
+            + ", ".join(str(b) for b in short["batch"])
+            + " (GPM refreshes every ~100 ms and lags); give a runs file with steady windows of 1 s or more"
+        )
     if model_config is not None:
         meta["extra"]["recorded_model"] = meta["model"]
         meta["model"] = {"name": model_config.get("name"), "config": model_config}

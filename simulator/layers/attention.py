@@ -129,6 +129,7 @@ def cost(attn: AttentionConfig, model: ModelConfig, points: Points) -> LayerCost
     return LayerCost(
         kind="attention",
         params=params,
+        device_params=on_device,
         active_params=params,
         flops=2.0 * on_device * tokens + score_flops_per_pair(attn, points.phase) * pairs / tp,
         weight_bytes_ideal=weights,

@@ -66,4 +66,5 @@ def cost(layer: MoEConfig, model: ModelConfig, points: Points) -> LayerCost:
         items_requested=tokens * layer.top_k,
         comm_bytes=comm,
         item_bytes=expert * points.b_w,
+        device_params=-(-layer.n_experts // ep) * expert / tp + shared / tp + router,
     )
