@@ -187,23 +187,32 @@ class MoEConfig(Strict):
         return self
 
 
-class PKMConfig(Strict):
-    """Product-key memory (Lample et al. 2019): H heads, each picks top_k of n_keys^2 value rows."""
+class _ProductKeyTable(Strict):
+    """A table of n_keys^2 rows addressed by product keys; each of `heads` picks top_k rows."""
 
-    kind: Literal["pkm"] = "pkm"
     n_keys: PositiveInt = Field(description="sub-keys per side; rows = n_keys^2")
     heads: PositiveInt
     top_k: PositiveInt
-    key_dim: PositiveInt = Field(description="query dim per head (both halves together)")
-    value_dim: PositiveInt | None = Field(None, description="defaults to d_model")
-    shared_table: str | None = Field(None, description="layers naming the same table share its values")
-    query_batchnorm: bool = False
 
     @field_validator("top_k")
     @classmethod
     def _k_fits(cls, v: int, info: ValidationInfo) -> int:
         # top-k over each product-key side cannot pick more than that side has
         return _not_above(v, info, "top_k", "n_keys")
+
+    @property
+    def rows(self) -> int:
+        return self.n_keys**2
+
+
+class PKMConfig(_ProductKeyTable):
+    """Product-key memory (Lample et al. 2019): H heads, each picks top_k of n_keys^2 value rows."""
+
+    kind: Literal["pkm"] = "pkm"
+    key_dim: PositiveInt = Field(description="query dim per head (both halves together)")
+    value_dim: PositiveInt | None = Field(None, description="defaults to d_model")
+    shared_table: str | None = Field(None, description="layers naming the same table share its values")
+    query_batchnorm: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> PKMConfig:
@@ -211,76 +220,55 @@ class PKMConfig(Strict):
             raise ValueError(f"key_dim={self.key_dim} must be even (two halves)")
         return self
 
-    @property
-    def rows(self) -> int:
-        return self.n_keys**2
 
-
-class PEERConfig(Strict):
+class PEERConfig(_ProductKeyTable):
     """PEER (He 2024): n_keys^2 single-neuron experts (u_i, v_i), product-key retrieval per head."""
 
     kind: Literal["peer"] = "peer"
-    n_keys: PositiveInt
-    heads: PositiveInt
-    top_k: PositiveInt
     query_dim: PositiveInt = Field(description="per-half query dim d_q")
     activation: Activation = "gelu"
     shared_table: str | None = None
 
-    @field_validator("top_k")
-    @classmethod
-    def _k_fits(cls, v: int, info: ValidationInfo) -> int:
-        # top-k over each product-key side cannot pick more than that side has
-        return _not_above(v, info, "top_k", "n_keys")
 
-    @property
-    def rows(self) -> int:
-        return self.n_keys**2
-
-
-class MemoryPlusConfig(Strict):
+class MemoryPlusConfig(_ProductKeyTable):
     """Memory+ (Berges et al. 2024): PKM lookup into a (shared) table, SiLU-gated, output projection."""
 
     kind: Literal["memory_plus"] = "memory_plus"
-    n_keys: PositiveInt
-    heads: PositiveInt
-    top_k: PositiveInt
     key_dim: PositiveInt
     value_dim: PositiveInt | None = Field(None, description="defaults to d_model (the released code)")
     shared_table: str | None = "memory"
     gated: bool = Field(True, description="swilu: bag * SiLU(W_1 x) then W_o")
 
-    @field_validator("top_k")
-    @classmethod
-    def _k_fits(cls, v: int, info: ValidationInfo) -> int:
-        # top-k over each product-key side cannot pick more than that side has
-        return _not_above(v, info, "top_k", "n_keys")
 
-    @property
-    def rows(self) -> int:
-        return self.n_keys**2
+class _TuckerTable(Strict):
+    """Tucker-decomposed product-key retrieval (TDQKR) over knum^2 rows: UltraMem and UltraMemV2."""
 
-
-class UltraMemConfig(Strict):
-    """UltraMem (Huang et al., ICLR 2025): TDQKR, implicit value expansion, multi-core scoring."""
-
-    kind: Literal["ultramem"] = "ultramem"
-    knum: PositiveInt = Field(description="physical sub-keys per side; physical rows = knum^2")
+    knum: PositiveInt = Field(description="sub-keys per side; rows = knum^2")
     key_dim: PositiveInt = Field(description="D_k per side")
     rank: PositiveInt = Field(2, description="Tucker rank r")
     cores: PositiveInt = Field(2, description="multi-core scoring c")
-    heads: PositiveInt = 2
     top_m: PositiveInt
-    row_col_top: PositiveInt | None = Field(None, description="top rows/cols before the grid; default top_m")
     value_dim: PositiveInt
-    expansion: PositiveInt = Field(4, description="implicit value expansion E")
-    skip_span: Annotated[int, Field(ge=0)] = Field(0, description="output added this many blocks later")
 
     @field_validator("top_m")
     @classmethod
-    def _k_fits(cls, v: int, info: ValidationInfo) -> int:
-        # top-k over each product-key side cannot pick more than that side has
+    def _m_fits(cls, v: int, info: ValidationInfo) -> int:
+        # top-m over each side cannot pick more than that side has
         return _not_above(v, info, "top_m", "knum")
+
+    @property
+    def rows(self) -> int:
+        return self.knum**2
+
+
+class UltraMemConfig(_TuckerTable):
+    """UltraMem (Huang et al., ICLR 2025): TDQKR, implicit value expansion, multi-core scoring."""
+
+    kind: Literal["ultramem"] = "ultramem"
+    heads: PositiveInt = 2
+    row_col_top: PositiveInt | None = Field(None, description="top rows/cols before the grid; default top_m")
+    expansion: PositiveInt = Field(4, description="implicit value expansion E")
+    skip_span: Annotated[int, Field(ge=0)] = Field(0, description="output added this many blocks later")
 
     @model_validator(mode="after")
     def _check(self) -> UltraMemConfig:
@@ -296,34 +284,18 @@ class UltraMemConfig(Strict):
     def keys_per_side(self) -> int:
         return int(round(math.sqrt(self.expansion) * self.knum))
 
-    @property
-    def rows(self) -> int:
-        return self.knum**2
 
-
-class UltraMemV2Config(Strict):
+class UltraMemV2Config(_TuckerTable):
     """UltraMemV2 (ICLR 2026): pre-value rows, one value projector, memory layer in every block."""
 
     kind: Literal["ultramemv2"] = "ultramemv2"
-    knum: PositiveInt
-    key_dim: PositiveInt
-    rank: PositiveInt = 2
-    cores: PositiveInt = 2
     heads: PositiveInt = 1
-    top_m: PositiveInt
     row_col_top: PositiveInt | None = Field(None, description="m_rc; the paper caps it at 128")
-    value_dim: PositiveInt
     pre_value_dim: PositiveInt
     share_ratio: PositiveFloat | None = Field(
         None, description="ring-window sharing: layer window = share_ratio * table rows (None: knum^2)"
     )
     shared_table: str | None = Field("values", description="one table of knum^2 * L_m rows for the model")
-
-    @field_validator("top_m")
-    @classmethod
-    def _k_fits(cls, v: int, info: ValidationInfo) -> int:
-        # top-k over each product-key side cannot pick more than that side has
-        return _not_above(v, info, "top_m", "knum")
 
     @model_validator(mode="after")
     def _check(self) -> UltraMemV2Config:
