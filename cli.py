@@ -205,7 +205,7 @@ def simulate(
     hw = load_hardware(hardware)
     wl = _workload(batch, context, phase, weight_dtype, act_dtype, kv_dtype, tp, ep, routing, logits)
     eff = _calibration(calibration)
-    df = run(cfg, hw, wl, per_layer=per_layer, efficiency=eff)
+    df = run(cfg, hw, wl, per_layer=per_layer, efficiency=eff, overhead=getattr(eff, "overhead_s", None))
     from reports.tables import simulate_table
 
     _emit(df, fmt, output, lambda: simulate_table(df, f"{cfg.name} on {hw.name}, {_scenario(wl)}"))
@@ -222,10 +222,16 @@ def compare(
     output: Output = None,
     sets: Sets = None,
     weight_dtype: Annotated[str, typer.Option("--weight-dtype")] = "bf16",
+    act_dtype: Annotated[str, typer.Option("--act-dtype")] = "bf16",
     kv_dtype: Annotated[str, typer.Option("--kv-dtype")] = "bf16",
-    tp: Annotated[int, typer.Option("--tp")] = 1,
-    ep: Annotated[int, typer.Option("--ep")] = 1,
-    routing: Annotated[str, typer.Option("--routing")] = "uniform",
+    tp: Annotated[int, typer.Option("--tp", help="tensor-parallel degree")] = 1,
+    ep: Annotated[
+        int, typer.Option("--ep", help="expert-parallel degree (other layers data-parallel; global batch)")
+    ] = 1,
+    routing: Annotated[str, typer.Option("--routing", help="uniform, zipf:S or histogram:FILE")] = "uniform",
+    calibration: Annotated[
+        Path | None, typer.Option("--calibration", help="run dir or calibration JSON")
+    ] = None,
 ) -> None:
     """Weight bytes and time per step of several models side by side, with ratios to the first."""
     from reports.tables import compare_frame, compare_table
@@ -236,8 +242,9 @@ def compare(
         raise ConfigError("compare needs at least two models")
     cfgs = [load_model(m, sets or []) for m in models]
     hw = load_hardware(hardware)
-    wl = _workload(batch, context, phase, weight_dtype, "bf16", kv_dtype, tp, ep, routing)
-    cmp = compare_frame(run(cfgs, hw, wl))
+    wl = _workload(batch, context, phase, weight_dtype, act_dtype, kv_dtype, tp, ep, routing)
+    cal = _calibration(calibration)
+    cmp = compare_frame(run(cfgs, hw, wl, efficiency=cal, overhead=getattr(cal, "overhead_s", None)))
     title = f"{' vs '.join(c.name for c in cfgs)} on {hw.name}, {_scenario(wl)}"
     _emit(cmp, fmt, output, lambda: compare_table(cmp, title))
 
@@ -434,7 +441,11 @@ def validate(
 
         eff = fit_efficiency(result)
         save_calibration(calibrate, eff, {"bundle": str(run_dir)})
-        console.print(f"wrote calibration {calibrate}: " + ", ".join(f"{k} {v:.3f}" for k, v in eff.items()))
+        fixed = eff.overhead_s
+        console.print(
+            f"wrote calibration {calibrate}: "
+            + ", ".join(f"{k} {v:.3f} of peak + {fixed.get(k, 0) * 1e6:.1f} us" for k, v in eff.items())
+        )
 
 
 @app.command()
@@ -552,6 +563,7 @@ def _print_bundle_summary(path: Path) -> None:
 
 
 def _calibration(path: Path | None) -> dict[str, float] | None:
+    """The calibration (efficiency per kind; its `overhead_s` holds the fixed time per kind)."""
     if path is None:
         return None
     from reports.calibration import load_calibration

@@ -1,11 +1,13 @@
-"""Achieved-bandwidth efficiency per layer kind, fitted from a validation, saved and loaded as JSON.
+"""Per layer kind, a fitted time model from a validation, saved and loaded as JSON.
 
-efficiency(kind) = median over batch sizes of (predicted ideal bytes of the kind's layers / their measured
-kernel time) / peak HBM bandwidth, clipped to (0, 1.5]. `simulate(..., efficiency=load_calibration(x))`
-then divides each layer's ideal bytes by (bandwidth x efficiency of its kind). A value above 1 means the
-layer moved fewer bytes than predicted (L2 reuse, a tighter kernel), not that HBM ran faster than peak.
-The whole-step value ("step") uses the kernel-time sum per step; it is informational: `simulate` looks
-up layer kinds only.
+Each layer of a kind is modelled as measured kernel time = overhead + predicted ideal bytes /
+(peak HBM bandwidth x efficiency): a least-squares line through its (bytes, time) points over batch
+sizes, so a fixed cost that does not scale with bytes (kernel launches, small-kernel tails) is not
+mistaken for low bandwidth. When the bytes do not vary enough to fit a line (one batch size, or time
+not growing with bytes) the kind gets the median achieved share of peak and no overhead. Efficiency is
+clipped to (0, 1.5]; above 1 means the layer moved fewer bytes than predicted (L2 reuse), not that HBM ran
+faster than peak. `simulate(..., efficiency=cal, overhead=cal.overhead_s)` applies both; the whole-step
+value ("step", from the kernel-time sum per step) is informational.
 """
 
 from __future__ import annotations
@@ -28,20 +30,10 @@ if TYPE_CHECKING:
     from traces.bundle import Bundle
 
 CALIBRATION_FORMAT = "memtraffic-calibration"
-CALIBRATION_VERSION = 1
+CALIBRATION_VERSION = 2  # 2 added overhead_s; version 1 files (efficiency only) still load
 CALIBRATION_FILE = "calibration.json"  # looked up inside a run folder
 STEP_KEY = "step"
 MAX_EFFICIENCY = 1.5
-
-
-def efficiency_table(layers: pd.DataFrame, peak_Bps: float) -> pd.DataFrame:
-    """Per (kind, batch): summed predicted ideal bytes over summed kernel time, and its share of peak."""
-    df = layers.dropna(subset=["kind", "pred_bytes_ideal", "meas_kernel_s"])
-    df = df[df["meas_kernel_s"] > 0]
-    g = df.groupby(["kind", "batch"], sort=False)[["pred_bytes_ideal", "meas_kernel_s"]].sum().reset_index()
-    g["achieved_bw_Bps"] = g["pred_bytes_ideal"] / g["meas_kernel_s"]
-    g["efficiency"] = g["achieved_bw_Bps"] / peak_Bps
-    return g
 
 
 def _median_clipped(values: pd.Series) -> float | None:
@@ -52,28 +44,63 @@ def _median_clipped(values: pd.Series) -> float | None:
     return float(min(np.median(v), MAX_EFFICIENCY))
 
 
+class Calibration(dict[str, float]):
+    """Efficiency per layer kind (the dict itself) and the fitted fixed time per kind (`overhead_s`)."""
+
+    def __init__(self, efficiency: dict[str, float], overhead_s: dict[str, float] | None = None) -> None:
+        super().__init__(efficiency)
+        self.overhead_s: dict[str, float] = dict(overhead_s or {})
+
+
+def fit_kind(bytes_: np.ndarray, seconds: np.ndarray, peak_Bps: float) -> tuple[float, float] | None:
+    """(efficiency, overhead_s) of one kind from its (predicted bytes, measured seconds) points."""
+    ok = np.isfinite(bytes_) & np.isfinite(seconds) & (bytes_ > 0) & (seconds > 0)
+    x, t = bytes_[ok], seconds[ok]
+    if x.size == 0:
+        return None
+    ratio = x / t
+    proportional = np.ptp(ratio) <= 1e-9 * np.median(ratio)  # no fixed cost: the ratio is the answer
+    if not proportional and np.unique(x).size >= 2 and np.ptp(x) > 0.05 * x.max():
+        slope, intercept = np.polyfit(x, t, 1)
+        if intercept < 0:  # a negative fixed cost is no cost: refit through the origin
+            slope, intercept = float(x @ t / (x @ x)), 0.0
+        if slope > 0:
+            return min(1.0 / (slope * peak_Bps), MAX_EFFICIENCY), float(intercept)
+    median = _median_clipped(pd.Series(ratio / peak_Bps))
+    return None if median is None else (median, 0.0)
+
+
+def calibration_from_layers(layers: pd.DataFrame, peak_Bps: float) -> Calibration:
+    """Fit every kind from per-layer rows (kind, pred_bytes_ideal, meas_kernel_s) over batch sizes."""
+    df = layers.dropna(subset=["kind", "pred_bytes_ideal", "meas_kernel_s"])
+    eff: dict[str, float] = {}
+    overhead: dict[str, float] = {}
+    for kind, g in df.groupby("kind", sort=False):
+        fitted = fit_kind(
+            g["pred_bytes_ideal"].to_numpy(np.float64), g["meas_kernel_s"].to_numpy(np.float64), peak_Bps
+        )
+        if fitted is not None:
+            eff[str(kind)], overhead[str(kind)] = fitted
+    return Calibration(eff, overhead)
+
+
 def efficiency_from_layers(layers: pd.DataFrame, peak_Bps: float) -> dict[str, float]:
-    """Per layer kind: median over batch sizes of the achieved share of peak, clipped to (0, 1.5]."""
-    table = efficiency_table(layers, peak_Bps)
-    out: dict[str, float] = {}
-    for kind, g in table.groupby("kind", sort=False):
-        value = _median_clipped(g["efficiency"])
-        if value is not None:
-            out[str(kind)] = value
-    return out
+    """The efficiencies of `calibration_from_layers`, as a plain dict."""
+    return dict(calibration_from_layers(layers, peak_Bps))
 
 
-def fit_efficiency(result: ValidationResult) -> dict[str, float]:
-    """Efficiency per layer kind, plus "step" (whole step: predicted ideal bytes / kernel-time sum)."""
-    eff = efficiency_from_layers(result.layers, result.peak_Bps)
+def fit_efficiency(result: ValidationResult) -> Calibration:
+    """The calibration of a validation: per layer kind, plus "step" (whole step: predicted ideal bytes /
+    kernel-time sum, median over batch sizes; no overhead)."""
+    cal = calibration_from_layers(result.layers, result.peak_Bps)
     steps = result.steps
     if {"pred_bytes_ideal", "meas_kernel_s"} <= set(steps.columns):
         with np.errstate(divide="ignore", invalid="ignore"):
             per_batch = steps["pred_bytes_ideal"] / steps["meas_kernel_s"] / result.peak_Bps
         value = _median_clipped(per_batch)
         if value is not None:
-            eff[STEP_KEY] = value
-    return eff
+            cal[STEP_KEY] = value
+    return cal
 
 
 # ------------------------------------------------------------------------------------------ files
@@ -90,6 +117,7 @@ def save_calibration(path: str | Path, eff: dict[str, float], provenance: dict[s
         "version": CALIBRATION_VERSION,
         "created_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),  # noqa: UP017 (py3.10)
         "efficiency": _checked(eff, str(path)),
+        "overhead_s": dict(getattr(eff, "overhead_s", {})),
         "provenance": provenance,
     }
     return write_text_atomic(path, json.dumps(doc, indent=1, sort_keys=False, default=str) + "\n")
@@ -97,7 +125,7 @@ def save_calibration(path: str | Path, eff: dict[str, float], provenance: dict[s
 
 def load_calibration(
     path_or_bundle: str | Path | Bundle, hardware: HardwareConfig | None = None
-) -> dict[str, float]:
+) -> Calibration:
     """Efficiencies from a calibration JSON file, a folder holding calibration.json, or a trace bundle
     (object or folder without calibration.json: validated and fitted on the spot; `hardware` as in
     `validate`). Every failure is one ConfigError/TraceError line."""
@@ -123,15 +151,22 @@ def load_calibration(
         ) from None
     if not isinstance(doc, dict) or doc.get("format") != CALIBRATION_FORMAT:
         raise ConfigError(f"--calibration {path}: not a memtraffic calibration file")
-    if doc.get("version") != CALIBRATION_VERSION:
+    if doc.get("version") not in (1, CALIBRATION_VERSION):
         raise ConfigError(
             f"--calibration {path}: calibration version {doc.get('version')!r}, this memtraffic reads "
-            f"{CALIBRATION_VERSION}"
+            f"1 and {CALIBRATION_VERSION}"
         )
-    return _checked(doc.get("efficiency"), str(path))
+    overhead = doc.get("overhead_s") or {}
+    if not isinstance(overhead, dict) or not all(
+        isinstance(v, int | float) and math.isfinite(v) and v >= 0 for v in overhead.values()
+    ):
+        raise ConfigError(f"--calibration {path}: overhead_s must map layer kinds to seconds >= 0")
+    return Calibration(
+        _checked(doc.get("efficiency"), str(path)), {str(k): float(v) for k, v in overhead.items()}
+    )
 
 
-def _fit_bundle(bundle: Bundle, hardware: HardwareConfig | None) -> dict[str, float]:
+def _fit_bundle(bundle: Bundle, hardware: HardwareConfig | None) -> Calibration:
     from reports.validation import validate
 
     return fit_efficiency(validate(bundle, hardware=hardware, levels=("ideal", "naive")))

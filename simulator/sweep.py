@@ -47,7 +47,8 @@ COLUMNS: dict[str, str] = {
     "intensity": "FLOPs per ideal byte",
     "t_compute_s": "FLOPs / peak FLOP/s of the compute dtype",
     "t_memory_s": "ideal bytes / (HBM bandwidth x efficiency)",
-    "time_s": "roofline time per step: max(t_compute_s, t_memory_s), summed over layers",
+    "time_s": "roofline time per step: max(t_compute_s, t_memory_s) (+ calibrated fixed time per layer), "
+    "summed over layers",
     "time_naive_s": "roofline time with naive bytes",
     "bound": "compute or memory (for totals: the bound of the layers holding most of the time)",
     "memory_bytes": "HBM one device must hold: its weights (shared tables once) and the KV cache",
@@ -158,18 +159,21 @@ def simulate(
     per_layer: bool = False,
     efficiency: Mapping[str, float] | None = None,
     routing: RoutingModel | None = None,
+    overhead: Mapping[str, float] | None = None,
 ) -> pd.DataFrame:
     """FLOPs, bytes and roofline time per forward step for every (batch, context) of the workload.
 
     One row per point with the whole model (`layer == "total"`), plus, with `per_layer`, one row per
     layer and point. `efficiency` maps a layer kind to its achieved share of peak HBM bandwidth
-    (from `memtraffic simulate --calibration`); kinds not in it use 1.0 (pure roofline).
+    (from `memtraffic simulate --calibration`); kinds not in it use 1.0 (pure roofline). `overhead` maps a
+    kind to a fixed time per layer and step (launches, small-kernel tails) fitted with it.
     Columns: see `COLUMNS`.
     """
     check_parallelism(model, workload)
     points = Points.grid(workload, routing or routing_model(workload))
     entries = layer_entries(model, points)
     eff = dict(efficiency or {})
+    fixed_time = dict(overhead or {})
     dtype = workload.activation_dtype
     n = points.size
 
@@ -196,6 +200,9 @@ def simulate(
         k_eff = eff.get(c.kind, 1.0)
         row.update(roofline(row["flops"], row["bytes_ideal"], hardware, dtype, k_eff))
         row["time_naive_s"] = roofline(row["flops"], row["bytes_naive"], hardware, dtype, k_eff)["time_s"]
+        fixed = fixed_time.get(c.kind, 0.0)
+        row["time_s"] = row["time_s"] + fixed
+        row["time_naive_s"] = row["time_naive_s"] + fixed
         per_entry.append(row)
 
     stored, active = total_params(entries)
@@ -306,9 +313,13 @@ def compare(
     workload: Workload,
     per_layer: bool = False,
     efficiency: Mapping[str, float] | None = None,
+    overhead: Mapping[str, float] | None = None,
 ) -> pd.DataFrame:
     """`simulate` for several models on one GPU and workload, stacked."""
     return pd.concat(
-        [simulate(m, hardware, workload, per_layer=per_layer, efficiency=efficiency) for m in models],
+        [
+            simulate(m, hardware, workload, per_layer=per_layer, efficiency=efficiency, overhead=overhead)
+            for m in models
+        ],
         ignore_index=True,
     )

@@ -118,7 +118,7 @@ def step_charts(
     g["hover"] = g.apply(_hover_bytes, axis=1)
     charts = []
     for what, col, unit, ylabel in (
-        ("bytes", "bytes_ideal", "B", "HBM bytes per step (ideal)"),
+        ("bytes", "bytes_ideal", "B", "ideal HBM bytes per step"),
         ("time", "time_s", "s", "roofline time per step"),
     ):
         fig = go.Figure()
