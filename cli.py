@@ -99,6 +99,15 @@ Hardware = Annotated[str, typer.Option("--hardware", "-H", help="hardware preset
 Fmt = Annotated[str, typer.Option("--format", "-f", help="table, csv, json or parquet")]
 Output = Annotated[Path | None, typer.Option("--output", "-o", help="write the table to this file")]
 Sets = Annotated[list[str] | None, typer.Option("--set", help="override a model field: top_k=16, knum=1024")]
+WeightDtype = Annotated[str, typer.Option("--weight-dtype")]
+ActDtype = Annotated[str, typer.Option("--act-dtype")]
+KvDtype = Annotated[str, typer.Option("--kv-dtype")]
+TensorParallel = Annotated[int, typer.Option("--tp", help="tensor-parallel degree")]
+ExpertParallel = Annotated[
+    int, typer.Option("--ep", help="expert-parallel degree (other layers data-parallel; global batch)")
+]
+Routing = Annotated[str, typer.Option("--routing", help="uniform, zipf:S or histogram:FILE")]
+Calibration = Annotated[Path | None, typer.Option("--calibration", help="run dir or calibration JSON")]
 
 
 def _workload(
@@ -182,17 +191,13 @@ def simulate(
     fmt: Fmt = "table",
     output: Output = None,
     sets: Sets = None,
-    weight_dtype: Annotated[str, typer.Option("--weight-dtype")] = "bf16",
-    act_dtype: Annotated[str, typer.Option("--act-dtype")] = "bf16",
-    kv_dtype: Annotated[str, typer.Option("--kv-dtype")] = "bf16",
-    tp: Annotated[int, typer.Option("--tp", help="tensor-parallel degree")] = 1,
-    ep: Annotated[
-        int, typer.Option("--ep", help="expert-parallel degree (other layers data-parallel; global batch)")
-    ] = 1,
-    routing: Annotated[str, typer.Option("--routing", help="uniform, zipf:S or histogram:FILE")] = "uniform",
-    calibration: Annotated[
-        Path | None, typer.Option("--calibration", help="run dir or calibration JSON")
-    ] = None,
+    weight_dtype: WeightDtype = "bf16",
+    act_dtype: ActDtype = "bf16",
+    kv_dtype: KvDtype = "bf16",
+    tp: TensorParallel = 1,
+    ep: ExpertParallel = 1,
+    routing: Routing = "uniform",
+    calibration: Calibration = None,
     logits: Annotated[
         str, typer.Option("--logits", help="prefill: LM-head logits for the last position or all")
     ] = "last",
@@ -221,17 +226,13 @@ def compare(
     fmt: Fmt = "table",
     output: Output = None,
     sets: Sets = None,
-    weight_dtype: Annotated[str, typer.Option("--weight-dtype")] = "bf16",
-    act_dtype: Annotated[str, typer.Option("--act-dtype")] = "bf16",
-    kv_dtype: Annotated[str, typer.Option("--kv-dtype")] = "bf16",
-    tp: Annotated[int, typer.Option("--tp", help="tensor-parallel degree")] = 1,
-    ep: Annotated[
-        int, typer.Option("--ep", help="expert-parallel degree (other layers data-parallel; global batch)")
-    ] = 1,
-    routing: Annotated[str, typer.Option("--routing", help="uniform, zipf:S or histogram:FILE")] = "uniform",
-    calibration: Annotated[
-        Path | None, typer.Option("--calibration", help="run dir or calibration JSON")
-    ] = None,
+    weight_dtype: WeightDtype = "bf16",
+    act_dtype: ActDtype = "bf16",
+    kv_dtype: KvDtype = "bf16",
+    tp: TensorParallel = 1,
+    ep: ExpertParallel = 1,
+    routing: Routing = "uniform",
+    calibration: Calibration = None,
 ) -> None:
     """Weight bytes and time per step of several models side by side, with ratios to the first."""
     from reports.tables import compare_frame, compare_table
