@@ -13,7 +13,10 @@ from simulator.config import (
     ModelConfig,
     MoEConfig,
     UltraMemV2Config,
+    Workload,
 )
+from simulator.loading import load_hardware
+from simulator.sweep import simulate
 
 BF16 = 2
 D, L, HEADS, KV, HD, FF, VOCAB = 4096, 32, 32, 8, 128, 14336, 128256
@@ -93,3 +96,28 @@ def test_moe_and_memory_gathers_read_less_than_their_tables() -> None:
     requested = 2 * 128 * row_bytes  # T x top-m rows
     assert requested <= gathers["bytes_read"].sum() < requested * 1.1
     assert gathers["bytes_read"].sum() < table_bytes / 100
+
+
+def test_sliding_window_decode_reads_only_the_window() -> None:
+    """Mistral-7B-like shapes, window 4096 over a 16k context: each layer's fused SDPA reads the query
+    and the 4096 newest K/V entries (hand count), which is the KV read the simulator charges."""
+    window, ctx, b = 4096, 16384, 2
+    attn = AttentionConfig(kind="gqa", n_heads=HEADS, n_kv_heads=KV, head_dim=HD, sliding_window=window)
+    cfg = ModelConfig(
+        name="mistral-like",
+        d_model=D,
+        vocab_size=32000,
+        blocks=[BlockConfig(repeat=2, attention=attn, ffn=[DenseFFNConfig(d_ff=FF)])],
+    )
+    ops = count_model(cfg, batch=b, context=ctx)
+    sdpa = ops[ops["op"] == SDPA_OP]
+    kv_bytes = b * window * 2 * KV * HD * BF16
+    q_bytes = b * HEADS * HD * BF16
+    assert len(sdpa) == 2
+    assert (sdpa["bytes_read"] == q_bytes + kv_bytes).all()
+
+    frame = simulate(
+        cfg, load_hardware("h100-sxm"), Workload(phase="decode", batch=[b], context=[ctx]), per_layer=True
+    )
+    predicted = frame[frame["layer"] == "block0.attn"]["kv_read_bytes"].iloc[0]
+    assert predicted == kv_bytes

@@ -166,6 +166,69 @@ def test_attention_prefill_causal() -> None:
             torch.testing.assert_close(got[i, p].double(), lin(attn.o_proj, torch.cat(outs)), **TOL)
 
 
+def test_attention_sliding_window_decode() -> None:
+    """Window 3 over a context of 7: the cache is a rolling buffer of 3 entries; an append step attends
+    over the newest 3 of them, its own K/V included."""
+    cfg = AttentionConfig(kind="gqa", n_heads=4, n_kv_heads=2, head_dim=8, sliding_window=3)
+    attn = randomize_(Attention(cfg, D, kv_mode="append", append_headroom=2))
+    b, s, w = 2, 7, 3
+    attn.setup_cache(b, s)
+    assert attn.k_cache.shape == (b, 2, w + 2, 8)  # window + headroom, not context + headroom
+    k0, v0 = attn.k_cache.clone(), attn.v_cache.clone()
+    x = torch.randn(b, 1, D)
+    got = attn(x)
+    for i in range(b):
+        xi = w64(x[i, 0])
+        q = lin(attn.q_proj, xi).view(4, 8)
+        k_new, v_new = lin(attn.k_proj, xi).view(2, 8), lin(attn.v_proj, xi).view(2, 8)
+        outs = []
+        for h in range(4):
+            g = h // 2
+            keys = [w64(k0[i, g, j]) for j in (1, 2)] + [k_new[g]]  # entry 0 fell out of the window
+            vals = [w64(v0[i, g, j]) for j in (1, 2)] + [v_new[g]]
+            outs.append(attend(q[h], keys, vals, 8**-0.5))
+        torch.testing.assert_close(got[i, 0].double(), lin(attn.o_proj, torch.cat(outs)), **TOL)
+
+    fixed = Attention(cfg, D, kv_mode="fixed")
+    fixed.load_state_dict(attn.state_dict())
+    fixed.setup_cache(b, s)
+    assert fixed.k_cache.shape == (b, 2, w, 8)
+    kc, vc = fixed.k_cache.clone(), fixed.v_cache.clone()
+    got = fixed(x)
+    for i in range(b):
+        q = lin(fixed.q_proj, w64(x[i, 0])).view(4, 8)
+        outs = [
+            attend(
+                q[h],
+                [w64(kc[i, h // 2, j]) for j in range(w)],
+                [w64(vc[i, h // 2, j]) for j in range(w)],
+                8**-0.5,
+            )
+            for h in range(4)
+        ]
+        torch.testing.assert_close(got[i, 0].double(), lin(fixed.o_proj, torch.cat(outs)), **TOL)
+
+
+@pytest.mark.parametrize("window", [2, 5, 9])
+def test_attention_prefill_sliding_window(window: int) -> None:
+    """Query p attends to keys max(0, p - window + 1)..p (a window as long as the prompt is plain causal)."""
+    cfg = AttentionConfig(kind="mha", n_heads=2, n_kv_heads=2, head_dim=8, sliding_window=window)
+    attn = randomize_(Attention(cfg, D, phase="prefill"))
+    t = 6
+    x = torch.randn(1, t, D)
+    got = attn(x)
+    qs = [lin(attn.q_proj, w64(x[0, p])).view(2, 8) for p in range(t)]
+    ks = [lin(attn.k_proj, w64(x[0, p])).view(2, 8) for p in range(t)]
+    vs = [lin(attn.v_proj, w64(x[0, p])).view(2, 8) for p in range(t)]
+    for p in range(t):
+        lo = max(0, p - window + 1)
+        outs = [
+            attend(qs[p][h], [k[h] for k in ks[lo : p + 1]], [v[h] for v in vs[lo : p + 1]], 8**-0.5)
+            for h in range(2)
+        ]
+        torch.testing.assert_close(got[0, p].double(), lin(attn.o_proj, torch.cat(outs)), **TOL)
+
+
 def _mla_reference(attn: MLAAttention, x: torch.Tensor, latents: list[torch.Tensor]) -> torch.Tensor:
     """Non-absorbed MLA for one token over cached latent rows [c | k_rope]: per position, per head,
     expand the latent with W_UK / W_UV and attend."""

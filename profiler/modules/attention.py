@@ -7,6 +7,11 @@ Decode reads a preallocated cache of `context` entries per sequence. Two cache m
   up the length falls back to `context` (shapes stay bounded over a long steady loop).
 Prefill is causal self-attention over the prompt; it does not keep a cache. No rotary embedding is
 applied (it moves no weights and little data).
+
+A sliding window of W keys (Mistral, Qwen's upper layers) bounds what a query sees: in prefill, query i
+attends to keys i-W+1..i (a banded causal mask); in decode, the cache is a rolling buffer of
+min(context, W) entries, as in Mistral's reference code, and a step attends over its last W entries.
+That is the KV reach the simulator charges.
 """
 
 from __future__ import annotations
@@ -44,8 +49,9 @@ class _CachedAttention(nn.Module):
         self.phase = phase
         self.kv_mode = kv_mode
         self.append_headroom = append_headroom
+        self.window = cfg.sliding_window
         self.context = 0
-        self.length = 0  # entries currently attended over (append mode grows it)
+        self.length = 0  # entries currently held (append mode grows it)
         self._build(cfg, d_model, factory_kwargs(device, dtype))
 
     def _build(self, cfg: AttentionConfig, d_model: int, f: dict[str, object]) -> None:
@@ -55,10 +61,12 @@ class _CachedAttention(nn.Module):
         raise NotImplementedError
 
     def setup_cache(self, batch: int, context: int, fill: str = "randn") -> None:
-        """Allocate (decode) the cache for `batch` sequences of `context` entries; prefill frees it."""
+        """Allocate (decode) the cache for `batch` sequences of `context` entries (at most the sliding
+        window: older entries are out of reach); prefill frees it."""
         for name in self._cache_shapes(1, 1):
             setattr(self, name, None)
-        self.context = self.length = int(context)
+        context = int(context) if self.window is None else min(int(context), self.window)
+        self.context = self.length = context
         if self.phase != "decode":
             return
         capacity = context + (self.append_headroom if self.kv_mode == "append" else 0)
@@ -71,14 +79,38 @@ class _CachedAttention(nn.Module):
                 buf.zero_()
             setattr(self, name, buf)
 
-    def _advance(self, tokens: int) -> tuple[int, int]:
-        """(write position, attended length) for an append step; wraps back to `context` when full."""
+    def _advance(self, tokens: int) -> tuple[int, slice]:
+        """(write position, attended entries) for an append step; wraps back to `context` when full."""
         cache = getattr(self, next(iter(self._cache_shapes(1, 1))))
         if self.length + tokens > cache.shape[-2]:
             self.length = self.context
         pos = self.length
         self.length += tokens
-        return pos, self.length
+        start = 0 if self.window is None else max(0, self.length - self.window)
+        return pos, slice(start, self.length)
+
+    def _prefill_mask(self, t: int, device: torch.device) -> torch.Tensor | None:
+        """The banded causal mask (True = attend) when the window is shorter than the prompt, else None
+        (plain causal attention, which every SDPA backend runs without a mask tensor)."""
+        if self.window is None or self.window >= t:
+            return None
+        i = torch.arange(t, device=device)
+        offset = i[:, None] - i[None, :]
+        return (offset >= 0) & (offset < self.window)
+
+    def _prefill_sdpa(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: object
+    ) -> torch.Tensor:
+        t = q.shape[-2]
+        mask = self._prefill_mask(t, q.device)
+        return F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=mask is None and t > 1,
+            **kwargs,  # type: ignore[arg-type]
+        )
 
     def _check_cache(self, batch: int) -> torch.Tensor:
         cache = getattr(self, next(iter(self._cache_shapes(1, 1))), None)
@@ -116,17 +148,17 @@ class Attention(_CachedAttention):
         v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         gqa = self.n_kv != self.n_heads
         if self.phase == "prefill":
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1, enable_gqa=gqa)
+            out = self._prefill_sdpa(q, k, v, enable_gqa=gqa)
         else:
             self._check_cache(b)
             assert self.k_cache is not None and self.v_cache is not None
             if self.kv_mode == "fixed":
                 keys, values = self.k_cache, self.v_cache
             else:
-                pos, length = self._advance(t)
+                pos, reach = self._advance(t)
                 self.k_cache[:, :, pos : pos + t].copy_(k)
                 self.v_cache[:, :, pos : pos + t].copy_(v)
-                keys, values = self.k_cache[:, :, :length], self.v_cache[:, :, :length]
+                keys, values = self.k_cache[:, :, reach], self.v_cache[:, :, reach]
             # speculative tokens of one step would need a causal tail mask; decode steps have t == 1
             out = grouped_decode_attention(q, keys, values)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
@@ -193,16 +225,16 @@ class MLAAttention(_CachedAttention):
             k = torch.cat([kv[..., : self.nope], k_rope], dim=-1).transpose(1, 2)
             v = kv[..., self.nope :].transpose(1, 2)
             q = torch.cat([q_nope, q_rope], dim=-1).transpose(1, 2)
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1, scale=self.scale)
+            out = self._prefill_sdpa(q, k, v, scale=self.scale)
             return self.wo(out.transpose(1, 2).reshape(b, t, self.n_heads * self.vdim))
         self._check_cache(b)
         assert self.kv_cache is not None
         if self.kv_mode == "fixed":
             rows = self.kv_cache
         else:
-            pos, length = self._advance(t)
+            pos, reach = self._advance(t)
             self.kv_cache[:, pos : pos + t].copy_(latent)
-            rows = self.kv_cache[:, :length]
+            rows = self.kv_cache[:, reach]
         # absorbed: q_lat = q_nope W_UK per head; scores over [latent | rope key] rows, one KV head
         q_lat = torch.einsum("bthn,hnc->bhtc", q_nope, w_uk)
         q = torch.cat([q_lat, q_rope.transpose(1, 2)], dim=-1)  # (b, h, t, c + rope)
