@@ -108,7 +108,16 @@ class LayerCost:
     table_id: str | None = None  # shared value table this layer reads
     table_params: float = 0.0  # parameters of that table (counted once per model)
     device_params: float | None = None  # parameters one device stores (default: params / tp)
+    act_peak_bytes: Array | None = None  # see peak_activations
     notes: list[str] = field(default_factory=list)
+
+    def peak_activations(self) -> Array:
+        """Activation bytes alive at once at the layer's peak, per device. Unless the family sets
+        `act_peak_bytes`: the input, the output and each unfused intermediate once, i.e. the mean of the
+        ideal and naive activation bytes (naive writes and reads every intermediate once)."""
+        if self.act_peak_bytes is not None:
+            return self.act_peak_bytes
+        return (self.act_bytes_ideal + self.act_bytes_naive) / 2.0
 
 
 def split_weights(params: float, degree: int) -> float:

@@ -51,7 +51,10 @@ COLUMNS: dict[str, str] = {
     "summed over layers",
     "time_naive_s": "roofline time with naive bytes",
     "bound": "compute or memory (for totals: the bound of the layers holding most of the time)",
-    "memory_bytes": "HBM one device must hold: its weights (shared tables once) and the KV cache",
+    "act_peak_bytes": "activation bytes alive at once at the layer's peak (input, output, intermediates "
+    "once; no attention score matrix); for totals the largest layer's",
+    "memory_bytes": "HBM one device must hold: its weights (shared tables once), the KV cache and the "
+    "largest layer's peak activations",
     "fits": "memory_bytes <= the hardware's HBM capacity (totals only)",
     "tp": "tensor-parallel degree",
     "ep": "expert-parallel degree",
@@ -196,7 +199,8 @@ def simulate(
             if workload.phase == "decode"
             else row["kv_write_bytes"]
         )
-        row["memory_bytes"] = resident_params * points.b_w + kv_resident
+        row["act_peak_bytes"] = np.broadcast_to(np.asarray(c.peak_activations(), dtype=np.float64), (n,))
+        row["memory_bytes"] = resident_params * points.b_w + kv_resident + row["act_peak_bytes"]
         k_eff = eff.get(c.kind, 1.0)
         row.update(roofline(row["flops"], row["bytes_ideal"], hardware, dtype, k_eff))
         row["time_naive_s"] = roofline(row["flops"], row["bytes_naive"], hardware, dtype, k_eff)["time_s"]
@@ -263,10 +267,14 @@ def _totals(entries: Sequence[LayerEntry], rows: Sequence[dict[str, np.ndarray]]
     requested = np.zeros(n)
     sparse = False
     compute_time = np.zeros(n)
+    act_peak = np.zeros(n)
     for e, row in zip(entries, rows, strict=True):
         mult = max(len(e.blocks), 1)
         for k in acc:
             acc[k] += row[k] * mult
+        # layers run one after another: weights and KV add up, activations are reused (largest one held)
+        acc["memory_bytes"] -= row["act_peak_bytes"] * mult
+        act_peak = np.maximum(act_peak, row["act_peak_bytes"])
         if not np.all(np.isnan(row["distinct_items"])):
             sparse = True
             distinct += np.nan_to_num(row["distinct_items"]) * mult
@@ -274,8 +282,10 @@ def _totals(entries: Sequence[LayerEntry], rows: Sequence[dict[str, np.ndarray]]
         compute_time += np.where(row["t_compute_s"] >= row["t_memory_s"], row["time_s"], 0.0) * mult
     with np.errstate(divide="ignore", invalid="ignore"):
         intensity = acc["flops"] / acc["bytes_ideal"]
+    acc["memory_bytes"] += act_peak
     return {
         **acc,
+        "act_peak_bytes": act_peak,
         "distinct_items": distinct if sparse else np.full(n, np.nan),
         "items_requested": requested if sparse else np.full(n, np.nan),
         "intensity": intensity,

@@ -253,15 +253,52 @@ def test_prefill_logits_last_or_all() -> None:
 
 
 def test_resident_memory_and_capacity() -> None:
-    # weights held once (tied head adds none) + the KV cache of every sequence, against 80 GB of HBM
+    # weights held once (tied head adds none) + the KV cache of every sequence + the largest layer's
+    # activations, against 80 GB of HBM. In decode the largest is the head: per token the hidden state
+    # (bf16), the bf16 logits and their fp32 upcast.
     model = olmoe_like()
     df = simulate(model, H100, Workload(batch=[1, 512], context=[4096]))
     params = df["params"].iloc[0]
     kv_per_token = 16 * 2 * 16 * 128 * 2
+    head_peak_per_token = 2048 * 2 + 50304 * (2 + 4)
     for _, r in df.iterrows():
-        expected = params * 2 + r["batch"] * (4096 + 1) * kv_per_token
+        assert r["act_peak_bytes"] == pytest.approx(r["batch"] * head_peak_per_token, rel=1e-12)
+        expected = params * 2 + r["batch"] * (4096 + 1) * kv_per_token + r["batch"] * head_peak_per_token
         assert r["memory_bytes"] == pytest.approx(expected, rel=1e-12)
     assert list(df["fits"]) == [True, False]  # 512 x 4096 tokens of KV cache is 275 GB
+
+
+def test_prefill_activation_peak_holds_no_attention_scores() -> None:
+    # Llama-like prefill of 8 x 8192 tokens: the attention layer holds x, y, q, k, v and its output
+    # (GQA 32/8 heads of 128), never the 8 x 32 x 8192^2 score matrix (34 GB in bf16) that the naive
+    # level moves; the gated FFN holds x, y and gate, up and their product (3 x 14336 per token).
+    model = ModelConfig.model_validate(
+        {
+            "name": "llama-like",
+            "d_model": 4096,
+            "vocab_size": 128256,
+            "blocks": [
+                {
+                    "repeat": 2,
+                    "attention": {"kind": "gqa", "n_heads": 32, "n_kv_heads": 8, "head_dim": 128},
+                    "ffn": [{"kind": "dense", "d_ff": 14336}],
+                }
+            ],
+        }
+    )
+    tokens = 8 * 8192
+    df = simulate(model, H100, Workload(phase="prefill", batch=[8], context=[8192]), per_layer=True)
+    by_layer = df.set_index("layer")
+    attn_peak = tokens * (2 * 4096 + 32 * 128 + 2 * 8 * 128 + 32 * 128) * 2
+    ffn_peak = tokens * (2 * 4096 + 3 * 14336) * 2
+    assert by_layer.loc["block0.attn", "act_peak_bytes"] == pytest.approx(attn_peak, rel=1e-12)
+    assert by_layer.loc["block0.ffn", "act_peak_bytes"] == pytest.approx(ffn_peak, rel=1e-12)
+    assert by_layer.loc["block0.attn", "act_bytes_naive"] > 30e9  # the score matrix the peak leaves out
+    total = by_layer.loc["total"]
+    assert total["act_peak_bytes"] == pytest.approx(ffn_peak, rel=1e-12)  # the largest layer, not a sum
+    weights = total["params"] * 2
+    kv = 2 * tokens * 2 * 8 * 128 * 2
+    assert total["memory_bytes"] == pytest.approx(weights + kv + ffn_peak, rel=1e-12)
 
 
 def test_parallel_degrees_that_do_not_fit_the_model_are_refused() -> None:
@@ -271,3 +308,14 @@ def test_parallel_degrees_that_do_not_fit_the_model_are_refused() -> None:
         simulate(olmoe_like(), H100, Workload(batch=[1], tp=3))
     with pytest.raises(ConfigError, match="--ep 128 exceeds the 64 experts"):
         simulate(olmoe_like(), H100, Workload(batch=[1], ep=128))
+
+
+def test_moe_activation_peak_is_a_fused_kernels_workspace() -> None:
+    # OLMoE-like prefill, 2 x 512 tokens, top-8 of 64 SwiGLU experts of 1024: per token copy the
+    # dispatched x, gate/up/product and the expert output; per token x, y and 64 fp32 router logits
+    df = simulate(olmoe_like(1), H100, Workload(phase="prefill", batch=[2], context=[512]), per_layer=True)
+    moe = df[df["layer"] == "block0.moe"].iloc[0]
+    tokens = 1024
+    copies = tokens * 8 * (2048 + 3 * 1024 + 2048) * 2
+    per_token = tokens * (2 * 2048 * 2 + 64 * 4)
+    assert moe["act_peak_bytes"] == pytest.approx(copies + per_token, rel=1e-12)

@@ -126,6 +126,9 @@ def cost(attn: AttentionConfig, model: ModelConfig, points: Points) -> LayerCost
     )
     weights = points.full(on_device * points.b_w)
     nan = points.full(np.nan)
+    # live at the peak: x, y and the per-rank q/k/v and attention output; SDPA kernels keep the scores
+    # on chip, so unlike act_naive no score matrix is held
+    act_peak = tokens * (2 * d + (qkv_elems + h * v) / tp) * points.b_a
     return LayerCost(
         kind="attention",
         params=params,
@@ -141,4 +144,5 @@ def cost(attn: AttentionConfig, model: ModelConfig, points: Points) -> LayerCost
         distinct_items=nan,
         items_requested=nan.copy(),
         comm_bytes=allreduce_bytes(tokens, d, points.b_a, tp),
+        act_peak_bytes=act_peak,
     )

@@ -15,11 +15,16 @@ def ffn_params(d_model: int, d_ff: int, activation: str, bias: bool = False) -> 
     return float(mats * d_model * d_ff + extra)
 
 
+def hidden_elements(d_ff: int, activation: str) -> int:
+    """Hidden activation elements per token of an unfused FFN: h and act(h), or gate, up and their
+    product when gated (what it writes and reads back, and what is alive at once)."""
+    return 3 * d_ff if activation in GATED else 2 * d_ff
+
+
 def ffn_naive_act_elements(d_model: int, d_ff: int, activation: str) -> float:
     """Activation elements per token an unfused FFN moves through HBM (section 3 table):
     read x, write/read the hidden (two halves when gated), write y."""
-    hidden = 3 * d_ff if activation in GATED else 2 * d_ff
-    return float(d_model + hidden + d_model)
+    return float(d_model + hidden_elements(d_ff, activation) + d_model)
 
 
 def cost(layer: DenseFFNConfig, model: ModelConfig, points: Points) -> LayerCost:
@@ -42,4 +47,8 @@ def cost(layer: DenseFFNConfig, model: ModelConfig, points: Points) -> LayerCost
         distinct_items=nan,
         items_requested=nan.copy(),
         comm_bytes=allreduce_bytes(tokens, d, points.b_a, points.tp),
+        # x and y, plus the per-rank hidden: h and act(h), or gate, up and their product when gated
+        act_peak_bytes=tokens
+        * (2 * d + hidden_elements(layer.d_ff, layer.activation) / points.tp)
+        * points.b_a,
     )

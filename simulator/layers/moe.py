@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from simulator.config import GATED, ModelConfig, MoEConfig
 from simulator.costs import LayerCost, Points, allreduce_bytes
-from simulator.layers.dense import ffn_params
+from simulator.layers.dense import ffn_params, hidden_elements
 from simulator.routing import expected_max_distinct_per_device, expected_max_load
 
 
@@ -47,6 +47,12 @@ def cost(layer: MoEConfig, model: ModelConfig, points: Points) -> LayerCost:
     per_token = 2 * d + ((gate_mats + 1) * layer.shared_ffn + d if layer.shared_ffn else 0)
     act_naive = (pairs * per_copy + rank_tokens * per_token) * points.b_a
     act_naive = act_naive + rank_tokens * layer.n_experts * 4.0  # fp32 router logits
+    # alive at once (as a fused MoE kernel's workspace): per token copy the dispatched x, the expert
+    # hidden and the expert output; per token x, y, the shared hidden and the fp32 router logits
+    hidden = hidden_elements(layer.expert_ffn, layer.activation)
+    shared_hidden = hidden_elements(layer.shared_ffn, layer.activation) if layer.shared_ffn else 0
+    act_peak = (pairs * (2 * d + hidden / tp) + rank_tokens * (2 * d + shared_hidden / tp)) * points.b_a
+    act_peak = act_peak + rank_tokens * layer.n_experts * 4.0
     comm = allreduce_bytes(rank_tokens, d, points.b_a, tp)
     if ep > 1:
         # dispatch and combine all-to-all: each copy of a rank's tokens leaves it with probability 1 - 1/ep
@@ -67,4 +73,5 @@ def cost(layer: MoEConfig, model: ModelConfig, points: Points) -> LayerCost:
         comm_bytes=comm,
         item_bytes=expert * points.b_w,
         device_params=-(-layer.n_experts // ep) * expert / tp + shared / tp + router,
+        act_peak_bytes=act_peak,
     )
