@@ -1,8 +1,8 @@
 """The eager level of predicted bytes: op-by-op FLOPs and bytes of one step of the reference model.
 
 The model is built on meta tensors (shapes only, no memory, no compute), so a 7B-size or larger model is
-counted in seconds on any machine. Routing is unknown on meta: MoE copies go round-robin to experts
-(min(T*k, N) distinct experts), memory layers gather T*H*m rows as requested (duplicates included).
+counted in seconds on any machine. Routing is unknown on meta: each MoE token draws k distinct experts
+uniformly (seeded per layer), memory layers gather T*H*m rows as requested (duplicates included).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def count_model(
         dtype=dtype,
         device=device,
         layers=model.layer_names(),
-        routing="round-robin on meta: min(T*k, N) experts, T*H*m rows" if device == "meta" else "real",
+        routing="uniform draw on meta: k experts per token, T*H*m rows" if device == "meta" else "real",
     )
     return ops
 

@@ -389,12 +389,18 @@ def test_moe_and_routing_record(name: str) -> None:
     assert counts.tolist() == [flat.count(e) for e in sorted(set(flat))]
 
 
-def test_moe_touches_only_routed_experts_on_meta() -> None:
-    # on meta, routing is unknown: copies go round-robin, so T*k copies reach min(T*k, N) experts
+def test_moe_meta_routing_draws_k_distinct_uniform_experts() -> None:
+    # on meta the router's choices are unknown: each token draws k distinct experts uniformly
     cfg = MoEConfig(n_experts=8, top_k=2, expert_ffn=12)
     moe = MoE(cfg, D, device="meta")
-    assert moe._expert_counts(torch.empty(6, dtype=torch.long, device="meta")) == [1, 1, 1, 1, 1, 1, 0, 0]
+    counts = moe._expert_counts(torch.empty(6, dtype=torch.long, device="meta"))
+    assert sum(counts) == 6 and max(counts) <= 3  # 3 tokens x 2 copies, at most one copy per token
     assert moe(torch.empty(3, D, device="meta")).shape == (3, D)
+    choices = moe.uniform_choices(20_000)
+    assert all(len(set(row)) == 2 for row in choices[:500].tolist())
+    # every expert equally likely: 40,000 copies over 8 experts, 5,000 each (binomial sd 66)
+    share = torch.bincount(choices.reshape(-1), minlength=8).double()
+    assert (share - 5000).abs().max() < 5 * 66
 
 
 # ----------------------------------------------------------------------------------------- product keys

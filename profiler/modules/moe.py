@@ -6,11 +6,14 @@ the gates and summed back with one index_add. The per-expert token counts come t
 transfer per layer (shapes of the splits), not one sync per expert. Experts without tokens are never
 touched, so a step reads the weights of the distinct experts it routes to (the "ideal" level's count).
 
-On meta tensors (op counting) routing is unknown: copies are assigned round-robin (copy j of the
-step to expert j mod N), i.e. min(T*k, N) distinct experts.
+On meta tensors (op counting) the router's choices are unknown, so each token draws k distinct experts
+uniformly at random from a generator seeded per layer: a step touches about N(1 - (1 - k/N)^T)
+distinct experts, the uniform-routing expectation the simulator uses, and the count is reproducible.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 import torch.nn as nn
@@ -22,6 +25,8 @@ from simulator.config import MoEConfig
 
 
 class MoE(nn.Module):
+    _built = itertools.count()  # construction order: each layer's meta-routing seed
+
     def __init__(
         self,
         cfg: MoEConfig,
@@ -54,6 +59,7 @@ class MoE(nn.Module):
             else None
         )
         self.recorder = RoutingRecorder(n)
+        self._meta_routing = torch.Generator().manual_seed(next(MoE._built))
 
     # ------------------------------------------------------------------------------------ routing
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,10 +93,13 @@ class MoE(nn.Module):
 
     def _expert_counts(self, flat_idx: torch.Tensor) -> list[int]:
         if flat_idx.device.type == "meta":
-            copies = flat_idx.numel()
-            base, extra = divmod(copies, self.n_experts)
-            return [base + (1 if e < extra else 0) for e in range(self.n_experts)]
+            flat_idx = self.uniform_choices(flat_idx.numel() // self.top_k).reshape(-1)
         return torch.bincount(flat_idx, minlength=self.n_experts).tolist()  # the layer's one host sync
+
+    def uniform_choices(self, tokens: int) -> torch.Tensor:
+        """(tokens, k) expert indices, k distinct per token, drawn uniformly (on the CPU, seeded)."""
+        noise = torch.rand(tokens, self.n_experts, generator=self._meta_routing)
+        return noise.topk(self.top_k, dim=-1).indices
 
     # ------------------------------------------------------------------------------------ experts
     def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
