@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from profiler.capture import ROUTING_MAX_ROWS, capture_steps, routing_rows, trace_tables
+from profiler.capture import ROUTING_MAX_ROWS, capture_steps, record_routing, routing_rows, trace_tables
 from profiler.steady import runs_row, sampled_steady_loop
 from profiler.target import Target, sync
 
@@ -72,11 +72,11 @@ def profile_batch(
             opts.steps,
             raw,
             device=dev,
-            routing=opts.record_routing,
             tick=lambda f: tick("profile", f),
         )
         routing = None
         if opts.record_routing and target.recorders:
+            record_routing(target, ring, opts.warmup, opts.steps, dev)
             routing, notes = routing_rows(batch, target.recorders, opts.routing_max_rows)
             for rec in target.recorders.values():
                 rec.reset()

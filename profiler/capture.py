@@ -1,11 +1,12 @@
 """The profiled steps of one batch size and the tables made from them.
 
 `capture_steps` runs `steps` steps, each inside a `step{i}` range, under torch.profiler (profiler.session)
-with the routing recorders on, and exports the kineto trace. `trace_tables` reads it back
-(traces.kineto) and attributes it to layers: on CUDA the kernels through the record_function ranges
-(traces.attribution); on the CPU, where there are no kernels, the `layers` table holds the CPU time of
-those ranges and counts the aten ops inside them. `routing_rows` turns the recorders' records of the
-profiled steps into the `routing` table.
+and exports the kineto trace. `trace_tables` reads it back (traces.kineto) and attributes it to layers:
+on CUDA the kernels through the record_function ranges (traces.attribution); on the CPU, where there are
+no kernels, the `layers` table holds the CPU time of those ranges and counts the aten ops inside them.
+`record_routing` replays the profiled steps' inputs with the routing recorders on, outside the profiler
+(their index copies would otherwise show as kernels of the layers), and `routing_rows` turns the records
+into the `routing` table.
 """
 
 from __future__ import annotations
@@ -47,25 +48,31 @@ def capture_steps(
     trace_json: Path,
     *,
     device: torch.device,
-    routing: bool,
     tick: Callable[[float], None],
 ) -> None:
-    """Profile `steps` steps on ring[first], ring[first + 1], ... with the recorders reset and recording
-    (when `routing`); write the kineto trace to `trace_json`."""
+    """Profile `steps` steps on ring[first], ring[first + 1], ...; write the kineto trace to `trace_json`."""
+    with torch_profile(device, record_shapes=True) as prof:
+        for i in range(steps):
+            with layer_range(f"step{i}"):
+                target.step(ring[(first + i) % len(ring)])
+            tick((i + 1) / steps)
+        sync(device)
+    prof.export_chrome_trace(str(trace_json))
+
+
+def record_routing(target: Target, ring: list[Any], first: int, steps: int, device: torch.device) -> None:
+    """Run the profiled steps' inputs again with the recorders reset and recording: the same routing as
+    the profiled steps (decode attends over a fixed cache), without their copies in the profiled trace."""
     for rec in target.recorders.values():
         rec.reset()
-        rec.enabled = routing
+        rec.enabled = True
     try:
-        with torch_profile(device, record_shapes=True) as prof:
-            for i in range(steps):
-                with layer_range(f"step{i}"):
-                    target.step(ring[(first + i) % len(ring)])
-                tick((i + 1) / steps)
-            sync(device)
+        for i in range(steps):
+            target.step(ring[(first + i) % len(ring)])
+        sync(device)
     finally:
         for rec in target.recorders.values():
             rec.enabled = False
-    prof.export_chrome_trace(str(trace_json))
 
 
 @dataclass

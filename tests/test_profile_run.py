@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import subprocess
 import sys
 import textwrap
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -129,6 +132,23 @@ def test_sweep_writes_a_complete_bundle(make, tmp_path: Path) -> None:
 
     ops = b.opcount  # eager op counts on meta tensors, per batch size
     assert set(ops["batch"]) == set(BATCHES) and names <= set(ops["layer"])
+
+
+@pytest.mark.parametrize("make", [moe_model, umv2_model], ids=["moe", "umv2"])
+def test_routing_records_stay_out_of_the_profiled_steps(make, tmp_path: Path) -> None:
+    """The recorders' index copies run outside the profiled steps: the profiled trace holds exactly the
+    ops of the same run (same seed) without recorders."""
+
+    def op_counts(record: bool) -> Counter[str]:
+        torch.manual_seed(0)
+        out = profile_model(make(), [4], output=tmp_path / str(record), record_routing=record, **FAST)
+        bundle = read_bundle(out)
+        assert (bundle.routing is not None) is record
+        with gzip.open(bundle.raw_traces[0], "rt") as f:
+            return Counter(e.get("name") for e in json.load(f)["traceEvents"] if e.get("cat") == "cpu_op")
+
+    recorded, plain = op_counts(True), op_counts(False)
+    assert recorded == plain and recorded["aten::linear"] > 0
 
 
 def test_interrupt_keeps_finished_batches(tmp_path: Path) -> None:
