@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from profiler.child import run_group
 from simulator.errors import MeasurementUnavailable, TraceError
 
 __all__ = [
@@ -170,7 +171,7 @@ def run_ncu(
         log.unlink()  # never parse a previous run's CSV
     cmd = ncu_command(python_argv, nvtx_include, metrics, log_file=log, ncu=ncu)
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env, cwd=cwd)
+        proc = run_group(cmd, timeout_s, capture_output=True, text=True, env=env, cwd=cwd)
     except subprocess.TimeoutExpired:
         raise TraceError(f"ncu did not finish within {timeout_s} s: {' '.join(cmd)}") from None
     logged = log.read_text(errors="replace") if log.exists() else ""

@@ -19,7 +19,7 @@ import torch
 
 from profiler.modules import layer_range
 from profiler.target import Target, resolve_device, sync, target_from_spec
-from simulator.errors import MemtrafficError
+from simulator.errors import MeasurementUnavailable, MemtrafficError
 
 if TYPE_CHECKING:
     from profiler.assemble import Sweep
@@ -37,7 +37,11 @@ def ncu_pass(
     dev: torch.device,
     tmp: Path,
 ) -> list[str]:
-    """Re-run the target under ncu for `steps` steps per batch; store the `ncu` table. Returns missing."""
+    """Re-run the target under ncu for `steps` steps per batch; store the `ncu` table. Returns missing.
+
+    One ncu process per batch size, each given an equal share of `timeout_s`: a batch that runs out of
+    time or fails costs only its own rows (named in the returned missing list).
+    """
     if dev.type != "cuda":
         return ["ncu: needs a CUDA device"]
     if target.spec is None:
@@ -49,36 +53,39 @@ def ncu_pass(
         return [f"ncu: {reason}"]
     spec = tmp / "ncu-spec.json"
     spec.write_text(json.dumps({**target.spec, "device": str(dev)}))
-    argv = [
-        sys.executable,
-        "-m",
-        "profiler.run",
-        "--ncu-child",
-        str(spec),
-        "--batches",
-        ",".join(str(b) for b in batches),
-        "--steps",
-        str(steps),
-    ]
     root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-    try:
-        df = run_ncu(argv, NCU_RANGE, log_file=tmp / "ncu.csv", timeout_s=timeout_s, env=env, cwd=root)
-    except MemtrafficError as exc:
-        return [f"ncu: {exc}"]
-    parsed = df["nvtx_stack"].str.extract(_STACK)
-    df.insert(0, "batch", pd.to_numeric(parsed["batch"]).fillna(-1).astype("int64"))
-    df.insert(1, "step", pd.to_numeric(parsed["step"]).fillna(-1).astype("int64"))
-    sweep.extra_tables["ncu"] = pd.DataFrame(df)
+    share = timeout_s / max(len(batches), 1)
+    frames, missing, measured = [], [], []
+    cache_mode = CACHE_MODE
+    for b in batches:
+        argv = [sys.executable, "-m", "profiler.run", "--ncu-child", str(spec), "--batches", str(b)]
+        argv += ["--steps", str(steps)]
+        try:
+            df = run_ncu(argv, NCU_RANGE, log_file=tmp / f"ncu-b{b}.csv", timeout_s=share, env=env, cwd=root)
+        except MeasurementUnavailable as exc:  # no ncu or no counter permission: no batch will do better
+            return [str(exc) if str(exc).startswith("ncu") else f"ncu: {exc}"]
+        except MemtrafficError as exc:
+            missing.append(f"ncu: batch {b}: {exc}")
+            continue
+        parsed = df["nvtx_stack"].str.extract(_STACK)
+        df.insert(0, "batch", pd.to_numeric(parsed["batch"]).fillna(-1).astype("int64"))
+        df.insert(1, "step", pd.to_numeric(parsed["step"]).fillna(-1).astype("int64"))
+        cache_mode = df.attrs.get("cache_mode", cache_mode)
+        frames.append(pd.DataFrame(df))
+        measured.append(b)
+    if not frames:
+        return missing
+    sweep.extra_tables["ncu"] = pd.concat(frames, ignore_index=True)
     sweep.meta["extra"]["ncu"] = {
-        "cache_mode": df.attrs.get("cache_mode", CACHE_MODE),
+        "cache_mode": cache_mode,
         "ncu": reason,
         "steps_per_batch": steps,
-        "batches": list(batches),
+        "batches": measured,
         "note": "ncu flushes caches before each kernel: cold-L2 reads; writes that "
         "fit in L2 may not show as DRAM writes",
     }
-    return []
+    return missing
 
 
 def ncu_child(spec_path: Path, batches: Sequence[int], steps: int, warmup: int) -> None:

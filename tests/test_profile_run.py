@@ -299,30 +299,34 @@ def test_routing_cap_keeps_whole_steps_then_layers() -> None:
     assert "1 of 2 layers" in notes[0]
 
 
-def test_ncu_pass_parses_batch_and_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # the GPU-only second pass, with ncu itself replaced: the child command and the parsed table
+def test_ncu_pass_one_process_per_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the GPU-only second pass, with ncu itself replaced: one child per batch size, each given an equal
+    # share of the time; a batch that fails costs only its own rows
     import pandas as pd
 
     import profiler.ncu as ncu
+    from simulator.errors import TraceError
 
-    seen: dict = {}
+    calls: list[dict] = []
 
     def fake_run_ncu(argv, nvtx_include, *, log_file, timeout_s, env, cwd):
-        seen.update(argv=argv, include=nvtx_include, env=env)
+        batch = int(argv[argv.index("--batches") + 1])
+        calls.append({"argv": argv, "include": nvtx_include, "timeout": timeout_s, "batch": batch})
+        if batch == 16:
+            raise TraceError("ncu did not finish within 20.0 s")
         df = pd.DataFrame(
             {
-                "kernel_id": [0, 1, 2],
-                "kernel": ["gemm", "topk", "gemm"],
+                "kernel_id": [0, 1],
+                "kernel": ["gemm", "topk"],
                 "nvtx_stack": [
-                    "measure/batch1/step0/block0.attn",
-                    "measure/batch1/step1/block0.moe",
-                    "measure/batch4/step0/block1.moe",
+                    f"measure/batch{batch}/step0/block0.attn",
+                    f"measure/batch{batch}/step1/block0.moe",
                 ],
-                "layer": ["block0.attn", "block0.moe", "block1.moe"],
-                "dram_bytes_read": [1e6, 2e3, 3e6],
-                "dram_bytes_write": [1e3, 1e2, 1e3],
-                "duration_ns": [5e3, 1e3, 6e3],
-                "l2_bytes": [2e6, 4e3, 5e6],
+                "layer": ["block0.attn", "block0.moe"],
+                "dram_bytes_read": [1e6, 2e3],
+                "dram_bytes_write": [1e3, 1e2],
+                "duration_ns": [5e3, 1e3],
+                "l2_bytes": [2e6, 4e3],
             }
         )
         df.attrs["cache_mode"] = "flush-all"
@@ -332,15 +336,27 @@ def test_ncu_pass_parses_batch_and_step(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(ncu, "run_ncu", fake_run_ncu)
     target = run.reference_target(moe_model(), "decode", 16, torch.device("cpu"), "fp32")
     sweep = Sweep(tmp_path / "b", target, {"extra": {}})
-    missing = ncu_pass(sweep, target, [1, 4], 2, 60.0, torch.device("cuda"), tmp_path)
-    assert missing == []
-    assert seen["include"] == run.NCU_RANGE and "--ncu-child" in seen["argv"]
-    assert seen["argv"][seen["argv"].index("--batches") + 1] == "1,4"
+    missing = ncu_pass(sweep, target, [1, 4, 16], 2, 60.0, torch.device("cuda"), tmp_path)
+    assert [c["batch"] for c in calls] == [1, 4, 16] and all(c["timeout"] == 20.0 for c in calls)
+    assert all(c["include"] == run.NCU_RANGE and "--ncu-child" in c["argv"] for c in calls)
+    assert missing == ["ncu: batch 16: ncu did not finish within 20.0 s"]
     table = sweep.extra_tables["ncu"]
-    assert table[["batch", "step"]].values.tolist() == [[1, 0], [1, 1], [4, 0]]
+    assert table[["batch", "step"]].values.tolist() == [[1, 0], [1, 1], [4, 0], [4, 1]]
+    assert sweep.meta["extra"]["ncu"]["batches"] == [1, 4]
     assert sweep.meta["extra"]["ncu"]["cache_mode"] == "flush-all"
-    spec = (tmp_path / "ncu-spec.json").read_text()
-    assert '"kind": "config"' in spec and '"d_model": 64' in spec
+
+    # no counter permission: the first batch says so and the others are not tried
+    calls.clear()
+
+    def no_permission(argv, *a, **k):
+        calls.append(argv)
+        raise ncu.MeasurementUnavailable("ncu: no permission for GPU performance counters")
+
+    monkeypatch.setattr(ncu, "run_ncu", no_permission)
+    missing = ncu_pass(
+        Sweep(tmp_path / "c", target, {"extra": {}}), target, [1, 4], 1, 60.0, torch.device("cuda"), tmp_path
+    )
+    assert len(calls) == 1 and missing == ["ncu: no permission for GPU performance counters"]
 
 
 def test_ncu_requested_on_cpu_is_recorded_missing(tmp_path: Path) -> None:
