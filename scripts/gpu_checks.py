@@ -7,8 +7,10 @@ Stages, each a child process with its own time budget (a hang or crash costs onl
   moe      profile an OLMoE-like model (d 2048, 8 blocks, 64 experts top-8) at batch 1..4096, ncu pass
   umv2     profile an UltraMemV2-like model (d 2048, 8 blocks, shared 2.2 M-row table), ncu pass
   nvml     benchmarks/bench_nvml_overhead.py: does the sampler slow the run it measures
-Everything lands under $OUT/gpu-checks/, packed at the end into $OUT/gpu-checks.tar.gz (split into
-parts of <= 15 MiB when larger; the device tool returns at most 8 files of 16 MiB).
+Everything lands in a work folder (/tmp/gpu-checks), packed after every stage into $OUT/gpu-checks.tar.gz
+(split into parts of <= 15 MiB when larger; the device tool returns at most 8 files of 16 MiB), so a
+command stopped early still brings back every finished stage. Stages run in their own process groups: a
+stage that runs out of time is killed with its children (ncu and the program it profiles).
 
     python3 scripts/gpu_checks.py --dry-run      # the plan, on any machine (builds the models on meta)
     python3 scripts/gpu_checks.py                # on the GPU machine (scripts/gpu_checks.sh wraps it)
@@ -31,22 +33,32 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from profiler.child import run_group  # noqa: E402  (needs ROOT on the path; imports no torch)
+
 BATCHES = [1, 4, 16, 64, 256, 1024, 4096]
 CONTEXT = 256  # KV entries per sequence; GQA 16q/4kv keeps batch 4096 at 17 GB of cache
 PART_BYTES = 15 * 2**20
-# stage -> (seconds budget, what it does); the budgets sum to 530 s, under the 600 s command limit
+NCU_BATCHES = {"moe": [1, 4], "umv2": [1, 1024]}
+# seconds for the whole ncu pass of a stage (one ncu process per batch, an equal share each): about 10 s
+# to start the child plus 20-40 ms per kernel replayed (MoE at batch 4: ~1,400 kernels per step)
+NCU_SECONDS = {"moe": 130, "umv2": 110}
+# stage -> (seconds budget, what it does); the budgets sum to 555 s, under the 585 s outer limit of
+# gpu_checks.sh and the 600 s command limit. A profile stage: ~60 s sweep + its ncu pass + margin.
 STAGES: dict[str, tuple[int, str]] = {
-    "device": (30, "device facts: NVML device_info, torch.cuda properties, nvidia-smi query (read-only)"),
-    "parity": (45, "each layer family on CUDA: fp32 output vs CPU (same weights), bf16 forward runs"),
-    "gpm": (40, "GPM calibration: 2 GiB copy loop >= 1 s, counted bytes vs integrated GPM DRAM bytes"),
-    "moe": (190, f"profile OLMoE-like, batches {BATCHES}, context {CONTEXT}, NVML/GPM, ncu at [1, 4]"),
-    "umv2": (
-        165,
-        f"profile UltraMemV2-like, batches {BATCHES}, context {CONTEXT}, NVML/GPM, ncu at [1, 64, 1024]",
+    "device": (20, "device facts: NVML device_info, torch.cuda properties, nvidia-smi query (read-only)"),
+    "parity": (40, "each layer family on CUDA: fp32 output vs CPU (same weights), bf16 forward runs"),
+    "gpm": (25, "GPM calibration: 2 GiB copy loop >= 1 s, counted bytes vs integrated GPM DRAM bytes"),
+    "moe": (
+        220,
+        f"profile OLMoE-like, batches {BATCHES}, context {CONTEXT}, NVML/GPM, ncu at {NCU_BATCHES['moe']}",
     ),
-    "nvml": (60, "benchmarks/bench_nvml_overhead.py --steps 100"),
+    "umv2": (
+        200,
+        f"profile UltraMemV2-like, batches {BATCHES}, context {CONTEXT}, NVML/GPM, "
+        f"ncu at {NCU_BATCHES['umv2']}",
+    ),
+    "nvml": (50, "benchmarks/bench_nvml_overhead.py --steps 100"),
 }
-NCU_BATCHES = {"moe": [1, 4], "umv2": [1, 64, 1024]}
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -332,7 +344,7 @@ def stage_profile(out: Path, which: str) -> None:
         progress=False,
         ncu_batches=NCU_BATCHES[which],
         ncu_steps=1,
-        ncu_timeout_s=100,
+        ncu_timeout_s=NCU_SECONDS[which],
         routing_max_rows=400_000,
     )
     _summarize_bundle(path, out / f"{which}-summary.txt", time.time() - started)
@@ -376,12 +388,8 @@ def _summarize_bundle(path: Path, dest: Path, seconds: float) -> None:
 
 def stage_nvml(out: Path) -> None:
     bench = ROOT / "benchmarks" / "bench_nvml_overhead.py"
-    proc = subprocess.run(
-        [sys.executable, str(bench), "--steps", "100"],
-        capture_output=True,
-        text=True,
-        timeout=STAGES["nvml"][0] - 5,
-        check=False,
+    proc = run_group(
+        [sys.executable, str(bench), "--steps", "100"], STAGES["nvml"][0] - 5, capture_output=True, text=True
     )
     (out / "nvml_overhead.txt").write_text(proc.stdout + proc.stderr)
     print(proc.stdout + proc.stderr)
@@ -397,10 +405,16 @@ def run_stage(name: str, out: Path) -> None:
 
 # ------------------------------------------------------------------------------------------ orchestration
 def pack(work: Path, dest_dir: Path) -> list[Path]:
-    """work/ -> dest_dir/gpu-checks.tar.gz, split into <= 15 MiB parts when larger (cat them to rejoin)."""
+    """work/ -> dest_dir/gpu-checks.tar.gz, split into <= 15 MiB parts when larger (cat them to rejoin).
+    Replaces the previous packing; the archive is written under a temporary name, then renamed."""
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    for old in dest_dir.glob("gpu-checks.tar.gz*"):
+        old.unlink()
     tar_path = dest_dir / "gpu-checks.tar.gz"
-    with tarfile.open(tar_path, "w:gz") as tar:
-        tar.add(work, arcname=work.name)
+    tmp = dest_dir / "gpu-checks.tar.gz.tmp"
+    with tarfile.open(tmp, "w:gz") as tar:
+        tar.add(work, arcname="gpu-checks")
+    tmp.replace(tar_path)
     if tar_path.stat().st_size <= PART_BYTES:
         return [tar_path]
     parts = []
@@ -415,8 +429,7 @@ def pack(work: Path, dest_dir: Path) -> list[Path]:
     return parts
 
 
-def orchestrate(out_root: Path, stages: list[str]) -> int:
-    work = out_root / "gpu-checks"
+def orchestrate(out_root: Path, work: Path, stages: list[str]) -> int:
     work.mkdir(parents=True, exist_ok=True)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     summary: dict[str, Any] = {"started_utc": started, "stages": {}}
@@ -432,23 +445,17 @@ def orchestrate(out_root: Path, stages: list[str]) -> int:
         print(f"== {name} (budget {budget} s): {STAGES[name][1]}", flush=True)
         with open(log, "w") as f:
             try:
-                proc = subprocess.run(
-                    [sys.executable, __file__, "--stage", name, "--out", str(work)],
-                    stdout=f,
-                    stderr=subprocess.STDOUT,
-                    timeout=budget,
-                    env=env,
-                    cwd=ROOT,
-                    check=False,
-                )
+                cmd = [sys.executable, __file__, "--stage", name, "--out", str(work)]
+                proc = run_group(cmd, budget, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
                 rc: int | str = proc.returncode
             except subprocess.TimeoutExpired:
                 rc = "timeout"
         tail = log.read_text(errors="replace").strip().splitlines()[-3:]
         summary["stages"][name] = {"rc": rc, "seconds": round(time.time() - t0, 1), "tail": tail}
         print(f"   {name}: rc={rc} in {time.time() - t0:.0f} s; {tail[-1] if tail else ''}", flush=True)
-    (work / "summary.json").write_text(json.dumps(summary, indent=1))
-    files = pack(work, out_root)
+        (work / "summary.json").write_text(json.dumps(summary, indent=1))
+        pack(work, out_root)  # after every stage: a command stopped early keeps what finished
+    files = sorted(out_root.glob("gpu-checks.tar.gz*"))
     print("packed:", ", ".join(f"{p.name} ({p.stat().st_size / 2**20:.1f} MiB)" for p in files))
     print(json.dumps(summary["stages"], indent=1))
     return 0 if all(s["rc"] == 0 for s in summary["stages"].values()) else 1
@@ -470,7 +477,8 @@ def dry_run(stages: list[str]) -> int:
             f"{max(BATCHES)} x context {CONTEXT}; layers {', '.join(plan['layers'][:4])}, ..."
         )
     print(
-        f"  output: $OUT/gpu-checks/ packed into $OUT/gpu-checks.tar.gz (parts of <= {PART_BYTES >> 20} MiB)"
+        f"  output: /tmp/gpu-checks/ packed after every stage into $OUT/gpu-checks.tar.gz "
+        f"(parts of <= {PART_BYTES >> 20} MiB)"
     )
     return 0
 
@@ -481,7 +489,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset, in order")
     p.add_argument("--stage", default=None, help=argparse.SUPPRESS)  # child: run one stage
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu-checks-out")))
+    p.add_argument("--work", type=Path, default=Path("/tmp/gpu-checks"), help="where stages write")
+    p.add_argument("--pack-only", action="store_true", help="pack --work into --out and exit")
     a = p.parse_args(argv)
+    if a.pack_only:
+        pack(a.work, a.out)
+        return 0
     stages = [s for s in a.stages.split(",") if s]
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
@@ -495,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
             return 1
         return 0
-    return orchestrate(a.out, stages)
+    return orchestrate(a.out, a.work, stages)
 
 
 if __name__ == "__main__":

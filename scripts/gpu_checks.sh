@@ -1,16 +1,14 @@
 #!/usr/bin/env bash
 # The one prepared GPU check (<= 10 min on a lent H100): see scripts/gpu_checks.py for the stages.
 #
+#   bash scripts/gpu_wheels.sh               # first, on the CPU machine: pydantic + ijson wheels in .whl/
 #   scripts/gpu_checks.sh --dry-run          # print the plan (any machine, CPU only)
 #   scripts/gpu_checks.sh                    # on the GPU machine; results in $OUT/gpu-checks.tar.gz
 #
-# The GPU image lacks pydantic and ijson (shared/docs/measured-on-h100.md). Bring them as Python 3.12
-# wheels in .whl/ (ignored by git, named in the device call's `carry`), prepared on a CPU machine with:
-#   echo /.whl/ >> .git/info/exclude
-#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-#     -d .whl pydantic pydantic-core annotated-types typing-inspection ijson
-# (pick versions matching pyproject.toml; keep one version of each).
+# The device call: carry [".whl"], command "bash scripts/gpu_checks.sh", timeout_s 600. The GPU image
+# lacks pydantic and ijson (shared/docs/measured-on-h100.md); gpu_wheels.sh fetches a set that imports
+# together under Python 3.12. Afterwards, on the CPU machine: untar the archive (cat the parts first if
+# it came split) and move gpu-checks/{moe,umv2}-bundle to traces/samples/bundles/h100-{moe,umv2}.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +17,8 @@ if [[ "${1:-}" == "--dry-run" ]]; then
 fi
 
 OUT="${OUT:-$PWD/gpu-checks-out}"
+WORK="${GPU_CHECKS_WORK:-/tmp/gpu-checks}"
+LIMIT_S="${GPU_CHECKS_LIMIT_S:-585}"  # under the device tool's 600 s per command
 mkdir -p "$OUT"
 export OUT PYTHONUNBUFFERED=1
 
@@ -27,15 +27,15 @@ if compgen -G ".whl/*.whl" >/dev/null; then
         .whl/*.whl && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 if ! python3 -c "import pydantic, ijson, torch" 2>"$OUT/import-error.txt"; then
-    echo "gpu_checks: missing Python packages ($(tail -n 1 "$OUT/import-error.txt")); carry wheels in .whl/"
+    echo "gpu_checks: missing Python packages ($(tail -n 1 "$OUT/import-error.txt")); run scripts/gpu_wheels.sh and carry .whl"
     exit 2
 fi
 
-# The stages keep their own budgets (530 s in all); this outer limit only guards the packing step.
-timeout 585 python3 scripts/gpu_checks.py --out "$OUT" "$@"
+rm -f "$OUT/import-error.txt"
+# the stages keep their own budgets and the orchestrator packs after each; this limit guards the whole
+timeout --kill-after=5 "$LIMIT_S" python3 scripts/gpu_checks.py --out "$OUT" --work "$WORK" "$@"
 rc=$?
-if [[ ! -e "$OUT/gpu-checks.tar.gz" && ! -e "$OUT/gpu-checks.tar.gz.part00" && -d "$OUT/gpu-checks" ]]; then
-    tar -C "$OUT" -czf "$OUT/gpu-checks.tar.gz" gpu-checks   # the orchestrator was cut off: pack what exists
+if ! compgen -G "$OUT/gpu-checks.tar.gz*" >/dev/null && [[ -d "$WORK" ]]; then
+    python3 scripts/gpu_checks.py --pack-only --out "$OUT" --work "$WORK"  # cut off before any packing
 fi
-rm -rf "$OUT/gpu-checks"  # only the archive travels back (8 files at most)
 exit $rc
