@@ -7,8 +7,8 @@
 #
 # The device call: carry [".whl"], command "bash scripts/gpu_checks.sh", timeout_s 600. The GPU image
 # lacks pydantic and ijson (shared/docs/measured-on-h100.md); gpu_wheels.sh fetches a set that imports
-# together under Python 3.12. Afterwards, on the CPU machine: untar the archive (cat the parts first if
-# it came split) and move gpu-checks/{moe,umv2}-bundle to traces/samples/bundles/h100-{moe,umv2}.
+# together under Python 3.12. Afterwards, on the CPU machine:
+#   python scripts/adopt_gpu_checks.py FILES_AT    # bundles -> traces/samples/h100-profiled/, README
 set -uo pipefail
 cd "$(dirname "$0")/.."
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tarfile
 from pathlib import Path
 
 import pytest
 
 from scripts import gpu_checks
+from traces.bundle import read_bundle
 
 
 def test_orchestrate_packs_every_stage_and_records_a_timeout(
@@ -48,3 +50,36 @@ def test_large_results_come_back_in_parts(tmp_path: Path, monkeypatch: pytest.Mo
     (work / "noise.bin").unlink()
     again = gpu_checks.pack(work, tmp_path / "out")
     assert sorted((tmp_path / "out").iterdir()) == sorted(again)
+
+
+def test_adopt_copies_readable_bundles_and_records_the_commands(tmp_path: Path) -> None:
+    from scripts import adopt_gpu_checks
+
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copytree(Path("traces/samples/bundles/moe"), work / "moe-bundle")  # a real bundle as stand-in
+    (work / "device.json").write_text(json.dumps({"name": "NVIDIA H100 80GB HBM3", "torch": "2.11.0"}))
+    (work / "summary.json").write_text(json.dumps({"stages": {"moe": {"rc": 0, "seconds": 150.2}}}))
+    files_at = tmp_path / "files"
+    gpu_checks.pack(work, files_at)
+    dest = tmp_path / "samples"
+    assert adopt_gpu_checks.main([str(files_at), "--dest", str(dest)]) == 0
+    assert read_bundle(dest / "moe").meta["runs"] == read_bundle("traces/samples/bundles/moe").meta["runs"]
+    readme = (dest / "README.md").read_text()
+    assert "bash scripts/gpu_checks.sh" in readme and "NVIDIA H100 80GB HBM3" in readme
+    assert "| moe | 0 | 150.2 |" in readme and (dest / "checks" / "device.json").is_file()
+
+
+def test_adopt_refuses_a_cut_archive_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from scripts import adopt_gpu_checks
+
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copytree(Path("traces/samples/bundles/umv2"), work / "umv2-bundle")
+    files_at = tmp_path / "files"
+    (archive,) = gpu_checks.pack(work, files_at)
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    assert adopt_gpu_checks.main([str(files_at), "--dest", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unreadable" in err
+    assert not (tmp_path / "d").exists()
