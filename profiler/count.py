@@ -2,7 +2,7 @@
 
 The model is built on meta tensors (shapes only, no memory, no compute), so a 7B-size or larger model is
 counted in seconds on any machine. Routing is unknown on meta: each MoE token draws k distinct experts
-uniformly (seeded per layer), memory layers gather T*H*m rows as requested (duplicates included).
+uniformly (seeded by layer position), memory layers gather T*H*m rows as requested (duplicates included).
 """
 
 from __future__ import annotations

@@ -130,6 +130,9 @@ class ReferenceModel(nn.Module):
                 subs.append(Sublayer(name, norm, layer, skip))
             blocks.append(Block(attn_sub, subs, bc.parallel_ffn))
         self.blocks = nn.ModuleList(blocks)
+        moe_layers = (m for m in self.modules() if isinstance(m, MoE))
+        for position, moe in enumerate(moe_layers):
+            moe.seed_meta_routing(position)  # meta counts: another draw per layer, the same every build
         # ModuleDict keys may not shadow its methods ("values"), nor hold dots
         self.tables = nn.ModuleDict(
             {"table_" + re.sub(r"\W", "_", k): t for k, t in self.tables_registry.tables.items()}

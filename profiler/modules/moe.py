@@ -7,13 +7,12 @@ transfer per layer (shapes of the splits), not one sync per expert. Experts with
 touched, so a step reads the weights of the distinct experts it routes to (the "ideal" level's count).
 
 On meta tensors (op counting) the router's choices are unknown, so each token draws k distinct experts
-uniformly at random from a generator seeded per layer: a step touches about N(1 - (1 - k/N)^T)
-distinct experts, the uniform-routing expectation the simulator uses, and the count is reproducible.
+uniformly at random from a generator the reference model seeds with the layer's position: a step
+touches about N(1 - (1 - k/N)^T) distinct experts, the uniform-routing expectation the simulator uses,
+and a count is the same every time.
 """
 
 from __future__ import annotations
-
-import itertools
 
 import torch
 import torch.nn as nn
@@ -25,8 +24,6 @@ from simulator.config import MoEConfig
 
 
 class MoE(nn.Module):
-    _built = itertools.count()  # construction order: each layer's meta-routing seed
-
     def __init__(
         self,
         cfg: MoEConfig,
@@ -59,7 +56,7 @@ class MoE(nn.Module):
             else None
         )
         self.recorder = RoutingRecorder(n)
-        self._meta_routing = torch.Generator().manual_seed(next(MoE._built))
+        self._meta_routing = torch.Generator().manual_seed(0)
 
     # ------------------------------------------------------------------------------------ routing
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,6 +92,9 @@ class MoE(nn.Module):
         if flat_idx.device.type == "meta":
             flat_idx = self.uniform_choices(flat_idx.numel() // self.top_k).reshape(-1)
         return torch.bincount(flat_idx, minlength=self.n_experts).tolist()  # the layer's one host sync
+
+    def seed_meta_routing(self, seed: int) -> None:
+        self._meta_routing.manual_seed(seed)
 
     def uniform_choices(self, tokens: int) -> torch.Tensor:
         """(tokens, k) expert indices, k distinct per token, drawn uniformly (on the CPU, seeded)."""
