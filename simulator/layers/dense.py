@@ -33,6 +33,8 @@ def cost(layer: DenseFFNConfig, model: ModelConfig, points: Points) -> LayerCost
     tokens = points.tokens
     weights = points.full(params * points.b_w / points.tp)  # read once per step, whatever T is
     nan = points.full(np.nan)
+    # alive at the peak: x and y, plus the per-rank hidden (h and act(h), or gate, up and their product)
+    act_peak = tokens * (2 * d + hidden_elements(layer.d_ff, layer.activation) / points.tp) * points.b_a
     return LayerCost(
         kind="dense",
         params=params,
@@ -47,8 +49,5 @@ def cost(layer: DenseFFNConfig, model: ModelConfig, points: Points) -> LayerCost
         distinct_items=nan,
         items_requested=nan.copy(),
         comm_bytes=allreduce_bytes(tokens, d, points.b_a, points.tp),
-        # x and y, plus the per-rank hidden: h and act(h), or gate, up and their product when gated
-        act_peak_bytes=tokens
-        * (2 * d + hidden_elements(layer.d_ff, layer.activation) / points.tp)
-        * points.b_a,
+        act_peak_bytes=act_peak,
     )
