@@ -14,7 +14,15 @@ from profiler.modules import ReferenceModel
 from profiler.opcount import count_ops, op_totals
 from simulator.config import ModelConfig
 
-SUMMARY_COLUMNS: tuple[str, ...] = ("layer", "n_ops", "flops", "bytes_read", "bytes_written", "bytes_total")
+SUMMARY_COLUMNS: tuple[str, ...] = (
+    "layer",
+    "n_ops",
+    "flops",
+    "bytes_read",
+    "bytes_written",
+    "bytes_total",
+    "peak_live_bytes",
+)
 
 
 def _layer_of(module_path: str, prefixes: list[tuple[str, str]]) -> str:
@@ -62,7 +70,9 @@ def count_model(
 
 
 def summarize_layers(ops: pd.DataFrame) -> pd.DataFrame:
-    """Per layer, in execution order: n_ops, flops, bytes_read, bytes_written, bytes_total."""
+    """Per layer, in execution order: n_ops, flops, bytes_read, bytes_written, bytes_total and
+    peak_live_bytes (activation bytes the step's ops allocated and still held at the layer's peak: its
+    intermediates plus what earlier layers left alive, such as the residual stream)."""
     out = op_totals(ops, "layer")
     out.attrs = dict(ops.attrs)
     return out[list(SUMMARY_COLUMNS)]

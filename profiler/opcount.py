@@ -29,6 +29,7 @@ GPU kernel does; the ops inside it are not recorded. With `fuse_sdpa=False` the 
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -65,6 +66,7 @@ COLUMNS: tuple[str, ...] = (
     "bytes_written",
     "out_shape",
     "dtype",
+    "live_bytes",
 )
 
 # Name of the row a fused SDPA call produces (the aten op F.scaled_dot_product_attention maps to).
@@ -370,6 +372,11 @@ class OpRecord:
     bytes_written: int
     out_shape: tuple[int, ...] | None
     dtype: str
+    live_bytes: int  # bytes of the storages counted ops allocated that are still alive after this one
+
+
+def _storage_key(t: torch.Tensor) -> int:
+    return t.untyped_storage()._cdata  # the StorageImpl's address: shared by views, stable while alive
 
 
 def _first_tensor(x: Any) -> torch.Tensor | None:
@@ -397,7 +404,7 @@ class _SdpaAsOneOp(TorchFunctionMode):
         q, k, v = (_arg(args, kwargs, i, n) for i, n in enumerate(("query", "key", "value")))
         mask = _arg(args, kwargs, 3, "attn_mask")
         read = _sum_bytes([q, k, v, mask])
-        self.counter._record(SDPA_OP, sdpa_flops(q, k, v), read, tensor_bytes(out), out)
+        self.counter._record(SDPA_OP, sdpa_flops(q, k, v), read, tensor_bytes(out), out, (args, kwargs))
         return out
 
 
@@ -418,6 +425,8 @@ class OpCounter(TorchDispatchMode):
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._fn_mode: _SdpaAsOneOp | None = None
         self._muted = 0
+        self._live: dict[int, list[int]] = {}  # storage key -> [bytes, tensors alive on it]
+        self.live_bytes = 0
 
     # -- module tracking
     def _attach(self, root: torch.nn.Module) -> None:
@@ -478,7 +487,7 @@ class OpCounter(TorchDispatchMode):
         if self._muted:
             return out
         read, written = op_bytes(func, args, kwargs, out)
-        self._record(str(func), self._flops(func, args, kwargs, out), read, written, out)
+        self._record(str(func), self._flops(func, args, kwargs, out), read, written, out, (args, kwargs))
         return out
 
     def _flops(
@@ -497,7 +506,8 @@ class OpCounter(TorchDispatchMode):
             self.flop_errors.append(f"{func}: {type(exc).__name__}: {exc}")
             return 0
 
-    def _record(self, op: str, flops: int, read: int, written: int, out: Any) -> None:
+    def _record(self, op: str, flops: int, read: int, written: int, out: Any, inputs: Any) -> None:
+        self._track_new_storages(out, inputs)
         first = _first_tensor(out)
         self.records.append(
             OpRecord(
@@ -509,13 +519,40 @@ class OpCounter(TorchDispatchMode):
                 bytes_written=int(written),
                 out_shape=tuple(int(s) for s in first.shape) if first is not None else None,
                 dtype=str(first.dtype).removeprefix("torch.") if first is not None else "",
+                live_bytes=self.live_bytes,
             )
         )
+
+    # -- live activation bytes: storages the counted ops allocate, until their last tensor dies
+    def _track_new_storages(self, out: Any, inputs: Any) -> None:
+        """Count the storages an op allocated (not views of its inputs, parameters or caches, not in-place
+        results); each is released when the last tensor the counted ops returned on it is collected."""
+        given = {_storage_key(t) for t in tree_leaves(inputs) if isinstance(t, torch.Tensor)}
+        for t in tree_leaves(out):
+            if not isinstance(t, torch.Tensor):
+                continue
+            key = _storage_key(t)
+            entry = self._live.get(key)
+            if entry is None:
+                if key in given:
+                    continue  # a view or in-place result of something allocated elsewhere
+                entry = self._live[key] = [t.untyped_storage().nbytes(), 0]
+                self.live_bytes += entry[0]
+            entry[1] += 1
+            weakref.finalize(t, self._release, key)
+
+    def _release(self, key: int) -> None:
+        entry = self._live[key]
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.live_bytes -= entry[0]
+            del self._live[key]
 
     def to_dataframe(self) -> pd.DataFrame:
         """One row per recorded op, columns `COLUMNS`."""
         df = pd.DataFrame([r.__dict__ for r in self.records], columns=list(COLUMNS))
-        return df.astype({"seq": "int64", "flops": "int64", "bytes_read": "int64", "bytes_written": "int64"})
+        ints = ("seq", "flops", "bytes_read", "bytes_written", "live_bytes")
+        return df.astype(dict.fromkeys(ints, "int64"))
 
 
 def count_ops(module: torch.nn.Module, *inputs: Any, fuse_sdpa: bool = True, **kwargs: Any) -> pd.DataFrame:
@@ -539,7 +576,7 @@ def summarize(df: pd.DataFrame, depth: int = 1) -> pd.DataFrame:
 
 def op_totals(df: pd.DataFrame, by: str) -> pd.DataFrame:
     """Per value of column `by` of per-op rows, first-seen order: by, n_ops, flops, bytes_read,
-    bytes_written, bytes_total."""
+    bytes_written, bytes_total, peak_live_bytes (the most activation bytes alive after any of its ops)."""
     out = (
         df.groupby(by, sort=False)
         .agg(
@@ -547,6 +584,7 @@ def op_totals(df: pd.DataFrame, by: str) -> pd.DataFrame:
             flops=("flops", "sum"),
             bytes_read=("bytes_read", "sum"),
             bytes_written=("bytes_written", "sum"),
+            peak_live_bytes=("live_bytes", "max"),
         )
         .reset_index()
     )

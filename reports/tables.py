@@ -136,14 +136,16 @@ def frame_text(df: pd.DataFrame, fmt: str) -> str:
 
 
 def count_table(df: pd.DataFrame, title: str) -> Table:
-    """`memtraffic count`: per layer (batch, layer, ops, FLOPs, bytes read/written) or, with --per-op,
-    one row per aten op."""
+    """`memtraffic count`: per layer (batch, layer, ops, FLOPs, bytes read/written, peak activation
+    bytes alive) or, with --per-op, one row per aten op (with the activation bytes alive after it)."""
     table = Table(title=title, title_justify="left")
     per_op = "op" in df.columns
     keys = ["layer", "module", "op"] if per_op else ["batch", "layer", "n_ops"]
-    for c in [*keys, "FLOPs", "read", "written"]:
+    live = "live_bytes" if per_op else "peak_live_bytes"
+    for c in [*keys, "FLOPs", "read", "written", "act. alive" if per_op else "act. peak"]:
         table.add_column(c, justify="left" if c in {"layer", "module", "op"} else "right")
     for r in df.itertuples(index=False):
         cells = [str(getattr(r, k)) for k in keys]
-        table.add_row(*cells, si(r.flops, "FLOP"), si(r.bytes_read), si(r.bytes_written))
+        counts = [si(r.flops, "FLOP"), si(r.bytes_read), si(r.bytes_written), si(getattr(r, live))]
+        table.add_row(*cells, *counts)
     return table

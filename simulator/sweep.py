@@ -52,7 +52,7 @@ COLUMNS: dict[str, str] = {
     "time_naive_s": "roofline time with naive bytes",
     "bound": "compute or memory (for totals: the bound of the layers holding most of the time)",
     "act_peak_bytes": "activation bytes alive at once at the layer's peak (input, output, intermediates "
-    "once; no attention score matrix); for totals the largest layer's",
+    "once; no attention score matrix); for totals the largest layer's plus the residual stream beside it",
     "memory_bytes": "HBM one device must hold: its weights (shared tables once), the KV cache and the "
     "largest layer's peak activations",
     "fits": "memory_bytes <= the hardware's HBM capacity (totals only)",
@@ -220,6 +220,10 @@ def simulate(
         "kv_dtype": workload.kv_dtype,
     }
     totals = _totals(entries, per_entry, n)
+    # the residual stream h (T x d, whole on every rank) stays alive beside the layer working on norm(h)
+    residual = points.data_parallel_share().tokens * model.d_model * points.b_a
+    totals["act_peak_bytes"] = totals["act_peak_bytes"] + residual
+    totals["memory_bytes"] = totals["memory_bytes"] + residual
     # a shared table is stored once per device (sharded along its value dim over tp)
     tables = {e.cost.table_id: e.cost.table_params for e in entries if e.cost.table_id is not None}
     totals["memory_bytes"] = totals["memory_bytes"] + sum(tables.values()) * points.b_w / workload.tp

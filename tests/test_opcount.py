@@ -328,3 +328,29 @@ def test_failing_forward_leaves_no_hooks() -> None:
         count_ops(model, torch.zeros(1, 4))
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
     assert len(count_ops(model.inner, torch.zeros(1, 4))) > 0  # the modes were popped: counting still works
+
+
+# ----------------------------------------------------------------------------------------- live bytes
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_live_bytes_follow_allocations_and_frees(device: str, inplace: bool) -> None:
+    # 10 tokens through Linear(8, 16) -> ReLU -> Linear(16, 4), fp32. Live after each op (hand count):
+    # the first output (640 B); the ReLU output beside it (1,280 B), or nothing new when in place; then
+    # Sequential drops the first output and the last Linear adds 160 B. Views of the weights (aten.t)
+    # and the input, allocated outside the count, are never counted.
+    model = nn.Sequential(
+        nn.Linear(8, 16, device=device), nn.ReLU(inplace=inplace), nn.Linear(16, 4, device=device)
+    )
+    x = torch.zeros(10, 8, device=device)
+    df = count_ops(model, x)
+    compute = df[~df["op"].str.startswith("aten.t.")]
+    assert list(compute["op"]) == [
+        "aten.addmm.default",
+        f"aten.relu{'_' if inplace else ''}.default",
+        "aten.addmm.default",
+    ]
+    if inplace:
+        assert list(compute["live_bytes"]) == [640, 640, 640 + 160]
+    else:
+        assert list(compute["live_bytes"]) == [640, 1280, 640 + 160]
+    assert summarize(df, depth=0)["peak_live_bytes"].iloc[0] == (800 if inplace else 1280)
