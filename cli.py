@@ -359,6 +359,9 @@ def profile(
     routing: Annotated[
         bool, typer.Option("--routing/--no-routing", help="record experts/rows touched")
     ] = True,
+    cuda_graphs: Annotated[
+        bool, typer.Option("--cuda-graphs", help="also time the steps replayed as CUDA graphs (no launches)")
+    ] = False,
     sets: Sets = None,
 ) -> None:
     """Run a model across batch sizes under torch.profiler (+ NVML/GPM, + ncu) into a trace bundle."""
@@ -381,6 +384,7 @@ def profile(
         kv_mode=kv_mode,
         ncu=ncu,
         record_routing=routing,
+        cuda_graphs=cuda_graphs,
         progress=sys.stderr.isatty(),
     )
     _print_bundle_summary(out)

@@ -16,8 +16,10 @@ import pandas as pd
 import torch
 
 from profiler.capture import ROUTING_MAX_ROWS, capture_steps, record_routing, routing_rows, trace_tables
+from profiler.graphs import graph_step_us
 from profiler.steady import runs_row, sampled_steady_loop
 from profiler.target import Target, sync
+from simulator.errors import MeasurementUnavailable
 
 
 @dataclass
@@ -35,6 +37,7 @@ class SweepOptions:
     peak_hbm_Bps: float | None
     tmp: Path
     routing_max_rows: int = ROUTING_MAX_ROWS
+    cuda_graphs: bool = False  # also time the steps replayed as CUDA graphs (profiler.graphs)
 
 
 @dataclass
@@ -92,11 +95,14 @@ def profile_batch(
             notes=notes,
             tick=lambda f: tick("steady", f),
         )
+        graph_us = _graph_step_us(target, ring, opts, batch, notes) if opts.cuda_graphs else None
     gz = opts.tmp / f"b{batch}.json.gz"
     tables = trace_tables(raw, gz, batch, opts.steps, dev, target.layer_pattern)
     row = runs_row(
         batch, window, opts.peak_hbm_Bps, tables.kernel_time_ns, tables.n_kernels, opts.steps, opts.input_ring
     )
+    if opts.cuda_graphs:
+        row["us_per_step_graph"] = float("nan") if graph_us is None else graph_us
     run = {
         "batch": batch,
         "steps": window.steps,
@@ -110,3 +116,14 @@ def profile_batch(
         "input_ring": opts.input_ring,
     }
     return BatchResult(batch, run, row, tables.kernels, tables.layers, routing, window.nvml, gz, notes)
+
+
+def _graph_step_us(
+    target: Target, ring: list[Any], opts: SweepOptions, batch: int, notes: list[str]
+) -> float | None:
+    """The replayed-graph step time, or None with the reason in `notes`."""
+    try:
+        return graph_step_us(target, ring, opts.warmup, opts.device)
+    except MeasurementUnavailable as exc:
+        notes.append(f"cuda graphs: batch {batch}: {exc}")
+        return None

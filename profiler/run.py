@@ -92,6 +92,7 @@ def profile_model(
     ncu_timeout_s: float = 900.0,
     opcount: bool = True,
     routing_max_rows: int = ROUTING_MAX_ROWS,
+    cuda_graphs: bool = False,
     target: Target | None = None,
     on_batch_done: Callable[[int, Path], None] | None = None,
 ) -> Path:
@@ -127,6 +128,11 @@ def profile_model(
         missing.append("routing: the module has no routing recorders (no MoE or memory layer)")
     if not ncu:
         missing.append("ncu: not requested (--ncu)")
+    if cuda_graphs and dev.type != "cuda":
+        missing.append("cuda graphs: need a CUDA device")
+        cuda_graphs = False
+    elif not cuda_graphs:
+        missing.append("cuda graphs: not requested (--cuda-graphs)")
     meta = sweep_meta(
         target,
         dev,
@@ -160,6 +166,7 @@ def profile_model(
             dev_meta.get("peak_hbm_Bps"),
             Path(tmpdir),
             routing_max_rows,
+            cuda_graphs,
         )
         current = None
         try:

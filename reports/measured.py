@@ -89,6 +89,7 @@ def measured_steps(bundle: Bundle) -> pd.DataFrame:
         for src, dst in (
             ("steps", "steps"),
             ("us_per_step", "us_per_step"),
+            ("us_per_step_graph", "us_per_step_graph"),
             ("gpm_bytes_per_step", "meas_bytes_gpm"),
             ("gpm_bw_Bps", "gpm_bw_Bps"),
             ("mean_dram_util_pct", "mean_dram_util_pct"),

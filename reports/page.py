@@ -165,6 +165,7 @@ STEP_COLUMNS: list[tuple[str, str, str]] = [
     ("err eager", "err_eager_pct", "pct"),
     ("roofline", "pred_time_s", "s"),
     ("step", "meas_step_s", "s"),
+    ("graph step", "meas_graph_step_s", "s"),
     ("kernels", "meas_kernel_s", "s"),
     ("achieved", "achieved_bw_Bps", "Bps"),
 ]

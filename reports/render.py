@@ -81,6 +81,7 @@ def step_columns(levels: Sequence[str]) -> list[Column]:
         *[(f"err {lv}", f"err_{lv}_pct", pct) for lv in levels],
         ROOFLINE,
         ("step", "meas_step_s", seconds),
+        ("graph step", "meas_graph_step_s", seconds),
         KERNELS,
         ("err t/step", "err_time_step_pct", pct),
         ("err t/kern", "err_time_kernel_pct", pct),

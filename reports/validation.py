@@ -294,6 +294,9 @@ def _join_steps(
         if c not in df:
             df[c] = np.nan
     df["meas_step_s"] = df["us_per_step"] * 1e-6
+    if "us_per_step_graph" in df:  # profiled with --cuda-graphs: the step without launch overheads
+        df["meas_graph_step_s"] = df["us_per_step_graph"] * 1e-6
+        df["err_time_graph_pct"] = pct_error(df["pred_time_s"], df["meas_graph_step_s"])
     for level in levels:
         df[f"err_{level}_pct"] = pct_error(df[f"pred_bytes_{level}"], df["meas_bytes_gpm"])
         df[f"err_{level}_ncu_pct"] = pct_error(df[f"pred_bytes_{level}"], df["meas_bytes_ncu"])
@@ -351,6 +354,8 @@ def _summary(
         add("step", f"bytes_{level} vs ncu", steps[f"err_{level}_ncu_pct"])
     add("step", "time vs step time", steps["err_time_step_pct"])
     add("step", "time vs kernel sum", steps["err_time_kernel_pct"])
+    if "err_time_graph_pct" in steps:
+        add("step", "time vs CUDA-graph step", steps["err_time_graph_pct"])
     for kind, g in layers.dropna(subset=["kind"]).groupby("kind", sort=False):
         add(str(kind), "time vs kernel time", g["err_time_pct"])
         for level in levels:

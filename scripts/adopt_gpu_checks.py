@@ -3,8 +3,8 @@
     python scripts/adopt_gpu_checks.py FILES_AT [--dest traces/samples/h100-profiled]
 
 FILES_AT is the folder the device tool copied $OUT into (gpu-checks.tar.gz, or its .partNN pieces). The
-profiled bundles (moe-bundle, umv2-bundle) are read back (a bundle that does not read is refused with
-one line, exit 2), copied to DEST/{moe,umv2}, the check results (device facts, parity, GPM calibration,
+profiled bundles (moe-bundle, umv2-bundle, graphs-*-bundle) are read back (a bundle that does not read
+is refused with one line, exit 2), copied to DEST/{moe,umv2,graphs-*}, the check results (device facts, parity, GPM calibration,
 NVML overhead, stage summary) to DEST/checks/, and DEST/README.md records how they were made: the
 commands, this checkout's commit and the device the run reported.
 """
@@ -27,7 +27,12 @@ sys.path.insert(0, str(ROOT))
 from simulator.errors import MemtrafficError  # noqa: E402
 from traces.bundle import read_bundle  # noqa: E402
 
-BUNDLES = {"moe-bundle": "moe", "umv2-bundle": "umv2"}
+BUNDLES = {
+    "moe-bundle": "moe",
+    "umv2-bundle": "umv2",
+    "graphs-umv2-bundle": "graphs-umv2",
+    "graphs-moe-bundle": "graphs-moe",
+}
 CHECK_FILES = (
     "summary.json",
     "device.json",
@@ -36,6 +41,8 @@ CHECK_FILES = (
     "nvml_overhead.txt",
     "moe-summary.txt",
     "umv2-summary.txt",
+    "graphs-umv2-summary.txt",
+    "graphs-moe-summary.txt",
 )
 COMMANDS = """\
 bash scripts/gpu_wheels.sh                          # on the CPU machine: .whl/ for the GPU image

@@ -7,6 +7,7 @@ Stages, each a child process with its own time budget (a hang or crash costs onl
   moe      profile an OLMoE-like model (d 2048, 8 blocks, 64 experts top-8) at batch 1..4096, ncu pass
   umv2     profile an UltraMemV2-like model (d 2048, 8 blocks, shared 2.2 M-row table), ncu pass
   nvml     benchmarks/bench_nvml_overhead.py: does the sampler slow the run it measures
+  graphs   2-block versions of both models replayed as CUDA graphs beside eager (MoE: not capturable)
 Everything lands in a work folder (/tmp/gpu-checks), packed after every stage into $OUT/gpu-checks.tar.gz
 (split into parts of <= 15 MiB when larger; the device tool returns at most 8 files of 16 MiB), so a
 command stopped early still brings back every finished stage. Stages run in their own process groups: a
@@ -42,42 +43,44 @@ NCU_BATCHES = {"moe": [1, 4], "umv2": [1, 1024]}
 # seconds for the whole ncu pass of a stage (one ncu process per batch, an equal share each): about 10 s
 # to start the child plus 20-40 ms per kernel replayed (MoE at batch 4: ~1,400 kernels per step)
 NCU_SECONDS = {"moe": 130, "umv2": 110}
-# stage -> (seconds budget, what it does); the budgets sum to 555 s, under the 585 s outer limit of
+GRAPH_BATCHES = [1, 16, 256]
+# stage -> (seconds budget, what it does); the budgets sum to 570 s, under the 585 s outer limit of
 # gpu_checks.sh and the 600 s command limit. A profile stage: ~60 s sweep + its ncu pass + margin.
 STAGES: dict[str, tuple[int, str]] = {
     "device": (20, "device facts: NVML device_info, torch.cuda properties, nvidia-smi query (read-only)"),
     "parity": (40, "each layer family on CUDA: fp32 output vs CPU (same weights), bf16 forward runs"),
     "gpm": (25, "GPM calibration: 2 GiB copy loop >= 1 s, counted bytes vs integrated GPM DRAM bytes"),
     "moe": (
-        220,
+        205,
         f"profile OLMoE-like, batches {BATCHES}, context {CONTEXT}, NVML/GPM, ncu at {NCU_BATCHES['moe']}",
     ),
     "umv2": (
-        200,
+        185,
         f"profile UltraMemV2-like, batches {BATCHES}, context {CONTEXT}, NVML/GPM, "
         f"ncu at {NCU_BATCHES['umv2']}",
     ),
     "nvml": (50, "benchmarks/bench_nvml_overhead.py --steps 100"),
+    "graphs": (45, f"2-block models at batches {GRAPH_BATCHES}: eager vs CUDA-graph step time"),
 }
 
 
 # ------------------------------------------------------------------------------------------ models
-def moe_config() -> Any:
+def moe_config(blocks: int = 8) -> Any:
     from simulator.config import AttentionConfig, BlockConfig, ModelConfig, MoEConfig
 
     attn = AttentionConfig(kind="gqa", n_heads=16, n_kv_heads=4, head_dim=128)
     moe = MoEConfig(n_experts=64, top_k=8, expert_ffn=1024, activation="swiglu", router="softmax")
     return ModelConfig(
-        name="olmoe-like-d2048-8L",
+        name=f"olmoe-like-d2048-{blocks}L",
         description="OLMoE-1B-7B layer shape (64 experts, top-8), 8 blocks, GQA",
         d_model=2048,
         vocab_size=50304,
         embeddings=False,
-        blocks=[BlockConfig(repeat=8, attention=attn, ffn=[moe])],
+        blocks=[BlockConfig(repeat=blocks, attention=attn, ffn=[moe])],
     )
 
 
-def umv2_config() -> Any:
+def umv2_config(blocks: int = 8) -> Any:
     from simulator.config import AttentionConfig, BlockConfig, DenseFFNConfig, ModelConfig, UltraMemV2Config
 
     attn = AttentionConfig(kind="gqa", n_heads=16, n_kv_heads=4, head_dim=128)
@@ -93,13 +96,15 @@ def umv2_config() -> Any:
         shared_table="values",
     )
     return ModelConfig(
-        name="umv2-like-d2048-8L",
+        name=f"umv2-like-d2048-{blocks}L",
         description="UltraMemV2-1B/7B layer shape, 8 blocks, GQA, shared table",
         d_model=2048,
         vocab_size=50304,
         embeddings=False,
         blocks=[
-            BlockConfig(repeat=8, attention=attn, parallel_ffn=True, ffn=[DenseFFNConfig(d_ff=6144), mem])
+            BlockConfig(
+                repeat=blocks, attention=attn, parallel_ffn=True, ffn=[DenseFFNConfig(d_ff=6144), mem]
+            )
         ],
     )
 
@@ -368,6 +373,7 @@ def _summarize_bundle(path: Path, dest: Path, seconds: float) -> None:
                 "batch",
                 "steps",
                 "us_per_step",
+                "us_per_step_graph",
                 "gpm_bytes_per_step",
                 "gpm_bw_Bps",
                 "kernel_time_ns_per_step",
@@ -395,12 +401,46 @@ def stage_nvml(out: Path) -> None:
     print(proc.stdout + proc.stderr)
 
 
+def stage_graphs(out: Path) -> None:
+    """Eager and CUDA-graph step time of small versions of both models (the MoE is expected to refuse
+    capture: its reference dispatch moves per-expert counts to the host)."""
+    from profiler.run import profile_model
+
+    for which, cfg in (("umv2", umv2_config(blocks=2)), ("moe", moe_config(blocks=2))):
+        started = time.time()
+        path = profile_model(
+            cfg,
+            GRAPH_BATCHES,
+            "decode",
+            CONTEXT,
+            steps=2,
+            warmup=3,
+            output=out / f"graphs-{which}-bundle",
+            device="cuda",
+            dtype="bf16",
+            steady_seconds=0.5,
+            input_ring=8,
+            record_routing=False,
+            opcount=False,
+            progress=False,
+            cuda_graphs=True,
+        )
+        _summarize_bundle(path, out / f"graphs-{which}-summary.txt", time.time() - started)
+
+
 def run_stage(name: str, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if name in ("moe", "umv2"):
         stage_profile(out, name)
-    else:
-        {"device": stage_device, "parity": stage_parity, "gpm": stage_gpm, "nvml": stage_nvml}[name](out)
+        return
+    stage = {
+        "device": stage_device,
+        "parity": stage_parity,
+        "gpm": stage_gpm,
+        "nvml": stage_nvml,
+        "graphs": stage_graphs,
+    }[name]
+    stage(out)
 
 
 # ------------------------------------------------------------------------------------------ orchestration

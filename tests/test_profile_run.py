@@ -367,6 +367,26 @@ def test_ncu_requested_on_cpu_is_recorded_missing(tmp_path: Path) -> None:
     assert "ncu: needs a CUDA device" in missing and not any("not requested" in m for m in missing)
 
 
+def test_cuda_graphs_requested_on_cpu_are_recorded_missing(tmp_path: Path) -> None:
+    from profiler.graphs import graph_step_us
+    from simulator.errors import MeasurementUnavailable
+
+    out = profile_model(
+        moe_model(),
+        [2],
+        output=tmp_path / "b",
+        cuda_graphs=True,
+        opcount=False,
+        **{**FAST, "steady_seconds": 0.05},
+    )
+    b = read_bundle(out)
+    assert "cuda graphs: need a CUDA device" in b.meta["missing"]
+    assert "us_per_step_graph" not in b.runs
+    target = run.reference_target(moe_model(), "decode", 16, torch.device("cpu"), "fp32")
+    with pytest.raises(MeasurementUnavailable, match="need a CUDA device"):
+        graph_step_us(target, [target.make_input(1, 0)], 0, torch.device("cpu"))
+
+
 def test_kineto_log_lines_silenced_only_around_our_profiling() -> None:
     # libkineto reads KINETO_LOG_LEVEL when a process first starts a profiler: check in a fresh one
     code = (

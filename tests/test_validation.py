@@ -53,6 +53,7 @@ def make_tiny_bundle(
     batches: tuple[int, ...] = (1, 8),
     kernel_time_ns=None,
     steps: int = 2,
+    graph_us_per_step: float | None = None,
 ) -> Path:
     """A small but complete bundle: runs, kernels, layers, nvml, routing; one kernel per layer and step.
 
@@ -128,6 +129,7 @@ def make_tiny_bundle(
                 "steady_start_ns": steady_start,
                 "steady_end_ns": steady_end,
                 "profile_start_ns": start,
+                **({"us_per_step_graph": graph_us_per_step} if graph_us_per_step is not None else {}),
             }
         )
         t = steady_end + 100_000_000
@@ -449,3 +451,27 @@ def test_calibration_clips_and_rejects(tmp_path: Path) -> None:
     assert "\n" not in str(exc.value)
     with pytest.raises(ConfigError):
         load_calibration(tmp_path / "missing.json")
+
+
+def test_cuda_graph_step_time_beside_the_eager_one(tmp_path: Path) -> None:
+    # a run profiled with --cuda-graphs: the replayed-graph step time is validated beside the eager one
+    path = make_tiny_bundle(tmp_path / "graphs", graph_us_per_step=2500.0)
+    res = validate(path, hardware=tiny_hardware())
+    steps = res.steps
+    np.testing.assert_allclose(steps["meas_graph_step_s"], 2.5e-3)
+    by_hand = (steps["pred_time_s"] - 2.5e-3) / 2.5e-3 * 100
+    np.testing.assert_allclose(steps["err_time_graph_pct"], by_hand, rtol=1e-12)
+    row = res.summary[res.summary["metric"] == "time vs CUDA-graph step"]
+    assert len(row) == 1 and row["n"].iloc[0] == len(steps)
+
+    import plotly.graph_objects as go
+
+    from reports.figures.steps import _measured_markers
+
+    fig = go.Figure()
+    _measured_markers(fig, "time", "s", {}, [res])
+    assert "tiny-moe · measured step (CUDA graph)" in {t.name for t in fig.data}
+    # a run without the column has neither
+    plain = validate(make_tiny_bundle(tmp_path / "plain"), hardware=tiny_hardware())
+    assert "meas_graph_step_s" not in plain.steps
+    assert not (plain.summary["metric"] == "time vs CUDA-graph step").any()

@@ -81,17 +81,23 @@ def _predicted_lines(fig: go.Figure, g: pd.DataFrame, col: str, colors: dict[str
 def _measured_markers(
     fig: go.Figure, what: str, unit: str, colors: dict[str, str], validations: Sequence[ValidationResult]
 ) -> None:
-    """Hollow markers: GPM bytes per step, or the measured step time and kernel-time sum."""
+    """Hollow markers: GPM bytes per step, or the measured step time (eager, and replayed as CUDA graphs
+    where profiled so) and kernel-time sum."""
     meas = (
         [("meas_bytes_gpm", "measured (GPM)")]
         if what == "bytes"
-        else [("meas_step_s", "measured step"), ("meas_kernel_s", "measured kernel sum")]
+        else [
+            ("meas_step_s", "measured step"),
+            ("meas_graph_step_s", "measured step (CUDA graph)"),
+            ("meas_kernel_s", "measured kernel sum"),
+        ]
     )
+    symbols = {"meas_kernel_s": "x-thin-open", "meas_graph_step_s": "diamond-open"}
     for v in validations:
         s = v.steps.sort_values("batch")
         for mcol, label in meas:
-            if s[mcol].notna().any():
-                symbol = "circle-open" if "kernel" not in mcol else "x-thin-open"
+            if mcol in s and s[mcol].notna().any():
+                symbol = symbols.get(mcol, "circle-open")
                 fig.add_trace(
                     points(
                         s["batch"],
