@@ -4,9 +4,9 @@
 
 FILES_AT is the folder the device tool copied $OUT into (gpu-checks.tar.gz, or its .partNN pieces). The
 profiled bundles (moe-bundle, umv2-bundle, graphs-*-bundle) are read back (a bundle that does not read
-is refused with one line, exit 2), copied to DEST/{moe,umv2,graphs-*}, the check results (device facts, parity, GPM calibration,
-NVML overhead, stage summary) to DEST/checks/, and DEST/README.md records how they were made: the
-commands, this checkout's commit and the device the run reported.
+is refused with one line, exit 2), copied to DEST/{moe,umv2,graphs-*}, the check results (device
+facts, parity, GPM calibration, NVML overhead, stage summary) to DEST/checks/, and DEST/README.md
+records how they were made: the commands, this checkout's commit and the device the run reported.
 """
 
 from __future__ import annotations
