@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from profiler.capture import ROUTING_MAX_ROWS, capture_steps, record_routing, routing_rows, trace_tables
+from profiler.errors import one_line
 from profiler.graphs import graph_step_us
 from profiler.steady import runs_row, sampled_steady_loop
 from profiler.target import Target, sync
@@ -121,9 +122,16 @@ def profile_batch(
 def _graph_step_us(
     target: Target, ring: list[Any], opts: SweepOptions, batch: int, notes: list[str]
 ) -> float | None:
-    """The replayed-graph step time, or None with the reason in `notes`."""
+    """The replayed-graph step time, or None with the reason in `notes`. A module found not capturable
+    is not tried again at the next batch sizes; any other failure (memory for the graphs' pool at a large
+    batch) costs only this batch's graph time, never the sweep."""
+    if target.uncapturable is not None:
+        return None
     try:
         return graph_step_us(target, ring, opts.warmup, opts.device)
     except MeasurementUnavailable as exc:
-        notes.append(f"cuda graphs: batch {batch}: {exc}")
-        return None
+        target.uncapturable = str(exc)
+        notes.append(f"cuda graphs: {exc} (found at batch {batch}; not tried at later batch sizes)")
+    except Exception as exc:  # the graph time is an extra: never stop a measurement for it
+        notes.append(f"cuda graphs: batch {batch}: {one_line(exc)}")
+    return None

@@ -40,6 +40,7 @@ class Target:
     recorders: dict[str, RoutingRecorder] = field(default_factory=dict)
     layer_names: list[str] | None = None
     notes: list[str] = field(default_factory=list)
+    uncapturable: str | None = None  # why its steps cannot be captured as CUDA graphs, once found
 
     def step(self, inputs: Any) -> Any:
         """One forward step on `inputs` (a tensor or a tuple of positional arguments)."""

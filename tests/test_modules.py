@@ -551,6 +551,28 @@ def test_ultramem() -> None:
     assert _recorded_rows(mem.recorder) == sorted(used)
 
 
+def test_tucker_rank_one_vectors_computed_once_until_the_cores_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the SVD of the summed cores runs on the first step only (its CUDA kernel syncs with the host, which
+    # would keep the steps out of a CUDA graph); an in-place update of the cores computes it again
+    import profiler.modules.retrieval as retrieval
+
+    calls = []
+    real = retrieval.rank_one_vectors
+    monkeypatch.setattr(retrieval, "rank_one_vectors", lambda c: calls.append(1) or real(c))
+    cfg = UltraMemV2Config(knum=5, key_dim=6, top_m=5, row_col_top=3, value_dim=8, pre_value_dim=4)
+    mem = randomize_(UltraMemV2(cfg, D))
+    x = torch.randn(3, D)
+    first = mem(x)
+    torch.testing.assert_close(mem(x), first)
+    assert len(calls) == 1
+    with torch.no_grad():
+        mem.cores.mul_(-1.0)  # flips the sign of every core: other rank-one vectors, other scores
+    mem(x)
+    assert len(calls) == 2
+
+
 @pytest.mark.parametrize("layer_index,share_ratio", [(0, None), (1, 0.75)])
 def test_ultramemv2(layer_index: int, share_ratio: float | None) -> None:
     cfg = UltraMemV2Config(

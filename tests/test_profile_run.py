@@ -364,7 +364,7 @@ def test_ncu_requested_on_cpu_is_recorded_missing(tmp_path: Path) -> None:
         moe_model(), [2], output=tmp_path / "b", ncu=True, opcount=False, **{**FAST, "steady_seconds": 0.05}
     )
     missing = read_bundle(out).meta["missing"]
-    assert "ncu: needs a CUDA device" in missing and not any("not requested" in m for m in missing)
+    assert "ncu: needs a CUDA device" in missing and "ncu: not requested (--ncu)" not in missing
 
 
 def test_cuda_graphs_requested_on_cpu_are_recorded_missing(tmp_path: Path) -> None:
@@ -409,3 +409,52 @@ def test_kineto_log_lines_silenced_only_around_our_profiling() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "profiler_start" not in proc.stderr and "profiler_stop" not in proc.stderr
+
+
+def test_graph_refusal_is_remembered_and_other_failures_cost_one_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import profiler.batch as batch_mod
+    from profiler.graphs import _root_cause
+    from simulator.errors import MeasurementUnavailable
+
+    target = run.reference_target(moe_model(), "decode", 16, torch.device("cpu"), "fp32")
+    opts = batch_mod.SweepOptions(
+        "decode", 16, 1, 1, 0.1, 2, False, False, 0.1, torch.device("cpu"), None, Path("."), cuda_graphs=True
+    )
+    tries: list[int] = []
+
+    def refuse(t, ring, first, device):
+        tries.append(first)
+        raise MeasurementUnavailable("not capturable: the forward syncs with the host (x at moe.py:97)")
+
+    monkeypatch.setattr(batch_mod, "graph_step_us", refuse)
+    notes: list[str] = []
+    assert batch_mod._graph_step_us(target, [], opts, 1, notes) is None
+    assert batch_mod._graph_step_us(target, [], opts, 16, notes) is None
+    assert len(tries) == 1 and len(notes) == 1 and "found at batch 1" in notes[0]
+
+    fresh = run.reference_target(moe_model(), "decode", 16, torch.device("cpu"), "fp32")
+    monkeypatch.setattr(batch_mod, "graph_step_us", lambda *a: (_ for _ in ()).throw(MemoryError()))
+    notes = []
+    assert batch_mod._graph_step_us(fresh, [], opts, 4096, notes) is None
+    assert notes == ["cuda graphs: batch 4096: MemoryError"] and fresh.uncapturable is None
+    monkeypatch.setattr(batch_mod, "graph_step_us", lambda *a: 81.5)
+    assert batch_mod._graph_step_us(fresh, [], opts, 1, notes) == 81.5
+
+    # the error that spoiled a capture, not capture_end's own, is the one reported
+    try:
+        try:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        except RuntimeError:
+            raise RuntimeError("operation failed due to a previous error during capture") from None
+    except RuntimeError as exc:
+        chained = exc
+    assert _root_cause(chained).startswith("operation failed")  # `from None`: no context to follow
+    try:
+        try:
+            raise ValueError("CPU tensor copy during capture")
+        except ValueError:
+            raise RuntimeError("capture invalidated")  # noqa: B904 (the implicit context is the point)
+    except RuntimeError as exc:
+        assert _root_cause(exc).startswith("CPU tensor copy during capture at test_profile_run.py:")

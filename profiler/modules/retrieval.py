@@ -101,15 +101,40 @@ def rank_one_vectors(cores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return u * sign, t * sign
 
 
+class RankOneCache:
+    """The rank-one vectors of a layer's summed cores, computed once and again only when the cores change
+    (in-place updates such as load_state_dict bump the parameter's version). The cores are fixed at
+    inference, as a serving implementation would precompute them; and the SVD, whose CUDA kernel checks
+    its convergence on the host, stays out of the steps (they can then be captured as CUDA graphs)."""
+
+    def __init__(self) -> None:
+        self._key: tuple[object, ...] | None = None
+        self._vectors: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def vectors(self, cores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (cores._version, cores.data_ptr(), cores.device, cores.dtype, tuple(cores.shape))
+        if self._vectors is None or key != self._key:
+            with torch.no_grad():
+                self._vectors = rank_one_vectors(cores.sum(dim=1))
+            self._key = key
+        return self._vectors
+
+
 def tucker_topk(
-    s_row: torch.Tensor, s_col: torch.Tensor, cores: torch.Tensor, m_rc: int, top_m: int
+    s_row: torch.Tensor,
+    s_col: torch.Tensor,
+    cores: torch.Tensor,
+    m_rc: int,
+    top_m: int,
+    rank_one: RankOneCache | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(per-core scores (T, H, c, m), row (T, H, m), column (T, H, m)) of the top-m grid cells.
 
-    s_row, s_col: (T, H, r, n) scores per rank; cores: (H, c, r, r).
+    s_row, s_col: (T, H, r, n) scores per rank; cores: (H, c, r, r). `rank_one` keeps the cores'
+    rank-one vectors between steps (without it they are computed on every call).
     """
     t, h, r, _ = s_row.shape
-    u, v = rank_one_vectors(cores.sum(dim=1))  # (H, r) each
+    u, v = (rank_one or RankOneCache()).vectors(cores)  # (H, r) each
     row_pre = torch.einsum("thrn,hr->thn", s_row, u.to(s_row.dtype))
     col_pre = torch.einsum("thrn,hr->thn", s_col, v.to(s_col.dtype))
     ri = row_pre.topk(m_rc, dim=-1).indices  # (T, H, m_rc)

@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from profiler.modules.common import RoutingRecorder, affine_shuffle, factory_kwargs
-from profiler.modules.retrieval import check_tucker, init_tucker, tucker_topk
+from profiler.modules.retrieval import RankOneCache, check_tucker, init_tucker, tucker_topk
 from profiler.modules.tables import MemoryTable, TableRegistry
 from simulator.config import UltraMemConfig
 
@@ -40,6 +40,7 @@ class UltraMem(nn.Module):
         self.wq = nn.Linear(d_model, self.queries * 2 * cfg.key_dim, bias=False, **f)
         self.q_norm = nn.LayerNorm(cfg.key_dim, **f)
         self.keys, self.cores = init_tucker(cfg.heads, self.n, cfg.rank, cfg.key_dim, cfg.cores, **f)
+        self.rank_one = RankOneCache()
         registry = tables or TableRegistry(device, dtype)
         self.table: MemoryTable = registry.get(None, cfg.rows, {"values": cfg.value_dim}, name)
         self.wo = nn.Linear(cfg.expansion * cfg.value_dim, d_model, bias=False, **f)
@@ -52,7 +53,7 @@ class UltraMem(nn.Module):
         q = self.q_norm(self.wq(x).view(t, self.queries, 2, cfg.key_dim))
         q = q.repeat_interleave(2, dim=1)[:, : cfg.heads]  # head h reads query h // 2
         s = torch.einsum("thsk,hsnrk->thsrn", q, self.keys)
-        scores, row, col = tucker_topk(s[:, :, 0], s[:, :, 1], self.cores, cfg.m_rc, cfg.top_m)
+        scores, row, col = tucker_topk(s[:, :, 0], s[:, :, 1], self.cores, cfg.m_rc, cfg.top_m, self.rank_one)
         virt = affine_shuffle(row * self.n + col, self.virtual)
         phys = virt % self.phys
         group = torch.div(virt, self.phys, rounding_mode="floor")

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from profiler.modules.common import RoutingRecorder, affine_shuffle, factory_kwargs
-from profiler.modules.retrieval import check_tucker, init_tucker, tucker_topk
+from profiler.modules.retrieval import RankOneCache, check_tucker, init_tucker, tucker_topk
 from profiler.modules.tables import MemoryTable, TableRegistry
 from simulator.config import UltraMemV2Config
 
@@ -47,6 +47,7 @@ class UltraMemV2(nn.Module):
         self.wq = nn.Linear(d_model, cfg.heads * 2 * cfg.rank * cfg.key_dim, bias=False, **f)
         self.q_norm = nn.LayerNorm(cfg.key_dim, **f)
         self.keys, self.cores = init_tucker(cfg.heads, self.n, cfg.rank, cfg.key_dim, cfg.cores, **f)
+        self.rank_one = RankOneCache()
         registry = tables or TableRegistry(device, dtype)
         self.table: MemoryTable = registry.get(
             cfg.shared_table,
@@ -64,7 +65,7 @@ class UltraMemV2(nn.Module):
         t = x.shape[0]
         q = self.q_norm(self.wq(x).view(t, cfg.heads, 2, cfg.rank, cfg.key_dim))
         s = torch.einsum("thsrk,hsnrk->thsrn", q, self.keys)
-        scores, row, col = tucker_topk(s[:, :, 0], s[:, :, 1], self.cores, cfg.m_rc, cfg.top_m)
+        scores, row, col = tucker_topk(s[:, :, 0], s[:, :, 1], self.cores, cfg.m_rc, cfg.top_m, self.rank_one)
         phys = (affine_shuffle(row * self.n + col, self.window) + self.offset) % self.table_rows
         return scores.transpose(2, 3).reshape(t, -1, cfg.cores), phys.view(t, -1)
 
