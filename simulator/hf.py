@@ -37,7 +37,16 @@ _ARCH_TO_TYPE: dict[str, str] = {
     "OlmoeForCausalLM": "olmoe",
     "DeepseekV2ForCausalLM": "deepseek_v2",
     "DeepseekV3ForCausalLM": "deepseek_v3",
+    "GemmaForCausalLM": "gemma",
+    "Gemma2ForCausalLM": "gemma2",
+    "Gemma3ForCausalLM": "gemma3_text",
+    "Gemma3ForConditionalGeneration": "gemma3",
+    "Phi3ForCausalLM": "phi3",
+    "Olmo2ForCausalLM": "olmo2",
 }
+
+# families whose transformers config class ties the LM head to the embedding by default
+_TIED_BY_DEFAULT = {"gemma", "gemma2", "gemma3_text"}
 
 _GATED_ACT: dict[str, str] = {
     # the gated MLP of these families: act(W_g x) * (W_u x); the activation names the gate
@@ -123,6 +132,9 @@ def from_hf_config(cfg: dict[str, Any], name: str) -> ModelConfig:
     if not isinstance(cfg, dict):
         raise ConfigError(f"{what}: expected a JSON object, got {type(cfg).__name__}")
     model_type = model_type_of(cfg)
+    if model_type == "gemma3" and isinstance(cfg.get("text_config"), dict):
+        # Gemma 3 4B and up are image-text models: the decoder is their text_config (vision tower left out)
+        cfg, model_type = {**cfg["text_config"]}, "gemma3_text"
     builder = _BUILDERS.get(model_type or "")
     if builder is None:
         supported = ", ".join(sorted(_BUILDERS))
@@ -135,9 +147,14 @@ def from_hf_config(cfg: dict[str, Any], name: str) -> ModelConfig:
     per_layer = builder(r, d_model, n_layers)
     blocks = _group(per_layer)
 
-    vocab_size = r.need_int("vocab_size")
-    # every family here defaults to untied (their transformers config classes pass False)
-    tie = r.opt_bool("tie_word_embeddings", False)
+    vocab_size = (
+        r.need_int("vocab_size")
+        if model_type not in _VOCAB_DEFAULTS
+        else r.opt_int("vocab_size", _VOCAB_DEFAULTS[model_type])
+    )
+    assert vocab_size is not None
+    # the transformers config classes pass tie_word_embeddings=False, except Gemma's (True)
+    tie = r.opt_bool("tie_word_embeddings", model_type in _TIED_BY_DEFAULT)
     provenance = {
         f"hf.{key}": Source(
             tag="code", source=f"absent from config.json; transformers {model_type} default {value!r}"
@@ -222,16 +239,16 @@ def _mla(r: _Reader) -> AttentionConfig:
     )
 
 
-def _activation(r: _Reader) -> str:
-    act = r.opt_str("hidden_act", "silu")
+def _activation(r: _Reader, key: str = "hidden_act", default: str = "silu") -> str:
+    act = r.opt_str(key, default)
     if act not in _GATED_ACT:
         known = ", ".join(sorted(_GATED_ACT))
         raise ConfigError(f"{r.what}: hidden_act {act!r} is not supported (known: {known})")
     return _GATED_ACT[act]
 
 
-def _dense(r: _Reader, bias: bool = False) -> DenseFFNConfig:
-    act = _activation(r)
+def _dense(r: _Reader, bias: bool = False, act: str | None = None) -> DenseFFNConfig:
+    act = act or _activation(r)
     return _validated(
         r, lambda: DenseFFNConfig(d_ff=r.need_int("intermediate_size"), activation=act, bias=bias)
     )
@@ -371,6 +388,50 @@ def _deepseek(r: _Reader, d: int, n_layers: int) -> list[BlockConfig]:
     return [BlockConfig(attention=attn, ffn=[moe if s else dense]) for s in sparse]  # type: ignore[list-item]
 
 
+def _layer_windows(r: _Reader, n_layers: int, pattern: int, pattern_key: str | None) -> list[int | None]:
+    """Per layer, the sliding window or None (full attention). `layer_types` (transformers >= 4.53 writes
+    it) is authoritative; without it every `pattern`-th layer is full and the others slide (Gemma 2
+    alternates; Gemma 3 has five sliding layers per full one and may say so in `pattern_key`)."""
+    window = r.opt_int("sliding_window", None)
+    types = r.cfg.get("layer_types")
+    if types is None:
+        every = (r.opt_int(pattern_key, pattern) if pattern_key else pattern) or pattern
+        return [window if (i + 1) % every else None for i in range(n_layers)]
+    if not isinstance(types, list) or len(types) != n_layers:
+        raise ConfigError(f"{r.what}: 'layer_types' must list one type per layer ({n_layers}), got {types!r}")
+    known = {"sliding_attention": window, "full_attention": None}
+    unknown = sorted({str(t) for t in types if t not in known})
+    if unknown:
+        raise ConfigError(f"{r.what}: layer_types {unknown} not supported (known: {', '.join(known)})")
+    return [known[t] for t in types]
+
+
+def _gemma_family(
+    pattern: int | None, pattern_key: str | None = None
+) -> Callable[[_Reader, int, int], list[BlockConfig]]:
+    """Gemma 1/2/3 decoders: GeGLU MLP named by `hidden_activation` (tanh GELU by default), explicit
+    head_dim, tied embeddings; Gemma 2/3 interleave sliding-window and full layers (`pattern`). Their
+    extra norms (post-attention/post-MLP, q/k norms) hold no weights the simulator counts."""
+
+    def build(r: _Reader, d: int, n_layers: int) -> list[BlockConfig]:
+        bias = r.opt_bool("attention_bias", False)
+        ffn = _dense(r, act=_activation(r, "hidden_activation", "gelu_pytorch_tanh"))
+        windows = [None] * n_layers if pattern is None else _layer_windows(r, n_layers, pattern, pattern_key)
+        return [
+            BlockConfig(attention=_attention(r, d, qkv_bias=bias, o_bias=bias, window=w), ffn=[ffn])
+            for w in windows
+        ]
+
+    return build
+
+
+def _phi3(r: _Reader, d: int, n_layers: int) -> list[BlockConfig]:
+    """Phi-3: fused qkv and gate/up projections (the same weights as separate ones), no biases,
+    Mistral-style sliding window on every layer when `sliding_window` is set."""
+    attn = _attention(r, d, qkv_bias=False, o_bias=False, window=_mistral_window(r))
+    return [BlockConfig(attention=attn, ffn=[_dense(r)]) for _ in range(n_layers)]
+
+
 _BUILDERS: dict[str, Callable[[_Reader, int, int], list[BlockConfig]]] = {
     "llama": _llama,
     "mistral": _mistral,
@@ -382,7 +443,14 @@ _BUILDERS: dict[str, Callable[[_Reader, int, int], list[BlockConfig]]] = {
     "olmoe": _olmoe,
     "deepseek_v2": _deepseek,
     "deepseek_v3": _deepseek,
+    "gemma": _gemma_family(None),
+    "gemma2": _gemma_family(2),
+    "gemma3_text": _gemma_family(6, "sliding_window_pattern"),
+    "phi3": _phi3,
+    "olmo2": _llama,  # Llama weights; its q/k norms and post-norms are norm weights only
 }
+# families whose config class supplies a vocab_size default that hub configs may omit
+_VOCAB_DEFAULTS: dict[str, int] = {"gemma3_text": 262_208}
 
 
 # ------------------------------------------------------------------------------------------- helpers

@@ -261,11 +261,11 @@ def one_line(exc: pytest.ExceptionInfo[BaseException]) -> str:
 
 def test_unsupported_model_type_is_one_line_with_supported_list() -> None:
     cfg = copy.deepcopy(hf("Llama-3.1-8B"))
-    cfg["model_type"] = "gemma2"
+    cfg["model_type"] = "llama4_text"  # chunked attention and interleaved MoE: not modelled
     with pytest.raises(ConfigError) as exc:
         from_hf_config(cfg, "g")
     text = one_line(exc)
-    assert "'gemma2'" in text and "deepseek_v3" in text and "qwen3_moe" in text
+    assert "'llama4_text'" in text and "deepseek_v3" in text and "gemma2" in text
 
 
 @pytest.mark.parametrize(
@@ -292,3 +292,81 @@ def test_moe_top_k_above_experts_from_hf() -> None:
     with pytest.raises(ConfigError) as exc:
         from_hf_config(cfg, "m")
     assert "top_k=9 exceeds n_experts=8" in one_line(exc)
+
+
+# -------------------------------------------------------------------------------- Gemma 2 / 3
+def gemma_total(m: ModelConfig, qk_norms: bool) -> int:
+    """Hand count with Gemma's norms: four per block (pre/post attention, pre/post MLP), Gemma 3's
+    per-head q and k norms, the final norm; tied embeddings."""
+    d = m.d_model
+    blocks = 0
+    for b in m.blocks:
+        a = b.attention
+        assert a.head_dim is not None
+        norms = 4 * d + (2 * a.head_dim if qk_norms else 0)
+        blocks += b.repeat * (attention_params(a, d) + sum(ffn_params(f, d) for f in b.ffn) + norms)
+    return m.vocab_size * d + blocks + d
+
+
+def test_gemma2_alternates_sliding_and_full_layers() -> None:
+    m = from_hf_config(hf("Gemma-2-2B"), "gemma-2-2b")
+    windows = [b.attention.sliding_window for b in m.blocks for _ in range(b.repeat)]
+    assert windows == [4096 if i % 2 == 0 else None for i in range(26)]  # even layers slide
+    assert m.tie_embeddings and all(b.ffn[0].activation == "geglu" for b in m.blocks)
+    assert m.blocks[0].attention.head_dim == 256 and m.blocks[0].attention.kind == "gqa"
+    assert gemma_total(m, qk_norms=False) == 2_614_341_888
+
+
+def test_gemma3_five_sliding_layers_per_full_one_and_its_kv_cache() -> None:
+    m = from_hf_config(hf("Gemma-3-1B"), "gemma-3-1b")
+    windows = [b.attention.sliding_window for b in m.blocks for _ in range(b.repeat)]
+    assert windows == [None if (i + 1) % 6 == 0 else 512 for i in range(26)]  # full at 5, 11, 17, 23
+    assert m.blocks[0].attention.kind == "mqa" and m.tie_embeddings
+    assert gemma_total(m, qk_norms=True) == 999_885_952
+    # decode at 32k context: 22 sliding layers read 512 entries, 4 full layers the whole 32,768
+    from simulator.config import Workload
+    from simulator.loading import load_hardware
+    from simulator.sweep import simulate
+
+    tot = simulate(m, load_hardware("h100-sxm"), Workload(batch=[2], context=[32768])).iloc[0]
+    per_entry = 2 * 1 * 256 * 2  # K and V, one KV head of 256, bf16
+    assert tot["kv_read_bytes"] == 2 * (22 * 512 + 4 * 32768) * per_entry
+
+
+def test_layer_types_win_over_the_pattern_and_multimodal_gemma3_reads_its_text_config() -> None:
+    cfg = hf("Gemma-3-1B")
+    types = ["full_attention"] * 3 + ["sliding_attention"] * 23
+    m = from_hf_config({**cfg, "layer_types": types}, "custom")
+    windows = [b.attention.sliding_window for b in m.blocks for _ in range(b.repeat)]
+    assert windows == [None] * 3 + [512] * 23
+    with pytest.raises(ConfigError, match="layer_types \\['chunked_attention'\\] not supported"):
+        from_hf_config({**cfg, "layer_types": ["chunked_attention"] * 26}, "bad")
+    with pytest.raises(ConfigError, match="one type per layer"):
+        from_hf_config({**cfg, "layer_types": ["full_attention"]}, "short")
+    text = {k: v for k, v in cfg.items() if k not in ("architectures", "vocab_size")}
+    multimodal = {
+        "architectures": ["Gemma3ForConditionalGeneration"],
+        "model_type": "gemma3",
+        "text_config": text,
+    }
+    mm = from_hf_config(multimodal, "gemma-3-mm")
+    assert mm.blocks == from_hf_config(cfg, "t").blocks
+    assert mm.vocab_size == 262_208  # the Gemma3TextConfig default, recorded as such
+    assert "hf.vocab_size" in mm.provenance
+
+
+def test_phi3_and_olmo2_read_as_llama_shapes() -> None:
+    base = {
+        "hidden_size": 3072,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        "vocab_size": 32064,
+        "hidden_act": "silu",
+    }
+    phi = from_hf_config({**base, "model_type": "phi3", "sliding_window": 2047}, "phi3")
+    assert phi.blocks[0].repeat == 32 and phi.blocks[0].attention.sliding_window == 2047
+    assert phi.blocks[0].attention.kind == "mha" and not phi.tie_embeddings
+    olmo = from_hf_config({**base, "model_type": "olmo2"}, "olmo2")
+    assert olmo.blocks[0].attention.sliding_window is None and olmo.blocks[0].ffn[0].activation == "swiglu"
