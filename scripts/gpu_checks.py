@@ -327,32 +327,43 @@ def stage_gpm(out: Path) -> None:
     print(json.dumps(result, indent=1))
 
 
-def stage_profile(out: Path, which: str) -> None:
+def _profile_and_summarize(out: Path, cfg: Any, batches: list[int], name: str, **options: Any) -> None:
+    """profile_model on the GPU (decode, CONTEXT, bf16, 3 warm-up steps) into out/{name}-bundle, and its
+    summary into out/{name}-summary.txt."""
     from profiler.run import profile_model
 
-    cfg = moe_config() if which == "moe" else umv2_config()
     started = time.time()
     path = profile_model(
         cfg,
-        BATCHES,
+        batches,
         "decode",
         CONTEXT,
-        steps=3,
         warmup=3,
-        output=out / f"{which}-bundle",
+        output=out / f"{name}-bundle",
         device="cuda",
         dtype="bf16",
+        progress=False,
+        **options,
+    )
+    _summarize_bundle(path, out / f"{name}-summary.txt", time.time() - started)
+
+
+def stage_profile(out: Path, which: str) -> None:
+    _profile_and_summarize(
+        out,
+        moe_config() if which == "moe" else umv2_config(),
+        BATCHES,
+        which,
+        steps=3,
         steady_seconds=1.0,
         input_ring=16,
         ncu=True,
         record_routing=True,
-        progress=False,
         ncu_batches=NCU_BATCHES[which],
         ncu_steps=1,
         ncu_timeout_s=NCU_SECONDS[which],
         routing_max_rows=200_000,  # keeps the committed bundles at a few MB
     )
-    _summarize_bundle(path, out / f"{which}-summary.txt", time.time() - started)
 
 
 def _summarize_bundle(path: Path, dest: Path, seconds: float) -> None:
@@ -404,28 +415,19 @@ def stage_nvml(out: Path) -> None:
 def stage_graphs(out: Path) -> None:
     """Eager and CUDA-graph step time of small versions of both models (the MoE is expected to refuse
     capture: its reference dispatch moves per-expert counts to the host)."""
-    from profiler.run import profile_model
-
     for which, cfg in (("umv2", umv2_config(blocks=2)), ("moe", moe_config(blocks=2))):
-        started = time.time()
-        path = profile_model(
+        _profile_and_summarize(
+            out,
             cfg,
             GRAPH_BATCHES,
-            "decode",
-            CONTEXT,
+            f"graphs-{which}",
             steps=2,
-            warmup=3,
-            output=out / f"graphs-{which}-bundle",
-            device="cuda",
-            dtype="bf16",
             steady_seconds=0.5,
             input_ring=8,
             record_routing=False,
             opcount=False,
-            progress=False,
             cuda_graphs=True,
         )
-        _summarize_bundle(path, out / f"graphs-{which}-summary.txt", time.time() - started)
 
 
 def run_stage(name: str, out: Path) -> None:
