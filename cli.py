@@ -99,7 +99,13 @@ Hardware = Annotated[str, typer.Option("--hardware", "-H", help="hardware preset
 Fmt = Annotated[str, typer.Option("--format", "-f", help="table, csv, json or parquet")]
 Output = Annotated[Path | None, typer.Option("--output", "-o", help="write the table to this file")]
 Sets = Annotated[list[str] | None, typer.Option("--set", help="override a model field: top_k=16, knum=1024")]
-WeightDtype = Annotated[str, typer.Option("--weight-dtype")]
+WeightDtype = Annotated[
+    str,
+    typer.Option(
+        "--weight-dtype",
+        help="bf16, fp8, int4, mxfp4, nvfp4, ...; per layer kind after a comma, e.g. bf16,moe=mxfp4",
+    ),
+]
 ActDtype = Annotated[str, typer.Option("--act-dtype")]
 KvDtype = Annotated[str, typer.Option("--kv-dtype")]
 TensorParallel = Annotated[int, typer.Option("--tp", help="tensor-parallel degree")]
@@ -124,14 +130,19 @@ def _workload(
 ):
     from pydantic import ValidationError
 
-    from simulator.config import Workload, describe_validation_error
+    from simulator.config import Workload, describe_validation_error, parse_weight_dtypes
 
+    try:
+        default_dtype, kind_dtypes = parse_weight_dtypes(weight_dtype)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     try:
         return Workload(
             phase=phase,
             batch=parse_sizes(batch, "batch"),
             context=parse_sizes(context, "context"),
-            weight_dtype=weight_dtype,
+            weight_dtype=default_dtype,
+            weight_dtypes=kind_dtypes,
             activation_dtype=act_dtype,
             kv_dtype=kv_dtype,
             tp=tp,
@@ -145,7 +156,9 @@ def _workload(
 
 def _scenario(wl) -> str:
     """What a table's numbers assume, for its title (defaults left out)."""
-    parts = [wl.phase, f"weights {wl.weight_dtype}", f"KV {wl.kv_dtype}"]
+    from simulator.config import describe_weight_dtypes
+
+    parts = [wl.phase, f"weights {describe_weight_dtypes(wl)}", f"KV {wl.kv_dtype}"]
     if len(wl.context) == 1:
         parts.insert(1, f"context {wl.context[0]}")
     if wl.tp > 1 or wl.ep > 1:

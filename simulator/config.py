@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-DType = Literal["fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4"]
+DType = Literal["fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4", "mxfp4", "nvfp4"]
 DTYPE_BYTES: dict[str, float] = {
     "fp32": 4.0,
     "tf32": 4.0,
@@ -29,7 +29,15 @@ DTYPE_BYTES: dict[str, float] = {
     "fp8": 1.0,
     "int8": 1.0,
     "int4": 0.5,
+    # block-scaled 4-bit formats, scales included: OCP MX (32 values share an 8-bit E8M0 scale) and
+    # NVFP4 (16 values share an 8-bit E4M3 scale; its one FP32 scale per tensor is negligible)
+    "mxfp4": (4 + 8 / 32) / 8,
+    "nvfp4": (4 + 8 / 16) / 8,
 }
+# layer kinds, as the simulator's `kind` column names them (per-kind weight dtypes are keyed by these)
+LayerKind = Literal[
+    "attention", "dense", "moe", "pkm", "peer", "memory_plus", "ultramem", "ultramemv2", "embedding", "head"
+]
 
 # datasheet/measured/derived for hardware; paper/code/derived/secondary/recalled mirror the tags
 # [Q]/[C]/[D]/[S]/[R] of docs/cost-reference.md; "user" marks a number typed in by hand.
@@ -83,6 +91,8 @@ class HardwareConfig(Strict):
 
 
 _FLOPS_FALLBACK: dict[str, tuple[str, ...]] = {
+    "mxfp4": ("nvfp4", "fp8", "fp16", "bf16"),
+    "nvfp4": ("mxfp4", "fp8", "fp16", "bf16"),
     "int4": ("int8", "fp8", "fp16", "bf16"),
     "int8": ("fp8", "fp16", "bf16"),
     "fp8": ("fp16", "bf16"),
@@ -404,6 +414,10 @@ class Workload(Strict):
         "samples from) or for every position (a plain Hugging Face forward)",
     )
     weight_dtype: DType = "bf16"
+    weight_dtypes: dict[LayerKind, DType] = Field(
+        default_factory=dict,
+        description="per layer kind, a weight dtype other than weight_dtype (e.g. MoE experts in mxfp4)",
+    )
     activation_dtype: DType = "bf16"
     kv_dtype: DType = "bf16"
     tp: PositiveInt = Field(1, description="tensor-parallel degree (within each layer)")
@@ -445,3 +459,36 @@ def _is_union_tag(part: object) -> bool:
         "ultramem",
         "ultramemv2",
     }
+
+
+def weight_dtype_of(workload: Workload, kind: str) -> str:
+    """The weight dtype layers of `kind` are stored in under `workload`."""
+    return workload.weight_dtypes.get(kind, workload.weight_dtype)  # type: ignore[call-overload]
+
+
+def describe_weight_dtypes(workload: Workload) -> str:
+    """`bf16`, or `bf16, moe=mxfp4` when some layer kinds have their own."""
+    extra = ", ".join(f"{k}={v}" for k, v in sorted(workload.weight_dtypes.items()))
+    return workload.weight_dtype + (f", {extra}" if extra else "")
+
+
+def parse_weight_dtypes(text: str) -> tuple[str, dict[str, str]]:
+    """`bf16` or `bf16,moe=mxfp4,embedding=bf16` -> (default dtype, {kind: dtype}); the Workload validates
+    the names. One entry without `=` sets the default (bf16 when there is none)."""
+    default = "bf16"
+    overrides: dict[str, str] = {}
+    plain = 0
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            raise ValueError(f"--weight-dtype {text!r}: empty entry")
+        kind, eq, dtype = part.partition("=")
+        if eq:
+            if not kind.strip() or not dtype.strip():
+                raise ValueError(f"--weight-dtype {text!r}: {part!r} is not KIND=DTYPE")
+            overrides[kind.strip()] = dtype.strip()
+        else:
+            plain += 1
+            default = part
+    if plain > 1:
+        raise ValueError(f"--weight-dtype {text!r}: more than one default dtype")
+    return default, overrides

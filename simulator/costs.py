@@ -54,6 +54,10 @@ class Points:
             routing=routing or RoutingModel(kind="uniform"),
         )
 
+    def with_weight_bytes(self, b_w: float) -> Points:
+        """The same points with another weight width (a layer kind stored in its own dtype)."""
+        return self if b_w == self.b_w else replace(self, b_w=b_w)
+
     @property
     def size(self) -> int:
         return int(self.batch.size)

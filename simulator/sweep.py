@@ -6,13 +6,21 @@ multiplied, not recomputed. Columns are documented in `COLUMNS`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from simulator.config import MEMORY_KINDS, HardwareConfig, ModelConfig, Workload
+from simulator.config import (
+    DTYPE_BYTES,
+    MEMORY_KINDS,
+    HardwareConfig,
+    ModelConfig,
+    Workload,
+    describe_weight_dtypes,
+    weight_dtype_of,
+)
 from simulator.costs import LayerCost, Points
 from simulator.errors import ConfigError
 from simulator.layers import attention, cost_function, embedding
@@ -58,7 +66,7 @@ COLUMNS: dict[str, str] = {
     "fits": "memory_bytes <= the hardware's HBM capacity (totals only)",
     "tp": "tensor-parallel degree",
     "ep": "expert-parallel degree",
-    "weight_dtype": "weight dtype",
+    "weight_dtype": "weight dtype (per layer: its kind's; totals: the default and the per-kind ones)",
     "kv_dtype": "KV-cache dtype",
 }
 
@@ -81,35 +89,51 @@ class LayerEntry:
     name: str  # suffix after "block{i}." or the whole name for embed/head
     blocks: tuple[int, ...]  # empty for embed/head
     cost: LayerCost
+    weight_dtype: str  # the dtype its weights are stored in
 
 
 _SUFFIX = {"dense": "ffn", "moe": "moe", "attention": "attn"}
 
 
-def layer_entries(model: ModelConfig, points: Points) -> list[LayerEntry]:
+def layer_entries(model: ModelConfig, points: Points, workload: Workload | None = None) -> list[LayerEntry]:
     """Every distinct layer of the model, costed over all points.
 
     MoE layers see the global batch; the others see the busiest data-parallel rank's share of it
-    (they run data-parallel when ep > 1; identical points when ep == 1).
+    (they run data-parallel when ep > 1; identical points when ep == 1). A layer kind the workload
+    stores in its own weight dtype is costed with that dtype's width.
     """
+    wl = workload or Workload()
     entries: list[LayerEntry] = []
     rank = points.data_parallel_share()
+
+    def add(
+        name: str, blocks: tuple[int, ...], kind: str, cost: Callable[[Points], LayerCost], at: Points
+    ) -> None:
+        dtype = weight_dtype_of(wl, kind)
+        entries.append(LayerEntry(name, blocks, cost(at.with_weight_bytes(DTYPE_BYTES[dtype])), dtype))
+
     if model.embeddings:
-        entries.append(LayerEntry("embed", (), embedding.embed_cost(model, rank)))
+        add("embed", (), "embedding", lambda p: embedding.embed_cost(model, p), rank)
     first = 0
     for block in model.blocks:
         blocks = tuple(range(first, first + block.repeat))
         first += block.repeat
-        entries.append(LayerEntry("attn", blocks, attention.cost(block.attention, model, rank)))
+        add("attn", blocks, "attention", lambda p, a=block.attention: attention.cost(a, model, p), rank)
         seen: dict[str, int] = {}
         for layer in block.ffn:
             base = _SUFFIX.get(layer.kind, "memory" if layer.kind in MEMORY_KINDS else layer.kind)
             seen[base] = seen.get(base, 0) + 1
             name = base if seen[base] == 1 else f"{base}{seen[base] - 1}"
-            seen_by = points if layer.kind == "moe" else rank
-            entries.append(LayerEntry(name, blocks, cost_function(layer.kind)(layer, model, seen_by)))
+            cost = cost_function(layer.kind)
+            add(
+                name,
+                blocks,
+                layer.kind,
+                lambda p, c=cost, lay=layer: c(lay, model, p),
+                points if layer.kind == "moe" else rank,
+            )
     if model.embeddings:
-        entries.append(LayerEntry("head", (), embedding.head_cost(model, rank)))
+        add("head", (), "head", lambda p: embedding.head_cost(model, p), rank)
     return entries
 
 
@@ -174,7 +198,7 @@ def simulate(
     """
     check_parallelism(model, workload)
     points = Points.grid(workload, routing or routing_model(workload))
-    entries = layer_entries(model, points)
+    entries = layer_entries(model, points, workload)
     eff = dict(efficiency or {})
     fixed_time = dict(overhead or {})
     dtype = workload.activation_dtype
@@ -200,7 +224,9 @@ def simulate(
             else row["kv_write_bytes"]
         )
         row["act_peak_bytes"] = np.broadcast_to(np.asarray(c.peak_activations(), dtype=np.float64), (n,))
-        row["memory_bytes"] = resident_params * points.b_w + kv_resident + row["act_peak_bytes"]
+        row["memory_bytes"] = (
+            resident_params * DTYPE_BYTES[e.weight_dtype] + kv_resident + row["act_peak_bytes"]
+        )
         k_eff = eff.get(c.kind, 1.0)
         row.update(roofline(row["flops"], row["bytes_ideal"], hardware, dtype, k_eff))
         row["time_naive_s"] = roofline(row["flops"], row["bytes_naive"], hardware, dtype, k_eff)["time_s"]
@@ -216,7 +242,7 @@ def simulate(
         "phase": workload.phase,
         "tp": workload.tp,
         "ep": workload.ep,
-        "weight_dtype": workload.weight_dtype,
+        "weight_dtype": describe_weight_dtypes(workload),
         "kv_dtype": workload.kv_dtype,
     }
     totals = _totals(entries, per_entry, n)
@@ -224,9 +250,13 @@ def simulate(
     residual = points.data_parallel_share().tokens * model.d_model * points.b_a
     totals["act_peak_bytes"] = totals["act_peak_bytes"] + residual
     totals["memory_bytes"] = totals["memory_bytes"] + residual
-    # a shared table is stored once per device (sharded along its value dim over tp)
-    tables = {e.cost.table_id: e.cost.table_params for e in entries if e.cost.table_id is not None}
-    totals["memory_bytes"] = totals["memory_bytes"] + sum(tables.values()) * points.b_w / workload.tp
+    # a shared table is stored once per device (sharded along its value dim over tp), in its layers' dtype
+    tables = {
+        e.cost.table_id: e.cost.table_params * DTYPE_BYTES[e.weight_dtype]
+        for e in entries
+        if e.cost.table_id is not None
+    }
+    totals["memory_bytes"] = totals["memory_bytes"] + sum(tables.values()) / workload.tp
     totals["fits"] = totals["memory_bytes"] <= hardware.hbm_capacity.value
     total_df = pd.DataFrame(
         {
@@ -306,6 +336,7 @@ def _layer_frame(e: LayerEntry, row: dict[str, np.ndarray], points: Points, base
     return pd.DataFrame(
         {
             **base,
+            "weight_dtype": e.weight_dtype,
             "batch": np.tile(points.batch.astype(np.int64), nb),
             "context": np.tile(points.context.astype(np.int64), nb),
             "tokens": np.tile(points.tokens, nb),

@@ -103,6 +103,33 @@ def test_bad_input_workload_and_format() -> None:
     assert_one_line_error(run("simulate", "olmoe-1b-7b", "--hardware", "h900"), "h900")
 
 
+def test_weight_dtype_per_layer_kind() -> None:
+    from io import StringIO
+
+    proc = run(
+        "simulate",
+        "olmoe-1b-7b",
+        "--batch",
+        "1",
+        "--per-layer",
+        "--weight-dtype",
+        "bf16,moe=mxfp4",
+        "--format",
+        "csv",
+    )
+    assert proc.returncode == 0, proc.stderr
+    df = pd.read_csv(StringIO(proc.stdout)).set_index("layer")
+    assert df.loc["block0.moe", "weight_dtype"] == "mxfp4" and df.loc["block0.attn", "weight_dtype"] == "bf16"
+    assert df.loc["total", "weight_dtype"] == "bf16, moe=mxfp4"
+    assert_one_line_error(
+        run("simulate", "olmoe-1b-7b", "--weight-dtype", "bf16,fp8"), "more than one default"
+    )
+    assert_one_line_error(
+        run("simulate", "olmoe-1b-7b", "--weight-dtype", "bf16,experts=fp8"), "weight_dtypes"
+    )
+    assert_one_line_error(run("simulate", "olmoe-1b-7b", "--weight-dtype", "moe=fp3"), "weight_dtypes")
+
+
 def test_presets_lists_models_and_hardware() -> None:
     proc = run("presets")
     assert proc.returncode == 0

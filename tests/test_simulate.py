@@ -321,3 +321,39 @@ def test_moe_activation_peak_is_a_fused_kernels_workspace() -> None:
     copies = tokens * 8 * (2048 + 3 * 1024 + 2048) * 2
     per_token = tokens * (2 * 2048 * 2 + 64 * 4)
     assert moe["act_peak_bytes"] == pytest.approx(copies + per_token, rel=1e-12)
+
+
+def test_per_kind_weight_dtypes() -> None:
+    # OLMoE-like with the MoE layers (router and experts) in MXFP4, 4.25 bits a weight with its block
+    # scales, and everything else in bf16: by hand at batch 1 (8 distinct experts of 3 x 2048 x 1024)
+    wl = Workload(batch=[1], context=[2048], weight_dtypes={"moe": "mxfp4"})
+    df = simulate(olmoe_like(1), H100, wl, per_layer=True).set_index("layer")
+    mx = (4 + 8 / 32) / 8
+    moe_weights = (2048 * 64 + 8 * 3 * 2048 * 1024) * mx
+    assert df.loc["block0.moe", "weight_bytes_ideal"] == pytest.approx(moe_weights, rel=1e-12)
+    assert df.loc["block0.attn", "weight_bytes_ideal"] == 4 * 2048 * 2048 * 2
+    assert df.loc["block0.moe", "weight_dtype"] == "mxfp4" and df.loc["block0.attn", "weight_dtype"] == "bf16"
+    assert df.loc["total", "weight_dtype"] == "bf16, moe=mxfp4"
+    # resident: every expert in mxfp4; attention, the embedding and the (untied) head in bf16
+    moe_params = 2048 * 64 + 64 * 3 * 2048 * 1024
+    other = 4 * 2048 * 2048 + 2 * 50304 * 2048
+    held = moe_params * mx + other * 2
+    kv = (2048 + 1) * 2 * 16 * 128 * 2
+    residual_and_peak = df.loc["total", "act_peak_bytes"]
+    assert df.loc["total", "memory_bytes"] == pytest.approx(held + kv + residual_and_peak, rel=1e-12)
+
+
+def test_shared_memory_table_is_held_in_its_layers_dtype() -> None:
+    from simulator.loading import load_model
+
+    # UltraMemV2-1B/7B: 16 memory layers share one value table of knum^2 rows per layer window,
+    # 528^2 x 16 rows of 768 value + 384 pre-value dims (cost-reference section 9)
+    model = load_model("ultramemv2-1b-7b")
+    layers = simulate(model, H100, Workload(batch=[1]), per_layer=True)
+    own = layers[layers["kind"] == "ultramemv2"].drop_duplicates("layer")["params"].sum()  # queries, keys
+    table = 528**2 * 16 * (768 + 384)
+    base = simulate(model, H100, Workload(batch=[1])).iloc[0]
+    quant = simulate(model, H100, Workload(batch=[1], weight_dtypes={"ultramemv2": "int4"})).iloc[0]
+    # the layers' own weights and the table go from 2 to 0.5 bytes a parameter; nothing else changes
+    assert base["memory_bytes"] - quant["memory_bytes"] == pytest.approx((own + table) * 1.5, rel=1e-9)
+    assert quant["weight_bytes_ideal"] < base["weight_bytes_ideal"]
