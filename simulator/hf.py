@@ -43,6 +43,7 @@ _ARCH_TO_TYPE: dict[str, str] = {
     "Gemma3ForConditionalGeneration": "gemma3",
     "Phi3ForCausalLM": "phi3",
     "Olmo2ForCausalLM": "olmo2",
+    "GptOssForCausalLM": "gpt_oss",
 }
 
 # families whose transformers config class ties the LM head to the embedding by default
@@ -164,7 +165,8 @@ def from_hf_config(cfg: dict[str, Any], name: str) -> ModelConfig:
     try:
         return ModelConfig(
             name=name,
-            description=f"from a Hugging Face config.json (model_type {model_type})",
+            description=f"from a Hugging Face config.json (model_type {model_type})"
+            + _quantization_note(cfg),
             d_model=d_model,
             vocab_size=vocab_size,
             tie_embeddings=tie,
@@ -432,6 +434,20 @@ def _phi3(r: _Reader, d: int, n_layers: int) -> list[BlockConfig]:
     return [BlockConfig(attention=attn, ffn=[_dense(r)]) for _ in range(n_layers)]
 
 
+def _gpt_oss(r: _Reader, d: int, n_layers: int) -> list[BlockConfig]:
+    """gpt-oss: biased attention alternating 128-token sliding windows and full layers (layer_types),
+    a biased softmax router and SwiGLU experts. Not modelled: the experts' own biases and the per-head
+    attention sinks (about 0.1 % of the weights). The published checkpoints keep the experts in MXFP4:
+    simulate them with --weight-dtype bf16,moe=mxfp4."""
+    bias = r.opt_bool("attention_bias", True)
+    # the router's logit bias is n_experts weights, as DeepSeek-V3's selection bias counts
+    moe = _moe(r, "num_local_experts", "intermediate_size", router_bias=True)
+    return [
+        BlockConfig(attention=_attention(r, d, qkv_bias=bias, o_bias=bias, window=w), ffn=[moe])
+        for w in _layer_windows(r, n_layers, 2, None)
+    ]
+
+
 _BUILDERS: dict[str, Callable[[_Reader, int, int], list[BlockConfig]]] = {
     "llama": _llama,
     "mistral": _mistral,
@@ -448,12 +464,20 @@ _BUILDERS: dict[str, Callable[[_Reader, int, int], list[BlockConfig]]] = {
     "gemma3_text": _gemma_family(6, "sliding_window_pattern"),
     "phi3": _phi3,
     "olmo2": _llama,  # Llama weights; its q/k norms and post-norms are norm weights only
+    "gpt_oss": _gpt_oss,
 }
 # families whose config class supplies a vocab_size default that hub configs may omit
 _VOCAB_DEFAULTS: dict[str, int] = {"gemma3_text": 262_208}
 
 
 # ------------------------------------------------------------------------------------------- helpers
+
+
+def _quantization_note(cfg: dict[str, Any]) -> str:
+    """What the published checkpoint is quantised with, so the user can pick matching --weight-dtype."""
+    quant = cfg.get("quantization_config")
+    method = quant.get("quant_method") if isinstance(quant, dict) else None
+    return f"; checkpoint quantised with {method}" if isinstance(method, str) and method else ""
 
 
 def _validated(r: _Reader, build: Callable[[], Any]) -> Any:
