@@ -48,6 +48,11 @@ LEVELS_TEXT = (
         "what this exact PyTorch module does, op by op, counted from its real ops (profiler op counter "
         "on meta tensors).",
     ),
+    (
+        "ideal_routed",
+        "ideal, with each sparse layer's distinct experts / rows as the run measured them instead of the "
+        "formula's expectation (shown when the run recorded routing): its error is the byte model's alone.",
+    ),
 )
 
 
@@ -158,11 +163,13 @@ STEP_COLUMNS: list[tuple[str, str, str]] = [
     ("ideal", "pred_bytes_ideal", "B"),
     ("naive", "pred_bytes_naive", "B"),
     ("eager", "pred_bytes_eager", "B"),
+    ("ideal, measured routing", "pred_bytes_ideal_routed", "B"),
     ("GPM", "meas_bytes_gpm", "B"),
     ("ncu", "meas_bytes_ncu", "B"),
     ("err ideal", "err_ideal_pct", "pct"),
     ("err naive", "err_naive_pct", "pct"),
     ("err eager", "err_eager_pct", "pct"),
+    ("err routed", "err_ideal_routed_pct", "pct"),
     ("roofline", "pred_time_s", "s"),
     ("step", "meas_step_s", "s"),
     ("graph step", "meas_graph_step_s", "s"),

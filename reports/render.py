@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from reports.tables import seconds, si
-from reports.validation import LEVELS
+from reports.validation import LEVELS, ROUTED
 
 if TYPE_CHECKING:
     from reports.validation import ValidationResult
@@ -116,7 +116,7 @@ def render_validation(result: ValidationResult, console: Console | None = None) 
     con.print(f"[bold]validation of {result.model}[/bold] against {result.source}")
     for note in result.notes:
         con.print(f"  - {note}")
-    levels = [lv for lv in LEVELS if f"err_{lv}_pct" in result.steps]
+    levels = [lv for lv in (*LEVELS, ROUTED) if f"err_{lv}_pct" in result.steps]
     tables = [
         ("per step (errors: (pred - meas) / meas; bytes vs NVML GPM)", result.steps, step_columns(levels)),
         (

@@ -43,6 +43,9 @@ if TYPE_CHECKING:
     from traces.bundle import Bundle
 
 LEVELS: tuple[str, ...] = ("ideal", "naive", "eager")
+# the ideal level with each sparse layer's measured distinct items in place of the formula's expectation:
+# added when the bundle recorded routing, it separates the byte model's error from the routing model's
+ROUTED = "ideal_routed"
 TABLES: tuple[str, ...] = ("steps", "layers", "routing", "summary")
 
 
@@ -141,6 +144,10 @@ def validate(
     batches = bundle_batches(bundle)
     workload = bundle_workload(bundle, batches)
     pred = simulate(cfg, hw, workload, per_layer=True)
+    meas_routing = measured_routing(bundle)
+    if meas_routing is not None and "ideal" in levels:
+        pred = _with_routed_ideal(pred, meas_routing, workload.tp)
+        levels = (*levels, ROUTED)
     notes.append(
         f"workload: {workload.phase}, context {workload.context[0]}, {workload.weight_dtype}, "
         f"batch {', '.join(map(str, batches))}"
@@ -159,7 +166,7 @@ def validate(
     peak = hw.hbm_bandwidth.value
     layers = _join_layers(pred, measured_layers(bundle), eager, peak, levels)
     steps = _join_steps(pred, measured_steps(bundle), eager, peak, levels)
-    routing = _join_routing(pred, measured_routing(bundle))
+    routing = _join_routing(pred, meas_routing)
     for df in (steps, layers, routing):
         df.insert(0, "model", cfg.name)
     if steps["meas_bytes_ncu"].notna().any():
@@ -239,9 +246,11 @@ _PRED_LAYER_COLS = [
 def _join_layers(
     pred: pd.DataFrame, meas: pd.DataFrame, eager: pd.DataFrame | None, peak: float, levels: Sequence[str]
 ) -> pd.DataFrame:
-    p = pred.loc[pred["layer"] != "total", _PRED_LAYER_COLS].rename(
+    cols = [*_PRED_LAYER_COLS, *(["bytes_ideal_routed"] if "bytes_ideal_routed" in pred else [])]
+    p = pred.loc[pred["layer"] != "total", cols].rename(
         columns={
             "bytes_ideal": "pred_bytes_ideal",
+            "bytes_ideal_routed": "pred_bytes_ideal_routed",
             "bytes_naive": "pred_bytes_naive",
             "time_s": "pred_time_s",
             "time_naive_s": "pred_time_naive_s",
@@ -263,6 +272,19 @@ def _join_layers(
     return df.reset_index(drop=True)
 
 
+def _with_routed_ideal(pred: pd.DataFrame, meas: pd.DataFrame, tp: int) -> pd.DataFrame:
+    """`pred` plus bytes_ideal_routed: each sparse layer's ideal bytes with its measured distinct items
+    (mean over the recorded steps) in place of the formula's expectation, item_bytes / tp apiece; layers
+    without a measurement keep the formula; totals are the sum over layers."""
+    df = pred.merge(meas[["batch", "layer", "meas_distinct"]], on=["batch", "layer"], how="left")
+    delta = (df["meas_distinct"] - df["distinct_items"]) * df["item_bytes"] / tp
+    df["bytes_ideal_routed"] = df["bytes_ideal"] + delta.where(np.isfinite(delta), 0.0)
+    layers = df["layer"] != "total"
+    per_batch = df.loc[layers].groupby("batch")["bytes_ideal_routed"].sum()
+    df.loc[~layers, "bytes_ideal_routed"] = df.loc[~layers, "batch"].map(per_batch)
+    return df.drop(columns="meas_distinct")
+
+
 def _order(df: pd.DataFrame) -> pd.DataFrame:
     """Batch, then model order: embed, blocks in order, head; unmatched names last."""
     block = (
@@ -279,7 +301,7 @@ def _join_steps(
 ) -> pd.DataFrame:
     tot = pred.loc[pred["layer"] == "total"].set_index("batch")
     df = meas.set_index("batch")
-    for level in ("ideal", "naive"):
+    for level in ("ideal", "naive", ROUTED):
         if level in levels:
             df[f"pred_bytes_{level}"] = tot[f"bytes_{level}"]
     if "eager" in levels:

@@ -51,6 +51,7 @@ COLUMNS: dict[str, str] = {
     "bytes_naive": "weight + activation + KV bytes, naive level",
     "distinct_items": "expected distinct experts or memory rows touched per step (sum over layers)",
     "items_requested": "token-item selections per step (T*k for MoE, T*H*m for memory layers)",
+    "item_bytes": "bytes of one expert or memory row, whole (sparse layers; NaN for others and totals)",
     "comm_bytes": "bytes sent per device for tensor/expert parallelism",
     "intensity": "FLOPs per ideal byte",
     "t_compute_s": "FLOPs / peak FLOP/s of the compute dtype",
@@ -211,6 +212,7 @@ def simulate(
         row = {k: np.broadcast_to(np.asarray(getattr(c, k), dtype=np.float64), (n,)) for k in _SUMMED}
         row["distinct_items"] = c.distinct_items
         row["items_requested"] = c.items_requested
+        row["item_bytes"] = np.full(n, c.item_bytes)
         row["bytes_ideal"] = (
             row["weight_bytes_ideal"] + row["act_bytes_ideal"] + row["kv_read_bytes"] + row["kv_write_bytes"]
         )
@@ -258,6 +260,7 @@ def simulate(
     }
     totals["memory_bytes"] = totals["memory_bytes"] + sum(tables.values()) / workload.tp
     totals["fits"] = totals["memory_bytes"] <= hardware.hbm_capacity.value
+    totals["item_bytes"] = np.full(n, np.nan)
     total_df = pd.DataFrame(
         {
             **base,

@@ -475,3 +475,31 @@ def test_cuda_graph_step_time_beside_the_eager_one(tmp_path: Path) -> None:
     plain = validate(make_tiny_bundle(tmp_path / "plain"), hardware=tiny_hardware())
     assert "meas_graph_step_s" not in plain.steps
     assert not (plain.summary["metric"] == "time vs CUDA-graph step").any()
+
+
+def test_ideal_with_measured_routing(tiny: Path) -> None:
+    # the tiny bundle's routing: per step, each token picks 2 of 8 experts at random. The routed ideal
+    # level swaps the formula's expected distinct experts for the mean measured count, per layer and
+    # batch, at one SwiGLU expert's bytes apiece (3 x 64 x 32 weights in bf16)
+    res = validate(tiny, hardware=tiny_hardware())
+    routing = read_bundle(tiny).table("routing")
+    distinct = (
+        routing.groupby(["batch", "layer", "step"])["item"].nunique().groupby(["batch", "layer"]).mean()
+    )
+    expert_bytes = 3 * 64 * 32 * 2
+    lay = res.layers.set_index(["batch", "layer"])
+    pred = res.prediction.set_index(["batch", "layer"])
+    for (batch, layer), measured in distinct.items():
+        formula = pred.loc[(batch, layer), "distinct_items"]
+        want = pred.loc[(batch, layer), "bytes_ideal"] + (measured - formula) * expert_bytes
+        assert lay.loc[(batch, layer), "pred_bytes_ideal_routed"] == pytest.approx(want, rel=1e-12)
+    attn = lay.loc[(8, "block0.attn")]
+    assert attn["pred_bytes_ideal_routed"] == attn["pred_bytes_ideal"]  # no routing, no change
+    steps = res.steps.set_index("batch")
+    per_batch = res.layers.groupby("batch")["pred_bytes_ideal_routed"].sum()
+    np.testing.assert_allclose(steps["pred_bytes_ideal_routed"], per_batch.loc[steps.index], rtol=1e-12)
+    assert np.isfinite(steps["err_ideal_routed_pct"]).all()
+    assert (res.summary["metric"] == "bytes_ideal_routed vs GPM").any()
+    # a bundle without routing has no routed level
+    sample = SAMPLES / "moe"
+    assert "pred_bytes_ideal_routed" not in _validate_any(sample).steps
