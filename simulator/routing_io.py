@@ -12,10 +12,15 @@ from simulator.errors import ConfigError
 
 def load_histogram(path: str | Path | None) -> np.ndarray:
     """Selection counts per item, indexed by item id, from a CSV or Parquet table with `item` and
-    `count` columns (other columns, such as batch or layer, are summed over)."""
+    `count` columns (other columns, such as batch or layer, are summed over). A profiled run directory
+    stands for its routing table (routing.parquet)."""
     if path is None:
         raise ConfigError("routing.histogram: a histogram file is required for kind 'histogram'")
     p = Path(path)
+    if p.is_dir():
+        if not (p / "routing.parquet").is_file():
+            raise ConfigError(f"routing.histogram: {p} is a folder without a routing table (routing.parquet)")
+        p = p / "routing.parquet"
     if not p.is_file():
         raise ConfigError(f"routing.histogram: no such file: {p}")
     try:

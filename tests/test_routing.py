@@ -504,3 +504,22 @@ def test_bad_inputs_raise_one_line_config_error(call: Callable[[], object], frag
         call()
     message = str(caught.value)
     assert fragment in message and "\n" not in message
+
+
+def test_histogram_from_a_run_directory(tmp_path) -> None:
+    import pandas as pd
+
+    from simulator.errors import ConfigError
+    from simulator.routing_io import load_histogram
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    # two layers' records of one step: item 3 picked 2 + 1 times, item 0 once
+    rows = {"batch": [4, 4, 4], "layer": ["block0.moe", "block1.moe", "block1.moe"], "item": [3, 3, 0]}
+    pd.DataFrame({**rows, "count": [2, 1, 1]}).to_parquet(run_dir / "routing.parquet")
+    assert load_histogram(run_dir).tolist() == [1.0, 0.0, 0.0, 3.0]
+    assert load_histogram(run_dir / "routing.parquet").tolist() == [1.0, 0.0, 0.0, 3.0]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match="folder without a routing table"):
+        load_histogram(empty)
