@@ -179,7 +179,10 @@ class MoEConfig(Strict):
     )
     activation: Activation = "swiglu"
     router: Literal["softmax", "sigmoid"] = "softmax"
-    router_bias: bool = Field(False, description="per-expert selection bias (DeepSeek-V3)")
+    router_bias: bool = Field(
+        False, description="per-expert selection bias (DeepSeek-V3) or logit bias (gpt-oss)"
+    )
+    expert_bias: bool = Field(False, description="biases on the experts' projections (gpt-oss)")
     n_groups: PositiveInt | None = Field(None, description="node-limited routing groups (DeepSeek-V3)")
     topk_groups: PositiveInt | None = None
 

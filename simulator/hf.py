@@ -436,12 +436,12 @@ def _phi3(r: _Reader, d: int, n_layers: int) -> list[BlockConfig]:
 
 def _gpt_oss(r: _Reader, d: int, n_layers: int) -> list[BlockConfig]:
     """gpt-oss: biased attention alternating 128-token sliding windows and full layers (layer_types),
-    a biased softmax router and SwiGLU experts. Not modelled: the experts' own biases and the per-head
-    attention sinks (about 0.1 % of the weights). The published checkpoints keep the experts in MXFP4:
+    a biased softmax router and biased SwiGLU experts. Not modelled: the per-head attention sinks (64
+    weights a layer). The published checkpoints keep the experts in MXFP4:
     simulate them with --weight-dtype bf16,moe=mxfp4."""
     bias = r.opt_bool("attention_bias", True)
     # the router's logit bias is n_experts weights, as DeepSeek-V3's selection bias counts
-    moe = _moe(r, "num_local_experts", "intermediate_size", router_bias=True)
+    moe = _moe(r, "num_local_experts", "intermediate_size", router_bias=True, expert_bias=True)
     return [
         BlockConfig(attention=_attention(r, d, qkv_bias=bias, o_bias=bias, window=w), ffn=[moe])
         for w in _layer_windows(r, n_layers, 2, None)

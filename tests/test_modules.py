@@ -317,9 +317,13 @@ def test_dense_ffn(act: str) -> None:
 
 def _expert(moe: MoE, e: int, act: str, x: torch.Tensor) -> torch.Tensor:
     f = ACTS[act]
-    up = w64(moe.w_up[e]) @ x
-    h = f(w64(moe.w_gate[e]) @ x) * up if moe.w_gate is not None else f(up)
-    return w64(moe.w_down[e]) @ h
+
+    def bias(b: torch.nn.Parameter | None) -> torch.Tensor | float:
+        return 0.0 if b is None else w64(b[e])
+
+    up = w64(moe.w_up[e]) @ x + bias(moe.b_up)
+    h = f(w64(moe.w_gate[e]) @ x + bias(moe.b_gate)) * up if moe.w_gate is not None else f(up)
+    return w64(moe.w_down[e]) @ h + bias(moe.b_down)
 
 
 def _moe_reference(moe: MoE, cfg: MoEConfig, x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
@@ -349,6 +353,7 @@ def _moe_reference(moe: MoE, cfg: MoEConfig, x: torch.Tensor) -> tuple[torch.Ten
 
 
 MOE_CONFIGS = {
+    "gpt-oss": MoEConfig(n_experts=8, top_k=2, expert_ffn=12, router_bias=True, expert_bias=True),
     "softmax+shared": MoEConfig(n_experts=8, top_k=2, expert_ffn=12, n_shared_experts=1, shared_ffn=20),
     "gelu": MoEConfig(n_experts=6, top_k=3, expert_ffn=12, activation="gelu"),
     "deepseek-v3": MoEConfig(
@@ -710,6 +715,7 @@ FAMILY_LAYERS = {
             shared_ffn=24,
             router="sigmoid",
             router_bias=True,
+            expert_bias=True,
             n_groups=3,
             topk_groups=2,
         )
@@ -770,6 +776,7 @@ def _hand_params(cfg: ModelConfig) -> int:
                 mats = 3 if gated else 2
                 total += f.n_experts * mats * d * f.expert_ffn + mats * d * f.shared_ffn + d * f.n_experts
                 total += f.n_experts if f.router_bias else 0
+                total += f.n_experts * ((mats - 1) * f.expert_ffn + d) if f.expert_bias else 0
             elif f.kind == "pkm":
                 v = f.value_dim or d
                 total += d * f.heads * f.key_dim + f.heads * f.key_dim + f.heads * f.n_keys * f.key_dim

@@ -50,6 +50,11 @@ class MoE(nn.Module):
             else None
         )
         self.w_down = nn.Parameter(torch.empty(n, d_model, ff, **f).uniform_(-scale_out, scale_out))
+        # gpt-oss puts biases on the experts' projections: one vector per expert and projection
+        bias = cfg.expert_bias
+        self.b_up = nn.Parameter(torch.zeros(n, ff, **f)) if bias else None
+        self.b_gate = nn.Parameter(torch.zeros(n, ff, **f)) if bias and self.w_gate is not None else None
+        self.b_down = nn.Parameter(torch.zeros(n, d_model, **f)) if bias else None
         self.shared = (
             DenseFFN(d_model, cfg.shared_ffn, cfg.activation, device=device, dtype=dtype)
             if cfg.shared_ffn
@@ -103,9 +108,12 @@ class MoE(nn.Module):
 
     # ------------------------------------------------------------------------------------ experts
     def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
-        up = F.linear(x, self.w_up[e])
-        h = self.act(F.linear(x, self.w_gate[e])) * up if self.w_gate is not None else self.act(up)
-        return F.linear(h, self.w_down[e])
+        up = F.linear(x, self.w_up[e], _row(self.b_up, e))
+        if self.w_gate is not None:
+            h = self.act(F.linear(x, self.w_gate[e], _row(self.b_gate, e))) * up
+        else:
+            h = self.act(up)
+        return F.linear(h, self.w_down[e], _row(self.b_down, e))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -123,3 +131,7 @@ class MoE(nn.Module):
         if self.shared is not None:
             out = out + self.shared(x)
         return out.view(shape)
+
+
+def _row(bias: nn.Parameter | None, e: int) -> torch.Tensor | None:
+    return None if bias is None else bias[e]

@@ -16,7 +16,7 @@ from simulator.routing import expected_max_distinct_per_device, expected_max_loa
 def cost(layer: MoEConfig, model: ModelConfig, points: Points) -> LayerCost:
     d = model.d_model
     tokens = points.tokens
-    expert = ffn_params(d, layer.expert_ffn, layer.activation)
+    expert = ffn_params(d, layer.expert_ffn, layer.activation, layer.expert_bias)
     shared = ffn_params(d, layer.shared_ffn, layer.activation) if layer.shared_ffn else 0.0
     router = float(d * layer.n_experts + (layer.n_experts if layer.router_bias else 0))
     params = layer.n_experts * expert + shared + router
