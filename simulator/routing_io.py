@@ -11,9 +11,15 @@ from simulator.errors import ConfigError
 
 
 def load_histogram(path: str | Path | None) -> np.ndarray:
-    """Selection counts per item, indexed by item id, from a CSV or Parquet table with `item` and
-    `count` columns (other columns, such as batch or layer, are summed over). A profiled run directory
-    stands for its routing table (routing.parquet)."""
+    """Selection counts per item from a CSV or Parquet table with `item` and `count` columns (other
+    columns, such as batch or step, are summed over). A profiled run directory stands for its routing
+    table (routing.parquet).
+
+    With one layer (or no `layer` column) the counts are indexed by item id. With several layers they are
+    the layers' popularity profiles averaged rank by rank (each layer's counts sorted, as shares of its
+    selections, averaged, scaled to the mean selections per layer): the expected number of distinct items
+    depends on the popularity values alone, not on which id holds them, and adding counts of unrelated
+    experts of different layers by id would flatten each layer's skew."""
     if path is None:
         raise ConfigError("routing.histogram: a histogram file is required for kind 'histogram'")
     p = Path(path)
@@ -34,7 +40,23 @@ def load_histogram(path: str | Path | None) -> np.ndarray:
         raise ConfigError(f"routing.histogram: {p} has no selections (no rows, or all counts zero)")
     if (df["item"] < 0).any() or (df["count"] < 0).any():
         raise ConfigError(f"routing.histogram: {p} has negative item ids or counts")
+    if "layer" in df and df["layer"].nunique() > 1:
+        return _rank_averaged(df)
     counts = df.groupby("item")["count"].sum()
     out = np.zeros(int(counts.index.max()) + 1)
     out[counts.index.to_numpy(dtype=np.int64)] = counts.to_numpy(dtype=np.float64)
     return out
+
+
+def _rank_averaged(df: pd.DataFrame) -> np.ndarray:
+    """Per layer, counts by item sorted in decreasing order as shares of the layer's selections; the
+    shares averaged rank by rank (a layer with fewer selected items adds zeros) and scaled to the mean
+    number of selections per layer."""
+    per_layer = df.groupby(["layer", "item"])["count"].sum()
+    profiles = [np.sort(g.to_numpy(dtype=np.float64))[::-1] for _, g in per_layer.groupby(level="layer")]
+    width = max(p.size for p in profiles)
+    shares = np.zeros((len(profiles), width))
+    for i, p in enumerate(profiles):
+        shares[i, : p.size] = p / p.sum()
+    mean_selections = float(np.mean([p.sum() for p in profiles]))
+    return shares.mean(axis=0) * mean_selections

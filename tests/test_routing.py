@@ -514,12 +514,39 @@ def test_histogram_from_a_run_directory(tmp_path) -> None:
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    # two layers' records of one step: item 3 picked 2 + 1 times, item 0 once
-    rows = {"batch": [4, 4, 4], "layer": ["block0.moe", "block1.moe", "block1.moe"], "item": [3, 3, 0]}
+    # one layer's records of two steps: item 3 picked 2 + 1 times, item 0 once
+    rows = {"batch": [4, 4, 4], "step": [0, 1, 1], "layer": ["block0.moe"] * 3, "item": [3, 3, 0]}
     pd.DataFrame({**rows, "count": [2, 1, 1]}).to_parquet(run_dir / "routing.parquet")
-    assert load_histogram(run_dir).tolist() == [1.0, 0.0, 0.0, 3.0]
+    assert load_histogram(run_dir).tolist() == [1.0, 0.0, 0.0, 3.0]  # one layer: indexed by item id
     assert load_histogram(run_dir / "routing.parquet").tolist() == [1.0, 0.0, 0.0, 3.0]
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ConfigError, match="folder without a routing table"):
         load_histogram(empty)
+
+
+def test_histogram_of_several_layers_keeps_each_layers_skew(tmp_path) -> None:
+    import pandas as pd
+
+    from simulator.routing_io import load_histogram
+
+    # two layers of 10 experts, each with one hot expert (90 of 99 selections), a different one per layer;
+    # summed by id the two hot experts would look half as hot and the rest twice as popular
+    rows = [
+        {"layer": layer, "item": item, "count": 90 if item == hot else 1}
+        for layer, hot in (("block0.moe", 0), ("block1.moe", 9))
+        for item in range(10)
+    ]
+    path = tmp_path / "h.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    profile = load_histogram(path)
+    assert profile.tolist() == [90.0] + [1.0] * 9  # each layer's profile, rank by rank
+    skewed = RoutingModel(kind="histogram", counts=profile).distinct(10, 1, 1, 10)
+    by_id = RoutingModel(kind="histogram", counts=[91.0] + [2.0] * 8 + [91.0]).distinct(10, 1, 1, 10)
+    # by hand, 10 tokens: sum_i 1 - (1 - p_i)^10 with p = 90/99 and 9 x 1/99, against p = 91/198 x 2
+    # and 8 x 2/198
+    p_hot, p_cold = 90 / 99, 1 / 99
+    assert skewed == pytest.approx(1 - (1 - p_hot) ** 10 + 9 * (1 - (1 - p_cold) ** 10), rel=1e-9)
+    q_hot, q_cold = 91 / 198, 2 / 198
+    assert by_id == pytest.approx(2 * (1 - (1 - q_hot) ** 10) + 8 * (1 - (1 - q_cold) ** 10), rel=1e-9)
+    assert skewed < by_id
