@@ -341,19 +341,21 @@ def _qwen2_moe(r: _Reader, d: int, n_layers: int) -> list[BlockConfig]:
     moe = _moe(
         r, "num_experts", "moe_intermediate_size", n_shared_experts=1 if shared else 0, shared_ffn=shared
     )
-    sparse = _qwen_sparse_layers(r, n_layers)
-    dense = _dense(r) if not all(sparse) else None
-    return [
-        BlockConfig(attention=a, ffn=[moe if s else dense])  # type: ignore[list-item]
-        for a, s in zip(attns, sparse, strict=True)
-    ]
+    return _mixed_blocks(r, attns, _qwen_sparse_layers(r, n_layers), moe)
 
 
 def _qwen3_moe(r: _Reader, d: int, n_layers: int) -> list[BlockConfig]:
     bias = r.opt_bool("attention_bias", False)
     attns = [_attention(r, d, qkv_bias=bias, o_bias=bias, window=w) for w in _qwen_windows(r, n_layers)]
     moe = _moe(r, "num_experts", "moe_intermediate_size")
-    sparse = _qwen_sparse_layers(r, n_layers)
+    return _mixed_blocks(r, attns, _qwen_sparse_layers(r, n_layers), moe)
+
+
+def _mixed_blocks(
+    r: _Reader, attns: list[AttentionConfig], sparse: list[bool], moe: MoEConfig | None
+) -> list[BlockConfig]:
+    """One block per layer: the MoE where `sparse` says so, the family's dense FFN elsewhere (read from
+    the config only when some layer needs it)."""
     dense = _dense(r) if not all(sparse) else None
     return [
         BlockConfig(attention=a, ffn=[moe if s else dense])  # type: ignore[list-item]
@@ -386,8 +388,7 @@ def _deepseek(r: _Reader, d: int, n_layers: int) -> list[BlockConfig]:
         )
     # modeling_deepseek: MoE iff n_routed_experts and layer >= first_k_dense_replace and layer % freq == 0
     sparse = [bool(n_routed) and i >= first_dense and i % freq == 0 for i in range(n_layers)]
-    dense = _dense(r) if not all(sparse) else None
-    return [BlockConfig(attention=attn, ffn=[moe if s else dense]) for s in sparse]  # type: ignore[list-item]
+    return _mixed_blocks(r, [attn] * n_layers, sparse, moe)
 
 
 def _layer_windows(r: _Reader, n_layers: int, pattern: int, pattern_key: str | None) -> list[int | None]:

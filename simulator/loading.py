@@ -41,6 +41,8 @@ _KIND_ALIASES: dict[str, Kind] = {
     "hw": "hardware",
 }
 
+_Config = typing.TypeVar("_Config", ModelConfig, HardwareConfig)
+
 
 # -------------------------------------------------------------------------------------------- parsing
 
@@ -239,25 +241,27 @@ def load_model(spec: str | Path, overrides: Sequence[str] = ()) -> ModelConfig:
         if not overrides:
             return model
         raw = model.model_dump(mode="python")
-    raw.setdefault("name", default_name)
-    name = str(raw["name"])
-    _apply_overrides(raw, overrides, ModelConfig, f"model {name}")
-    try:
-        return ModelConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(_one_line(describe_validation_error(exc, f"model {name}"))) from exc
+    return _validated(ModelConfig, "model", raw, default_name, overrides)
 
 
 def load_hardware(spec: str | Path, overrides: Sequence[str] = ()) -> HardwareConfig:
     """A validated HardwareConfig from a preset name or a YAML/JSON file."""
     raw, default_name = _resolve(spec, "hardware")
+    return _validated(HardwareConfig, "hardware", raw, default_name, overrides)
+
+
+def _validated(
+    cls: type[_Config], kind: str, raw: dict[str, Any], default_name: str, overrides: Sequence[str]
+) -> _Config:
+    """`raw` (named `default_name` unless it names itself) with the --set overrides applied, validated
+    as `cls`; any error is one line naming the `kind` and the name."""
     raw.setdefault("name", default_name)
     name = str(raw["name"])
-    _apply_overrides(raw, overrides, HardwareConfig, f"hardware {name}")
+    _apply_overrides(raw, overrides, cls, f"{kind} {name}")
     try:
-        return HardwareConfig.model_validate(raw)
+        return cls.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_one_line(describe_validation_error(exc, f"hardware {name}"))) from exc
+        raise ConfigError(_one_line(describe_validation_error(exc, f"{kind} {name}"))) from exc
 
 
 # ------------------------------------------------------------------------------------------ overrides
