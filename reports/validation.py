@@ -175,6 +175,13 @@ def validate(
             f"ncu: DRAM bytes per kernel, cache mode {ncu_meta.get('cache_mode', 'unknown')} (cold-L2 reads; "
             "writes that fit in L2 may not reach DRAM inside the kernel)"
         )
+    in_l2 = steps.loc[steps["pred_l2_ratio"] <= 1.0, "batch"]
+    if not in_l2.empty and steps["meas_bytes_gpm"].notna().any():
+        notes.append(
+            f"batch {', '.join(map(str, in_l2))}: the step reads no more than the "
+            f"{hw.l2_bytes.value / 1e6:.0f} MB L2 holds, so the steady loop GPM measures can hit L2 "
+            "and read less from HBM than predicted"
+        )
     summary = _summary(steps, layers, routing, levels)
     unmatched = sorted(set(layers.loc[layers["kind"].isna(), "layer"]))
     if unmatched:
@@ -312,6 +319,8 @@ def _join_steps(
     df["pred_time_naive_s"] = tot["time_naive_s"]
     df["flops"] = tot["flops"]
     df["bound"] = tot["bound"]
+    # <= 1: the step's reads fit in L2, so GPM (a steady loop) may see fewer bytes than ideal
+    df["pred_l2_ratio"] = tot["l2_ratio"]
     for c in ("meas_bytes_gpm", "meas_bytes_ncu", "meas_kernel_s", "us_per_step"):
         if c not in df:
             df[c] = np.nan

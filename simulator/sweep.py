@@ -65,6 +65,9 @@ COLUMNS: dict[str, str] = {
     "memory_bytes": "HBM one device must hold: its weights (shared tables once), the KV cache and the "
     "largest layer's peak activations",
     "fits": "memory_bytes <= the hardware's HBM capacity (totals only)",
+    "l2_ratio": "bytes the step (or layer) reads, weights and KV (ideal), over the L2 size: at <= 1 a steady "
+    "loop re-reading them each step can be served from L2 and HBM traffic falls below bytes_ideal (ncu, "
+    "which flushes caches before each kernel, still sees them)",
     "tp": "tensor-parallel degree",
     "ep": "expert-parallel degree",
     "weight_dtype": "weight dtype (per layer: its kind's; totals: the default and the per-kind ones)",
@@ -235,6 +238,7 @@ def simulate(
         fixed = fixed_time.get(c.kind, 0.0)
         row["time_s"] = row["time_s"] + fixed
         row["time_naive_s"] = row["time_naive_s"] + fixed
+        row["l2_ratio"] = (row["weight_bytes_ideal"] + row["kv_read_bytes"]) / hardware.l2_bytes.value
         per_entry.append(row)
 
     stored, active = total_params(entries)
@@ -261,6 +265,7 @@ def simulate(
     totals["memory_bytes"] = totals["memory_bytes"] + sum(tables.values()) / workload.tp
     totals["fits"] = totals["memory_bytes"] <= hardware.hbm_capacity.value
     totals["item_bytes"] = np.full(n, np.nan)
+    totals["l2_ratio"] = (totals["weight_bytes_ideal"] + totals["kv_read_bytes"]) / hardware.l2_bytes.value
     total_df = pd.DataFrame(
         {
             **base,

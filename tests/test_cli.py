@@ -135,3 +135,19 @@ def test_presets_lists_models_and_hardware() -> None:
     assert proc.returncode == 0
     for name in ("olmoe-1b-7b", "ultramemv2-1b-7b", "deepseek-v3", "h100-sxm", "b200"):
         assert name in proc.stdout
+
+
+def test_simulate_table_says_which_steps_fit_in_l2(tmp_path: Path) -> None:
+    # 2 blocks of d 512: about 8.9 MB of weights, under the H100's 50 MB L2 at batch 1, but not with the
+    # KV cache of 256 sequences of 2048 tokens (1 GB)
+    model = tmp_path / "tiny.yaml"
+    model.write_text(
+        "name: tiny\nd_model: 512\nvocab_size: 1000\ntie_embeddings: true\nblocks:\n"
+        "  - repeat: 2\n    attention: {kind: mha, n_heads: 8, head_dim: 64}\n"
+        "    ffn: [{kind: dense, d_ff: 2048}]\n"
+    )
+    proc = run("simulate", str(model), "--batch", "1,256")
+    assert proc.returncode == 0, proc.stderr
+    caption = " ".join(proc.stdout.split()).split("batch 1 context 2048", 1)
+    assert len(caption) == 2 and "served from L2" in caption[1], proc.stdout
+    assert "batch 256 context" not in caption[1]

@@ -357,3 +357,37 @@ def test_shared_memory_table_is_held_in_its_layers_dtype() -> None:
     # the layers' own weights and the table go from 2 to 0.5 bytes a parameter; nothing else changes
     assert base["memory_bytes"] - quant["memory_bytes"] == pytest.approx((own + table) * 1.5, rel=1e-9)
     assert quant["weight_bytes_ideal"] < base["weight_bytes_ideal"]
+
+
+def test_l2_ratio_is_the_steps_weight_and_kv_reads_over_l2() -> None:
+    # a 2-block dense model small enough for its weights to sit in a 50 MB L2 at batch 1: by hand,
+    # per block attention 4 x 512^2 and FFN 3 x 512 x 2048 weights, a 1000 x 512 tied embedding (a row
+    # gathered per token, at most the whole table; the whole table read by the head), bf16;
+    # KV 2 x 512 per token per block
+    model = ModelConfig.model_validate(
+        {
+            "name": "tiny",
+            "d_model": 512,
+            "vocab_size": 1000,
+            "tie_embeddings": True,
+            "blocks": [
+                {
+                    "repeat": 2,
+                    "attention": {"kind": "mha", "n_heads": 8, "head_dim": 64},
+                    "ffn": [{"kind": "dense", "d_ff": 2048}],
+                }
+            ],
+        }
+    )
+    df = simulate(model, H100, Workload(batch=[1, 4096], context=[1024]), per_layer=True)
+    per_block = 4 * 512**2 + 3 * 512 * 2048
+    for b in (1, 4096):
+        tot = df[(df["layer"] == "total") & (df["batch"] == b)].iloc[0]
+        rows = min(b, 1000)
+        weights = (2 * per_block + 1000 * 512) * 2 + rows * 512 * 2
+        kv = b * 1024 * 2 * (2 * 512 * 2)
+        assert tot["l2_ratio"] == pytest.approx((weights + kv) / 50e6, rel=1e-12)
+        ffn = df[(df["layer"] == "block1.ffn") & (df["batch"] == b)].iloc[0]
+        assert ffn["l2_ratio"] == pytest.approx(3 * 512 * 2048 * 2 / 50e6, rel=1e-12)
+    small, large = df[df["layer"] == "total"]["l2_ratio"]
+    assert small < 1 < large  # 8.4 MB of weights + 4 MB of KV at batch 1; 17 GB of KV at 4096

@@ -503,3 +503,15 @@ def test_ideal_with_measured_routing(tiny: Path) -> None:
     # a bundle without routing has no routed level
     sample = SAMPLES / "moe"
     assert "pred_bytes_ideal_routed" not in _validate_any(sample).steps
+
+
+def test_steps_that_fit_in_l2_are_named(tiny: Path) -> None:
+    # the tiny model reads under 1 MB a step (weights and KV), far under the tiny GPU's 50 MB L2; the
+    # recorded H100 samples were sized so that every step reads more than the H100's 50 MB L2
+    res = _validate_any(tiny)
+    assert (res.steps["pred_l2_ratio"] < 0.05).all()
+    assert any(n.startswith("batch 1, 8:") and "L2" in n for n in res.notes), res.notes
+    for path in sample_bundles():
+        res = _validate_any(path)
+        assert (res.steps["pred_l2_ratio"] > 1).all(), path
+        assert not any("L2 holds" in n for n in res.notes), res.notes
