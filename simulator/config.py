@@ -115,6 +115,9 @@ class AttentionConfig(Strict):
     qkv_bias: bool = False
     o_bias: bool = False
     sliding_window: PositiveInt | None = Field(None, description="attend to at most this many recent keys")
+    attention_chunk: PositiveInt | None = Field(
+        None, description="chunked local attention (Llama 4): a query sees only the keys of its own chunk"
+    )
     # MLA (DeepSeek-V2/V3)
     q_lora_rank: PositiveInt | None = None
     kv_lora_rank: PositiveInt | None = None
@@ -124,6 +127,8 @@ class AttentionConfig(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> AttentionConfig:
+        if self.sliding_window is not None and self.attention_chunk is not None:
+            raise ValueError("sliding_window and attention_chunk exclude each other: choose one")
         if self.kind == "mla":
             need = ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
             missing = [f for f in need if getattr(self, f) is None]

@@ -44,6 +44,12 @@ _ARCH_TO_TYPE: dict[str, str] = {
     "Phi3ForCausalLM": "phi3",
     "Olmo2ForCausalLM": "olmo2",
     "GptOssForCausalLM": "gpt_oss",
+    "Glm4MoeForCausalLM": "glm4_moe",
+    "PhiMoEForCausalLM": "phimoe",
+    "GraniteMoeForCausalLM": "granitemoe",
+    "Llama4ForConditionalGeneration": "llama4",
+    "Llama4ForCausalLM": "llama4_text",
+    "Ernie4_5_MoeForCausalLM": "ernie4_5_moe",
 }
 
 # families whose transformers config class ties the LM head to the embedding by default
@@ -133,9 +139,10 @@ def from_hf_config(cfg: dict[str, Any], name: str) -> ModelConfig:
     if not isinstance(cfg, dict):
         raise ConfigError(f"{what}: expected a JSON object, got {type(cfg).__name__}")
     model_type = model_type_of(cfg)
-    if model_type == "gemma3" and isinstance(cfg.get("text_config"), dict):
-        # Gemma 3 4B and up are image-text models: the decoder is their text_config (vision tower left out)
-        cfg, model_type = {**cfg["text_config"]}, "gemma3_text"
+    if model_type in _TEXT_DECODER_OF and isinstance(cfg.get("text_config"), dict):
+        # image-text models (Gemma 3 4B and up, Llama 4): the decoder is their text_config; the vision
+        # tower is left out
+        cfg, model_type = {**cfg["text_config"]}, _TEXT_DECODER_OF[model_type]
     builder = _BUILDERS.get(model_type or "")
     if builder is None:
         supported = ", ".join(sorted(_BUILDERS))
@@ -183,7 +190,12 @@ def from_hf_config(cfg: dict[str, Any], name: str) -> ModelConfig:
 
 
 def _attention(
-    r: _Reader, d_model: int, qkv_bias: bool, o_bias: bool, window: int | None = None
+    r: _Reader,
+    d_model: int,
+    qkv_bias: bool,
+    o_bias: bool,
+    window: int | None = None,
+    chunk: int | None = None,
 ) -> AttentionConfig:
     n_heads = r.need_int("num_attention_heads")
     n_kv = r.opt_int("num_key_value_heads", n_heads)
@@ -214,6 +226,7 @@ def _attention(
             qkv_bias=qkv_bias,
             o_bias=o_bias,
             sliding_window=window,
+            attention_chunk=chunk,
         ),
     )
 
@@ -299,13 +312,15 @@ def _qwen3(r: _Reader, d: int, n_layers: int) -> list[BlockConfig]:
     ]
 
 
-def _moe(r: _Reader, n_experts_key: str, expert_key: str, **extra: Any) -> MoEConfig:
+def _moe(
+    r: _Reader, n_experts_key: str, expert_key: str, top_k_key: str = "num_experts_per_tok", **extra: Any
+) -> MoEConfig:
     act = _activation(r)
     return _validated(
         r,
         lambda: MoEConfig(
             n_experts=r.need_int(n_experts_key),
-            top_k=r.need_int("num_experts_per_tok"),
+            top_k=r.need_int(top_k_key),
             expert_ffn=r.need_int(expert_key),
             activation=act,
             **extra,
@@ -449,6 +464,121 @@ def _gpt_oss(r: _Reader, d: int, n_layers: int) -> list[BlockConfig]:
     ]
 
 
+def _glm4_moe(r: _Reader, d: int, n_layers: int) -> list[BlockConfig]:
+    """GLM-4.5: biased q/k/v (`attention_bias`), never o; a query width of heads x head_dim that need not
+    be hidden_size; dense layers below `first_k_dense_replace`, then MoE with one shared MLP of
+    n_shared x the routed width and a sigmoid router with a selection bias (e_score_correction_bias).
+    The multi-token-prediction layer (`num_nextn_predict_layers`) is not part of the decoder transformers
+    runs and is left out, as are the q/k norms (norm weights)."""
+    bias = r.opt_bool("attention_bias", False)
+    attn = _attention(r, d, qkv_bias=bias, o_bias=False)
+    n_shared = r.opt_int("n_shared_experts", 1) or 0
+    n_group = r.opt_int("n_group", 1) or 1
+    grouped = n_group > 1
+    moe = _moe(
+        r,
+        "n_routed_experts",
+        "moe_intermediate_size",
+        n_shared_experts=n_shared,
+        shared_ffn=n_shared * r.need_int("moe_intermediate_size"),
+        router="sigmoid",
+        router_bias=True,
+        n_groups=n_group if grouped else None,
+        topk_groups=r.opt_int("topk_group", None) if grouped else None,
+    )
+    first_dense = r.opt_int("first_k_dense_replace", 1) or 0
+    return _mixed_blocks(r, [attn] * n_layers, [i >= first_dense for i in range(n_layers)], moe)
+
+
+def _phimoe(r: _Reader, d: int, n_layers: int) -> list[BlockConfig]:
+    """Phi-3.5-MoE: biased q/k/v/o, every layer MoE (no shared expert), the sliding window as written
+    (Phi-3.5-MoE's equals its context length: full attention in effect). Not counted: its LayerNorm
+    biases and the LM head's bias (`lm_head_bias`, vocab_size weights)."""
+    bias = r.opt_bool("attention_bias", False)
+    attn = _attention(r, d, qkv_bias=bias, o_bias=bias, window=_mistral_window(r))
+    moe = _moe(r, "num_local_experts", "intermediate_size")
+    return [BlockConfig(attention=attn, ffn=[moe]) for _ in range(n_layers)]
+
+
+def _granitemoe(r: _Reader, d: int, n_layers: int) -> list[BlockConfig]:
+    """Granite MoE: Llama attention, every layer MoE with fused gate/up experts (the same weights as
+    separate ones) of width `intermediate_size`, no shared expert; its multipliers hold no weights."""
+    bias = r.opt_bool("attention_bias", False)
+    attn = _attention(r, d, qkv_bias=bias, o_bias=bias)
+    moe = _moe(r, "num_local_experts", "intermediate_size")
+    return [BlockConfig(attention=attn, ffn=[moe]) for _ in range(n_layers)]
+
+
+def _llama4_chunks(r: _Reader, n_layers: int) -> list[int | None]:
+    """Per layer, the attention chunk or None (global attention). `layer_types` is authoritative when
+    written; else RoPE layers (no_rope_layers[i] == 1; by default all but every 4th) attend within chunks
+    of `attention_chunk_size` and the NoPE layers globally."""
+    chunk = r.opt_int("attention_chunk_size", None)
+    types = r.cfg.get("layer_types")
+    if types is not None:
+        known = {"chunked_attention": chunk, "full_attention": None}
+        if not isinstance(types, list) or len(types) != n_layers or any(t not in known for t in types):
+            raise ConfigError(
+                f"{r.what}: 'layer_types' must list one of {', '.join(known)} per layer ({n_layers})"
+            )
+        return [known[t] for t in types]
+    rope = r.int_list("no_rope_layers") or [int((i + 1) % 4 != 0) for i in range(n_layers)]
+    if len(rope) != n_layers:
+        raise ConfigError(f"{r.what}: 'no_rope_layers' must have one entry per layer ({n_layers})")
+    return [chunk if uses_rope else None for uses_rope in rope]
+
+
+def _llama4(r: _Reader, d: int, n_layers: int) -> list[BlockConfig]:
+    """Llama 4 text decoder: chunked attention on the RoPE layers, global attention on the NoPE ones
+    (weight-free L2 q/k norms); MoE layers (`moe_layers`, else every `interleave_moe_layer_step`-th) with
+    a sigmoid top-k router and one always-on shared expert as wide as a routed one; the other layers a
+    dense MLP of `intermediate_size_mlp`."""
+    bias = r.opt_bool("attention_bias", False)
+    attns = [_attention(r, d, qkv_bias=bias, o_bias=bias, chunk=c) for c in _llama4_chunks(r, n_layers)]
+    step = r.opt_int("interleave_moe_layer_step", 1) or 1
+    listed = r.cfg.get("moe_layers")
+    moe_layers = set(r.int_list("moe_layers")) if listed is not None else set(range(step - 1, n_layers, step))
+    width = r.need_int("intermediate_size")
+    moe = _moe(
+        r, "num_local_experts", "intermediate_size", n_shared_experts=1, shared_ffn=width, router="sigmoid"
+    )
+    dense = None
+    if len(moe_layers) < n_layers:
+        dense = _validated(
+            r,
+            lambda: DenseFFNConfig(d_ff=r.need_int("intermediate_size_mlp"), activation=_activation(r)),
+        )
+    return [
+        BlockConfig(attention=a, ffn=[moe if i in moe_layers else dense])  # type: ignore[list-item]
+        for i, a in enumerate(attns)
+    ]
+
+
+def _ernie4_5_moe(r: _Reader, d: int, n_layers: int) -> list[BlockConfig]:
+    """ERNIE 4.5 MoE: q/k/v/o biased iff `use_bias`; MoE on every `moe_layer_interval`-th layer from
+    `moe_layer_start_index` to `moe_layer_end_index` (default: the last), dense elsewhere; the shared
+    experts are one MLP of n_shared x the routed width; a softmax router with a selection bias
+    (e_score_correction_bias)."""
+    bias = r.opt_bool("use_bias", False)
+    attn = _attention(r, d, qkv_bias=bias, o_bias=bias)
+    n_shared = r.opt_int("moe_num_shared_experts", 0) or 0
+    moe = _moe(
+        r,
+        "moe_num_experts",
+        "moe_intermediate_size",
+        top_k_key="moe_k",
+        n_shared_experts=n_shared,
+        shared_ffn=n_shared * r.need_int("moe_intermediate_size"),
+        router_bias=True,
+    )
+    interval = r.opt_int("moe_layer_interval", 1) or 1
+    start = r.opt_int("moe_layer_start_index", 0) or 0
+    end = r.opt_int("moe_layer_end_index", -1)
+    last = n_layers - 1 if end is None or end < 0 else end
+    sparse = [(i + 1) % interval == 0 and start <= i <= last for i in range(n_layers)]
+    return _mixed_blocks(r, [attn] * n_layers, sparse, moe)
+
+
 _BUILDERS: dict[str, Callable[[_Reader, int, int], list[BlockConfig]]] = {
     "llama": _llama,
     "mistral": _mistral,
@@ -466,7 +596,14 @@ _BUILDERS: dict[str, Callable[[_Reader, int, int], list[BlockConfig]]] = {
     "phi3": _phi3,
     "olmo2": _llama,  # Llama weights; its q/k norms and post-norms are norm weights only
     "gpt_oss": _gpt_oss,
+    "glm4_moe": _glm4_moe,
+    "phimoe": _phimoe,
+    "granitemoe": _granitemoe,
+    "llama4_text": _llama4,
+    "ernie4_5_moe": _ernie4_5_moe,
 }
+# image-text families whose `text_config` holds the decoder, and that decoder's model_type
+_TEXT_DECODER_OF: dict[str, str] = {"gemma3": "gemma3_text", "llama4": "llama4_text"}
 # families whose config class supplies a vocab_size default that hub configs may omit
 _VOCAB_DEFAULTS: dict[str, int] = {"gemma3_text": 262_208}
 

@@ -98,6 +98,28 @@ def test_moe_and_memory_gathers_read_less_than_their_tables() -> None:
     assert gathers["bytes_read"].sum() < table_bytes / 100
 
 
+def test_chunked_decode_reads_only_the_current_chunk() -> None:
+    """Llama-4-like chunks of 8192 at a context of 20000: each layer's SDPA reads the query and the
+    20000 mod 8192 = 3616 K/V entries of the current chunk (hand count), the simulator's KV read."""
+    chunk, ctx, b = 8192, 20000, 2
+    attn = AttentionConfig(kind="gqa", n_heads=HEADS, n_kv_heads=KV, head_dim=HD, attention_chunk=chunk)
+    cfg = ModelConfig(
+        name="llama4-like",
+        d_model=D,
+        vocab_size=32000,
+        blocks=[BlockConfig(repeat=2, attention=attn, ffn=[DenseFFNConfig(d_ff=FF)])],
+    )
+    ops = count_model(cfg, batch=b, context=ctx)
+    sdpa = ops[ops["op"] == SDPA_OP]
+    kv_bytes = b * 3616 * 2 * KV * HD * BF16
+    assert len(sdpa) == 2
+    assert (sdpa["bytes_read"] == b * HEADS * HD * BF16 + kv_bytes).all()
+    frame = simulate(
+        cfg, load_hardware("h100-sxm"), Workload(phase="decode", batch=[b], context=[ctx]), per_layer=True
+    )
+    assert frame[frame["layer"] == "block0.attn"]["kv_read_bytes"].iloc[0] == kv_bytes
+
+
 def test_sliding_window_decode_reads_only_the_window() -> None:
     """Mistral-7B-like shapes, window 4096 over a 16k context: each layer's fused SDPA reads the query
     and the 4096 newest K/V entries (hand count), which is the KV read the simulator charges."""

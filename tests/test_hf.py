@@ -261,11 +261,11 @@ def one_line(exc: pytest.ExceptionInfo[BaseException]) -> str:
 
 def test_unsupported_model_type_is_one_line_with_supported_list() -> None:
     cfg = copy.deepcopy(hf("Llama-3.1-8B"))
-    cfg["model_type"] = "llama4_text"  # chunked attention and interleaved MoE: not modelled
+    cfg["model_type"] = "jamba"  # Mamba layers: not modelled
     with pytest.raises(ConfigError) as exc:
         from_hf_config(cfg, "g")
     text = one_line(exc)
-    assert "'llama4_text'" in text and "deepseek_v3" in text and "gemma2" in text
+    assert "'jamba'" in text and "deepseek_v3" in text and "gemma2" in text
 
 
 @pytest.mark.parametrize(
@@ -394,3 +394,79 @@ def test_gpt_oss_checkpoint_bytes_with_mxfp4_experts() -> None:
     assert held == pytest.approx(13_761_264_768 - router_and_biases - sinks_and_norms, rel=1e-12)
     assert abs(held / 13_761_264_768 - 1) < 0.001
     assert abs(r["active_params"] / 3.61e9 - 1) < 0.01  # model card: 3.6 B active of 21 B
+
+
+# exact published totals of the newer MoE families (SOURCES.md), less what the hand count leaves out
+@pytest.mark.parametrize(
+    ("file", "published", "not_counted"),
+    [
+        # Hub figure of the transformers model (the MTP layer 46 excluded), norms and selection bias in
+        ("GLM-4.5-Air", 106_852_251_264, 0),
+        # the text decoder of the Hub's 108,641,793,536 (vision tower and projector: 871,932,416)
+        ("Llama-4-Scout-17B-16E", 108_641_793_536 - 871_932_416, 0),
+        # LayerNorm biases (2 a layer + final, 4096 each) and the LM head bias (vocab 32064)
+        ("Phi-3.5-MoE", 41_873_153_344, (32 * 2 + 1) * 4096 + 32064),
+        # llama.cpp's count of the granite-3.1-3b-a800m-instruct checkpoint
+        ("granite-3.1-3b-a800m", 3_298_793_472, 0),
+    ],
+)
+def test_newer_moe_families_match_their_checkpoints(file: str, published: int, not_counted: int) -> None:
+    assert total_params(from_hf_config(hf(file), file)) == published - not_counted
+
+
+def test_glm45_dense_first_layer_shared_expert_and_wide_queries() -> None:
+    m = from_hf_config(hf("GLM-4.5-Air"), "glm")
+    assert [b.repeat for b in m.blocks] == [1, 45]
+    dense, moe = m.blocks[0].ffn[0], m.blocks[1].ffn[0]
+    assert isinstance(dense, DenseFFNConfig) and dense.d_ff == 10944
+    assert isinstance(moe, MoEConfig) and (moe.n_experts, moe.top_k, moe.expert_ffn) == (128, 8, 1408)
+    assert moe.shared_ffn == 1408 and moe.router == "sigmoid" and moe.router_bias
+    a = m.blocks[0].attention
+    assert a.n_heads * a.head_dim == 12288 != m.d_model and a.qkv_bias and not a.o_bias
+
+
+def test_llama4_chunked_rope_layers_global_nope_layers_and_dense_interleave() -> None:
+    from simulator.config import Workload
+    from simulator.loading import load_hardware
+    from simulator.sweep import simulate
+
+    m = from_hf_config(hf("Llama-4-Scout-17B-16E"), "scout")
+    chunks = [b.attention.attention_chunk for b in m.blocks for _ in range(b.repeat)]
+    assert chunks == [8192, 8192, 8192, None] * 12  # every 4th layer is NoPE and global
+    moe = m.blocks[0].ffn[0]
+    assert isinstance(moe, MoEConfig) and (moe.n_experts, moe.top_k, moe.shared_ffn) == (16, 1, 8192)
+    # per token: attention, router, one routed and the shared expert per layer, the LM head, one embedding row
+    layer = 5120 * 5120 * 2 + 2 * 5120 * 1024 + 5120 * 16 + 2 * 3 * 5120 * 8192
+    r = simulate(m, load_hardware("h100-sxm"), Workload(batch=[1], context=[20000])).iloc[0]
+    assert r["active_params"] == 48 * layer + 202048 * 5120 + 5120
+    # decode at 20000: 36 chunked layers read 20000 mod 8192 = 3616 entries, 12 global ones all 20000
+    assert r["kv_read_bytes"] == (36 * 3616 + 12 * 20000) * 2 * 8 * 128 * 2
+    # Maverick-style interleave: MoE on odd layers, a dense MLP of intermediate_size_mlp on even ones
+    text = {**hf("Llama-4-Scout-17B-16E")["text_config"], "interleave_moe_layer_step": 2}
+    del text["moe_layers"]
+    mixed = from_hf_config({"model_type": "llama4", "text_config": text}, "mixed")
+    ffns = [b.ffn[0] for b in mixed.blocks for _ in range(b.repeat)]
+    assert [isinstance(f, MoEConfig) for f in ffns] == [False, True] * 24
+    assert isinstance(ffns[0], DenseFFNConfig) and ffns[0].d_ff == 16384
+
+
+def test_ernie45_moe_layer_range_and_shared_experts() -> None:
+    m = from_hf_config(hf("ERNIE-4.5-21B-A3B"), "ernie")
+    ffns = [b.ffn[0] for b in m.blocks for _ in range(b.repeat)]
+    assert isinstance(ffns[0], DenseFFNConfig) and ffns[0].d_ff == 12288
+    assert all(isinstance(f, MoEConfig) for f in ffns[1:]) and len(ffns) == 28
+    moe = ffns[1]
+    assert isinstance(moe, MoEConfig)
+    assert (moe.n_experts, moe.top_k, moe.expert_ffn, moe.shared_ffn) == (64, 6, 1536, 3072)
+    assert m.tie_embeddings and m.blocks[0].attention.head_dim == 128
+    # a hand count: embedding (tied) 103424 x 2560; layer 0 attention (GQA 20/4 of 128) + SwiGLU 12288;
+    # 27 MoE layers: attention + 64 experts + the shared MLP + router and its selection bias; norms
+    attn = 2560 * 2560 * 2 + 2 * 2560 * 512
+    moe_layer = attn + 64 * 3 * 2560 * 1536 + 3 * 2560 * 3072 + 2560 * 64 + 64
+    dense_layer = attn + 3 * 2560 * 12288
+    norms = 28 * 2 * 2560 + 2560
+    assert total_params(m) == 103424 * 2560 + dense_layer + 27 * moe_layer + norms
+    # the last MoE layer can be moved: end index 20 leaves layers 21..27 dense
+    cut = from_hf_config({**hf("ERNIE-4.5-21B-A3B"), "moe_layer_end_index": 20}, "cut")
+    kinds = [isinstance(b.ffn[0], MoEConfig) for b in cut.blocks for _ in range(b.repeat)]
+    assert kinds == [False] + [True] * 20 + [False] * 7

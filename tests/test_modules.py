@@ -229,6 +229,70 @@ def test_attention_prefill_sliding_window(window: int) -> None:
         torch.testing.assert_close(got[0, p].double(), lin(attn.o_proj, torch.cat(outs)), **TOL)
 
 
+@pytest.mark.parametrize("chunk", [2, 4, 9])
+def test_attention_prefill_chunked(chunk: int) -> None:
+    """Chunked attention (Llama 4): query p attends to keys (p // chunk) * chunk..p."""
+    cfg = AttentionConfig(kind="gqa", n_heads=4, n_kv_heads=2, head_dim=8, attention_chunk=chunk)
+    attn = randomize_(Attention(cfg, D, phase="prefill"))
+    t = 7
+    x = torch.randn(1, t, D)
+    got = attn(x)
+    qs = [lin(attn.q_proj, w64(x[0, p])).view(4, 8) for p in range(t)]
+    ks = [lin(attn.k_proj, w64(x[0, p])).view(2, 8) for p in range(t)]
+    vs = [lin(attn.v_proj, w64(x[0, p])).view(2, 8) for p in range(t)]
+    for p in range(t):
+        lo = p // chunk * chunk
+        outs = [
+            attend(
+                qs[p][h], [k[h // 2] for k in ks[lo : p + 1]], [v[h // 2] for v in vs[lo : p + 1]], 8**-0.5
+            )
+            for h in range(4)
+        ]
+        torch.testing.assert_close(got[0, p].double(), lin(attn.o_proj, torch.cat(outs)), **TOL)
+
+
+def test_attention_chunked_decode() -> None:
+    """Chunk 4 over a context of 10: the cache holds the current chunk's 10 mod 4 = 2 entries; append
+    steps attend over them and their own K/V until the chunk is full, then start a new chunk; at a
+    context that is a multiple of 4 a fixed-cache step attends to its own K/V alone."""
+    cfg = AttentionConfig(kind="gqa", n_heads=4, n_kv_heads=2, head_dim=8, attention_chunk=4)
+    attn = randomize_(Attention(cfg, D, kv_mode="append", append_headroom=4))
+    b = 2
+    attn.setup_cache(b, 10)
+    assert attn.k_cache.shape == (b, 2, 2 + 4, 8)
+    keys: list[torch.Tensor] = [attn.k_cache[:, :, j].clone().double() for j in range(2)]
+    vals: list[torch.Tensor] = [attn.v_cache[:, :, j].clone().double() for j in range(2)]
+    for step in range(3):  # positions 10, 11 (the chunk 8..11 fills up), then 12 (a new chunk)
+        x = torch.randn(b, 1, D)
+        got = attn(x)
+        xi = w64(x[:, 0])
+        k_new = torch.stack([lin(attn.k_proj, xi[i]) for i in range(b)]).view(b, 2, 8)
+        v_new = torch.stack([lin(attn.v_proj, xi[i]) for i in range(b)]).view(b, 2, 8)
+        if step == 2:
+            keys, vals = [], []
+        keys.append(k_new)
+        vals.append(v_new)
+        for i in range(b):
+            q = lin(attn.q_proj, xi[i]).view(4, 8)
+            outs = [
+                attend(q[h], [k[i, h // 2] for k in keys], [v[i, h // 2] for v in vals], 8**-0.5)
+                for h in range(4)
+            ]
+            torch.testing.assert_close(got[i, 0].double(), lin(attn.o_proj, torch.cat(outs)), **TOL)
+
+    fixed = Attention(cfg, D, kv_mode="fixed")
+    fixed.load_state_dict(attn.state_dict())
+    fixed.setup_cache(b, 8)
+    assert fixed.k_cache.shape == (b, 2, 0, 8)
+    x = torch.randn(b, 1, D)
+    got = fixed(x)
+    for i in range(b):
+        xi = w64(x[i, 0])
+        v = lin(fixed.v_proj, xi).view(2, 8)  # one key: softmax weight 1 on its own value
+        out = torch.cat([v[h // 2] for h in range(4)])
+        torch.testing.assert_close(got[i, 0].double(), lin(fixed.o_proj, out), **TOL)
+
+
 def _mla_reference(attn: MLAAttention, x: torch.Tensor, latents: list[torch.Tensor]) -> torch.Tensor:
     """Non-absorbed MLA for one token over cached latent rows [c | k_rope]: per position, per head,
     expand the latent with W_UK / W_UV and attend."""

@@ -218,6 +218,60 @@ def test_sliding_window_caps_kv_reads_and_pairs() -> None:
     assert attn["flops"] == pytest.approx(proj + 4 * 32 * 128 * pairs, rel=1e-12)
 
 
+def test_chunked_attention_reads_the_current_chunk() -> None:
+    # Llama-4-like chunks of 8192: a decode token at position 20000 attends to the 20000 - 16384 = 3616
+    # cached keys of its chunk; a 20000-token prompt has chunks of 8192, 8192 and 3616 causal queries
+    chunk, s = 8192, 20000
+    model = ModelConfig.model_validate(
+        {
+            "name": "chunked",
+            "d_model": 5120,
+            "vocab_size": 1000,
+            "blocks": [
+                {
+                    "repeat": 4,
+                    "attention": {
+                        "kind": "gqa",
+                        "n_heads": 40,
+                        "n_kv_heads": 8,
+                        "head_dim": 128,
+                        "attention_chunk": chunk,
+                    },
+                    "ffn": [{"kind": "dense", "d_ff": 8192}],
+                }
+            ],
+        }
+    )
+    kv_token = 4 * 2 * 8 * 128 * 2
+    dec = simulate(model, H100, Workload(batch=[3], context=[s, 2 * chunk])).set_index("context")
+    assert dec.loc[s, "kv_read_bytes"] == 3 * 3616 * kv_token
+    assert dec.loc[2 * chunk, "kv_read_bytes"] == 0  # the first token of a chunk reads no cache
+    assert dec.loc[s, "memory_bytes"] > dec.loc[2 * chunk, "memory_bytes"]  # only the chunk is held
+    pre = simulate(model, H100, Workload(phase="prefill", batch=[1], context=[s]), per_layer=True)
+    attn = pre[pre["layer"] == "block0.attn"].iloc[0]
+    pairs = sum(i % chunk + 1 for i in range(s))  # brute force: query i sees i mod chunk + 1 keys
+    proj = 2 * (5120 * 5120 * 2 + 2 * 5120 * 1024) * s
+    assert attn["flops"] == pytest.approx(proj + 4 * 40 * 128 * pairs, rel=1e-12)
+    with pytest.raises(ValueError, match="exclude each other"):
+        ModelConfig.model_validate(
+            {
+                **model.model_dump(),
+                "blocks": [
+                    {
+                        "repeat": 1,
+                        "attention": {
+                            "kind": "mha",
+                            "n_heads": 2,
+                            "head_dim": 8,
+                            "sliding_window": 4,
+                            "attention_chunk": 4,
+                        },
+                    }
+                ],
+            }
+        )
+
+
 def test_mla_down_projections_are_replicated_under_tensor_parallelism() -> None:
     mla = {
         "kind": "mla", "n_heads": 128, "q_lora_rank": 1536, "kv_lora_rank": 512,

@@ -11,7 +11,9 @@ applied (it moves no weights and little data).
 A sliding window of W keys (Mistral, Qwen's upper layers) bounds what a query sees: in prefill, query i
 attends to keys i-W+1..i (a banded causal mask); in decode, the cache is a rolling buffer of
 min(context, W) entries, as in Mistral's reference code, and a step attends over its last W entries.
-That is the KV reach the simulator charges.
+Chunked attention of C positions (Llama 4) restarts at every multiple of C: in prefill, a block-diagonal
+causal mask; in decode, the cache holds the current chunk's context mod C entries (none at a chunk's
+first token, which then attends to itself alone). That is the KV reach the simulator charges.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class _CachedAttention(nn.Module):
         self.kv_mode = kv_mode
         self.append_headroom = append_headroom
         self.window = cfg.sliding_window
+        self.chunk = cfg.attention_chunk
         self.context = 0
         self.length = 0  # entries currently held (append mode grows it)
         self._build(cfg, d_model, factory_kwargs(device, dtype))
@@ -62,10 +65,14 @@ class _CachedAttention(nn.Module):
 
     def setup_cache(self, batch: int, context: int, fill: str = "randn") -> None:
         """Allocate (decode) the cache for `batch` sequences of `context` entries (at most the sliding
-        window: older entries are out of reach); prefill frees it."""
+        window, or the current chunk's entries: older ones are out of reach); prefill frees it."""
         for name in self._cache_shapes(1, 1):
             setattr(self, name, None)
-        context = int(context) if self.window is None else min(int(context), self.window)
+        context = int(context)
+        if self.window is not None:
+            context = min(context, self.window)
+        elif self.chunk is not None:
+            context %= self.chunk
         self.context = self.length = context
         if self.phase != "decode":
             return
@@ -86,17 +93,25 @@ class _CachedAttention(nn.Module):
             self.length = self.context
         pos = self.length
         self.length += tokens
-        start = 0 if self.window is None else max(0, self.length - self.window)
+        start = 0
+        if self.window is not None:
+            start = max(0, self.length - self.window)
+        elif self.chunk is not None:  # the cache starts at a chunk boundary
+            start = (self.length - 1) // self.chunk * self.chunk
         return pos, slice(start, self.length)
 
     def _prefill_mask(self, t: int, device: torch.device) -> torch.Tensor | None:
-        """The banded causal mask (True = attend) when the window is shorter than the prompt, else None
-        (plain causal attention, which every SDPA backend runs without a mask tensor)."""
-        if self.window is None or self.window >= t:
+        """The banded (window) or block-diagonal (chunks) causal mask (True = attend) when the window or
+        chunk is shorter than the prompt, else None (plain causal attention, which every SDPA backend
+        runs without a mask tensor)."""
+        limit = self.window if self.window is not None else self.chunk
+        if limit is None or limit >= t:
             return None
         i = torch.arange(t, device=device)
-        offset = i[:, None] - i[None, :]
-        return (offset >= 0) & (offset < self.window)
+        causal = i[:, None] >= i[None, :]
+        if self.window is not None:
+            return causal & (i[:, None] - i[None, :] < self.window)
+        return causal & (i[:, None] // limit == i[None, :] // limit)
 
     def _prefill_sdpa(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: object
@@ -152,7 +167,9 @@ class Attention(_CachedAttention):
         else:
             self._check_cache(b)
             assert self.k_cache is not None and self.v_cache is not None
-            if self.kv_mode == "fixed":
+            if self.kv_mode == "fixed" and self.k_cache.shape[-2] == 0:  # a chunk's first token
+                keys, values = k, v
+            elif self.kv_mode == "fixed":
                 keys, values = self.k_cache, self.v_cache
             else:
                 pos, reach = self._advance(t)
@@ -230,7 +247,7 @@ class MLAAttention(_CachedAttention):
         self._check_cache(b)
         assert self.kv_cache is not None
         if self.kv_mode == "fixed":
-            rows = self.kv_cache
+            rows = self.kv_cache if self.kv_cache.shape[1] else latent  # empty: a chunk's first token
         else:
             pos, reach = self._advance(t)
             self.kv_cache[:, pos : pos + t].copy_(latent)

@@ -1,7 +1,8 @@
 """Self-attention with a KV cache (MHA, GQA, MQA, MLA): cost-reference section 10.
 
-`points.context` is the KV length each sequence attends over in decode (capped by a sliding window),
-and the prompt length in prefill (causal). Norm weights are not counted (they are O(d) and the
+`points.context` is the KV length each sequence attends over in decode (capped by a sliding window;
+with chunked attention only the current chunk's keys, context mod chunk), and the prompt length in
+prefill (causal). Norm weights are not counted (they are O(d) and the
 published totals we check omit them).
 """
 
@@ -74,12 +75,26 @@ def device_params(attn: AttentionConfig, d_model: int, tp: int) -> float:
     return (params - kv) / tp + kv / min(tp, attn.kv_heads)
 
 
-def attended_pairs(points: Points, window: int | None) -> np.ndarray:
-    """(query, key) pairs per step: decode tokens x keys in reach; causal prefill sums min(i, W)."""
+def keys_in_reach(attn: AttentionConfig, context: np.ndarray) -> np.ndarray:
+    """Cached keys a decode token at position `context` attends over: all of them, the last W of a
+    sliding window, or those of its own chunk (the chunk starts at the last multiple of the chunk size)."""
+    if attn.sliding_window is not None:
+        return np.minimum(context, attn.sliding_window)
+    if attn.attention_chunk is not None:
+        return np.mod(context, attn.attention_chunk)
+    return context
+
+
+def attended_pairs(points: Points, attn: AttentionConfig) -> np.ndarray:
+    """(query, key) pairs per step: decode tokens x keys in reach; causal prefill sums min(i, W), or
+    i(i+1)/2 within each chunk."""
     ctx = points.context
     if points.phase == "decode":
-        reach = ctx if window is None else np.minimum(ctx, window)
-        return points.tokens * reach
+        return points.tokens * keys_in_reach(attn, ctx)
+    window, chunk = attn.sliding_window, attn.attention_chunk
+    if chunk is not None:
+        full, rest = np.floor_divide(ctx, chunk), np.mod(ctx, chunk)
+        return points.batch * (full * chunk * (chunk + 1) / 2.0 + rest * (rest + 1) / 2.0)
     if window is None:
         return points.batch * ctx * (ctx + 1) / 2.0
     w = np.minimum(ctx, window)
@@ -98,11 +113,10 @@ def cost(attn: AttentionConfig, model: ModelConfig, points: Points) -> LayerCost
     kv_split = min(tp, attn.kv_heads) if attn.kind != "mla" else 1
     qk, v = head_dims(attn)
     h = attn.n_heads
-    window = attn.sliding_window
 
-    pairs = attended_pairs(points, window)
+    pairs = attended_pairs(points, attn)
     if points.phase == "decode":
-        reach = ctx if window is None else np.minimum(ctx, window)
+        reach = keys_in_reach(attn, ctx)
         kv_read = batch * reach * kv_elems * points.b_kv / kv_split  # only keys within reach are read
         scores = tokens * h * reach
     else:
