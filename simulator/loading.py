@@ -1,8 +1,9 @@
 """Find, parse, override and validate model and hardware descriptions.
 
 A spec is a preset name (case-insensitive, `_` and `-` interchangeable), a path to one of our YAML/JSON files,
-or a path to a Hugging Face `config.json` (or a directory holding one). Every failure is a ConfigError whose
-message is one line naming the file or field and the problem.
+a path to a Hugging Face `config.json` (or a directory holding one), or a Hub repository id (`org/name`,
+`hf:org/name@revision`; simulator/hub.py fetches and caches its config.json). Every failure is a
+ConfigError whose message is one line naming the file or field and the problem.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from simulator.config import (
 )
 from simulator.errors import ConfigError, PresetNotFoundError
 from simulator.hf import from_hf_config, is_hf_config
+from simulator.hub import HUB_PREFIX, fetch_config, parse_hub_spec
 
 Kind = Literal["models", "hardware"]
 _SUFFIXES = (".yaml", ".yml", ".json")
@@ -219,6 +221,10 @@ def _resolve(spec: str | Path, kind: Kind) -> tuple[dict[str, Any], str]:
     """(raw mapping, default name) for a preset name or a file path."""
     if isinstance(spec, str) and not spec.strip():
         raise ConfigError(f"empty {'model' if kind == 'models' else 'hardware'} spec")
+    if kind == "models" and isinstance(spec, str):
+        hub = _hub_model(spec)
+        if hub is not None:
+            return hub
     if isinstance(spec, str) and not _looks_like_path(spec):
         files = _preset_files(kind)
         if _norm(spec) in files or not Path(spec).exists():
@@ -231,6 +237,26 @@ def _resolve(spec: str | Path, kind: Kind) -> tuple[dict[str, Any], str]:
         raise ConfigError(f"{path}: no such file")
     stem = path.parent.name if path.name == "config.json" else path.stem
     return _read_mapping(path, str(path)), stem
+
+
+def _hub_model(spec: str) -> tuple[dict[str, Any], str] | None:
+    """A Hub repository's config.json for `hf:org/name[@rev]`, or for a bare `org/name` that is no local
+    path; None for anything else."""
+    explicit = spec.startswith(HUB_PREFIX)
+    if not explicit and ("/" not in spec or Path(spec).exists()):
+        return None
+    parsed = parse_hub_spec(spec)
+    if parsed is None:
+        return None
+    repo, revision = parsed
+    try:
+        raw, _ = fetch_config(repo, revision)
+    except ConfigError as exc:
+        if explicit:
+            raise
+        reason = str(exc).removeprefix(f"{repo}: ")
+        raise ConfigError(f"{spec}: no such local file or directory, nor a Hub model: {reason}") from None
+    return raw, repo.split("/")[-1]
 
 
 def load_model(spec: str | Path, overrides: Sequence[str] = ()) -> ModelConfig:
