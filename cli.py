@@ -231,14 +231,20 @@ def simulate(
 
 @app.command()
 def compare(
-    models: Annotated[list[str], typer.Argument(help="two or more models (presets or files)")],
-    hardware: Hardware = DEFAULT_HARDWARE,
+    models: Annotated[list[str], typer.Argument(help="models (presets, files, Hub ids) to compare")],
+    hardware: Annotated[
+        str, typer.Option("--hardware", "-H", help="hardware preset or YAML file; several: h100-sxm,b200")
+    ] = DEFAULT_HARDWARE,
     batch: Batch = "1:4096",
     context: Context = "2048",
     phase: Phase = "decode",
     fmt: Fmt = "table",
     output: Output = None,
     sets: Sets = None,
+    vary: Annotated[
+        list[str] | None,
+        typer.Option("--vary", help="one variant per value: top_k=4,8,16 (repeat for every combination)"),
+    ] = None,
     weight_dtype: WeightDtype = "bf16",
     act_dtype: ActDtype = "bf16",
     kv_dtype: KvDtype = "bf16",
@@ -247,19 +253,20 @@ def compare(
     routing: Routing = "uniform",
     calibration: Calibration = None,
 ) -> None:
-    """Weight bytes and time per step of several models side by side, with ratios to the first."""
+    """Weight bytes and time per step of models and what-if variants (another top-k, a bigger table,
+    another GPU) side by side, with ratios to the first."""
     from reports.tables import compare_frame, compare_table
-    from simulator.loading import load_hardware, load_model
+    from simulator.loading import load_variants
     from simulator.sweep import compare as run
 
-    if len(models) < 2:
-        raise ConfigError("compare needs at least two models")
-    cfgs = [load_model(m, sets or []) for m in models]
-    hw = load_hardware(hardware)
+    variants = load_variants(models, [h for h in hardware.split(",") if h.strip()], sets or [], vary or [])
+    cfgs = [m for m, _ in variants]
+    gpus = [hw for _, hw in variants]
     wl = _workload(batch, context, phase, weight_dtype, act_dtype, kv_dtype, tp, ep, routing)
     cal = _calibration(calibration)
-    cmp = compare_frame(run(cfgs, hw, wl, efficiency=cal, overhead=getattr(cal, "overhead_s", None)))
-    title = f"{' vs '.join(c.name for c in cfgs)} on {hw.name}, {_scenario(wl)}"
+    cmp = compare_frame(run(cfgs, gpus, wl, efficiency=cal, overhead=getattr(cal, "overhead_s", None)))
+    on = " and ".join(dict.fromkeys(hw.name for hw in gpus))
+    title = f"{' vs '.join(c.name for c in cfgs)} on {on}, {_scenario(wl)}"
     _emit(cmp, fmt, output, lambda: compare_table(cmp, title))
 
 

@@ -118,6 +118,7 @@ class AttentionConfig(Strict):
     attention_chunk: PositiveInt | None = Field(
         None, description="chunked local attention (Llama 4): a query sees only the keys of its own chunk"
     )
+    sinks: bool = Field(False, description="a learned logit per head in the softmax denominator (gpt-oss)")
     # MLA (DeepSeek-V2/V3)
     q_lora_rank: PositiveInt | None = None
     kv_lora_rank: PositiveInt | None = None
@@ -130,6 +131,8 @@ class AttentionConfig(Strict):
         if self.sliding_window is not None and self.attention_chunk is not None:
             raise ValueError("sliding_window and attention_chunk exclude each other: choose one")
         if self.kind == "mla":
+            if self.sinks:
+                raise ValueError("attention sinks are modelled for mha/gqa/mqa, not mla")
             need = ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
             missing = [f for f in need if getattr(self, f) is None]
             if missing:

@@ -196,6 +196,7 @@ def _attention(
     o_bias: bool,
     window: int | None = None,
     chunk: int | None = None,
+    sinks: bool = False,
 ) -> AttentionConfig:
     n_heads = r.need_int("num_attention_heads")
     n_kv = r.opt_int("num_key_value_heads", n_heads)
@@ -227,6 +228,7 @@ def _attention(
             o_bias=o_bias,
             sliding_window=window,
             attention_chunk=chunk,
+            sinks=sinks,
         ),
     )
 
@@ -451,15 +453,14 @@ def _phi3(r: _Reader, d: int, n_layers: int) -> list[BlockConfig]:
 
 
 def _gpt_oss(r: _Reader, d: int, n_layers: int) -> list[BlockConfig]:
-    """gpt-oss: biased attention alternating 128-token sliding windows and full layers (layer_types),
-    a biased softmax router and biased SwiGLU experts. Not modelled: the per-head attention sinks (64
-    weights a layer). The published checkpoints keep the experts in MXFP4:
-    simulate them with --weight-dtype bf16,moe=mxfp4."""
+    """gpt-oss: biased attention with a learned sink logit per head, alternating 128-token sliding
+    windows and full layers (layer_types), a biased softmax router and biased SwiGLU experts. The
+    published checkpoints keep the experts in MXFP4: simulate them with --weight-dtype bf16,moe=mxfp4."""
     bias = r.opt_bool("attention_bias", True)
     # the router's logit bias is n_experts weights, as DeepSeek-V3's selection bias counts
     moe = _moe(r, "num_local_experts", "intermediate_size", router_bias=True, expert_bias=True)
     return [
-        BlockConfig(attention=_attention(r, d, qkv_bias=bias, o_bias=bias, window=w), ffn=[moe])
+        BlockConfig(attention=_attention(r, d, qkv_bias=bias, o_bias=bias, window=w, sinks=True), ffn=[moe])
         for w in _layer_windows(r, n_layers, 2, None)
     ]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
+import itertools
 import json
 import re
 import typing
@@ -434,3 +435,42 @@ def _layer_classes() -> dict[str, type[BaseModel]]:
 _LAYER_CLASSES = _layer_classes()
 _ATTENTION_FIELDS = frozenset(AttentionConfig.model_fields)
 _BLOCK_FIELDS = frozenset({"repeat", "norm", "parallel_ffn"})
+
+
+# ------------------------------------------------------------------------------------------- variants
+
+
+def load_variants(
+    models: Sequence[str],
+    hardware: Sequence[str],
+    overrides: Sequence[str] = (),
+    vary: Sequence[str] = (),
+) -> list[tuple[ModelConfig, HardwareConfig]]:
+    """Every (model, hardware) pair a what-if comparison runs: each model, under each combination of the
+    `vary` values (`top_k=4,8,16`: one variant per value, on top of `overrides`), on each hardware.
+    Variants are named by what differs (`olmoe-1b-7b top_k=4 @b200`), so no two share a name."""
+    axes: list[list[str]] = []
+    for item in vary:
+        key, sep, values = item.partition("=")
+        options = [v.strip() for v in values.split(",") if v.strip()]
+        if not sep or not key.strip() or not options:
+            raise ConfigError(f"--vary {item!r}: expected key=value1,value2,...")
+        axes.append([f"{key.strip()}={v}" for v in options])
+    gpus = [load_hardware(h) for h in hardware]
+    out: list[tuple[ModelConfig, HardwareConfig]] = []
+    for spec in models:
+        for combo in itertools.product(*axes):
+            model = load_model(spec, [*overrides, *combo])
+            for hw in gpus:
+                label = " ".join([model.name, *combo, *([f"@{hw.name}"] if len(gpus) > 1 else [])])
+                out.append((model.model_copy(update={"name": label}), hw))
+    names = [m.name for m, _ in out]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(
+            f"compare: {', '.join(map(repr, repeated))} would appear twice; vary it with --vary KEY=A,B "
+            "or --hardware A,B"
+        )
+    if len(out) < 2:
+        raise ConfigError("compare needs at least two variants: two models, --vary KEY=A,B or --hardware A,B")
+    return out

@@ -362,17 +362,21 @@ def _layer_frame(e: LayerEntry, row: dict[str, np.ndarray], points: Points, base
 
 def compare(
     models: Sequence[ModelConfig],
-    hardware: HardwareConfig,
+    hardware: HardwareConfig | Sequence[HardwareConfig],
     workload: Workload,
     per_layer: bool = False,
     efficiency: Mapping[str, float] | None = None,
     overhead: Mapping[str, float] | None = None,
 ) -> pd.DataFrame:
-    """`simulate` for several models on one GPU and workload, stacked."""
+    """`simulate` for several models on one workload, stacked: all on one GPU, or model i on
+    hardware[i] (what-if variants from `simulator.loading.load_variants`)."""
+    gpus = [hardware] * len(models) if isinstance(hardware, HardwareConfig) else list(hardware)
+    if len(gpus) != len(models):
+        raise ConfigError(f"compare: {len(models)} models but {len(gpus)} hardware descriptions")
     return pd.concat(
         [
-            simulate(m, hardware, workload, per_layer=per_layer, efficiency=efficiency, overhead=overhead)
-            for m in models
+            simulate(m, hw, workload, per_layer=per_layer, efficiency=efficiency, overhead=overhead)
+            for m, hw in zip(models, gpus, strict=True)
         ],
         ignore_index=True,
     )

@@ -151,3 +151,44 @@ def test_simulate_table_says_which_steps_fit_in_l2(tmp_path: Path) -> None:
     caption = " ".join(proc.stdout.split()).split("batch 1 context 2048", 1)
     assert len(caption) == 2 and "served from L2" in caption[1], proc.stdout
     assert "batch 256 context" not in caption[1]
+
+
+def test_compare_what_if_variants_of_one_model() -> None:
+    from io import StringIO
+
+    proc = run("compare", "olmoe-1b-7b", "--vary", "top_k=4,8", "--batch", "1,64", "-f", "csv")
+    assert proc.returncode == 0, proc.stderr
+    df = pd.read_csv(StringIO(proc.stdout)).set_index("batch")
+    # the top_k=8 variant is the preset itself
+    plain = pd.read_csv(StringIO(run("simulate", "olmoe-1b-7b", "--batch", "1,64", "-f", "csv").stdout))
+    assert df["olmoe-1b-7b top_k=8 weight_bytes"].to_numpy() == pytest.approx(plain["weight_bytes_ideal"])
+    # batch 1: 4 of 64 experts (3 x 2048 x 1024 bf16 each) per layer x 16 layers fewer than top-8
+    saved = 16 * 4 * 3 * 2048 * 1024 * 2
+    diff = df.loc[1, "olmoe-1b-7b top_k=8 weight_bytes"] - df.loc[1, "olmoe-1b-7b top_k=4 weight_bytes"]
+    assert diff == pytest.approx(saved, rel=1e-12)
+
+
+def test_compare_one_model_on_two_gpus() -> None:
+    from io import StringIO
+
+    import yaml
+
+    proc = run("compare", "olmoe-1b-7b", "--hardware", "h100-sxm,b200", "--batch", "1", "-f", "csv")
+    assert proc.returncode == 0, proc.stderr
+    row = pd.read_csv(StringIO(proc.stdout)).iloc[0]
+    assert row["olmoe-1b-7b @h100-sxm bytes"] == row["olmoe-1b-7b @b200 bytes"]
+    # memory-bound at batch 1: the time ratio is the ratio of the datasheet bandwidths
+    bw = {
+        n: yaml.safe_load((ROOT / "simulator" / "presets" / "hardware" / f"{n}.yaml").read_text())[
+            "hbm_bandwidth"
+        ]["value"]
+        for n in ("h100-sxm", "b200")
+    }
+    ratio = row["time ratio olmoe-1b-7b @h100-sxm/olmoe-1b-7b @b200"]
+    assert ratio == pytest.approx(float(bw["b200"]) / float(bw["h100-sxm"]), rel=1e-9)
+
+
+def test_compare_refuses_indistinguishable_variants() -> None:
+    assert_one_line_error(run("compare", "olmoe-1b-7b", "olmoe-1b-7b"), "appear twice", "--vary")
+    assert_one_line_error(run("compare", "olmoe-1b-7b"), "at least two variants")
+    assert_one_line_error(run("compare", "olmoe-1b-7b", "--vary", "top_k"), "--vary 'top_k'")

@@ -293,6 +293,64 @@ def test_attention_chunked_decode() -> None:
         torch.testing.assert_close(got[i, 0].double(), lin(fixed.o_proj, out), **TOL)
 
 
+def _attend_with_sink(
+    q: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor], sink: float
+) -> torch.Tensor:
+    """Loop attention whose denominator also holds exp(sink): the gpt-oss softmax."""
+    logits = [float(q @ k) * q.numel() ** -0.5 for k in keys]
+    top = max([*logits, sink])
+    weights = [math.exp(x - top) for x in logits]
+    z = sum(weights) + math.exp(sink - top)
+    return sum((w / z) * v for w, v in zip(weights, values, strict=True))
+
+
+def test_attention_sinks_decode_and_windowed_prefill() -> None:
+    """gpt-oss attention: per query head a learned sink logit joins the softmax denominator; decode
+    over a GQA cache, and prefill within a sliding window of 3 keys."""
+    cfg = AttentionConfig(kind="gqa", n_heads=4, n_kv_heads=2, head_dim=8, qkv_bias=True, sinks=True)
+    attn = randomize_(Attention(cfg, D, kv_mode="fixed"))
+    assert attn.sinks is not None and attn.sinks.shape == (4,)
+    b, s = 2, 5
+    attn.setup_cache(b, s)
+    kc, vc = attn.k_cache.clone(), attn.v_cache.clone()
+    x = torch.randn(b, 1, D)
+    got = attn(x)
+    for i in range(b):
+        q = lin(attn.q_proj, w64(x[i, 0])).view(4, 8)
+        outs = [
+            _attend_with_sink(
+                q[h],
+                [w64(kc[i, h // 2, j]) for j in range(s)],
+                [w64(vc[i, h // 2, j]) for j in range(s)],
+                float(attn.sinks[h].detach()),
+            )
+            for h in range(4)
+        ]
+        torch.testing.assert_close(got[i, 0].double(), lin(attn.o_proj, torch.cat(outs)), **TOL)
+
+    windowed = cfg.model_copy(update={"sliding_window": 3})
+    pre = Attention(windowed, D, phase="prefill")
+    pre.load_state_dict(attn.state_dict())
+    t = 6
+    x = torch.randn(1, t, D)
+    got = pre(x)
+    qs = [lin(pre.q_proj, w64(x[0, p])).view(4, 8) for p in range(t)]
+    ks = [lin(pre.k_proj, w64(x[0, p])).view(2, 8) for p in range(t)]
+    vs = [lin(pre.v_proj, w64(x[0, p])).view(2, 8) for p in range(t)]
+    for p in range(t):
+        lo = max(0, p - 2)
+        outs = [
+            _attend_with_sink(
+                qs[p][h],
+                [k[h // 2] for k in ks[lo : p + 1]],
+                [v[h // 2] for v in vs[lo : p + 1]],
+                float(pre.sinks[h].detach()),
+            )
+            for h in range(4)
+        ]
+        torch.testing.assert_close(got[0, p].double(), lin(pre.o_proj, torch.cat(outs)), **TOL)
+
+
 def _mla_reference(attn: MLAAttention, x: torch.Tensor, latents: list[torch.Tensor]) -> torch.Tensor:
     """Non-absorbed MLA for one token over cached latent rows [c | k_rope]: per position, per head,
     expand the latent with W_UK / W_UV and attend."""

@@ -149,6 +149,7 @@ class Attention(_CachedAttention):
         self.k_proj = nn.Linear(d_model, self.n_kv * self.head_dim, bias=cfg.qkv_bias, **f)
         self.v_proj = nn.Linear(d_model, self.n_kv * self.head_dim, bias=cfg.qkv_bias, **f)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, d_model, bias=cfg.o_bias, **f)
+        self.sinks = nn.Parameter(torch.zeros(self.n_heads, **f)) if cfg.sinks else None  # type: ignore[arg-type]
         self.k_cache: torch.Tensor | None = None
         self.v_cache: torch.Tensor | None = None
 
@@ -162,7 +163,11 @@ class Attention(_CachedAttention):
         k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         gqa = self.n_kv != self.n_heads
-        if self.phase == "prefill":
+        if self.sinks is not None and self.phase == "prefill":
+            i = torch.arange(t, device=x.device)
+            mask = self._prefill_mask(t, x.device)
+            out = sink_attention(q, k, v, self.sinks, i[:, None] >= i[None, :] if mask is None else mask)
+        elif self.phase == "prefill":
             out = self._prefill_sdpa(q, k, v, enable_gqa=gqa)
         else:
             self._check_cache(b)
@@ -177,7 +182,10 @@ class Attention(_CachedAttention):
                 self.v_cache[:, :, pos : pos + t].copy_(v)
                 keys, values = self.k_cache[:, :, reach], self.v_cache[:, :, reach]
             # speculative tokens of one step would need a causal tail mask; decode steps have t == 1
-            out = grouped_decode_attention(q, keys, values)
+            if self.sinks is not None:
+                out = sink_attention(q, keys, values, self.sinks)
+            else:
+                out = grouped_decode_attention(q, keys, values)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
 
 
@@ -277,6 +285,30 @@ def grouped_decode_attention(
         return F.scaled_dot_product_attention(q, keys, values, scale=scale)
     folded = q.reshape(b, g, (h // g) * t, d)  # query head i belongs to group i // (h // g)
     out = F.scaled_dot_product_attention(folded, keys, values, scale=scale)
+    return out.reshape(b, h, t, values.shape[-1])
+
+
+def sink_attention(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    sinks: torch.Tensor,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Attention whose softmax denominator also holds exp(sink) for a learned logit per query head
+    (gpt-oss): probabilities sum to less than one. SDPA has no such term, so the scores are
+    materialised, as transformers' eager path for this family does. Query heads are grouped over their
+    KV head (no per-head K/V copies). q: (b, H, t, d); keys/values: (b, G, S, d); mask (t, S), True =
+    attend."""
+    b, h, t, d = q.shape
+    g, s = keys.shape[1], keys.shape[2]
+    r = h // g
+    scores = torch.einsum("bgrtd,bgsd->bgrts", q.reshape(b, g, r, t, d), keys) * d**-0.5
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    sink = sinks.to(scores.dtype).view(1, g, r, 1, 1).expand(b, g, r, t, 1)
+    probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :s]
+    out = torch.einsum("bgrts,bgsv->bgrtv", probs, values)
     return out.reshape(b, h, t, values.shape[-1])
 
 

@@ -39,6 +39,8 @@ def projection_params(attn: AttentionConfig, d_model: int) -> float:
         params += h * qk + 2 * kv * qk
     if attn.o_bias:
         params += d_model
+    if attn.sinks:  # one logit per head, read with the projections
+        params += h
     return float(params)
 
 
