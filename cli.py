@@ -424,20 +424,24 @@ def count(
     fmt: Fmt = "table",
     output: Output = None,
     sets: Sets = None,
+    hardware: Hardware = DEFAULT_HARDWARE,
 ) -> None:
-    """What the real PyTorch module reads and writes, op by op (the eager level), without a GPU."""
-    from profiler.count import count_model, count_sweep
-    from simulator.loading import load_model
+    """What the real PyTorch module reads and writes, op by op (the eager level), without a GPU, and
+    the kernel time that implies on HARDWARE (a fixed cost per kernel plus its roofline time)."""
+    from profiler.count import count_model, count_sweep, with_kernel_time
+    from simulator.loading import load_hardware, load_model
 
     cfg = load_model(model, sets or [])
+    hw = load_hardware(hardware)
     sizes = parse_sizes(batch, "batch")
     if per_op:
-        df = count_model(cfg, sizes[0], context, phase, dtype, device)
+        df = with_kernel_time(count_model(cfg, sizes[0], context, phase, dtype, device), hw)
     else:
-        df = count_sweep(cfg, sizes, context, phase, dtype, device)
+        df = count_sweep(cfg, sizes, context, phase, dtype, device, hardware=hw)
     from reports.tables import count_table
 
-    _emit(df, fmt, output, lambda: count_table(df, f"{cfg.name}: op-level counts ({device}), {phase}"))
+    title = f"{cfg.name}: op-level counts ({device}), {phase}; kernel time on {hw.name}"
+    _emit(df, fmt, output, lambda: count_table(df, title))
 
 
 @app.command()

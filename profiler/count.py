@@ -3,16 +3,21 @@
 The model is built on meta tensors (shapes only, no memory, no compute), so a 7B-size or larger model is
 counted in seconds on any machine. Routing is unknown on meta: each MoE token draws k distinct experts
 uniformly (seeded by layer position), memory layers gather T*H*m rows as requested (duplicates included).
+RMSNorm is counted as the single fused kernel CUDA runs, not the composite ops meta tensors decompose it
+into (`fuse_rms_norms`).
 """
 
 from __future__ import annotations
+
+import math
 
 import pandas as pd
 import torch
 
 from profiler.modules import ReferenceModel
 from profiler.opcount import count_ops, op_totals
-from simulator.config import ModelConfig
+from simulator.config import HardwareConfig, ModelConfig
+from simulator.roofline import kernel_seconds
 
 SUMMARY_COLUMNS: tuple[str, ...] = (
     "layer",
@@ -22,6 +27,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "bytes_written",
     "bytes_total",
     "peak_live_bytes",
+    "n_kernels",
 )
 
 
@@ -54,6 +60,7 @@ def count_model(
     ops = count_ops(model, x)
     # record_function enter/exit dispatch as profiler.* ops: no data, no FLOPs
     ops = ops[~ops["op"].str.startswith("profiler.")].reset_index(drop=True)
+    ops = fuse_rms_norms(ops, model)
     prefixes = sorted(model.module_layer_map().items(), key=lambda kv: -len(kv[0]))
     ops["layer"] = [_layer_of(m, prefixes) for m in ops["module"]]
     ops.attrs.update(
@@ -69,13 +76,75 @@ def count_model(
     return ops
 
 
-def summarize_layers(ops: pd.DataFrame) -> pd.DataFrame:
-    """Per layer, in execution order: n_ops, flops, bytes_read, bytes_written, bytes_total and
-    peak_live_bytes (activation bytes the step's ops allocated and still held at the layer's peak: its
-    intermediates plus what earlier layers left alive, such as the residual stream)."""
-    out = op_totals(ops, "layer")
+def launches_kernel(ops: pd.DataFrame) -> pd.Series:
+    """Ops that run a kernel: those that move data or compute. Views and metadata ops (reshape,
+    transpose, slicing, detach) move nothing and launch nothing."""
+    return (ops["bytes_read"] + ops["bytes_written"] > 0) | (ops["flops"] > 0)
+
+
+def with_kernel_time(ops: pd.DataFrame, hardware: HardwareConfig) -> pd.DataFrame:
+    """The per-op rows plus `kernel_s`: each kernel's fixed cost plus its roofline time on `hardware`
+    (simulator.roofline.kernel_seconds); 0 for ops that launch nothing."""
+    t = kernel_seconds(ops["flops"], ops["bytes_read"] + ops["bytes_written"], hardware, ops.attrs["dtype"])
+    out = ops.assign(kernel_s=pd.Series(t, index=ops.index).where(launches_kernel(ops), 0.0))
     out.attrs = dict(ops.attrs)
-    return out[list(SUMMARY_COLUMNS)]
+    return out
+
+
+FUSED_RMS_NORM = "aten._fused_rms_norm"
+
+
+def fuse_rms_norms(ops: pd.DataFrame, model: torch.nn.Module) -> pd.DataFrame:
+    """Each nn.RMSNorm call as the one kernel CUDA runs for it (aten._fused_rms_norm: x and the weight
+    read once, y and one fp32 rstd per row written), not the eight composite ops (fp32 copies, pow,
+    mean, rsqrt, muls) that meta and CPU tensors decompose it into; the decomposition's FLOPs are kept,
+    and the activation bytes alive are those after its last op."""
+    weights = {
+        path: sum(p.numel() * p.element_size() for p in m.parameters(recurse=False))
+        for path, m in model.named_modules()
+        if isinstance(m, torch.nn.RMSNorm)
+    }
+    if ops.empty or not weights:
+        return ops
+    runs = (ops["module"] != ops["module"].shift()).cumsum()
+    rows: list[pd.DataFrame] = []
+    for _, run in ops.groupby(runs, sort=False):
+        path = run["module"].iloc[0]
+        if path not in weights:
+            rows.append(run)
+            continue
+        last = run.iloc[-1]
+        shape = tuple(int(v) for v in last["out_shape"])
+        numel = math.prod(shape)
+        y_bytes = numel * torch.empty((), dtype=getattr(torch, str(last["dtype"]))).element_size()
+        fused = run.iloc[[0]].copy()
+        fused["op"] = FUSED_RMS_NORM
+        fused["flops"] = int(run["flops"].sum())
+        fused["bytes_read"] = y_bytes + weights[path]  # x has y's shape and dtype
+        fused["bytes_written"] = y_bytes + (numel // max(shape[-1], 1)) * 4
+        fused["out_shape"] = [last["out_shape"]]
+        fused["dtype"] = last["dtype"]
+        fused["live_bytes"] = run["live_bytes"].iloc[-1]  # y alive, the fp32 temporaries gone
+        rows.append(fused)
+    out = pd.concat(rows, ignore_index=True)
+    out.attrs = dict(ops.attrs)
+    return out
+
+
+def summarize_layers(ops: pd.DataFrame) -> pd.DataFrame:
+    """Per layer, in execution order: n_ops, flops, bytes_read, bytes_written, bytes_total,
+    peak_live_bytes (activation bytes the step's ops allocated and still held at the layer's peak: its
+    intermediates plus what earlier layers left alive, such as the residual stream), n_kernels (ops that
+    move data or compute) and, when the rows carry `kernel_s` (with_kernel_time), kernel_time_s."""
+    out = op_totals(ops, "layer")
+    kernels = ops.assign(_k=launches_kernel(ops)).groupby("layer", sort=False)["_k"].sum()
+    out["n_kernels"] = out["layer"].map(kernels).astype("int64")
+    cols = list(SUMMARY_COLUMNS)
+    if "kernel_s" in ops:
+        out["kernel_time_s"] = out["layer"].map(ops.groupby("layer", sort=False)["kernel_s"].sum())
+        cols.append("kernel_time_s")
+    out.attrs = dict(ops.attrs)
+    return out[cols]
 
 
 def count_sweep(
@@ -86,13 +155,16 @@ def count_sweep(
     dtype: str = "bf16",
     device: str = "meta",
     kv_mode: str = "fixed",
+    hardware: HardwareConfig | None = None,
 ) -> pd.DataFrame:
     """`summarize_layers(count_model(...))` at each batch size, stacked with a `batch` column first
-    (columns: batch + SUMMARY_COLUMNS): what `memtraffic count` prints and a profiled bundle's `opcount`."""
+    (columns: batch + SUMMARY_COLUMNS, + kernel_time_s on `hardware`): what `memtraffic count` prints
+    and a profiled bundle's `opcount`."""
     frames = []
     with torch.no_grad():
         for b in batches:
-            out = summarize_layers(count_model(model_cfg, b, context, phase, dtype, device, kv_mode))
+            ops = count_model(model_cfg, b, context, phase, dtype, device, kv_mode)
+            out = summarize_layers(with_kernel_time(ops, hardware) if hardware is not None else ops)
             out.insert(0, "batch", b)
             frames.append(out)
     return pd.concat(frames, ignore_index=True)

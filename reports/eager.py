@@ -13,21 +13,23 @@ from typing import Any
 import pandas as pd
 
 from reports.measured import layer_names
-from simulator.config import ModelConfig, Workload
+from simulator.config import HardwareConfig, ModelConfig, Workload
 from simulator.errors import MemtrafficError, TraceError
 
 
 def eager_bytes(
-    model: ModelConfig, batches: Sequence[int], workload: Workload
+    model: ModelConfig, batches: Sequence[int], workload: Workload, hardware: HardwareConfig | None = None
 ) -> tuple[pd.DataFrame | None, str | None]:
-    """Op-level bytes per (batch, layer) from profiler.count on meta tensors (or None) and a note.
+    """Op-level bytes per (batch, layer) from profiler.count on meta tensors (or None) and a note; on
+    `hardware`, also the kernels it launches and their estimated time (pred_kernels_eager,
+    pred_time_eager_s: a fixed cost per kernel plus its roofline time).
 
     torch is imported only here, and only when installed: reports must work without it.
     """
     if importlib.util.find_spec("torch") is None:
         return None, "eager level skipped: torch is not installed (pip install memtraffic[profile])"
     try:
-        from profiler.count import count_model
+        from profiler.count import count_model, launches_kernel, with_kernel_time
     except Exception as exc:  # the profiler is optional for reports
         return None, f"eager level skipped: profiler.count unavailable ({str(exc).splitlines()[0]})"
     frames = []
@@ -37,6 +39,8 @@ def eager_bytes(
         for b in batches:
             counts = _as_frame(count_model(model, b, context, workload.phase, workload.activation_dtype))
             routing = str(counts.attrs.get("routing", ""))
+            if hardware is not None:
+                counts = with_kernel_time(counts, hardware).assign(kernel=launches_kernel(counts))
             frames.append(_eager_per_layer(counts).assign(batch=int(b)))
     except MemtrafficError as exc:
         return None, f"eager level skipped: {str(exc).splitlines()[0]}"
@@ -78,4 +82,9 @@ def _eager_per_layer(counts: pd.DataFrame) -> pd.DataFrame:
     df = df.rename(columns={name: "layer"})
     df["layer"] = layer_names(df)
     df = df[df["layer"] != "total"]
-    return df.groupby("layer", sort=False)["bytes"].sum().rename("pred_bytes_eager").reset_index()
+    per_layer = df.groupby("layer", sort=False)
+    out = per_layer["bytes"].sum().rename("pred_bytes_eager").to_frame()
+    if "kernel_s" in df:
+        out["pred_kernels_eager"] = per_layer["kernel"].sum()
+        out["pred_time_eager_s"] = per_layer["kernel_s"].sum()
+    return out.reset_index()

@@ -51,8 +51,10 @@ LAYER_COLUMNS: list[Column] = [
     ("ncu", "meas_bytes_ncu", si),
     ("err ideal/ncu", "err_ideal_ncu_pct", pct),
     ROOFLINE,
+    ("eager t", "pred_time_eager_s", seconds),
     KERNELS,
     ("err time", "err_time_pct", pct),
+    ("err eager t", "err_time_eager_pct", pct),
     *ACHIEVED,
 ]
 ROUTING_COLUMNS: list[Column] = [
@@ -82,9 +84,11 @@ def step_columns(levels: Sequence[str]) -> list[Column]:
         ROOFLINE,
         ("step", "meas_step_s", seconds),
         ("graph step", "meas_graph_step_s", seconds),
+        ("eager kern.", "pred_kernel_eager_s", seconds),
         KERNELS,
         ("err t/step", "err_time_step_pct", pct),
         ("err t/kern", "err_time_kernel_pct", pct),
+        ("err eager/kern", "err_time_eager_kernel_pct", pct),
         *ACHIEVED,
     ]
 

@@ -151,16 +151,22 @@ def frame_text(df: pd.DataFrame, fmt: str) -> str:
 
 
 def count_table(df: pd.DataFrame, title: str) -> Table:
-    """`memtraffic count`: per layer (batch, layer, ops, FLOPs, bytes read/written, peak activation
-    bytes alive) or, with --per-op, one row per aten op (with the activation bytes alive after it)."""
+    """`memtraffic count`: per layer (batch, layer, ops, kernels, FLOPs, bytes read/written, peak
+    activation bytes alive, estimated kernel time) or, with --per-op, one row per aten op (with the
+    activation bytes alive after it and its estimated kernel time)."""
     table = Table(title=title, title_justify="left")
     per_op = "op" in df.columns
-    keys = ["layer", "module", "op"] if per_op else ["batch", "layer", "n_ops"]
+    keys = ["layer", "module", "op"] if per_op else ["batch", "layer", "n_ops", "n_kernels"]
+    keys = [k for k in keys if k in df.columns]
     live = "live_bytes" if per_op else "peak_live_bytes"
-    for c in [*keys, "FLOPs", "read", "written", "act. alive" if per_op else "act. peak"]:
+    time_col = "kernel_s" if per_op else "kernel_time_s"
+    timed = time_col in df.columns
+    headers = [*keys, "FLOPs", "read", "written", "act. alive" if per_op else "act. peak"]
+    for c in [*headers, *(["est. kernel time"] if timed else [])]:
         table.add_column(c, justify="left" if c in {"layer", "module", "op"} else "right")
     for r in df.itertuples(index=False):
         cells = [str(getattr(r, k)) for k in keys]
         counts = [si(r.flops, "FLOP"), si(r.bytes_read), si(r.bytes_written), si(getattr(r, live))]
-        table.add_row(*cells, *counts)
+        extra = [seconds(getattr(r, time_col))] if timed else []
+        table.add_row(*cells, *counts, *extra)
     return table

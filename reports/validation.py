@@ -155,7 +155,7 @@ def validate(
 
     eager = None
     if "eager" in levels:
-        eager, how = eager_bytes(cfg, batches, workload)
+        eager, how = eager_bytes(cfg, batches, workload, hw)
         if how:
             notes.append(how)
     if bundle.meta.get("partial"):
@@ -270,6 +270,8 @@ def _join_layers(
     if "meas_kernel_s" not in df:
         df["meas_kernel_s"] = np.nan
     df["err_time_pct"] = pct_error(df["pred_time_s"], df["meas_kernel_s"])
+    if "pred_time_eager_s" in df:
+        df["err_time_eager_pct"] = pct_error(df["pred_time_eager_s"], df["meas_kernel_s"])
     # TraceLens' achieved bandwidth: analytic (predicted ideal) bytes over the measured kernel time
     _achieved(df, "pred_bytes_ideal", "meas_kernel_s", peak)
     if "meas_bytes_ncu" in df:
@@ -315,6 +317,8 @@ def _join_steps(
         df["pred_bytes_eager"] = (
             eager.groupby("batch")["pred_bytes_eager"].sum() if eager is not None else np.nan
         )
+        if eager is not None and "pred_time_eager_s" in eager:
+            df["pred_kernel_eager_s"] = eager.groupby("batch")["pred_time_eager_s"].sum()
     df["pred_time_s"] = tot["time_s"]
     df["pred_time_naive_s"] = tot["time_naive_s"]
     df["flops"] = tot["flops"]
@@ -333,6 +337,8 @@ def _join_steps(
         df[f"err_{level}_ncu_pct"] = pct_error(df[f"pred_bytes_{level}"], df["meas_bytes_ncu"])
     df["err_time_step_pct"] = pct_error(df["pred_time_s"], df["meas_step_s"])
     df["err_time_kernel_pct"] = pct_error(df["pred_time_s"], df["meas_kernel_s"])
+    if "pred_kernel_eager_s" in df:
+        df["err_time_eager_kernel_pct"] = pct_error(df["pred_kernel_eager_s"], df["meas_kernel_s"])
     _achieved(df, "meas_bytes_gpm", "meas_step_s", peak)
     return df.reset_index()
 
@@ -385,10 +391,14 @@ def _summary(
         add("step", f"bytes_{level} vs ncu", steps[f"err_{level}_ncu_pct"])
     add("step", "time vs step time", steps["err_time_step_pct"])
     add("step", "time vs kernel sum", steps["err_time_kernel_pct"])
+    if "err_time_eager_kernel_pct" in steps:
+        add("step", "eager time vs kernel sum", steps["err_time_eager_kernel_pct"])
     if "err_time_graph_pct" in steps:
         add("step", "time vs CUDA-graph step", steps["err_time_graph_pct"])
     for kind, g in layers.dropna(subset=["kind"]).groupby("kind", sort=False):
         add(str(kind), "time vs kernel time", g["err_time_pct"])
+        if "err_time_eager_pct" in g:
+            add(str(kind), "eager time vs kernel time", g["err_time_eager_pct"])
         for level in levels:
             if f"err_{level}_ncu_pct" in g:
                 add(str(kind), f"bytes_{level} vs ncu", g[f"err_{level}_ncu_pct"])

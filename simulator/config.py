@@ -75,6 +75,11 @@ class HardwareConfig(Strict):
     sustained_bandwidth_fraction: Quantity | None = Field(
         None, description="achievable fraction of hbm_bandwidth for streaming kernels"
     )
+    kernel_floor_s: Quantity | None = Field(
+        None,
+        description="seconds a kernel takes that moves almost nothing (launch ramp and tail): the fixed "
+        "cost per kernel of the op-level time estimate",
+    )
 
     @model_validator(mode="after")
     def _has_bf16_or_fp16(self) -> HardwareConfig:

@@ -36,3 +36,18 @@ def roofline(
 def ridge_point(hardware: HardwareConfig, compute_dtype: str) -> float:
     """FLOP/byte where compute and memory time are equal."""
     return hardware.flops_for(compute_dtype) / hardware.hbm_bandwidth.value
+
+
+def kernel_seconds(
+    flops: np.ndarray, bytes_moved: np.ndarray, hardware: HardwareConfig, compute_dtype: str
+) -> np.ndarray:
+    """Estimated duration of each kernel of an op-level count: the hardware's fixed cost per kernel
+    (`kernel_floor_s`, 0 when the preset has none) plus its roofline time at the sustained bandwidth
+    (`sustained_bandwidth_fraction` of peak, when known). Small-batch steps are hundreds of such short
+    kernels, whose fixed costs, not bytes / bandwidth, set the time."""
+    floor = hardware.kernel_floor_s.value if hardware.kernel_floor_s is not None else 0.0
+    share = hardware.sustained_bandwidth_fraction
+    bw = hardware.hbm_bandwidth.value * (share.value if share is not None else 1.0)
+    flops = np.asarray(flops, dtype=np.float64)
+    bytes_moved = np.asarray(bytes_moved, dtype=np.float64)
+    return floor + np.maximum(flops / hardware.flops_for(compute_dtype), bytes_moved / bw)

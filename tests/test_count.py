@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from profiler.count import SUMMARY_COLUMNS, count_model, summarize_layers
 from profiler.opcount import SDPA_OP
 from simulator.config import (
@@ -192,3 +194,43 @@ def test_simulated_activation_peak_against_live_bytes_of_the_real_modules() -> N
                 floor = sim.loc[name, "act_peak_bytes"] + residual
                 measured = live.loc[name, "peak_live_bytes"]
                 assert floor * 0.999 <= measured <= 1.35 * floor, (cfg.name, phase, name, measured, floor)
+
+
+def test_dense_ffn_kernels_bytes_and_time_by_hand() -> None:
+    """A SwiGLU FFN of d 256 / 512 at batch 2 (bf16) launches seven kernels: the fused RMSNorm (x and
+    its weight read, y and one fp32 rstd per row written), the gate and up GEMMs, SiLU, the product,
+    the down GEMM and the residual add. Each takes the H100's kernel floor plus its roofline time."""
+    from profiler.count import count_sweep
+
+    d, ff, b = 256, 512, 2
+    cfg = ModelConfig(
+        name="ffn",
+        d_model=d,
+        vocab_size=64,
+        blocks=[
+            BlockConfig(
+                repeat=1,
+                attention=AttentionConfig(kind="mha", n_heads=4, head_dim=64),
+                ffn=[DenseFFNConfig(d_ff=ff)],
+            )
+        ],
+    )
+    hw = load_hardware("h100-sxm")
+    row = count_sweep(cfg, [b], 16, hardware=hw).set_index("layer").loc["block0.ffn"]
+    x, h, w = b * d * BF16, b * ff * BF16, d * ff * BF16
+    gemm_flops = 2 * b * d * ff
+    kernels = [  # (bytes read, bytes written, FLOPs)
+        (x + d * BF16, x + b * 4, 0),  # fused RMSNorm
+        (x + w, h, gemm_flops),  # gate
+        (h, h, 0),  # SiLU
+        (x + w, h, gemm_flops),  # up
+        (2 * h, h, 0),  # SiLU(gate) * up
+        (h + w, x, gemm_flops),  # down
+        (2 * x, x, 0),  # residual add
+    ]
+    assert row["n_kernels"] == len(kernels)
+    assert row["bytes_read"] == sum(k[0] for k in kernels)
+    assert row["bytes_written"] == sum(k[1] for k in kernels)
+    floor, bw = 1.50e-6, 3.35e12 * 0.90  # the preset's measured floor and sustained bandwidth
+    by_hand = sum(floor + max(f / 989.4e12, (r + wr) / bw) for r, wr, f in kernels)
+    assert row["kernel_time_s"] == pytest.approx(by_hand, rel=1e-12)

@@ -515,3 +515,22 @@ def test_steps_that_fit_in_l2_are_named(tiny: Path) -> None:
         res = _validate_any(path)
         assert (res.steps["pred_l2_ratio"] > 1).all(), path
         assert not any("L2 holds" in n for n in res.notes), res.notes
+
+
+def test_eager_kernel_time_beats_the_roofline_on_the_recorded_h100_runs() -> None:
+    # the recorded H100 decode steps are hundreds of short kernels: the op-level estimate (a measured
+    # 1.5 us floor per kernel plus each kernel's roofline) must land closer to the measured kernel times
+    # than the layer roofline for every kind, and to the per-step kernel sums
+    bundles = sample_bundles()
+    if not bundles:
+        pytest.skip("recorded samples not present")
+    for path in bundles:
+        res = _validate_any(path)
+        s = res.summary.set_index(["kind", "metric"])["median_abs_err_pct"]
+        kinds = {k for k, _ in s.index if k != "step"}
+        assert kinds, path
+        for kind in kinds:
+            assert s[(kind, "eager time vs kernel time")] < s[(kind, "time vs kernel time")], (path, kind)
+        assert s[("step", "eager time vs kernel sum")] < s[("step", "time vs kernel sum")]
+        n = res.layers.dropna(subset=["pred_kernels_eager"])
+        assert (n["pred_kernels_eager"] > 0).all()
