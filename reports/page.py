@@ -173,6 +173,7 @@ STEP_COLUMNS: list[tuple[str, str, str]] = [
     ("roofline", "pred_time_s", "s"),
     ("step", "meas_step_s", "s"),
     ("graph step", "meas_graph_step_s", "s"),
+    ("op-level kernels", "pred_kernel_eager_s", "s"),
     ("kernels", "meas_kernel_s", "s"),
     ("achieved", "achieved_bw_Bps", "Bps"),
 ]

@@ -131,6 +131,14 @@ def _time_text(model: str, r: Any) -> str:
     )
 
 
+def _eager_time_text(model: str, r: Any) -> str:
+    return (
+        f"<b>{model}</b> {r.layer}, batch {r.batch}<br>"
+        f"op-level: {r.pred_kernels_eager:.0f} kernels, {seconds(r.pred_time_eager_s)}<br>"
+        f"kernels {seconds(r.meas_kernel_s)}<br>error {r.err_time_eager_pct:+.1f} %"
+    )
+
+
 def _time_chart(validations: Sequence[ValidationResult], colors: dict[str, str]) -> list[Chart]:
     fig = go.Figure()
     spans = []
@@ -141,20 +149,35 @@ def _time_chart(validations: Sequence[ValidationResult], colors: dict[str, str])
         d = with_groups(d)
         spans += [d["meas_kernel_s"], d["pred_time_s"]]
         group_points(fig, d, "meas_kernel_s", "pred_time_s", v.model, colors.get(v.model), _time_text)
+        if "pred_time_eager_s" in d and d["pred_time_eager_s"].notna().any():
+            e = d.dropna(subset=["pred_time_eager_s"])
+            spans.append(e["pred_time_eager_s"])
+            group_points(
+                fig,
+                e,
+                "meas_kernel_s",
+                "pred_time_eager_s",
+                v.model,
+                colors.get(v.model),
+                _eager_time_text,
+                suffix=" (op-level)",
+                hollow=True,
+            )
     chart = Chart(
         id="chart-pred-meas-time",
         title="Predicted vs measured time per layer",
         figure=fig,
-        caption="Points below the band: kernels slower than the roofline (launch overhead, "
-        "small kernels, unfused ops).",
+        caption="Filled: the layer's roofline; hollow: the op-level estimate (each kernel the reference "
+        "module launches: a fixed cost plus its roofline). Points below the band: kernels slower than "
+        "predicted (launch overhead, small kernels, unfused ops).",
     )
     return _identity_chart(
         chart,
         spans,
         "s",
-        "Per-layer time: roofline vs measured kernel time",
+        "Per-layer time: roofline and op-level estimate vs measured kernel time",
         "measured kernel time per step (s)",
-        "predicted roofline time (s)",
+        "predicted time (s)",
     )
 
 

@@ -43,9 +43,10 @@ def group_points(
     color: str | None,
     hover: Callable[[str, Any], str],
     suffix: str = "",
+    hollow: bool = False,
 ) -> None:
-    """One trace of filled markers per layer group of `d` (its `group` column), "model · group{suffix}";
-    `hover(model, row)` gives each point's text (rows from `itertuples`)."""
+    """One trace of filled (or `hollow`) markers per layer group of `d` (its `group` column),
+    "model · group{suffix}"; `hover(model, row)` gives each point's text (rows from `itertuples`)."""
     for group, dg in d.groupby("group", sort=False):
         fig.add_trace(
             points(
@@ -53,7 +54,7 @@ def group_points(
                 dg[y],
                 f"{model} · {group}{suffix}",
                 model,
-                kind_marker(color, group),
+                kind_marker(color, group, hollow),
                 [hover(model, r) for r in dg.itertuples()],
             )
         )
