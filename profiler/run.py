@@ -17,6 +17,7 @@ This module holds the orchestration and the entry points: `profile` (what `memtr
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -45,6 +46,7 @@ from profiler.target import (
 )
 from simulator.config import ModelConfig
 from simulator.errors import MemtrafficError
+from traces.bundle import check_bundle_destination
 
 __all__ = [
     "NCU_RANGE",
@@ -106,6 +108,11 @@ def profile_model(
         raise MemtrafficError("no batch sizes to profile")
     if steps < 1 or warmup < 0 or input_ring < 1:
         raise MemtrafficError("steps must be >= 1, warmup >= 0 and input_ring >= 1")
+    if not (math.isfinite(steady_seconds) and steady_seconds >= 0):
+        raise MemtrafficError(f"steady time must be a finite number of seconds >= 0, got {steady_seconds}")
+    if not (math.isfinite(nvml_interval_s) and nvml_interval_s > 0):
+        raise MemtrafficError(f"the NVML sampling interval must be > 0 s, got {nvml_interval_s}")
+    check_bundle_destination(output)  # before anything is measured, not after the first batch
     dev = resolve_device(device)
     torch_dtype(dtype)  # fail early on fp8/int formats
     if dtype == "tf32":

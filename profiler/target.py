@@ -143,7 +143,10 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """The device asked for; None: CUDA when torch sees one, else the CPU."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise MemtrafficError(f"--device {device!r}: not a device (cpu, cuda, cuda:1, ...)") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise MemtrafficError(f"device {device} asked for, but torch sees no CUDA device")
     return dev

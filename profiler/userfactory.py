@@ -54,18 +54,28 @@ def load_factory(spec: str) -> Callable[[], nn.Module]:
     sys.modules[name] = mod
     try:
         module_spec.loader.exec_module(mod)
-    except Exception as exc:
-        raise ConfigError(f"{path}: import failed: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+    except (Exception, SystemExit) as exc:  # a script that calls sys.exit() on import must not end the run
+        raise ConfigError(f"{path}: import failed: {_describe(exc)}") from None
     factory = getattr(mod, m.group("name"), None)
     if not callable(factory):
         raise ConfigError(f"{path} has no callable {m.group('name')!r}")
     return factory
 
 
+def _describe(exc: BaseException) -> str:
+    """`Type: first line of the message` of an exception raised by the user's code."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
 def build_module(spec: str, device: torch.device | str, dtype: str) -> nn.Module:
     """Call the factory; the module is moved to `device` and `dtype` (floating parameters only) and
     put in eval mode."""
-    module = load_factory(spec)()
+    factory = load_factory(spec)
+    try:
+        module = factory()
+    except (Exception, SystemExit) as exc:
+        raise ConfigError(f"{spec}: the factory failed: {_describe(exc)}") from None
     if not isinstance(module, nn.Module):
         raise ConfigError(f"{spec}: the factory returned a {type(module).__name__}, not an nn.Module")
     return module.to(device=device, dtype=torch_dtype(dtype)).eval()
@@ -169,9 +179,17 @@ def attach_layer_ranges(module: nn.Module) -> tuple[list[torch.utils.hooks.Remov
 
 
 def own_layer_ranges(module: nn.Module, example: Any, pattern: str = HOOK_LAYER_PATTERN) -> list[str]:
-    """Range names matching `pattern` that the module opens itself during one forward (CPU profiler)."""
+    """Range names matching `pattern` that the module opens itself during one forward (CPU profiler).
+    This is the module's first forward: its failure (a shape the module does not take, memory it cannot
+    have) is the user's input, told in one line."""
     args = example if isinstance(example, tuple) else (example,)
-    with torch.no_grad(), torch_profile(torch.device("cpu")) as prof:
-        module(*args)
+    try:
+        with torch.no_grad(), torch_profile(torch.device("cpu")) as prof:
+            module(*args)
+    except (Exception, SystemExit) as exc:
+        shapes = ", ".join(str(tuple(a.shape)) for a in args if isinstance(a, torch.Tensor))
+        raise ConfigError(
+            f"the module's forward failed on a batch-1 input {shapes}: {_describe(exc)}"
+        ) from None
     rx = re.compile(pattern)
     return sorted({e.name for e in prof.events() if rx.search(e.name) and not e.name.startswith("aten::")})

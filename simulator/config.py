@@ -14,11 +14,15 @@ from pydantic import (
     ConfigDict,
     Field,
     PositiveFloat,
-    PositiveInt,
     ValidationInfo,
     field_validator,
     model_validator,
 )
+
+# Every size, count and degree: at least 1 and at most 2^40 (a trillion), so a unit slip such as 1e30
+# is refused with its field's name instead of flowing into astronomically large, meaningless counts.
+MAX_SIZE = 2**40
+PositiveInt = Annotated[int, Field(gt=0, le=MAX_SIZE)]
 
 DType = Literal["fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4", "mxfp4", "nvfp4"]
 DTYPE_BYTES: dict[str, float] = {

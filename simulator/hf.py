@@ -9,6 +9,7 @@ transformers config class of that family; each default used is recorded in the m
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -74,9 +75,13 @@ class _Reader:
         self.defaults: dict[str, Any] = {}
 
     def need_int(self, key: str) -> int:
+        """A required size: present, an integer, and at least 1."""
         if self.cfg.get(key) is None:
             raise ConfigError(f"{self.what}: missing required key '{key}'")
-        return self._as_int(key, self.cfg[key])
+        value = self._as_int(key, self.cfg[key])
+        if value < 1:
+            raise ConfigError(f"{self.what}: '{key}' must be at least 1, got {value}")
+        return value
 
     def opt_int(self, key: str, default: int | None) -> int | None:
         value = self.cfg.get(key)
@@ -111,8 +116,13 @@ class _Reader:
         return value
 
     def _as_int(self, key: str, value: Any) -> int:
-        # JSON may carry 4096.0; bools are ints in Python and must not pass as sizes
-        if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+        # JSON may carry 4096.0; bools are ints in Python and must not pass as sizes; NaN/inf never do
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or (isinstance(value, float) and not math.isfinite(value))
+            or int(value) != value
+        ):
             raise ConfigError(f"{self.what}: '{key}' must be an integer, got {value!r}")
         return int(value)
 

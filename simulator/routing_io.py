@@ -9,6 +9,8 @@ import pandas as pd
 
 from simulator.errors import ConfigError
 
+MAX_ITEMS = 2**31  # experts or memory rows of one layer: far beyond any table, and a histogram this long fits
+
 
 def load_histogram(path: str | Path | None) -> np.ndarray:
     """Selection counts per item from a CSV or Parquet table with `item` and `count` columns (other
@@ -36,10 +38,25 @@ def load_histogram(path: str | Path | None) -> np.ndarray:
     missing = {"item", "count"} - set(df.columns)
     if missing:
         raise ConfigError(f"routing.histogram: {p} lacks column(s) {', '.join(sorted(missing))}")
+    for col in ("item", "count"):
+        values = pd.to_numeric(df[col], errors="coerce")
+        bad = ~np.isfinite(values.to_numpy(dtype=np.float64))
+        if bad.any():
+            raise ConfigError(
+                f"routing.histogram: {p}: column {col!r} holds a non-number ({df[col][bad].iloc[0]!r})"
+            )
+        df[col] = values
+    if (df["item"] != np.floor(df["item"])).any():
+        raise ConfigError(f"routing.histogram: {p}: item ids must be integers")
     if df.empty or df["count"].sum() <= 0:
         raise ConfigError(f"routing.histogram: {p} has no selections (no rows, or all counts zero)")
     if (df["item"] < 0).any() or (df["count"] < 0).any():
         raise ConfigError(f"routing.histogram: {p} has negative item ids or counts")
+    if df["item"].max() >= MAX_ITEMS:
+        raise ConfigError(
+            f"routing.histogram: {p}: item id {int(df['item'].max())} is beyond any layer's items "
+            f"(ids run below {MAX_ITEMS:,})"
+        )
     if "layer" in df and df["layer"].nunique() > 1:
         return _rank_averaged(df)
     counts = df.groupby("item")["count"].sum()

@@ -183,3 +183,133 @@ def test_empty_routing_histogram(tmp_path: Path) -> None:
     hist = tmp_path / "h.csv"
     hist.write_text("item,count\n")
     assert_one_line_error(run("simulate", "olmoe-1b-7b", "--routing", f"histogram:{hist}"), "no selections")
+
+
+FACTORIES = """
+import sys
+import torch
+
+def boom():
+    raise RuntimeError("boom from factory")
+
+def quits():
+    sys.exit(3)
+
+def linear():
+    return torch.nn.Sequential(torch.nn.Linear(16, 16))
+"""
+
+
+@pytest.mark.parametrize(
+    ("factory", "shape", "needles"),
+    [
+        ("boom", "B,16", ("the factory failed", "RuntimeError: boom from factory")),
+        ("quits", "B,16", ("the factory failed", "SystemExit: 3")),
+        ("linear", "B,17", ("forward failed on a batch-1 input (1, 17)", "mat1 and mat2")),
+    ],
+)
+def test_profile_user_module_failures_are_one_line(
+    tmp_path: Path, factory: str, shape: str, needles: tuple[str, ...]
+) -> None:
+    (tmp_path / "f.py").write_text(FACTORIES)
+    proc = run(
+        "profile",
+        f"{tmp_path / 'f.py'}:{factory}",
+        "--input-shape",
+        shape,
+        "--batch",
+        "1",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--output",
+        str(tmp_path / "out"),
+    )
+    assert_one_line_error(proc, *needles)
+    assert not (tmp_path / "out").exists()
+
+
+def test_profile_refuses_an_unwritable_output_before_measuring(tmp_path: Path) -> None:
+    # a file, a foreign folder and a place no folder can be made: refused up front, no batch measured
+    (tmp_path / "file.csv").write_text("x\n")
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("mine\n")
+    cases = [
+        (tmp_path / "file.csv", "exists and is not a directory"),
+        (tmp_path / "foreign", "exists and is not a memtraffic bundle"),
+        (Path("/proc/memtraffic-out"), "cannot write a bundle under /proc"),
+    ]
+    for out, needle in cases:
+        proc = run(
+            "profile",
+            "h100-sample-moe",
+            "--batch",
+            "1",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--context",
+            "16",
+            "--output",
+            str(out),
+        )
+        line = assert_one_line_error(proc, needle)
+        assert "partial bundle" not in line and "failed at batch" not in line
+    assert (tmp_path / "foreign" / "notes.txt").read_text() == "mine\n"
+    assert_one_line_error(
+        run(
+            "profile",
+            "h100-sample-moe",
+            "--batch",
+            "1",
+            "--steady-seconds",
+            "nan",
+            "--output",
+            str(tmp_path / "p"),
+        ),
+        "steady time must be a finite number",
+    )
+
+
+def test_bad_values_in_files_are_one_line(tmp_path: Path) -> None:
+    cfg = json.loads((ROOT / "tests" / "data" / "hf" / "Mixtral-8x7B.json").read_text())
+    for change, needle in (
+        ({"num_attention_heads": 0}, "'num_attention_heads' must be at least 1"),
+        ({"hidden_size": float("nan")}, "'hidden_size' must be an integer"),
+        ({"hidden_size": 1e30}, "less than or equal to 1099511627776"),
+    ):
+        f = tmp_path / "config.json"
+        f.write_text(json.dumps({**cfg, **change}))
+        assert_one_line_error(run("simulate", str(f)), needle)
+    for body, needle in (
+        ("item,count\nabc,3\n", "column 'item' holds a non-number"),
+        ("item,count\n1,abc\n", "column 'count' holds a non-number"),
+        ("item,count\n1000000000000,3\n", "beyond any layer's items"),
+    ):
+        h = tmp_path / "hist.csv"
+        h.write_text(body)
+        assert_one_line_error(run("simulate", "olmoe-1b-7b", "--routing", f"histogram:{h}"), needle)
+    assert_one_line_error(
+        run("report", "olmoe-1b-7b", "--context", "-1", "-o", str(tmp_path / "r.html")), "context.0"
+    )
+    # a bundle whose layers table was overwritten by another table
+    bundle = tmp_path / "bundle"
+    shutil.copytree(ROOT / "traces" / "samples" / "bundles" / "moe", bundle)
+    shutil.copy(bundle / "runs.parquet", bundle / "layers.parquet")
+    assert_one_line_error(run("validate", str(bundle)), "the layers table lacks column(s) layer")
+
+
+def test_import_refuses_a_peak_that_is_not_a_bandwidth(tmp_path: Path) -> None:
+    runs = json.loads((SAMPLES / "meta.json").read_text())
+    for peak, needle in (('"abc"', "must be a number of bytes/s"), ("1e999", "finite number of bytes/s")):
+        f = tmp_path / "runs.json"  # 1e999 reads as infinity
+        f.write_text(json.dumps({**runs, "peak_hbm_Bps": "PEAK"}).replace('"PEAK"', peak))
+        proc = run("import", "--runs", str(f), "--runs-model", "moe", "--output", str(tmp_path / "b"))
+        assert_one_line_error(proc, "peak_hbm_Bps", needle)
+    assert_one_line_error(
+        run("import", "--runs", str(SAMPLES / "meta.json"), "--runs-model", "moe", "--peak-hbm-bps", "-1",
+            "--output", str(tmp_path / "b")),
+        "--peak-hbm-bps must be a finite number of bytes/s above 0",
+    )  # fmt: skip

@@ -51,15 +51,20 @@ class Bundle:
         return sorted(self.table_files)
 
     def table(self, name: str) -> pd.DataFrame | None:
-        """The named table, or None if the bundle has none; TraceError if its file is corrupt."""
+        """The named table, or None if the bundle has none; TraceError if its file is corrupt or lacks
+        a column its readers need (a table of another name copied over it, say)."""
         if name not in self.table_files:
             return None
         if name not in self._cache:
             f = self.table_files[name]
             try:
-                self._cache[name] = pq.read_table(f).to_pandas()
+                df = pq.read_table(f).to_pandas()
             except (pa.ArrowException, OSError) as exc:
                 raise TraceError(f"{f}: corrupt parquet table ({_one_line(exc)})") from None
+            lacking = [c for c in REQUIRED_COLUMNS.get(name, ()) if c not in df.columns]
+            if lacking and len(df):
+                raise TraceError(f"{f}: the {name} table lacks column(s) {', '.join(lacking)}")
+            self._cache[name] = df
         return self._cache[name].copy()
 
     @property
@@ -230,10 +235,7 @@ def write_bundle(
     empty) is never replaced.
     """
     path = Path(path).absolute()
-    if path.exists() and not path.is_dir():
-        raise TraceError(f"{path}: exists and is not a directory; refusing to replace it with a bundle")
-    if path.is_dir() and any(path.iterdir()) and not _is_bundle_dir(path):
-        raise TraceError(f"{path}: exists and is not a memtraffic bundle; refusing to replace it")
+    _refuse_non_bundle(path)
     for name in tables:
         if not _TABLE_NAME.match(name):
             raise TraceError(f"bundle table name {name!r} must be lower-case letters, digits and '_'")
@@ -262,6 +264,44 @@ def write_bundle(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _fsync_dir(path.parent)
+    return path
+
+
+# columns the readers of each known table rely on (reports.measured, reports.figures); others are optional
+REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "kernels": ("batch", "layer", "dur_ns"),
+    "layers": ("batch", "layer", "kernel_time_ns"),
+    "runs": ("batch",),
+    "nvml": ("t_start_ns", "t_end_ns"),
+    "routing": ("batch", "layer", "item", "count"),
+    "ncu": ("batch", "dram_bytes_read", "dram_bytes_write"),
+}
+
+
+def _refuse_non_bundle(path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise TraceError(f"{path}: exists and is not a directory; refusing to replace it with a bundle")
+    if path.is_dir() and any(path.iterdir()) and not _is_bundle_dir(path):
+        raise TraceError(f"{path}: exists and is not a memtraffic bundle; refusing to replace it")
+
+
+def check_bundle_destination(path: Path | str) -> Path:
+    """Refuse, before anything is measured, a bundle path `write_bundle` could not write: a file or a
+    foreign folder there, or a place where no folder can be created (read-only, /proc, no permission).
+    Probed by creating and removing a hidden folder where the bundle's temporary copy would go."""
+    path = Path(path).absolute()
+    _refuse_non_bundle(path)
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise TraceError(f"{path}: {parent} is not a folder")
+    probe = parent / f".{path.name}.probe-{uuid.uuid4().hex[:12]}"
+    try:
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as exc:
+        raise TraceError(f"{path}: cannot write a bundle under {parent} ({exc.strerror or exc})") from None
     return path
 
 

@@ -7,6 +7,7 @@ the steady-state loop named in the runs file, else the span of the trace's own s
 from __future__ import annotations
 
 import json
+import math
 import re
 import tempfile
 from dataclasses import dataclass
@@ -94,9 +95,24 @@ def read_runs_file(path: Path) -> RunsFile:
             raise TraceError(f"{path}: runs[{i}] has a bad value ({exc})") from None
         if spec.steady_end_ns <= spec.steady_start_ns or spec.steps <= 0:
             raise TraceError(f"{path}: runs[{i}] has an empty window or no steps")
+        if spec.batch < 1:
+            raise TraceError(f"{path}: runs[{i}] has batch {spec.batch}; a batch size is at least 1")
         runs.append(spec)
     peak = doc.get("peak_hbm_Bps")
-    return RunsFile(path=path, runs=runs, peak_hbm_Bps=float(peak) if peak is not None else None, doc=doc)
+    return RunsFile(path=path, runs=runs, peak_hbm_Bps=peak_bandwidth(peak, f"{path}: peak_hbm_Bps"), doc=doc)
+
+
+def peak_bandwidth(value: Any, what: str) -> float | None:
+    """A peak HBM bandwidth in bytes/s: None when not given, else a finite positive number."""
+    if value is None:
+        return None
+    try:
+        peak = float(value)
+    except (TypeError, ValueError):
+        raise TraceError(f"{what} must be a number of bytes/s, got {value!r}") from None
+    if not (math.isfinite(peak) and peak > 0):
+        raise TraceError(f"{what} must be a finite number of bytes/s above 0, got {value!r}")
+    return peak
 
 
 def _batch_from_ops(trace: KinetoTrace, layer_pattern: str | None) -> int | None:
@@ -288,7 +304,7 @@ def import_traces(
         )
     model_name = model if model is not None else (models[0] if models else None)
 
-    peak, peak_source = peak_hbm_Bps, "argument"
+    peak, peak_source = peak_bandwidth(peak_hbm_Bps, "--peak-hbm-bps"), "argument"
     if peak is None and runs_file is not None and runs_file.peak_hbm_Bps is not None:
         peak, peak_source = runs_file.peak_hbm_Bps, f"runs file {runs_file.path.name}"
     # A bad timeline or a cut-off trace still ends in a TraceError, but only after what could be read
