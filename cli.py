@@ -611,7 +611,13 @@ def main() -> None:
     import os
 
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+        # click turns Ctrl-C into Abort and, outside standalone mode, returns its exit code (130 for an
+        # interrupt, or a command's own code) instead of exiting: an interrupted run must not end with 0
+        if code == 130:
+            _fail("interrupted")
+        if isinstance(code, int) and code != 0:
+            sys.exit(2)
     except MemtrafficError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:

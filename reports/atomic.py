@@ -37,11 +37,27 @@ def write_atomic(
     """`write(tmp)` fills a temp file next to `path`, which then replaces `path`; returns the path.
 
     `mode`: permissions of the result (default: 0666 less the umask, as a plain `open` would give, so
-    reports and tables can be shared). `label`: an OSError becomes the ConfigError
-    "{label}: cannot write (reason)" (default: the OSError passes through).
+    reports and tables can be shared). An OSError becomes the ConfigError "{label or path}: cannot write
+    (reason)". A symlink is written through; a device, FIFO or socket (/dev/stdout, a pipe) is written
+    into directly, never replaced by a regular file; a folder is refused.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    what = label or str(path)
+    if not path.name or path.is_dir():
+        raise ConfigError(f"{what}: is a folder, not a file")
+    if path.is_symlink():  # write through the link, as `>` would: the link stays, its target changes
+        path = path.resolve()
+    if path.exists() and not path.is_file():
+        # a device, FIFO or socket (/dev/null, /dev/stdout, a pipe): stream into it, never replace it
+        try:
+            write(str(path))
+        except OSError as exc:
+            raise ConfigError(f"{what}: cannot write ({exc.strerror or exc})") from None
+        return path
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:  # no such folder, read-only, /proc: name the destination, not a temp file
+        raise ConfigError(f"{what}: cannot write in {path.parent} ({exc.strerror or exc})") from None
     os.close(fd)
     try:
         write(tmp)
@@ -53,9 +69,7 @@ def write_atomic(
         os.chmod(tmp, mode if mode is not None else 0o666 & ~_umask())
         os.replace(tmp, path)
     except OSError as exc:
-        if label is None:
-            raise
-        raise ConfigError(f"{label}: cannot write ({exc.strerror or exc})") from None
+        raise ConfigError(f"{what}: cannot write ({exc.strerror or exc})") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from simulator.csvfile import not_csv_reason
 from simulator.errors import ConfigError
 
 MAX_ITEMS = 2**31  # experts or memory rows of one layer: far beyond any table, and a histogram this long fits
@@ -31,6 +32,11 @@ def load_histogram(path: str | Path | None) -> np.ndarray:
         p = p / "routing.parquet"
     if not p.is_file():
         raise ConfigError(f"routing.histogram: no such file: {p}")
+    reason = None if p.suffix == ".parquet" else not_csv_reason(p)
+    if reason is not None:
+        raise ConfigError(
+            f"routing.histogram: {p} is {reason}; expected a CSV or Parquet table (item, count)"
+        )
     try:
         df = pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p)
     except Exception as exc:  # pandas raises many types for unreadable files

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from simulator.csvfile import not_csv_reason
 from simulator.errors import TraceError
 
 TIME_COLUMNS: tuple[str, ...] = ("t_start_ns", "t_end_ns")
@@ -56,6 +57,9 @@ def read_timeline(path: Path | str) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise TraceError(f"{path}: no such timeline file")
+    reason = not_csv_reason(path)
+    if reason is not None:
+        raise TraceError(f"{path}: not a CSV timeline ({reason})")
     try:
         header = pd.read_csv(path, nrows=0)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
@@ -75,7 +79,19 @@ def read_timeline(path: Path | str) -> pd.DataFrame:
     bad = int((df["t_end_ns"] <= df["t_start_ns"]).sum())
     if bad:
         raise TraceError(f"{path}: {bad} timeline row(s) end at or before they start")
-    return df.sort_values("t_start_ns", kind="stable").reset_index(drop=True)
+    for col in (c for c in df.columns if c.endswith("_pct")):
+        values = df[col].dropna()
+        outside = values[(values < 0) | (values > 100)]
+        if len(outside):
+            raise TraceError(f"{path}: {col} holds values outside 0..100 (e.g. {outside.iloc[0]})")
+    for col in ("power_mw", "energy_mj", "sm_clock_mhz", "mem_clock_mhz"):
+        if col in df and (df[col].dropna() < 0).any():
+            raise TraceError(f"{path}: {col} holds negative values")
+    df = df.sort_values("t_start_ns", kind="stable").reset_index(drop=True)
+    overlap = int((df["t_start_ns"].to_numpy()[1:] < df["t_end_ns"].to_numpy()[:-1]).sum())
+    if overlap:  # duplicated or overlapping windows would count the same traffic twice
+        raise TraceError(f"{path}: {overlap} timeline window(s) overlap the one before (duplicated rows?)")
+    return df
 
 
 def overlap_ns(timeline: pd.DataFrame, start_ns: int, end_ns: int) -> np.ndarray:
