@@ -429,8 +429,13 @@ def count(
     """What the real PyTorch module reads and writes, op by op (the eager level), without a GPU, and
     the kernel time that implies on HARDWARE (a fixed cost per kernel plus its roofline time)."""
     from profiler.count import count_model, count_sweep, with_kernel_time
+    from profiler.userfactory import is_factory_spec
     from simulator.loading import load_hardware, load_model
 
+    if is_factory_spec(model):
+        raise ConfigError(
+            f"{model}: count takes a model config (preset, file, HF config.json); profile a module"
+        )
     cfg = load_model(model, sets or [])
     hw = load_hardware(hardware)
     sizes = parse_sizes(batch, "batch")

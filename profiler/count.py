@@ -16,7 +16,9 @@ import torch
 
 from profiler.modules import ReferenceModel
 from profiler.opcount import count_ops, op_totals
+from profiler.target import check_weights_fit
 from simulator.config import HardwareConfig, ModelConfig
+from simulator.errors import MemtrafficError
 from simulator.roofline import kernel_seconds
 
 SUMMARY_COLUMNS: tuple[str, ...] = (
@@ -54,6 +56,8 @@ def count_model(
     Decode runs one token per sequence over a KV cache of `context` entries; prefill runs `context`
     prompt tokens per sequence. The returned frame's attrs carry the parameters and the routing note.
     """
+    check_count_args(batch, context, phase, device)
+    check_weights_fit(model_cfg, device, dtype)
     model = ReferenceModel(model_cfg, phase=phase, kv_mode=kv_mode, dtype=dtype, device=device)
     model.setup_cache(batch, context, fill="none")
     x = model.make_input(batch, context)
@@ -89,6 +93,30 @@ def with_kernel_time(ops: pd.DataFrame, hardware: HardwareConfig) -> pd.DataFram
     out = ops.assign(kernel_s=pd.Series(t, index=ops.index).where(launches_kernel(ops), 0.0))
     out.attrs = dict(ops.attrs)
     return out
+
+
+# routing on meta is drawn for every token on the CPU: a bound that keeps that draw to a few GB
+MAX_COUNT_TOKENS = 2**26
+COUNT_DEVICES = ("meta", "cpu")
+
+
+def check_count_args(batch: int, context: int, phase: str, device: str) -> None:
+    """Refuse, in one line, what `count_model` cannot count: sizes below 1, a step of more tokens
+    than MAX_COUNT_TOKENS, or a device other than meta (shapes only) and cpu (real routing)."""
+    if batch < 1 or context < 1:
+        raise MemtrafficError(
+            f"count needs batch >= 1 and context >= 1, got batch {batch}, context {context}"
+        )
+    if phase not in ("decode", "prefill"):
+        raise MemtrafficError(f"phase must be decode or prefill, got {phase!r}")
+    tokens = batch * (context if phase == "prefill" else 1)
+    if tokens > MAX_COUNT_TOKENS:
+        raise MemtrafficError(
+            f"count: {tokens:,} tokens in one step is more than the {MAX_COUNT_TOKENS:,} it counts "
+            "(routing is drawn per token on the CPU)"
+        )
+    if str(device) not in COUNT_DEVICES:
+        raise MemtrafficError(f"count runs on meta (shapes only) or cpu (real routing), not {device!r}")
 
 
 FUSED_RMS_NORM = "aten._fused_rms_norm"

@@ -8,6 +8,7 @@ carries a `spec` from which a child process rebuilds it (the ncu pass, profiler.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch.nn as nn
 
 from profiler import userfactory
 from profiler.modules import ReferenceModel, RoutingRecorder
-from profiler.modules.common import input_generator
+from profiler.modules.common import input_generator, torch_dtype
 from simulator.config import ModelConfig
 from simulator.errors import MemtrafficError
 
@@ -56,6 +57,9 @@ def reference_target(
     kv_mode: str = "fixed",
     seed: int = 0,
 ) -> Target:
+    if context < 1:
+        raise MemtrafficError(f"context must be at least 1, got {context}")
+    check_weights_fit(cfg, device, dtype)
     torch.manual_seed(seed)
     model = ReferenceModel(cfg, phase=phase, kv_mode=kv_mode, dtype=dtype, device=device)
     cfg_json = cfg.model_dump(mode="json")
@@ -139,6 +143,38 @@ def target_from_spec(spec: dict[str, Any], dev: torch.device) -> Target:
     )
 
 
+def check_weights_fit(cfg: ModelConfig, device: torch.device | str, dtype: str) -> None:
+    """Refuse, before allocating, a reference model whose weights alone exceed the device's memory (the
+    host's RAM for the CPU, free GPU memory for CUDA); meta tensors hold nothing and always fit."""
+    dev = torch.device(device)
+    if dev.type == "meta":
+        return
+    weights = stored_params(cfg) * torch.empty((), dtype=torch_dtype(dtype)).element_size()
+    if dev.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(dev)
+        where = f"{free / 1e9:.1f} GB free on {torch.cuda.get_device_name(dev)}"
+    else:
+        free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        where = f"{free / 1e9:.1f} GB of RAM on this machine"
+    if weights > free:
+        raise MemtrafficError(
+            f"{cfg.name}: its weights are {weights / 1e9:.1f} GB in {dtype}, more than the {where}; "
+            "count it on meta tensors (memtraffic count) or profile a smaller config"
+        )
+
+
+def stored_params(cfg: ModelConfig) -> float:
+    """Parameters the model stores, from the simulator's own count (one decode token, no KV)."""
+    from simulator.config import Workload
+    from simulator.costs import Points
+    from simulator.routing import RoutingModel
+    from simulator.sweep import layer_entries, total_params
+
+    points = Points.grid(Workload(batch=[1], context=[1]), RoutingModel())
+    stored, _ = total_params(layer_entries(cfg, points))
+    return float(stored)
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """The device asked for; None: CUDA when torch sees one, else the CPU."""
     if device is None:
@@ -147,6 +183,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
         raise MemtrafficError(f"--device {device!r}: not a device (cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "meta":
+        raise MemtrafficError("profile runs on a GPU or the CPU; meta tensors (no data) are for count")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise MemtrafficError(f"device {device} asked for, but torch sees no CUDA device")
     return dev
