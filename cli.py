@@ -36,7 +36,7 @@ def parse_sizes(text: str, what: str) -> list[int]:
     for part in text.split(","):
         part = part.strip()
         if not part:
-            continue
+            raise ConfigError(f"--{what} {text!r}: an empty item between commas")
         try:
             if ":" in part:
                 bits = [int(x) for x in part.split(":")]
@@ -82,9 +82,9 @@ def parse_routing(text: str) -> dict:
         return {"kind": "uniform"}
     if kind == "zipf":
         try:
-            return {"kind": "zipf", "s": float(arg or 1.0)}
+            return {"kind": "zipf", "s": float(arg)}
         except ValueError:
-            raise ConfigError(f"--routing {text}: zipf needs a number, e.g. zipf:1.1") from None
+            raise ConfigError(f"--routing {text}: zipf needs its exponent, e.g. zipf:1.1") from None
     if kind == "histogram" and arg:
         return {"kind": "histogram", "histogram": arg}
     raise ConfigError(f"--routing {text}: expected uniform, zipf:S or histogram:FILE")

@@ -142,7 +142,7 @@ def report_run(
         run_ctx = sorted({int(c) for v in validations for c in v.prediction["context"].unique()})
         wl = Workload(
             batch=list(batches or run_batches or [1, 4, 16, 64, 256]),
-            context=[context or (run_ctx[0] if len(run_ctx) == 1 else 2048)],
+            context=[context if context is not None else (run_ctx[0] if len(run_ctx) == 1 else 2048)],
         )
         sim = compare([load_model(m) for m in models], load_hardware(hardware), wl, per_layer=True)
     names = [str(m) for m in models] + [str(d) for d in run_dirs]

@@ -214,6 +214,8 @@ class MoEConfig(Strict):
             raise ValueError("n_shared_experts and shared_ffn must both be zero or both positive")
         if self.n_groups is not None and self.n_experts % self.n_groups:
             raise ValueError(f"n_experts={self.n_experts} is not a multiple of n_groups={self.n_groups}")
+        if self.topk_groups is not None and self.topk_groups > (self.n_groups or 1):
+            raise ValueError(f"topk_groups={self.topk_groups} exceeds n_groups={self.n_groups}")
         return self
 
 

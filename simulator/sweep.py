@@ -156,7 +156,10 @@ def total_params(entries: Sequence[LayerEntry]) -> tuple[float, float]:
 
 
 def check_parallelism(model: ModelConfig, workload: Workload) -> None:
-    """Refuse splits the model cannot have: heads over tp ranks, experts over ep devices."""
+    """Refuse splits the model cannot have: heads over tp ranks, experts over ep devices (and expert
+    parallelism without experts)."""
+    if workload.ep > 1 and not any(layer.kind == "moe" for b in model.blocks for layer in b.ffn):
+        raise ConfigError(f"--ep {workload.ep}: {model.name} has no MoE layer to split over devices")
     first = 0
     for block in model.blocks:
         heads = block.attention.n_heads
