@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from reports.measured import bundle_label
 from simulator.config import (
+    BUNDLE_DTYPES,
     MEMORY_KINDS,
     HardwareConfig,
     ModelConfig,
@@ -63,21 +64,6 @@ def device_preset(name: str | None) -> str | None:
     return None
 
 
-# torch dtype names as bundles record them -> simulator DType
-DTYPES: dict[str, str] = {
-    "bfloat16": "bf16",
-    "float16": "fp16",
-    "half": "fp16",
-    "float32": "fp32",
-    "float": "fp32",
-    "float8_e4m3fn": "fp8",
-    "float8_e5m2": "fp8",
-    "int8": "int8",
-    "bf16": "bf16",
-    "fp16": "fp16",
-    "fp32": "fp32",
-    "fp8": "fp8",
-}
 # model fields that do not change a single byte: a preset and a bundle may word them differently
 _NON_SHAPE_FIELDS = {"name", "description", "sources", "provenance"}
 
@@ -280,7 +266,7 @@ def resolve_hardware(bundle: Bundle, hardware: HardwareConfig | None) -> tuple[H
 
 def bundle_workload(bundle: Bundle, batches: Sequence[int]) -> Workload:
     wl = bundle.meta.get("workload") or {}
-    dtype = DTYPES.get(str(wl.get("dtype", "bf16")).removeprefix("torch."))
+    dtype = BUNDLE_DTYPES.get(str(wl.get("dtype", "bf16")).removeprefix("torch."))
     if dtype is None:
         raise TraceError(
             f"bundle {bundle_label(bundle)}: workload.dtype {wl.get('dtype')!r} is not supported"

@@ -24,6 +24,22 @@ from pydantic import (
 MAX_SIZE = 2**40
 PositiveInt = Annotated[int, Field(gt=0, le=MAX_SIZE)]
 
+# torch dtype names as bundles record them (and our own names) -> simulator DType
+BUNDLE_DTYPES: dict[str, str] = {
+    "bfloat16": "bf16",
+    "float16": "fp16",
+    "half": "fp16",
+    "float32": "fp32",
+    "float": "fp32",
+    "float8_e4m3fn": "fp8",
+    "float8_e5m2": "fp8",
+    "int8": "int8",
+    "bf16": "bf16",
+    "fp16": "fp16",
+    "fp32": "fp32",
+    "fp8": "fp8",
+}
+
 DType = Literal["fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4", "mxfp4", "nvfp4"]
 DTYPE_BYTES: dict[str, float] = {
     "fp32": 4.0,

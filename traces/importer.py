@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from simulator.config import BUNDLE_DTYPES
 from simulator.errors import TraceError
 from traces.attribution import (
     DEFAULT_LAYER_PATTERN,
@@ -100,6 +101,19 @@ def read_runs_file(path: Path) -> RunsFile:
         runs.append(spec)
     peak = doc.get("peak_hbm_Bps")
     return RunsFile(path=path, runs=runs, peak_hbm_Bps=peak_bandwidth(peak, f"{path}: peak_hbm_Bps"), doc=doc)
+
+
+def _check_workload(workload: dict[str, Any], source: str) -> None:
+    """The recorded phase, context and dtype, from the runs file or --phase/--context/--dtype: each absent
+    or one the simulator can predict with; anything else is refused before a bundle is written."""
+    phase, context, dtype = workload.get("phase"), workload.get("context"), workload.get("dtype")
+    if phase is not None and phase not in ("decode", "prefill"):
+        raise TraceError(f"{source}: phase {phase!r} is neither decode nor prefill")
+    if context is not None and (isinstance(context, bool) or not isinstance(context, int) or context < 1):
+        raise TraceError(f"{source}: context {context!r} is not a length of at least 1")
+    if dtype is not None and str(dtype).removeprefix("torch.") not in BUNDLE_DTYPES:
+        known = ", ".join(sorted(BUNDLE_DTYPES))
+        raise TraceError(f"{source}: dtype {dtype!r} is not one of {known}")
 
 
 def peak_bandwidth(value: Any, what: str) -> float | None:
@@ -355,6 +369,9 @@ def import_traces(
         imported, runs_file, model_name, timeline, nvml_name, peak, peak_source, layer_pattern, step_pattern
     )
     meta["workload"].update({k: v for k, v in (workload or {}).items() if v is not None})
+    _check_workload(
+        meta["workload"], runs_file.path.name if runs_file is not None else "--phase/--context/--dtype"
+    )
     short = tables["runs"][tables["runs"]["window_s"] < 1.0]
     if timeline is not None and len(short):
         meta["missing"].append(
@@ -448,6 +465,12 @@ def _meta(
         missing.append("gpm: no peak_hbm_Bps (argument or runs file), so GPM bytes were not computed")
     elif timeline["gpm_dram_bw_util_pct"].isna().all():
         missing.append("gpm: the timeline has no GPM DRAM bandwidth values")
+    for x in imported:
+        if x.trace.n_malformed:
+            missing.append(
+                f"kernels: {x.trace.n_malformed} event(s) of {x.path.name} dropped (no numeric ts, or a "
+                "negative duration); its kernel times lack them"
+            )
     no_base = [x.path.name for x in imported if x.trace.base_time_ns is None]
     if no_base:
         missing.append(

@@ -49,6 +49,7 @@ class KinetoTrace:
     device_properties: list[dict[str, Any]] = field(default_factory=list)
     n_events: int = 0  # every traceEvents item seen
     n_complete: int = 0  # of which complete ("ph": "X") events
+    n_malformed: int = 0  # kernel/runtime/range events dropped: no numeric ts, or a negative duration
     truncated: bool = False
 
     @property
@@ -182,6 +183,7 @@ class _Collector:
         self.n_events = 0
         self.n_complete = 0
         self.n_kept = 0
+        self.n_malformed = 0
 
     def _id(self, value: Any) -> int:
         if isinstance(value, int):
@@ -196,7 +198,10 @@ class _Collector:
         self.n_complete += 1
         cat = e.get("cat")
         ts = e.get("ts")
-        if not isinstance(ts, (int, float)):
+        dur = e.get("dur")
+        if not isinstance(ts, (int, float)) or (isinstance(dur, (int, float)) and dur < 0):
+            if cat in self.keep:  # a kept kind of event that cannot be placed in time: counted, not kept
+                self.n_malformed += 1
             return
         if cat in self.keep:
             rows = self.ev.rows
@@ -389,6 +394,7 @@ def read_kineto(path: Path | str, with_ops: bool = False, allow_truncated: bool 
         device_properties=props if isinstance(props, list) else [],
         n_events=col.n_events,
         n_complete=col.n_complete,
+        n_malformed=col.n_malformed,
         truncated=problem is not None,
     )
     if problem is not None:
