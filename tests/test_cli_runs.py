@@ -313,3 +313,44 @@ def test_import_refuses_a_peak_that_is_not_a_bandwidth(tmp_path: Path) -> None:
             "--output", str(tmp_path / "b")),
         "--peak-hbm-bps must be a finite number of bytes/s above 0",
     )  # fmt: skip
+
+
+def test_ctrl_c_ends_with_one_line_and_exit_2(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "cli.py"), "profile", "h100-sample-moe", "--batch", "1,2,4,8",
+         "--steps", "3", "--warmup", "1", "--output", str(tmp_path / "run")],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(3.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "interrupted" in lines[0], err
+
+
+def test_a_bundle_missing_a_table_it_records_is_refused(tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    shutil.copytree(ROOT / "traces" / "samples" / "bundles" / "moe", bundle)
+    (bundle / "kernels.parquet").unlink()
+    assert_one_line_error(run("validate", str(bundle)), "records kernels.parquet but the file(s) are gone")
+
+
+def test_outputs_write_through_links_and_into_devices(tmp_path: Path) -> None:
+    target = tmp_path / "real.csv"
+    target.write_text("old\n")
+    link = tmp_path / "link.csv"
+    link.symlink_to(target)
+    assert run("simulate", "olmoe-1b-7b", "--batch", "1", "-f", "csv", "-o", str(link)).returncode == 0
+    assert link.is_symlink() and target.read_text().startswith("model,hardware")
+    assert run("simulate", "olmoe-1b-7b", "--batch", "1", "-f", "csv", "-o", "/dev/null").returncode == 0
+    assert Path("/dev/null").is_char_device()
+    assert_one_line_error(run("simulate", "olmoe-1b-7b", "-f", "csv", "-o", str(tmp_path)), "is a folder")
+    assert_one_line_error(
+        run("simulate", "olmoe-1b-7b", "-f", "csv", "-o", "/proc/memtraffic.csv"), "/proc/memtraffic.csv"
+    )

@@ -366,4 +366,22 @@ def read_bundle(path: Path | str) -> Bundle:
         except (pa.ArrowException, OSError) as exc:
             raise TraceError(f"{f}: truncated or corrupt parquet table ({_one_line(exc)})") from None
         table_files[f.stem] = f
+    measured = meta.get("measured") if isinstance(meta.get("measured"), dict) else {}
+    expected = [t for flag, tables in _TABLES_OF_FLAG.items() if measured.get(flag) for t in tables]
+    if meta.get("runs"):
+        expected.append("runs")
+    lost = [t for t in expected if t not in table_files]
+    if lost:
+        files = ", ".join(f"{t}.parquet" for t in lost)
+        raise TraceError(f"{path}: the bundle records {files} but the file(s) are gone; re-copy the bundle")
     return Bundle(path=path, meta=meta, table_files=table_files)
+
+
+# the tables a bundle holds when its metadata says a thing was measured
+_TABLES_OF_FLAG: dict[str, tuple[str, ...]] = {
+    "kernels": ("kernels",),
+    "nvml": ("nvml",),
+    "ncu": ("ncu",),
+    "routing": ("routing",),
+    "opcount": ("opcount",),
+}
