@@ -534,7 +534,12 @@ def demo(
     from traces import import_traces
 
     samples = Path(str(files("traces") / "samples" / "h100-decode-2026-11-26"))
-    output.mkdir(parents=True, exist_ok=True)
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"--output {output}: exists and is not a folder")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--output {output}: cannot create the folder ({exc.strerror or exc})") from None
     bundles = []
     for recorded, preset in SAMPLE_RUNS.items():
         console.rule(f"[bold]{preset}: real H100 decode recording, imported and validated")

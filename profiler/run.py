@@ -229,6 +229,11 @@ def profile(
     """What `memtraffic profile MODEL` calls: MODEL is a preset name, a model file, an HF config.json (via
     simulator.loading.load_model) or `path/to/file.py:factory` (then `input_shape` is required).
     `kwargs` are profile_model's options."""
+    check_bundle_destination(output)  # before a module is built or anything measured
+    if not userfactory.is_factory_spec(model) and input_shape is not None:
+        raise MemtrafficError(
+            f"--input-shape is for a path/to/file.py:factory module; {model} builds its own inputs"
+        )
     if userfactory.is_factory_spec(model):
         if input_shape is None:
             raise MemtrafficError(f"{model}: a module factory needs --input-shape (e.g. B,1,1024)")

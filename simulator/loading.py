@@ -233,6 +233,9 @@ def _resolve(spec: str | Path, kind: Kind) -> tuple[dict[str, Any], str]:
             return _read_mapping(entry, f"preset {entry.name}"), _norm(spec)
     path = Path(spec)
     if path.is_dir():  # a Hugging Face model directory
+        if not (path / "config.json").is_file():
+            what = "model" if kind == "models" else "hardware"
+            raise ConfigError(f"{path}: a folder without a config.json, so no {what} description")
         path = path / "config.json"
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")

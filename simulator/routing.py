@@ -566,7 +566,10 @@ class RoutingModel:
             assert self.counts is not None
             counts = self.counts
             if counts.size > n:
-                raise ConfigError(f"len(counts)={counts.size} exceeds n_items={n}")
+                raise ConfigError(
+                    f"the routing histogram names item {counts.size - 1}, beyond the {n} items "
+                    f"(experts or rows) of a layer it is applied to"
+                )
             if counts.size < n:  # a histogram indexed by item id ends at the last item ever chosen
                 counts = np.concatenate([counts, np.zeros(n - counts.size)])
             probs = probs_from_histogram(counts, kk, self.tokens_observed, prior=self.prior)

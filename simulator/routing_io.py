@@ -54,10 +54,10 @@ def load_histogram(path: str | Path | None) -> np.ndarray:
         df[col] = values
     if (df["item"] != np.floor(df["item"])).any():
         raise ConfigError(f"routing.histogram: {p}: item ids must be integers")
-    if df.empty or df["count"].sum() <= 0:
-        raise ConfigError(f"routing.histogram: {p} has no selections (no rows, or all counts zero)")
     if (df["item"] < 0).any() or (df["count"] < 0).any():
         raise ConfigError(f"routing.histogram: {p} has negative item ids or counts")
+    if df.empty or df["count"].sum() <= 0:
+        raise ConfigError(f"routing.histogram: {p} has no selections (no rows, or all counts zero)")
     if df["item"].max() >= MAX_ITEMS:
         raise ConfigError(
             f"routing.histogram: {p}: item id {int(df['item'].max())} is beyond any layer's items "
