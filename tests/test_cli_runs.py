@@ -354,3 +354,17 @@ def test_outputs_write_through_links_and_into_devices(tmp_path: Path) -> None:
     assert_one_line_error(
         run("simulate", "olmoe-1b-7b", "-f", "csv", "-o", "/proc/memtraffic.csv"), "/proc/memtraffic.csv"
     )
+
+
+def test_import_keeps_the_good_trace_beside_a_foreign_file(tmp_path: Path) -> None:
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text('{"foo": 1}')
+    out = tmp_path / "bundle"
+    proc = run("import", str(SAMPLES / "kineto" / "moe_decode_b1.json.gz"), str(foreign), "--batch", "1,8",
+               "--context", "1024", "--dtype", "bfloat16", "-o", str(out))  # fmt: skip
+    assert_one_line_error(proc, "foreign.json: not a kineto trace", "(partial)")
+    from traces.bundle import read_bundle
+
+    b = read_bundle(out)
+    assert b.partial and b.table("runs")["batch"].tolist() == [1]
+    assert any("foreign.json" in m for m in b.meta["missing"])

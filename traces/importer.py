@@ -347,6 +347,8 @@ def import_traces(
                 )
             except TraceError:
                 continue
+        except TraceError as exc:  # a foreign or missing file: the other traces are still imported
+            problems.append(str(exc))
     if not imported:
         raise TraceError(problems[0])
     seen: dict[int, Path] = {}
