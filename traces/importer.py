@@ -246,8 +246,11 @@ def _run_row(
         "steady_start_ns": a,
         "steady_end_ns": b,
         **measured,
-        "kernel_time_ns_per_step": float(in_steps["dur_ns"].sum()) / n_trace_steps,
-        "n_kernels_per_step": float(len(in_steps)) / n_trace_steps,
+        # no step range matched: the per-step kernel time is unknown, not zero
+        "kernel_time_ns_per_step": float(in_steps["dur_ns"].sum()) / n_trace_steps
+        if r["trace_steps"]
+        else np.nan,
+        "n_kernels_per_step": float(len(in_steps)) / n_trace_steps if r["trace_steps"] else np.nan,
         "trace_steps": r["trace_steps"],
     }
 
@@ -468,6 +471,11 @@ def _meta(
     elif timeline["gpm_dram_bw_util_pct"].isna().all():
         missing.append("gpm: the timeline has no GPM DRAM bandwidth values")
     for x in imported:
+        if not x.run["trace_steps"]:
+            missing.append(
+                f"kernels: {x.path.name} has no range matching the step pattern, so its kernels are not "
+                "split into steps and no kernel time per step is known (--step-pattern)"
+            )
         if x.trace.n_malformed:
             missing.append(
                 f"kernels: {x.trace.n_malformed} event(s) of {x.path.name} dropped (no numeric ts, or a "
