@@ -266,10 +266,11 @@ def resolve_hardware(bundle: Bundle, hardware: HardwareConfig | None) -> tuple[H
 
 def bundle_workload(bundle: Bundle, batches: Sequence[int]) -> Workload:
     wl = bundle.meta.get("workload") or {}
-    if wl.get("dtype") is None and "dtype" in wl:
-        raise TraceError(
-            f"bundle {bundle_label(bundle)} records no dtype; re-import it with --dtype (e.g. bfloat16)"
-        )
+    for key, example in (("dtype", "bfloat16"), ("phase", "decode"), ("context", "2048")):
+        if key in wl and wl[key] is None:
+            raise TraceError(
+                f"bundle {bundle_label(bundle)} records no {key}; re-import it with --{key} (e.g. {example})"
+            )
     dtype = BUNDLE_DTYPES.get(str(wl.get("dtype", "bf16")).removeprefix("torch."))
     if dtype is None:
         raise TraceError(
