@@ -96,6 +96,9 @@ Context = Annotated[
 ]
 Phase = Annotated[str, typer.Option("--phase", help="decode or prefill")]
 Hardware = Annotated[str, typer.Option("--hardware", "-H", help="hardware preset or YAML file")]
+Replace = Annotated[
+    bool, typer.Option("--replace", help="overwrite a bundle already at --output (its measurements are lost)")
+]
 Fmt = Annotated[str, typer.Option("--format", "-f", help="table, csv, json or parquet")]
 Output = Annotated[Path | None, typer.Option("--output", "-o", help="write the table to this file")]
 Sets = Annotated[list[str] | None, typer.Option("--set", help="override a model field: top_k=16, knum=1024")]
@@ -325,6 +328,7 @@ def import_(
     dtype: Annotated[
         str | None, typer.Option("--dtype", help="bfloat16, float16, float32 (else the runs file's)")
     ] = None,
+    replace: Replace = False,
 ) -> None:
     """Turn torch.profiler traces (and an NVML/GPM timeline) recorded elsewhere into a trace bundle."""
     from traces import import_traces
@@ -343,6 +347,7 @@ def import_(
         model_config=cfg.model_dump(mode="json") if cfg is not None else None,
         layer_pattern=layer_pattern,
         step_pattern=step_pattern,
+        replace=replace,
         peak_hbm_Bps=peak,
         batch=_ordered_sizes(batch) if batch else None,
         workload={"phase": phase, "context": context, "dtype": dtype},
@@ -383,6 +388,7 @@ def profile(
         bool, typer.Option("--cuda-graphs", help="also time the steps replayed as CUDA graphs (no launches)")
     ] = False,
     sets: Sets = None,
+    replace: Replace = False,
 ) -> None:
     """Run a model across batch sizes under torch.profiler (+ NVML/GPM, + ncu) into a trace bundle."""
     from profiler.run import profile as run
@@ -405,6 +411,7 @@ def profile(
         ncu=ncu,
         record_routing=routing,
         cuda_graphs=cuda_graphs,
+        replace=replace,
         progress=sys.stderr.isatty(),
     )
     _print_bundle_summary(out)
@@ -550,6 +557,7 @@ def demo(
             runs=samples / "meta.json",
             model=recorded,
             model_config=load_model(preset).model_dump(mode="json"),
+            replace=True,  # the demo's own folder: a rerun refreshes it
         )
         _print_bundle_summary(bundle)
         validate_run(

@@ -97,6 +97,7 @@ def profile_model(
     cuda_graphs: bool = False,
     target: Target | None = None,
     on_batch_done: Callable[[int, Path], None] | None = None,
+    replace: bool = False,
 ) -> Path:
     """Profile the reference model of `model_cfg` (or `module` with `input_factory(batch, ring_index)`,
     or a prepared `target`) at each batch size; write the bundle at `output` and return its path.
@@ -112,7 +113,7 @@ def profile_model(
         raise MemtrafficError(f"steady time must be a finite number of seconds >= 0, got {steady_seconds}")
     if not (math.isfinite(nvml_interval_s) and nvml_interval_s > 0):
         raise MemtrafficError(f"the NVML sampling interval must be > 0 s, got {nvml_interval_s}")
-    check_bundle_destination(output)  # before anything is measured, not after the first batch
+    check_bundle_destination(output, replace)  # before anything is measured, not after the first batch
     dev = resolve_device(device)
     torch_dtype(dtype)  # fail early on fp8/int formats
     if dtype == "tf32":
@@ -229,7 +230,7 @@ def profile(
     """What `memtraffic profile MODEL` calls: MODEL is a preset name, a model file, an HF config.json (via
     simulator.loading.load_model) or `path/to/file.py:factory` (then `input_shape` is required).
     `kwargs` are profile_model's options."""
-    check_bundle_destination(output)  # before a module is built or anything measured
+    check_bundle_destination(output, bool(kwargs.get("replace", False)))  # before anything is built
     if not userfactory.is_factory_spec(model) and input_shape is not None:
         raise MemtrafficError(
             f"--input-shape is for a path/to/file.py:factory module; {model} builds its own inputs"

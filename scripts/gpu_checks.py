@@ -343,6 +343,7 @@ def _profile_and_summarize(out: Path, cfg: Any, batches: list[int], name: str, *
         device="cuda",
         dtype="bf16",
         progress=False,
+        replace=True,  # the script's own work folder: a rerun on a warm machine refreshes it
         **options,
     )
     _summarize_bundle(path, out / f"{name}-summary.txt", time.time() - started)

@@ -368,3 +368,14 @@ def test_import_keeps_the_good_trace_beside_a_foreign_file(tmp_path: Path) -> No
     b = read_bundle(out)
     assert b.partial and b.table("runs")["batch"].tolist() == [1]
     assert any("foreign.json" in m for m in b.meta["missing"])
+
+
+def test_a_bundle_is_replaced_only_when_asked(tmp_path: Path) -> None:
+    trace = str(SAMPLES / "kineto" / "moe_decode_b1.json.gz")
+    out = tmp_path / "bundle"
+    args = ("import", trace, "--batch", "1", "--context", "1024", "--dtype", "bfloat16", "-o", str(out))
+    assert run(*args).returncode == 0
+    before = (out / "bundle.json").read_text()
+    assert_one_line_error(run(*args), "already holds a bundle", "--replace")
+    assert (out / "bundle.json").read_text() == before  # untouched
+    assert run(*args, "--replace").returncode == 0

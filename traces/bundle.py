@@ -285,12 +285,17 @@ def _refuse_non_bundle(path: Path) -> None:
         raise TraceError(f"{path}: exists and is not a memtraffic bundle; refusing to replace it")
 
 
-def check_bundle_destination(path: Path | str) -> Path:
+def check_bundle_destination(path: Path | str, replace: bool = False) -> Path:
     """Refuse, before anything is measured, a bundle path `write_bundle` could not write: a file or a
-    foreign folder there, or a place where no folder can be created (read-only, /proc, no permission).
-    Probed by creating and removing a hidden folder where the bundle's temporary copy would go."""
+    foreign folder there, or a place where no folder can be created (read-only, /proc, no permission);
+    and, unless `replace`, a bundle already there (its measurements would be lost). Probed by creating
+    and removing a hidden folder where the bundle's temporary copy would go."""
     path = Path(path).absolute()
     _refuse_non_bundle(path)
+    if not replace and path.is_dir() and _is_bundle_dir(path):
+        raise TraceError(
+            f"{path}: already holds a bundle; pass --replace to overwrite it, or choose another output"
+        )
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent

@@ -27,7 +27,7 @@ from traces.attribution import (
     layer_table,
     step_ranges,
 )
-from traces.bundle import write_bundle
+from traces.bundle import check_bundle_destination, write_bundle
 from traces.kineto import DEVICE_CATEGORIES, KinetoTrace, TruncatedTraceError, inject_events, read_kineto
 from traces.timeline import counter_events, read_timeline, run_measurements
 
@@ -298,6 +298,7 @@ def import_traces(
     batch: list[int] | None = None,
     model_config: dict[str, Any] | None = None,
     workload: dict[str, Any] | None = None,
+    replace: bool = False,
 ) -> Path:
     """Import kineto traces (one per batch size, one model) into a bundle at ``output``; returns it.
 
@@ -308,8 +309,10 @@ def import_traces(
 
     ``traces`` may be empty when ``runs`` lists them (then every run, or every run of ``model``).
     ``batch`` gives the batch sizes in the order of ``traces``. Without ``peak_hbm_Bps`` here or in the
-    runs file, GPM bytes are not computed and the bundle says so under ``missing``.
+    runs file, GPM bytes are not computed and the bundle says so under ``missing``. A bundle already at
+    ``output`` is replaced only with ``replace``.
     """
+    check_bundle_destination(output, replace)  # a bundle already there is kept unless asked to replace it
     runs_file = read_runs_file(Path(runs)) if runs is not None else None
     todo = _resolve_traces(list(traces), runs_file, model)
     if batch is not None and len(batch) != len(todo):

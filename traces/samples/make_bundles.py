@@ -26,6 +26,7 @@ def main() -> None:
             runs=RECORDINGS / "meta.json",
             model=model,
             model_config=load_model(preset).model_dump(mode="json"),
+            replace=True,  # rebuilding them is this script's job
         )
         runs = read_bundle(out).runs
         assert runs is not None
