@@ -184,7 +184,11 @@ def _emit(df, fmt: str, output: Path | None, table_fn) -> None:
             if fmt == "table" and output.suffix == ".parquet"
             else ("csv" if fmt == "table" else fmt),
         )
-        console.print(f"wrote {len(df)} rows to {output}")
+        note = f"wrote {len(df)} rows to {output}"
+        if str(output) in ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"):
+            print(note, file=sys.stderr)  # the data owns stdout
+        else:
+            console.print(note)
     elif fmt == "table":
         console.print(table_fn())
     elif fmt == "parquet":

@@ -8,6 +8,7 @@ a failed write leaves no temp file behind.
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -43,17 +44,27 @@ def write_atomic(
     """
     path = Path(path)
     what = label or str(path)
+    fd = _open_fd_of(path)
+    if fd is not None:  # /dev/stdout and kin: the caller's own stream, maybe a pipe or a `>>` file
+        return _write_to_fd(fd, write, what, path)
     if not path.name or path.is_dir():
         raise ConfigError(f"{what}: is a folder, not a file")
-    if path.is_symlink():  # write through the link, as `>` would: the link stays, its target changes
-        path = path.resolve()
-    if path.exists() and not path.is_file():
-        # a device, FIFO or socket (/dev/null, /dev/stdout, a pipe): stream into it, never replace it
+    try:
+        target = os.stat(path)  # follows links: what a write to `path` would reach
+    except FileNotFoundError:
+        target = None
+    except OSError as exc:  # a link loop, a dangling /proc fd, no permission
+        raise ConfigError(f"{what}: cannot write ({exc.strerror or exc})") from None
+    if target is not None and not stat.S_ISREG(target.st_mode):
+        # a device, FIFO, socket or pipe (/dev/null, /dev/stdout into `| cat`): stream into it through the
+        # name given, never replace it
         try:
             write(str(path))
         except OSError as exc:
             raise ConfigError(f"{what}: cannot write ({exc.strerror or exc})") from None
         return path
+    if target is not None and path.is_symlink():  # written through: the link stays, its file changes
+        path = Path(os.path.realpath(path))
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:  # no such folder, read-only, /proc: name the destination, not a temp file
@@ -73,6 +84,38 @@ def write_atomic(
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    return path
+
+
+def _open_fd_of(path: Path) -> int | None:
+    """The descriptor behind /dev/stdout, /dev/stderr, /dev/fd/N or /proc/self/fd/N (our own), else None.
+    Reopening such a name would truncate a `>>` file or fail on a pipe; writing to the descriptor does
+    neither."""
+    text = str(path)
+    named = {"/dev/stdin": 0, "/dev/stdout": 1, "/dev/stderr": 2}
+    if text in named:
+        return named[text]
+    for prefix in ("/dev/fd/", "/proc/self/fd/", f"/proc/{os.getpid()}/fd/"):
+        if text.startswith(prefix) and text[len(prefix) :].isdigit():
+            return int(text[len(prefix) :])
+    return None
+
+
+def _write_to_fd(fd: int, write: Callable[[str], None], what: str, path: Path) -> Path:
+    """`write` into a private temp file, then its bytes onto the open descriptor `fd` as they are."""
+    tmp_fd, tmp = tempfile.mkstemp(prefix=".memtraffic-out.", suffix=".tmp")
+    os.close(tmp_fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as src:
+            while chunk := src.read(1 << 20):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot write ({exc.strerror or exc})") from None
+    finally:
+        os.unlink(tmp)
     return path
 
 

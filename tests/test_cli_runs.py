@@ -379,3 +379,21 @@ def test_a_bundle_is_replaced_only_when_asked(tmp_path: Path) -> None:
     assert_one_line_error(run(*args), "already holds a bundle", "--replace")
     assert (out / "bundle.json").read_text() == before  # untouched
     assert run(*args, "--replace").returncode == 0
+
+
+def test_output_to_dev_stdout_into_a_pipe_and_an_appended_file(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, str(ROOT / "cli.py"), "simulate", "olmoe-1b-7b", "--batch", "1", "-f", "csv"]
+    piped = subprocess.run([*cmd, "-o", "/dev/stdout"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout.splitlines()[0].startswith("model,hardware") and len(piped.stdout.splitlines()) == 2
+    log = tmp_path / "log.txt"
+    log.write_text("previous line\n")
+    with open(log, "a") as out:  # `>> log.txt`: what was there stays
+        done = subprocess.run([*cmd, "-o", "/dev/stdout"], stdout=out, stderr=subprocess.PIPE, cwd=ROOT,
+                              timeout=120)  # fmt: skip
+    assert done.returncode == 0
+    lines = log.read_text().splitlines()
+    assert lines[0] == "previous line" and lines[1].startswith("model,hardware") and len(lines) == 3

@@ -14,6 +14,7 @@ and a count is the same every time.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -61,7 +62,7 @@ class MoE(nn.Module):
             else None
         )
         self.recorder = RoutingRecorder(n)
-        self._meta_routing = torch.Generator().manual_seed(0)
+        self._meta_routing = np.random.default_rng(0)
 
     # ------------------------------------------------------------------------------------ routing
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,12 +100,15 @@ class MoE(nn.Module):
         return torch.bincount(flat_idx, minlength=self.n_experts).tolist()  # the layer's one host sync
 
     def seed_meta_routing(self, seed: int) -> None:
-        self._meta_routing.manual_seed(seed)
+        self._meta_routing = np.random.default_rng(seed)
 
     def uniform_choices(self, tokens: int) -> torch.Tensor:
-        """(tokens, k) expert indices, k distinct per token, drawn uniformly (on the CPU, seeded)."""
-        noise = torch.rand(tokens, self.n_experts, generator=self._meta_routing)
-        return noise.topk(self.top_k, dim=-1).indices
+        """(tokens, k) expert indices, k distinct per token, drawn uniformly (seeded). Drawn with numpy,
+        outside torch's dispatcher, so an op count on meta tensors does not take the draw for kernels
+        the GPU would run."""
+        noise = self._meta_routing.random((tokens, self.n_experts))
+        picks = np.argpartition(noise, self.n_experts - self.top_k, axis=1)[:, self.n_experts - self.top_k :]
+        return torch.from_numpy(np.ascontiguousarray(picks, dtype=np.int64))
 
     # ------------------------------------------------------------------------------------ experts
     def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
