@@ -649,12 +649,6 @@ def main() -> None:
     except OSError as exc:
         _fail(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
     except Exception as exc:
-        from pydantic import ValidationError
-
-        if isinstance(exc, ValidationError):  # a schema refusing a value the user gave
-            from simulator.config import describe_validation_error
-
-            _fail(" ".join(describe_validation_error(exc, exc.title).split()))
         if _is_usage_error(exc):
             if type(exc).__name__ == "NoArgsIsHelpError":  # bare `memtraffic`: the help was shown
                 return

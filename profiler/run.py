@@ -269,6 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--ncu", action="store_true")
     p.add_argument("--no-routing", action="store_true")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--replace", action="store_true", help="overwrite a bundle already at --output")
     p.add_argument("--ncu-child", type=Path, default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.ncu_child is not None:
@@ -294,6 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ncu=a.ncu,
             record_routing=not a.no_routing,
             progress=not a.no_progress,
+            replace=a.replace,
         )
     except MemtrafficError as exc:
         print(f"memtraffic: {exc}", file=sys.stderr)

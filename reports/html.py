@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
+from pydantic import ValidationError
 
 from reports import figures
 from reports.atomic import require_folder, write_text_atomic
 from reports.page import chart_card, header, page, validation_tables
-from simulator.config import HardwareConfig
-from simulator.errors import MemtrafficError
+from simulator.config import HardwareConfig, describe_validation_error
+from simulator.errors import ConfigError, MemtrafficError
 
 if TYPE_CHECKING:
     from reports.validation import ValidationResult
@@ -140,10 +141,13 @@ def report_run(
     if models:
         run_batches = sorted({int(b) for v in validations for b in v.steps["batch"]})
         run_ctx = sorted({int(c) for v in validations for c in v.prediction["context"].unique()})
-        wl = Workload(
-            batch=list(batches or run_batches or [1, 4, 16, 64, 256]),
-            context=[context if context is not None else (run_ctx[0] if len(run_ctx) == 1 else 2048)],
-        )
+        try:
+            wl = Workload(
+                batch=list(batches or run_batches or [1, 4, 16, 64, 256]),
+                context=[context if context is not None else (run_ctx[0] if len(run_ctx) == 1 else 2048)],
+            )
+        except ValidationError as exc:  # --batch / --context as the user gave them
+            raise ConfigError(" ".join(describe_validation_error(exc, "report workload").split())) from None
         sim = compare([load_model(m) for m in models], load_hardware(hardware), wl, per_layer=True)
     names = [str(m) for m in models] + [str(d) for d in run_dirs]
     text = build_report(

@@ -522,9 +522,10 @@ def _granitemoe(r: _Reader, d: int, n_layers: int) -> list[BlockConfig]:
 
 def _llama4_chunks(r: _Reader, n_layers: int) -> list[int | None]:
     """Per layer, the attention chunk or None (global attention). `layer_types` is authoritative when
-    written; else RoPE layers (no_rope_layers[i] == 1; by default all but every 4th) attend within chunks
-    of `attention_chunk_size` and the NoPE layers globally."""
-    chunk = r.opt_int("attention_chunk_size", None)
+    written; else RoPE layers (no_rope_layers[i] == 1; by default all but every
+    `no_rope_layer_interval`-th, 4) attend within chunks of `attention_chunk_size` (default 8192) and
+    the NoPE layers globally."""
+    chunk = r.opt_int("attention_chunk_size", 8192)  # Llama4TextConfig's default
     types = r.cfg.get("layer_types")
     if types is not None:
         known = {"chunked_attention": chunk, "full_attention": None}
@@ -533,7 +534,8 @@ def _llama4_chunks(r: _Reader, n_layers: int) -> list[int | None]:
                 f"{r.what}: 'layer_types' must list one of {', '.join(known)} per layer ({n_layers})"
             )
         return [known[t] for t in types]
-    rope = r.int_list("no_rope_layers") or [int((i + 1) % 4 != 0) for i in range(n_layers)]
+    every = r.opt_int("no_rope_layer_interval", 4) or 4
+    rope = r.int_list("no_rope_layers") or [int((i + 1) % every != 0) for i in range(n_layers)]
     if len(rope) != n_layers:
         raise ConfigError(f"{r.what}: 'no_rope_layers' must have one entry per layer ({n_layers})")
     return [chunk if uses_rope else None for uses_rope in rope]
@@ -549,12 +551,15 @@ def _llama4(r: _Reader, d: int, n_layers: int) -> list[BlockConfig]:
     step = r.opt_int("interleave_moe_layer_step", 1) or 1
     listed = r.cfg.get("moe_layers")
     moe_layers = set(r.int_list("moe_layers")) if listed is not None else set(range(step - 1, n_layers, step))
+    outside = sorted(i for i in moe_layers if not 0 <= i < n_layers)
+    if outside:
+        raise ConfigError(f"{r.what}: moe_layers {outside} are not layers of a {n_layers}-layer model")
     width = r.need_int("intermediate_size")
     moe = _moe(
         r, "num_local_experts", "intermediate_size", n_shared_experts=1, shared_ffn=width, router="sigmoid"
     )
     dense = None
-    if len(moe_layers) < n_layers:
+    if any(i not in moe_layers for i in range(n_layers)):
         dense = _validated(
             r,
             lambda: DenseFFNConfig(d_ff=r.need_int("intermediate_size_mlp"), activation=_activation(r)),

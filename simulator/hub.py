@@ -10,6 +10,7 @@ not weights. Every failure is one ConfigError line saying what to do instead.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -18,6 +19,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 from simulator.errors import ConfigError
 
@@ -36,7 +38,10 @@ def parse_hub_spec(spec: str) -> tuple[str, str] | None:
     body = spec[len(HUB_PREFIX) :] if explicit else spec
     repo, _, revision = body.partition("@")
     local_file = not explicit and repo.lower().endswith((".json", ".yaml", ".yml"))
-    if local_file or not _REPO_ID.match(repo) or ".." in repo or (revision and not _REVISION.match(revision)):
+    bad_revision = bool(revision) and (
+        not _REVISION.match(revision) or any(part in ("", ".", "..") for part in revision.split("/"))
+    )
+    if local_file or not _REPO_ID.match(repo) or ".." in repo or bad_revision:
         if explicit:
             raise ConfigError(f"{spec!r}: a Hub model is hf:ORG/NAME or hf:ORG/NAME@REVISION")
         return None
@@ -45,7 +50,8 @@ def parse_hub_spec(spec: str) -> tuple[str, str] | None:
 
 def cache_path(repo: str, revision: str) -> Path:
     root = Path(os.environ.get("MEMTRAFFIC_CACHE") or Path.home() / ".cache" / "memtraffic")
-    return root / "hf" / repo.replace("/", "--") / revision.replace("/", "--") / "config.json"
+    # quoted, so that distinct repositories and revisions ("x/y" and "x--y") never share a cache file
+    return root / "hf" / quote(repo, safe="") / quote(revision, safe="") / "config.json"
 
 
 def fetch_config(repo: str, revision: str = "main") -> tuple[dict[str, Any], str]:
@@ -56,6 +62,8 @@ def fetch_config(repo: str, revision: str = "main") -> tuple[dict[str, Any], str
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes"}:
         raise ConfigError(f"{repo}: not in the cache ({cached}) and HF_HUB_OFFLINE is set")
     endpoint = (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+    if urlsplit(endpoint).scheme not in ("http", "https"):
+        raise ConfigError(f"HF_ENDPOINT {endpoint!r} is not an http(s) address")
     url = f"{endpoint}/{repo}/resolve/{revision}/config.json"
     body = _download(url, repo)
     config = _parse(body, url)
@@ -79,7 +87,7 @@ def _download(url: str, repo: str) -> bytes:
             hint = "check the repository id and revision"
             raise ConfigError(f"{repo}: no config.json at {url} ({hint})") from None
         raise ConfigError(f"{repo}: HTTP {exc.code} from {url}") from None
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+    except (urllib.error.URLError, TimeoutError, OSError, ValueError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", exc)
         raise ConfigError(
             f"{repo}: cannot reach {url} ({reason}); pass a local config.json path instead"

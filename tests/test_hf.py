@@ -448,6 +448,14 @@ def test_llama4_chunked_rope_layers_global_nope_layers_and_dense_interleave() ->
     ffns = [b.ffn[0] for b in mixed.blocks for _ in range(b.repeat)]
     assert [isinstance(f, MoEConfig) for f in ffns] == [False, True] * 24
     assert isinstance(ffns[0], DenseFFNConfig) and ffns[0].d_ff == 16384
+    # transformers' defaults when the keys are absent: chunks of 8192, a NoPE (global) layer every
+    # no_rope_layer_interval layers
+    bare = {k: v for k, v in hf("Llama-4-Scout-17B-16E")["text_config"].items()
+            if k not in ("no_rope_layers", "attention_chunk_size")}  # fmt: skip
+    alt = from_hf_config({**bare, "no_rope_layer_interval": 2}, "alt")
+    assert [b.attention.attention_chunk for b in alt.blocks for _ in range(b.repeat)] == [8192, None] * 24
+    with pytest.raises(ConfigError, match=r"moe_layers \[48\] are not layers of a 48-layer model"):
+        from_hf_config({**bare, "moe_layers": [0, 48]}, "bad")
 
 
 def test_ernie45_moe_layer_range_and_shared_experts() -> None:

@@ -73,7 +73,7 @@ def test_repo_id_fetches_caches_and_works_offline(
     assert fetched.name == "granite"
     assert fetched.model_dump(exclude={"name"}) == local.model_dump(exclude={"name"})
     assert _Hub.seen == [("/org/granite/resolve/main/config.json", "Bearer secret")]
-    cached = tmp_path / "cache" / "hf" / "org--granite" / "main" / "config.json"
+    cached = tmp_path / "cache" / "hf" / "org%2Fgranite" / "main" / "config.json"
     assert json.loads(cached.read_text()) == GRANITE
     assert [p.name for p in cached.parent.iterdir()] == ["config.json"]  # no temp file left
     hub.shutdown()
@@ -105,6 +105,14 @@ def test_hub_failures_are_one_line(hub: ThreadingHTTPServer, spec: str, needle: 
     assert "\n" not in str(exc.value)
 
 
+def test_a_non_http_endpoint_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HF_ENDPOINT", "huggingface.co")
+    monkeypatch.setenv("MEMTRAFFIC_CACHE", str(tmp_path))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(ConfigError, match="not an http"):
+        load_model("hf:org/x")
+
+
 def test_unreachable_hub_names_the_url_and_the_way_out(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -123,6 +131,8 @@ def test_only_repo_shaped_specs_go_to_the_hub() -> None:
     assert parse_hub_spec("../x") is None
     with pytest.raises(ConfigError):
         parse_hub_spec("hf:org/../x")
+    with pytest.raises(ConfigError):
+        parse_hub_spec("hf:org/name@..")  # a revision never climbs out of its cache folder
     with pytest.raises(ConfigError, match="no such file"):
         load_model("configs/model.yaml")
 

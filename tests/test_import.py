@@ -341,3 +341,30 @@ def test_mixed_models_and_unlisted_traces(tmp_path: Path) -> None:
     stray = tmp_path / "stray_b2.json.gz"
     shutil.copy(SAMPLES / "kineto" / "moe_decode_b1.json.gz", stray)
     assert "not listed in runs file" in _error(traces=[stray], output=tmp_path / "b", runs=META)
+
+
+def test_timeline_checks_refuse_garbage_and_keep_real_quirks(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from simulator.errors import TraceError
+    from traces.timeline import read_timeline
+
+    real = pd.read_csv(NVML)
+    assert len(read_timeline(NVML)) == len(real)  # the recorded H100 timeline passes every check
+
+    def check(df: pd.DataFrame) -> None:
+        f = tmp_path / "t.csv"
+        df.to_csv(f, index=False)
+        read_timeline(f)
+
+    quirky = real.copy()
+    quirky.loc[3, "gpm_dram_bw_util_pct"] = 100.3  # a counter a hair over 100 %
+    quirky.loc[5, "t_start_ns"] -= 1000  # windows centred on sample times overlap a little
+    check(quirky)
+    for bad, needle in (
+        (real.assign(gpm_dram_bw_util_pct=500.0), "outside 0..100"),
+        (real.assign(gpm_dram_bw_util_pct=-50.0), "outside 0..100"),
+        (pd.concat([real, real.iloc[[10]]]), "mostly overlap"),  # a duplicated row
+    ):
+        with pytest.raises(TraceError, match=needle):
+            check(bad)
