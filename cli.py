@@ -499,10 +499,17 @@ def report(
     output: Annotated[Path, typer.Option("--output", "-o", help="HTML file to write")] = Path("report.html"),
     batch: Annotated[str | None, typer.Option("--batch", "-b", help="batch sizes to simulate")] = None,
     context: Annotated[int | None, typer.Option("--context", "-c", help="context to simulate")] = None,
-    hardware: Hardware = DEFAULT_HARDWARE,
+    hardware: Annotated[
+        str, typer.Option("--hardware", "-H", help="hardware preset or YAML file; several: h100-sxm,b200")
+    ] = DEFAULT_HARDWARE,
     title: Annotated[str | None, typer.Option("--title")] = None,
+    vary: Annotated[
+        list[str] | None,
+        typer.Option("--vary", help="what-if variants of the models: top_k=4,8,16 (repeatable)"),
+    ] = None,
 ) -> None:
-    """One self-contained interactive HTML page (works offline) from simulations and runs."""
+    """One self-contained interactive HTML page (works offline) from simulations and runs; with
+    --vary or several --hardware, of what-if variants side by side."""
     import shlex
 
     from reports.html import report_run
@@ -518,6 +525,7 @@ def report(
         hardware=hardware,
         title=title,
         command=shlex.join(["memtraffic", *sys.argv[1:]]),
+        vary=vary or [],
     )
     console.print(f"report: {path.resolve()}")
 

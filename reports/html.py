@@ -111,21 +111,25 @@ def report_run(
     hardware: str | Path = "h100-sxm",
     title: str | None = None,
     command: str | None = None,
+    vary: Sequence[str] = (),
 ) -> Path:
     """`memtraffic report [MODEL...] [--batch ...] [RUN_DIR...] --output report.html` in one call.
 
     Models (preset names or files) are simulated per layer on `hardware` at `batches` (default: the
     bundles' batch sizes, else 1..256 in powers of 4) and `context` (default: the bundles' context, else
     2048); every run folder is read and validated against its own recorded model and device (on
-    `hardware` when no preset matches the recorded device).
+    `hardware` when no preset matches the recorded device). What-if variants as in `compare`:
+    `hardware` may name several GPUs ("h100-sxm,b200") and `vary` holds "KEY=A,B" items.
     """
     from reports.measured import open_bundle
     from reports.model_match import device_preset
     from reports.validation import validate
     from simulator.config import Workload
-    from simulator.loading import load_hardware, load_model
+    from simulator.loading import load_hardware, load_model, load_variants
     from simulator.sweep import compare
 
+    gpus = [h for h in str(hardware).split(",") if h.strip()] or ["h100-sxm"]
+    hardware = gpus[0]  # validations of runs on a device no preset names are predicted on the first
     bundles = [open_bundle(Path(d)) for d in run_dirs]
     # a run on a device no preset names (a CPU run, say) is predicted on `hardware`
     validations = [
@@ -148,7 +152,12 @@ def report_run(
             )
         except ValidationError as exc:  # --batch / --context as the user gave them
             raise ConfigError(" ".join(describe_validation_error(exc, "report workload").split())) from None
-        sim = compare([load_model(m) for m in models], load_hardware(hardware), wl, per_layer=True)
+        if vary or len(gpus) > 1:
+            variants = load_variants([str(m) for m in models], gpus, (), vary)
+            cfgs, on = [m for m, _ in variants], [hw for _, hw in variants]
+            sim = compare(cfgs, on, wl, per_layer=True)
+        else:
+            sim = compare([load_model(m) for m in models], load_hardware(hardware), wl, per_layer=True)
     names = [str(m) for m in models] + [str(d) for d in run_dirs]
     text = build_report(
         sim,

@@ -173,3 +173,16 @@ def test_report_run_models_and_runs(tmp_path: Path) -> None:
     )
     names = {tr["name"] for tr in specs["chart-step-bytes"]["data"]}
     assert any(n.startswith("olmoe-1b-7b") for n in names) and any(n.startswith("tiny-moe") for n in names)
+
+
+def test_report_of_what_if_variants(tmp_path: Path) -> None:
+    # one model, two top-k values, two GPUs: four simulated variants, each a named line in the figures
+    from reports.html import report_run
+
+    out = report_run(["olmoe-1b-7b"], [], tmp_path / "r.html", batches=[1, 64], hardware="h100-sxm,b200",
+                     vary=["top_k=4,8"])  # fmt: skip
+    text = out.read_text()
+    for name in ("top_k=4 @h100-sxm", "top_k=8 @h100-sxm", "top_k=4 @b200", "top_k=8 @b200"):
+        assert f"olmoe-1b-7b {name}" in text
+    with pytest.raises(ConfigError, match="at least two variants"):
+        report_run(["olmoe-1b-7b"], [], tmp_path / "s.html", vary=["top_k=4"])
