@@ -53,8 +53,9 @@ _ARCH_TO_TYPE: dict[str, str] = {
     "Ernie4_5_MoeForCausalLM": "ernie4_5_moe",
 }
 
-# families whose transformers config class ties the LM head to the embedding by default
-_TIED_BY_DEFAULT = {"gemma", "gemma2", "gemma3_text"}
+# families whose transformers config class ties the LM head to the embedding by default (Gemma's; and
+# Ernie4_5_MoeConfig's, whose defaults are ERNIE-4.5-21B-A3B)
+_TIED_BY_DEFAULT = {"gemma", "gemma2", "gemma3_text", "ernie4_5_moe"}
 
 _GATED_ACT: dict[str, str] = {
     # the gated MLP of these families: act(W_g x) * (W_u x); the activation names the gate
@@ -577,7 +578,7 @@ def _ernie4_5_moe(r: _Reader, d: int, n_layers: int) -> list[BlockConfig]:
     (e_score_correction_bias)."""
     bias = r.opt_bool("use_bias", False)
     attn = _attention(r, d, qkv_bias=bias, o_bias=bias)
-    n_shared = r.opt_int("moe_num_shared_experts", 0) or 0
+    n_shared = r.opt_int("moe_num_shared_experts", 2) or 0  # Ernie4_5_MoeConfig's defaults here and below
     moe = _moe(
         r,
         "moe_num_experts",
@@ -588,7 +589,7 @@ def _ernie4_5_moe(r: _Reader, d: int, n_layers: int) -> list[BlockConfig]:
         router_bias=True,
     )
     interval = r.opt_int("moe_layer_interval", 1) or 1
-    start = r.opt_int("moe_layer_start_index", 0) or 0
+    start = r.opt_int("moe_layer_start_index", 1) or 0
     end = r.opt_int("moe_layer_end_index", -1)
     last = n_layers - 1 if end is None or end < 0 else end
     sparse = [(i + 1) % interval == 0 and start <= i <= last for i in range(n_layers)]

@@ -474,6 +474,12 @@ def test_ernie45_moe_layer_range_and_shared_experts() -> None:
     dense_layer = attn + 3 * 2560 * 12288
     norms = 28 * 2 * 2560 + 2560
     assert total_params(m) == 103424 * 2560 + dense_layer + 27 * moe_layer + norms
+    # Ernie4_5_MoeConfig's defaults are this model: without the keys, the same shapes
+    defaulted = ("tie_word_embeddings", "moe_num_shared_experts", "moe_layer_start_index")
+    bare = {k: v for k, v in hf("ERNIE-4.5-21B-A3B").items() if k not in defaulted}
+    assert from_hf_config(bare, "ernie").model_dump(exclude={"provenance"}) == m.model_dump(
+        exclude={"provenance"}
+    )
     # the last MoE layer can be moved: end index 20 leaves layers 21..27 dense
     cut = from_hf_config({**hf("ERNIE-4.5-21B-A3B"), "moe_layer_end_index": 20}, "cut")
     kinds = [isinstance(b.ffn[0], MoEConfig) for b in cut.blocks for _ in range(b.repeat)]
