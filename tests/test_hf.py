@@ -484,3 +484,22 @@ def test_ernie45_moe_layer_range_and_shared_experts() -> None:
     cut = from_hf_config({**hf("ERNIE-4.5-21B-A3B"), "moe_layer_end_index": 20}, "cut")
     kinds = [isinstance(b.ffn[0], MoEConfig) for b in cut.blocks for _ in range(b.repeat)]
     assert kinds == [False] + [True] * 20 + [False] * 7
+
+
+@pytest.mark.parametrize(
+    ("file", "preset"),
+    [
+        ("GLM-4.5-Air", "glm-4.5-air"),
+        ("Llama-4-Scout-17B-16E", "llama-4-scout-17b-16e"),
+        ("Phi-3.5-MoE", "phi-3.5-moe"),
+        ("granite-3.1-3b-a800m", "granite-3.1-3b-a800m"),
+    ],
+)
+def test_newer_moe_presets_equal_their_configs(file: str, preset: str) -> None:
+    ingested, written = from_hf_config(hf(file), file), load_model(preset)
+    assert written.blocks == ingested.blocks
+    assert (written.d_model, written.vocab_size, written.tie_embeddings) == (
+        ingested.d_model,
+        ingested.vocab_size,
+        ingested.tie_embeddings,
+    )
