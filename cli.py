@@ -96,6 +96,13 @@ Context = Annotated[
 ]
 Phase = Annotated[str, typer.Option("--phase", help="decode or prefill")]
 Hardware = Annotated[str, typer.Option("--hardware", "-H", help="hardware preset or YAML file")]
+Hardwares = Annotated[
+    str, typer.Option("--hardware", "-H", help="hardware preset or YAML file; several: h100-sxm,b200")
+]
+Vary = Annotated[
+    list[str] | None,
+    typer.Option("--vary", help="what-if variants, one per value: top_k=4,8,16 (repeat: every combination)"),
+]
 Replace = Annotated[
     bool, typer.Option("--replace", help="overwrite a bundle already at --output (its measurements are lost)")
 ]
@@ -172,6 +179,7 @@ def _scenario(wl) -> str:
 
 
 def _emit(df, fmt: str, output: Path | None, table_fn) -> None:
+    from reports.atomic import stream_fd
     from reports.tables import FORMATS, frame_text, write_frame
 
     if fmt not in FORMATS:
@@ -185,7 +193,7 @@ def _emit(df, fmt: str, output: Path | None, table_fn) -> None:
             else ("csv" if fmt == "table" else fmt),
         )
         note = f"wrote {len(df)} rows to {output}"
-        if str(output) in ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"):
+        if stream_fd(output) == 1:
             print(note, file=sys.stderr)  # the data owns stdout
         else:
             console.print(note)
@@ -239,19 +247,14 @@ def simulate(
 @app.command()
 def compare(
     models: Annotated[list[str], typer.Argument(help="models (presets, files, Hub ids) to compare")],
-    hardware: Annotated[
-        str, typer.Option("--hardware", "-H", help="hardware preset or YAML file; several: h100-sxm,b200")
-    ] = DEFAULT_HARDWARE,
+    hardware: Hardwares = DEFAULT_HARDWARE,
     batch: Batch = "1:4096",
     context: Context = "2048",
     phase: Phase = "decode",
     fmt: Fmt = "table",
     output: Output = None,
     sets: Sets = None,
-    vary: Annotated[
-        list[str] | None,
-        typer.Option("--vary", help="one variant per value: top_k=4,8,16 (repeat for every combination)"),
-    ] = None,
+    vary: Vary = None,
     weight_dtype: WeightDtype = "bf16",
     act_dtype: ActDtype = "bf16",
     kv_dtype: KvDtype = "bf16",
@@ -263,10 +266,10 @@ def compare(
     """Weight bytes and time per step of models and what-if variants (another top-k, a bigger table,
     another GPU) side by side, with ratios to the first."""
     from reports.tables import compare_frame, compare_table
-    from simulator.loading import load_variants
+    from simulator.loading import hardware_names, load_variants
     from simulator.sweep import compare as run
 
-    variants = load_variants(models, [h for h in hardware.split(",") if h.strip()], sets or [], vary or [])
+    variants = load_variants(models, hardware_names(hardware), sets or [], vary or [])
     cfgs = [m for m, _ in variants]
     gpus = [hw for _, hw in variants]
     wl = _workload(batch, context, phase, weight_dtype, act_dtype, kv_dtype, tp, ep, routing)
@@ -499,14 +502,9 @@ def report(
     output: Annotated[Path, typer.Option("--output", "-o", help="HTML file to write")] = Path("report.html"),
     batch: Annotated[str | None, typer.Option("--batch", "-b", help="batch sizes to simulate")] = None,
     context: Annotated[int | None, typer.Option("--context", "-c", help="context to simulate")] = None,
-    hardware: Annotated[
-        str, typer.Option("--hardware", "-H", help="hardware preset or YAML file; several: h100-sxm,b200")
-    ] = DEFAULT_HARDWARE,
+    hardware: Hardwares = DEFAULT_HARDWARE,
     title: Annotated[str | None, typer.Option("--title")] = None,
-    vary: Annotated[
-        list[str] | None,
-        typer.Option("--vary", help="what-if variants of the models: top_k=4,8,16 (repeatable)"),
-    ] = None,
+    vary: Vary = None,
 ) -> None:
     """One self-contained interactive HTML page (works offline) from simulations and runs; with
     --vary or several --hardware, of what-if variants side by side."""

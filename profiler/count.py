@@ -141,15 +141,14 @@ def fuse_rms_norms(ops: pd.DataFrame, model: torch.nn.Module) -> pd.DataFrame:
         if path not in weights:
             rows.append(run)
             continue
-        last = run.iloc[-1]
-        shape = tuple(int(v) for v in last["out_shape"])
-        numel = math.prod(shape)
-        y_bytes = numel * torch.empty((), dtype=getattr(torch, str(last["dtype"]))).element_size()
+        last = run.iloc[-1]  # the op that writes y
+        y_bytes = int(last["bytes_written"])
+        n_rows = math.prod(int(v) for v in last["out_shape"][:-1])
         fused = run.iloc[[0]].copy()
         fused["op"] = FUSED_RMS_NORM
         fused["flops"] = int(run["flops"].sum())
         fused["bytes_read"] = y_bytes + weights[path]  # x has y's shape and dtype
-        fused["bytes_written"] = y_bytes + (numel // max(shape[-1], 1)) * 4
+        fused["bytes_written"] = y_bytes + n_rows * 4  # y and one fp32 rstd per row
         fused["out_shape"] = [last["out_shape"]]
         fused["dtype"] = last["dtype"]
         fused["live_bytes"] = run["live_bytes"].iloc[-1]  # y alive, the fp32 temporaries gone

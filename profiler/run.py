@@ -230,7 +230,6 @@ def profile(
     """What `memtraffic profile MODEL` calls: MODEL is a preset name, a model file, an HF config.json (via
     simulator.loading.load_model) or `path/to/file.py:factory` (then `input_shape` is required).
     `kwargs` are profile_model's options."""
-    check_bundle_destination(output, bool(kwargs.get("replace", False)))  # before anything is built
     if not userfactory.is_factory_spec(model) and input_shape is not None:
         raise MemtrafficError(
             f"--input-shape is for a path/to/file.py:factory module; {model} builds its own inputs"
@@ -238,6 +237,8 @@ def profile(
     if userfactory.is_factory_spec(model):
         if input_shape is None:
             raise MemtrafficError(f"{model}: a module factory needs --input-shape (e.g. B,1,1024)")
+        # before the user's module is built and run once; profile_model checks a config's run itself
+        check_bundle_destination(output, bool(kwargs.get("replace", False)))
         dev = resolve_device(kwargs.get("device"))
         target = factory_target(model, input_shape, dev, kwargs.get("dtype", "bf16"), kwargs.get("seed", 0))
         return profile_model(None, batches, output=output, target=target, **{**kwargs, "device": dev})

@@ -44,7 +44,7 @@ def write_atomic(
     """
     path = Path(path)
     what = label or str(path)
-    fd = _open_fd_of(path)
+    fd = stream_fd(path)
     if fd is not None:  # /dev/stdout and kin: the caller's own stream, maybe a pipe or a `>>` file
         return _write_to_fd(fd, write, what, path)
     if not path.name or path.is_dir():
@@ -54,14 +54,14 @@ def write_atomic(
     except FileNotFoundError:
         target = None
     except OSError as exc:  # a link loop, a dangling /proc fd, no permission
-        raise ConfigError(f"{what}: cannot write ({exc.strerror or exc})") from None
+        raise _cannot_write(what, exc) from None
     if target is not None and not stat.S_ISREG(target.st_mode):
         # a device, FIFO, socket or pipe (/dev/null, /dev/stdout into `| cat`): stream into it through the
         # name given, never replace it
         try:
             write(str(path))
         except OSError as exc:
-            raise ConfigError(f"{what}: cannot write ({exc.strerror or exc})") from None
+            raise _cannot_write(what, exc) from None
         return path
     if target is not None and path.is_symlink():  # written through: the link stays, its file changes
         path = Path(os.path.realpath(path))
@@ -80,18 +80,22 @@ def write_atomic(
         os.chmod(tmp, mode if mode is not None else 0o666 & ~_umask())
         os.replace(tmp, path)
     except OSError as exc:
-        raise ConfigError(f"{what}: cannot write ({exc.strerror or exc})") from None
+        raise _cannot_write(what, exc) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
 
 
-def _open_fd_of(path: Path) -> int | None:
+def _cannot_write(what: str, exc: OSError) -> ConfigError:
+    return ConfigError(f"{what}: cannot write ({exc.strerror or exc})")
+
+
+def stream_fd(path: str | Path) -> int | None:
     """The descriptor behind /dev/stdout, /dev/stderr, /dev/fd/N or /proc/self/fd/N (our own), else None.
     Reopening such a name would truncate a `>>` file or fail on a pipe; writing to the descriptor does
     neither."""
-    text = str(path)
+    text = os.fspath(path)
     named = {"/dev/stdin": 0, "/dev/stdout": 1, "/dev/stderr": 2}
     if text in named:
         return named[text]
@@ -113,7 +117,7 @@ def _write_to_fd(fd: int, write: Callable[[str], None], what: str, path: Path) -
                 while view:
                     view = view[os.write(fd, view) :]
     except OSError as exc:
-        raise ConfigError(f"{what}: cannot write ({exc.strerror or exc})") from None
+        raise _cannot_write(what, exc) from None
     finally:
         os.unlink(tmp)
     return path

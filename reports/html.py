@@ -125,10 +125,10 @@ def report_run(
     from reports.model_match import device_preset
     from reports.validation import validate
     from simulator.config import Workload
-    from simulator.loading import load_hardware, load_model, load_variants
+    from simulator.loading import hardware_names, load_hardware, load_model, load_variants
     from simulator.sweep import compare
 
-    gpus = [h for h in str(hardware).split(",") if h.strip()] or ["h100-sxm"]
+    gpus = hardware_names(hardware) or ["h100-sxm"]
     hardware = gpus[0]  # validations of runs on a device no preset names are predicted on the first
     bundles = [open_bundle(Path(d)) for d in run_dirs]
     # a run on a device no preset names (a CPU run, say) is predicted on `hardware`

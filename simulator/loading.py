@@ -443,6 +443,11 @@ _BLOCK_FIELDS = frozenset({"repeat", "norm", "parallel_ffn"})
 # ------------------------------------------------------------------------------------------- variants
 
 
+def hardware_names(spec: str | Path) -> list[str]:
+    """The hardware specs of a `--hardware` value: one, or several separated by commas (h100-sxm,b200)."""
+    return [h.strip() for h in str(spec).split(",") if h.strip()]
+
+
 def load_variants(
     models: Sequence[str],
     hardware: Sequence[str],
