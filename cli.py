@@ -179,8 +179,8 @@ def _scenario(wl) -> str:
 
 
 def _emit(df, fmt: str, output: Path | None, table_fn) -> None:
-    from reports.atomic import stream_fd
     from reports.tables import FORMATS, frame_text, write_frame
+    from simulator.atomic import stream_fd
 
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from reports.atomic import require_folder, write_text_atomic
+from simulator.atomic import require_folder, write_text_atomic
 from simulator.errors import ConfigError
 
 if TYPE_CHECKING:

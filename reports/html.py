@@ -15,8 +15,8 @@ import pandas as pd
 from pydantic import ValidationError
 
 from reports import figures
-from reports.atomic import require_folder, write_text_atomic
 from reports.page import chart_card, header, page, validation_tables
+from simulator.atomic import require_folder, write_text_atomic
 from simulator.config import HardwareConfig, describe_validation_error
 from simulator.errors import ConfigError, MemtrafficError
 

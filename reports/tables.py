@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from rich.table import Table
 
-from reports.atomic import FRAME_WRITERS, require_folder, write_frame_atomic
+from simulator.atomic import FRAME_WRITERS, require_folder, write_frame_atomic
 from simulator.errors import ConfigError
 
 FORMATS = ("table", "csv", "json", "parquet")

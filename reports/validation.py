@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from reports.atomic import require_folder, write_frame_atomic
 from reports.eager import eager_bytes
 from reports.measured import (
     bundle_batches,
@@ -34,6 +33,7 @@ from reports.measured import (
     open_bundle,
 )
 from reports.model_match import bundle_workload, resolve_hardware, resolve_model
+from simulator.atomic import require_folder, write_frame_atomic
 from simulator.config import HardwareConfig, ModelConfig
 from simulator.errors import ConfigError
 

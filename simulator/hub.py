@@ -14,13 +14,13 @@ import http.client
 import json
 import os
 import re
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from simulator.atomic import write_atomic
 from simulator.errors import ConfigError
 
 HUB_PREFIX = "hf:"
@@ -67,7 +67,7 @@ def fetch_config(repo: str, revision: str = "main") -> tuple[dict[str, Any], str
     url = f"{endpoint}/{repo}/resolve/{revision}/config.json"
     body = _download(url, repo)
     config = _parse(body, url)
-    _write_atomic(cached, body)
+    _cache(cached, body)
     return config, url
 
 
@@ -107,16 +107,11 @@ def _parse(body: bytes, label: str) -> dict[str, Any]:
     return data
 
 
-def _write_atomic(path: Path, body: bytes) -> None:
-    """Cache the file (temp file and rename, so a crash never leaves half a config); a cache that
-    cannot be written costs only a refetch next time."""
-    tmp: str | None = None
+def _cache(path: Path, body: bytes) -> None:
+    """Keep the file (atomically: a crash never leaves half a config); a cache that cannot be written
+    costs only a refetch next time."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".config-", suffix=".tmp")
-        with os.fdopen(fd, "wb") as out:
-            out.write(body)
-        os.replace(tmp, path)
-    except OSError:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+        write_atomic(path, lambda tmp: Path(tmp).write_bytes(body))
+    except (OSError, ConfigError):
+        pass

@@ -217,6 +217,26 @@ def test_default_layer_pattern(name: str, block: int | None, sublayer: str | Non
     assert got == (None if block is None else (block, sublayer))
 
 
+@pytest.mark.parametrize(
+    ("pattern", "name", "block", "sublayer"),
+    [
+        # no groups: the block is the name's first dotted number, the sublayer what follows it
+        (r"encoder\.layer\.\d+\.\w+$", "bert.encoder.layer.11.output", 11, "output"),
+        (r"h\.\d+\.\w+$", "gpt2.h.3.attn", 3, "attn"),  # "gpt2" is not a dotted number
+        (r"blk\d+$", "blk12", 12, "blk12"),  # nothing follows the number: the name stays the sublayer
+        (r"^(?:attn|mlp)$", "mlp", -1, "mlp"),  # no number at all
+        # one unnamed group: the block when numeric, else the sublayer
+        (r"layer\.(\d+)", "model.layer.3.mlp", 3, "mlp"),
+        (r"\.(attn|mlp)$", "model.layers.4.mlp", 4, "mlp"),
+        # named groups win; what they leave open is read from the name
+        (r"(?P<sublayer>attn|mlp)$", "transformer.h.2.mlp", 2, "mlp"),
+        (r"layers\.(?P<block>\d+)", "model.layers.7.self_attn", 7, "self_attn"),
+    ],
+)
+def test_layer_pattern_without_named_groups(pattern: str, name: str, block: int, sublayer: str) -> None:
+    assert NamePattern.compile(pattern, "layer").layer(name) == (block, sublayer)
+
+
 def _synthetic_events(tmp_path: Path) -> Path:
     ev = [
         _x("user_annotation", "step0", 0, 100),

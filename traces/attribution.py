@@ -39,10 +39,28 @@ ATTRIBUTED_COLUMNS: tuple[str, ...] = (
 )
 
 
+_SEPARATORS = "._/:-"
+# a number that is a whole component of a dotted name ("gpt2.h.3.attn" -> 3), else any digits
+_BLOCK_NUMBERS = (re.compile(r"(?:^|[._/:-])(\d+)(?=[._/:-]|$)"), re.compile(r"(\d+)"))
+
+
+def _block_number(name: str, number: str | None = None) -> re.Match[str] | None:
+    """Where the block number (`number`, or the first one found) sits in `name`."""
+    for regex in _BLOCK_NUMBERS:
+        for m in regex.finditer(name):
+            if number is None or m.group(1) == number:
+                return m
+    return None
+
+
 @dataclass(frozen=True)
 class NamePattern:
     """A compiled range-name pattern. Groups: named ``block``/``sublayer`` (or ``step``), else the first
-    and second groups; a pattern without groups gives block -1 / step by order, sublayer = name."""
+    and second groups (one unnamed group: the block when it is a number, else the sublayer). What the
+    groups leave open is read from the matched range name: the block is its first number and the
+    sublayer what follows that number (``encoder.layer.7.attention`` -> 7, ``attention``; a number that
+    is a whole dotted component first, so ``gpt2.h.3.attn`` is block 3); a name with no number keeps
+    block -1 and is its own sublayer. A step pattern without a group gives step -1."""
 
     regex: re.Pattern[str]
 
@@ -69,7 +87,15 @@ class NamePattern:
             return None
         block = self._group(m, "block", 1)
         sub = self._group(m, "sublayer", 2)
-        return (int(block) if block and block.isdigit() else -1), (sub if sub is not None else name)
+        if self.regex.groups == 1 and not self.regex.groupindex and block and not block.isdigit():
+            block, sub = None, block  # the one group names the sublayer
+        found = _block_number(name, block if block and block.isdigit() else None)
+        if block and block.isdigit():
+            rest = name[found.end(1) :].lstrip(_SEPARATORS) if found else ""
+            return int(block), sub or rest or name
+        if found is None:
+            return -1, sub or name
+        return int(found.group(1)), sub or name[found.end(1) :].lstrip(_SEPARATORS) or name
 
     def step(self, name: str) -> int | None:
         """Step index for a step range name (-1 when the pattern captures none), None if no match."""

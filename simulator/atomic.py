@@ -1,4 +1,5 @@
-"""Atomic file writes, used for every file reports/ writes (HTML, CSV, JSON, Parquet, calibration JSON).
+"""Atomic file writes: every file the reports write (HTML, CSV, JSON, Parquet, calibration JSON)
+and the Hub config cache.
 
 The content goes to a temp file in the destination's folder (`.NAME.XXXX.tmp`), is fsynced, then
 `os.replace`d onto the destination: a reader sees the old file or the whole new one, never a part, and
