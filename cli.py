@@ -281,6 +281,47 @@ def compare(
 
 
 @app.command()
+def latency(
+    models: Annotated[list[str], typer.Argument(help="models (presets, files, Hub ids)")],
+    prompt: Annotated[int, typer.Option("--prompt", "-p", help="prompt tokens per sequence")] = 2048,
+    generate: Annotated[int, typer.Option("--generate", "-g", help="tokens generated per sequence")] = 256,
+    hardware: Hardwares = DEFAULT_HARDWARE,
+    batch: Batch = "1,8,64,256",
+    fmt: Fmt = "table",
+    output: Output = None,
+    sets: Sets = None,
+    vary: Vary = None,
+    weight_dtype: WeightDtype = "bf16",
+    act_dtype: ActDtype = "bf16",
+    kv_dtype: KvDtype = "bf16",
+    tp: TensorParallel = 1,
+    ep: ExpertParallel = 1,
+    routing: Routing = "uniform",
+    calibration: Calibration = None,
+) -> None:
+    """One request end to end: time to first token (the prefill), time per output token (every decode
+    step costed at its own context), end-to-end time, throughput and bytes per generated token."""
+    from reports.tables import latency_table
+    from simulator.loading import hardware_names, load_variants
+    from simulator.request import check_request, request_latencies
+
+    check_request(prompt, generate)
+    variants = load_variants(
+        models, hardware_names(hardware), sets or [], vary or [], command="latency", at_least=1
+    )
+    wl = _workload(batch, str(prompt), "decode", weight_dtype, act_dtype, kv_dtype, tp, ep, routing)
+    cal = _calibration(calibration)
+    cfgs, gpus = [m for m, _ in variants], [hw for _, hw in variants]
+    df = request_latencies(
+        cfgs, gpus, wl, prompt, generate, efficiency=cal, overhead=getattr(cal, "overhead_s", None)
+    )
+    on = " and ".join(dict.fromkeys(hw.name for hw in gpus))
+    scenario = _scenario(wl).replace(f"decode, context {prompt}", f"prompt {prompt}, generate {generate}")
+    title = f"{' vs '.join(c.name for c in cfgs)} on {on}, one request: {scenario}"
+    _emit(df, fmt, output, lambda: latency_table(df, title))
+
+
+@app.command()
 def presets(
     kind: Annotated[str, typer.Option("--kind", help="models, hardware or all")] = "all",
 ) -> None:
@@ -505,6 +546,12 @@ def report(
     hardware: Hardwares = DEFAULT_HARDWARE,
     title: Annotated[str | None, typer.Option("--title")] = None,
     vary: Vary = None,
+    generate: Annotated[
+        int,
+        typer.Option(
+            "--generate", "-g", help="tokens per sequence of the request charts (prompt: --context)"
+        ),
+    ] = 256,
 ) -> None:
     """One self-contained interactive HTML page (works offline) from simulations and runs; with
     --vary or several --hardware, of what-if variants side by side."""
@@ -524,6 +571,7 @@ def report(
         title=title,
         command=shlex.join(["memtraffic", *sys.argv[1:]]),
         vary=vary or [],
+        generate=generate,
     )
     console.print(f"report: {path.resolve()}")
 

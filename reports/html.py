@@ -30,6 +30,10 @@ SECTIONS: dict[str, tuple[str, str]] = {
         "Bytes and time per step vs batch size",
         "no per-layer simulation table and no validation: nothing to draw per step",
     ),
+    "request": (
+        "One request: latency and throughput",
+        "no request was costed (`memtraffic report MODEL...` costs one for each model it names)",
+    ),
     "roofline": ("Roofline", "no layers with FLOPs and bytes to place on a roofline"),
     "layers": ("Bytes per layer", "no per-layer simulation table"),
     "timeline": ("HBM bandwidth timeline", "no bundle with an NVML/GPM timeline was given"),
@@ -50,13 +54,15 @@ def build_report(
     command: str | None = None,
     hardware: Sequence[HardwareConfig] | None = None,
     batches: Sequence[int] | None = None,
+    request: pd.DataFrame | None = None,
 ) -> str:
     """The report as one HTML string.
 
     `sim` is a per-layer `simulate`/`compare` frame (None: the validations' predictions are drawn);
     `bundles` give the bandwidth timeline and the measurement header; `validations` the predicted-vs-
     measured charts. `command` defaults to this process's command line; `hardware` (for the roofline)
-    to the validations' hardware, else the presets named in `sim`; `batches` limits the per-layer charts.
+    to the validations' hardware, else the presets named in `sim`; `batches` limits the per-layer charts;
+    `request` is a `simulator.request` frame (one request's latency and throughput per model and batch).
     """
     validations = list(validations)
     bundles = list(bundles)
@@ -69,7 +75,12 @@ def build_report(
         sim = None
     names = _bundle_model_names(bundles, validations)
     colors = figures.model_colors(
-        [*(sim["model"].unique() if sim is not None else []), *(v.model for v in validations), *names]
+        [
+            *(sim["model"].unique() if sim is not None else []),
+            *(request["model"].unique() if request is not None else []),
+            *(v.model for v in validations),
+            *names,
+        ]
     )
     hw = list(hardware) if hardware else _hardware_for(sim, validations)
     notes: list[str] = []
@@ -80,6 +91,7 @@ def build_report(
 
     charts = {
         "step": figures.step_charts(sim, colors, validations),
+        "request": figures.request_charts(request, colors),
         "roofline": figures.roofline_chart(sim, hw, colors, validations),
         "layers": figures.layer_bytes_charts(sim, batches),
         "timeline": figures.timeline_charts(bundles, names, colors),
@@ -112,6 +124,7 @@ def report_run(
     title: str | None = None,
     command: str | None = None,
     vary: Sequence[str] = (),
+    generate: int = 256,
 ) -> Path:
     """`memtraffic report [MODEL...] [--batch ...] [RUN_DIR...] --output report.html` in one call.
 
@@ -119,13 +132,15 @@ def report_run(
     bundles' batch sizes, else 1..256 in powers of 4) and `context` (default: the bundles' context, else
     2048); every run folder is read and validated against its own recorded model and device (on
     `hardware` when no preset matches the recorded device). What-if variants as in `compare`:
-    `hardware` may name several GPUs ("h100-sxm,b200") and `vary` holds "KEY=A,B" items.
+    `hardware` may name several GPUs ("h100-sxm,b200") and `vary` holds "KEY=A,B" items. The models also
+    get one request each (`simulator.request`): a prompt of `context` tokens, `generate` tokens out.
     """
     from reports.measured import open_bundle
     from reports.model_match import device_preset
     from reports.validation import validate
     from simulator.config import Workload
     from simulator.loading import hardware_names, load_hardware, load_model, load_variants
+    from simulator.request import check_request, request_latencies
     from simulator.sweep import compare
 
     gpus = hardware_names(hardware) or ["h100-sxm"]
@@ -141,7 +156,7 @@ def report_run(
         )
         for b in bundles
     ]
-    sim = None
+    sim = request = None
     if models:
         run_batches = sorted({int(b) for v in validations for b in v.steps["batch"]})
         run_ctx = sorted({int(c) for v in validations for c in v.prediction["context"].unique()})
@@ -152,12 +167,15 @@ def report_run(
             )
         except ValidationError as exc:  # --batch / --context as the user gave them
             raise ConfigError(" ".join(describe_validation_error(exc, "report workload").split())) from None
+        check_request(wl.context[0], generate)
         if vary or len(gpus) > 1:
             variants = load_variants([str(m) for m in models], gpus, (), vary)
             cfgs, on = [m for m, _ in variants], [hw for _, hw in variants]
-            sim = compare(cfgs, on, wl, per_layer=True)
         else:
-            sim = compare([load_model(m) for m in models], load_hardware(hardware), wl, per_layer=True)
+            cfgs = [load_model(m) for m in models]
+            on = [load_hardware(hardware)] * len(cfgs)
+        sim = compare(cfgs, on, wl, per_layer=True)
+        request = request_latencies(cfgs, on, wl, wl.context[0], generate)
     names = [str(m) for m in models] + [str(d) for d in run_dirs]
     text = build_report(
         sim,
@@ -166,6 +184,7 @@ def report_run(
         title or "memtraffic: " + ", ".join(names),
         command=command,
         batches=batches,
+        request=request,
     )
     return write_report(output, text)
 

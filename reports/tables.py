@@ -134,6 +134,45 @@ def compare_table(cmp: pd.DataFrame, title: str) -> Table:
     return table
 
 
+def latency_table(df: pd.DataFrame, title: str) -> Table:
+    """Per model and batch: TTFT, TPOT, end-to-end time and throughput of one request, with the decode
+    bytes per token and the KV cache's share of them; with several models, end-to-end ratios to the first
+    (first / this: above 1x, this one is faster)."""
+    table = Table(title=title, title_justify="left")
+    models = list(dict.fromkeys(df["model"]))
+    first = df[df["model"] == models[0]].set_index("batch")["e2e_s"]
+    cols = ["model"] if len(models) > 1 else []
+    cols += ["batch", "TTFT", "TPOT", "last step", "E2E", "tokens/s", "bytes/token", "KV share"]
+    cols += ["E2E ratio"] if len(models) > 1 else []
+    cols += ["HBM held"]
+    for c in cols:
+        table.add_column(c, justify="left" if c == "model" else "right", no_wrap=c == "model")
+    for r in df.sort_values("batch", kind="stable").itertuples(index=False):
+        too_big = not bool(r.fits)
+        row = [r.model] if len(models) > 1 else []
+        row += [
+            str(r.batch),
+            seconds(r.ttft_s),
+            seconds(r.tpot_s),
+            seconds(r.last_step_s),
+            seconds(r.e2e_s),
+            f"{r.tokens_per_s:,.0f}",
+            si(r.bytes_per_token),
+            "-" if not np.isfinite(r.kv_share) else f"{r.kv_share:.0%}",
+        ]
+        if len(models) > 1:
+            row.append(f"{first.get(r.batch, np.nan) / r.e2e_s:.2f}x")
+        row.append(si(r.memory_bytes) + (" (too big)" if too_big else ""))
+        table.add_row(*row)
+    ratio = f"; E2E ratio: {models[0]}'s end-to-end time over this one's (above 1x: faster)"
+    table.caption = (
+        "TTFT: the prefill step; TPOT: the mean decode step; last step: at the longest context; "
+        "bytes/token: decode HBM bytes per generated token, KV share: the KV cache's part of them"
+        + (ratio if len(models) > 1 else "")
+    )
+    return table
+
+
 def write_frame(df: pd.DataFrame, path: Path, fmt: str) -> Path:
     """Write csv/json/parquet to `path` atomically (temp file in the same folder, then rename)."""
     if fmt not in FRAME_WRITERS:

@@ -453,6 +453,9 @@ def load_variants(
     hardware: Sequence[str],
     overrides: Sequence[str] = (),
     vary: Sequence[str] = (),
+    *,
+    command: str = "compare",
+    at_least: int = 2,
 ) -> list[tuple[ModelConfig, HardwareConfig]]:
     """Every (model, hardware) pair a what-if comparison runs: each model, under each combination of the
     `vary` values (`top_k=4,8,16`: one variant per value, on top of `overrides`), on each hardware.
@@ -476,9 +479,11 @@ def load_variants(
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise ConfigError(
-            f"compare: {', '.join(map(repr, repeated))} would appear twice; vary it with --vary KEY=A,B "
+            f"{command}: {', '.join(map(repr, repeated))} would appear twice; vary it with --vary KEY=A,B "
             "or --hardware A,B"
         )
-    if len(out) < 2:
-        raise ConfigError("compare needs at least two variants: two models, --vary KEY=A,B or --hardware A,B")
+    if len(out) < at_least:
+        raise ConfigError(
+            f"{command} needs at least two variants: two models, --vary KEY=A,B or --hardware A,B"
+        )
     return out

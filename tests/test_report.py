@@ -16,6 +16,7 @@ from reports.validation import validate
 from simulator.config import Workload
 from simulator.errors import ConfigError
 from simulator.loading import load_hardware, load_model
+from simulator.request import request_latencies
 from simulator.sweep import compare
 from tests.test_validation import make_tiny_bundle, sample_bundles, tiny_hardware
 from traces.bundle import read_bundle
@@ -27,6 +28,8 @@ SIM_CHARTS = {
     "chart-layer-bytes-0",
     "chart-layer-bytes-1",
     "chart-distinct",
+    "chart-request-latency",
+    "chart-request-tradeoff",
 }
 MEASURED_CHARTS = {"chart-timeline-0", "chart-pred-meas-bytes", "chart-pred-meas-time"}
 CHART_DIV = re.compile(r'<div class="chart" id="([^"]+)"')
@@ -80,9 +83,21 @@ def sim():
     return compare(models, hw, Workload(batch=[1, 4, 16, 64, 256], context=[2048]), per_layer=True)
 
 
-def test_report_from_simulation_alone(sim, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def request_frame():
+    hw = load_hardware("h100-sxm")
+    models = [load_model("olmoe-1b-7b"), load_model("ultramemv2-1b-7b")]
+    return request_latencies(models, [hw, hw], Workload(batch=[1, 4, 16, 64, 256]), 2048, 128)
+
+
+def test_report_from_simulation_alone(sim, request_frame, tmp_path: Path) -> None:
     text = build_report(
-        sim, [], [], "Sparse layers on H100", command="memtraffic report olmoe-1b-7b ultramemv2-1b-7b"
+        sim,
+        [],
+        [],
+        "Sparse layers on H100",
+        command="memtraffic report olmoe-1b-7b ultramemv2-1b-7b",
+        request=request_frame,
     )
     assert_self_contained(text)
     specs = chart_specs(text)
@@ -103,6 +118,14 @@ def test_report_from_simulation_alone(sim, tmp_path: Path) -> None:
     assert any(tr["name"].startswith("roof h100") for tr in roof)
     n_points = sum(len(values(tr["x"])) for tr in roof if "(predicted)" in tr["name"])
     assert n_points == int(((sim["layer"] != "total") & (sim["flops"] > 0)).sum())
+    # the request trade-off: per model, tokens/s against TPOT, one point per batch size, from the frame
+    for tr in specs["chart-request-tradeoff"]["data"]:
+        d = request_frame[request_frame["model"] == tr["name"]].sort_values("batch")
+        assert np.allclose(values(tr["x"]).astype(float), d["tpot_s"])
+        assert np.allclose(values(tr["y"]).astype(float), d["tokens_per_s"])
+        assert list(tr["text"]) == [str(b) for b in d["batch"]]
+    latency = {tr["name"] for tr in specs["chart-request-latency"]["data"]}
+    assert "ultramemv2-1b-7b · time to first token" in latency
     out = write_report(tmp_path / "report.html", text)
     assert out.read_text(encoding="utf-8") == text
     assert not list(tmp_path.glob(".*.tmp"))
@@ -113,11 +136,11 @@ def test_report_totals_only_and_empty(sim) -> None:
     text = build_report(totals, [], [], "totals", command="x")
     assert "totals only" in text
     specs = chart_specs(text)
-    assert set(specs) == {"chart-step-bytes", "chart-step-time"}  # whole-step lines only
+    assert set(specs) == {"chart-step-bytes", "chart-step-time"}  # whole-step lines only, no request
     assert all(tr["name"].endswith("· total") for tr in specs["chart-step-bytes"]["data"])
     assert_self_contained(text)
     empty = build_report(None, [], [], "nothing", command="x")
-    assert not CHART_DIV.findall(empty) and empty.count("Omitted:") == 6
+    assert not CHART_DIV.findall(empty) and empty.count("Omitted:") == 7
 
 
 def _measured(tmp_path: Path) -> tuple[list, list]:
@@ -184,5 +207,8 @@ def test_report_of_what_if_variants(tmp_path: Path) -> None:
     text = out.read_text()
     for name in ("top_k=4 @h100-sxm", "top_k=8 @h100-sxm", "top_k=4 @b200", "top_k=8 @b200"):
         assert f"olmoe-1b-7b {name}" in text
+    # each variant also gets its request: four lines on the throughput trade-off
+    tradeoff = chart_specs(text)["chart-request-tradeoff"]["data"]
+    assert len(tradeoff) == 4 and all(len(values(tr["x"])) == 2 for tr in tradeoff)
     with pytest.raises(ConfigError, match="at least two variants"):
         report_run(["olmoe-1b-7b"], [], tmp_path / "s.html", vary=["top_k=4"])

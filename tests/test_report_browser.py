@@ -17,6 +17,9 @@ import pytest
 
 from reports.html import build_report, write_report
 from reports.validation import validate
+from simulator.config import Workload
+from simulator.loading import load_hardware, load_model
+from simulator.request import request_latencies
 from tests.test_validation import make_tiny_bundle, sample_bundles, tiny_hardware
 from traces.bundle import read_bundle
 
@@ -77,12 +80,25 @@ def test_report_draws_in_chromium(tmp_path: Path) -> None:
     else:
         bundles = [read_bundle(make_tiny_bundle(tmp_path / "tiny"))]
         validations = [validate(bundles[0], hardware=tiny_hardware())]
+    hw = load_hardware("h100-sxm")
+    request = request_latencies(
+        [load_model("h100-sample-moe"), load_model("h100-sample-umv2")],
+        [hw, hw],
+        Workload(batch=[1, 8, 64]),
+        1024,
+        64,
+    )
     text = build_report(
-        None, bundles, validations, "browser check", command="pytest tests/test_report_browser.py"
+        None,
+        bundles,
+        validations,
+        "browser check",
+        command="pytest tests/test_report_browser.py",
+        request=request,
     )
     page = write_report(tmp_path / "report.html", text)
     expected = re.findall(r'<div class="chart" id="([^"]+)"', text)
-    assert len(expected) >= 8
+    assert len(expected) >= 10 and {"chart-request-latency", "chart-request-tradeoff"} <= set(expected)
 
     ARTIFACTS.mkdir(exist_ok=True)  # git-ignored (.gitignore: tests/artifacts/)
     shot = ARTIFACTS / "report.png"

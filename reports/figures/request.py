@@ -1,0 +1,103 @@
+"""One request end to end (`simulator.request`): latency against batch size, and the serving trade-off of
+throughput against time per output token, one line per model."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from reports.figures.marks import points
+from reports.figures.style import Chart, batch_axes, layout, log_axes
+from reports.tables import seconds, si
+
+# the two latencies of a request, as line dashes
+_LATENCIES = (("tpot_s", "time per output token", "solid"), ("ttft_s", "time to first token", "dash"))
+
+
+def _hover(r: pd.Series) -> str:
+    kv = "" if pd.isna(r["kv_share"]) else f" (KV {r['kv_share']:.0%})"
+    return (
+        f"<b>{r['model']}</b><br>batch {r['batch']}, prompt {r['prompt']}, generate {r['generate']}<br>"
+        f"TTFT {seconds(r['ttft_s'])} · TPOT {seconds(r['tpot_s'])} · end to end {seconds(r['e2e_s'])}<br>"
+        f"{r['tokens_per_s']:,.0f} tokens/s · {si(r['bytes_per_token'])} per token{kv}<br>"
+        f"HBM held {si(r['memory_bytes'])}{'' if r['fits'] else ' (too big)'}"
+    )
+
+
+def _symbols(d: pd.DataFrame) -> list[str]:
+    """A dot per batch size whose request fits in the GPU's memory, a cross where it does not."""
+    return ["circle" if fits else "x" for fits in d["fits"]]
+
+
+def request_charts(req: pd.DataFrame | None, colors: dict[str, str]) -> list[Chart]:
+    """Latency vs batch size, and tokens/s vs time per output token (each point a batch size)."""
+    if req is None or req.empty:
+        return []
+    req = req.sort_values(["model", "batch"], kind="stable").assign(hover=lambda d: d.apply(_hover, axis=1))
+    prompt, generate = int(req["prompt"].iloc[0]), int(req["generate"].iloc[0])
+    scenario = f"prompt {prompt}, {generate} tokens generated per sequence"
+
+    latency = go.Figure()
+    for model, d in req.groupby("model", sort=False):
+        for col, label, dash in _LATENCIES:
+            if d[col].notna().any():
+                latency.add_trace(
+                    points(
+                        d["batch"],
+                        d[col],
+                        f"{model} · {label}",
+                        str(model),
+                        {"size": 7, "symbol": _symbols(d)},
+                        d["hover"],
+                        mode="lines+markers",
+                        line={"color": colors.get(model), "dash": dash},
+                    )
+                )
+    batch_axes(latency, f"Request latency vs batch size ({scenario})", "seconds", "s", req["batch"])
+
+    tradeoff = go.Figure()
+    served = req[req["tpot_s"].notna()]
+    for model, d in served.groupby("model", sort=False):
+        tradeoff.add_trace(
+            points(
+                d["tpot_s"],
+                d["tokens_per_s"],
+                str(model),
+                str(model),
+                {"size": 8, "color": colors.get(model), "symbol": _symbols(d)},
+                d["hover"],
+                mode="lines+markers+text",
+                text=[f"{b}" for b in d["batch"]],
+                textposition="top left",
+                line={"color": colors.get(model)},
+            )
+        )
+    layout(
+        tradeoff,
+        f"Throughput vs time per output token ({scenario})",
+        "time per output token (s)",
+        "generated tokens per second (all sequences)",
+    )
+    log_axes(tradeoff, "s", "")
+
+    charts = [
+        Chart(
+            id="chart-request-latency",
+            title="Request latency vs batch size",
+            figure=latency,
+            caption="Solid: time per output token (the mean decode step, each costed at its own context); "
+            "dashed: time to first token (the prefill). Roofline times, no queueing or host time. "
+            "Crosses: the request's weights, KV cache and activations exceed the GPU's memory.",
+        )
+    ]
+    if not served.empty:
+        charts.append(
+            Chart(
+                id="chart-request-tradeoff",
+                title="Throughput vs time per output token",
+                figure=tradeoff,
+                caption="Each point is a batch size (its label). Up and to the left is better: more "
+                "tokens per second at a shorter time per token.",
+            )
+        )
+    return charts

@@ -1,0 +1,157 @@
+"""One request end to end: the prefill of its prompt, then one decode step per generated token.
+
+A batch of B sequences with P prompt tokens each generating G tokens runs one prefill step over the B x P
+prompt tokens (its last position's logits give the first token) and G - 1 decode steps. The decode step
+that feeds generated token i (i = 1 .. G-1) finds P + i - 1 entries in the KV cache, so the decode steps
+run at contexts P, P+1, ..., P+G-2: the KV read grows by one entry per step while the weight read stays.
+
+Every decode context is costed exactly (no sampling: chunked attention makes the KV read a saw-tooth in
+the context, and a layer's roofline time is a max of two lines), in slices of at most `max_points` grid
+points so that long generations stay in bounded memory.
+
+Times are those of `simulate` (roofline, or calibrated with `efficiency`/`overhead`); scheduling, queueing
+and host time between steps are not modelled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from simulator.config import HardwareConfig, ModelConfig, Workload, describe_weight_dtypes
+from simulator.errors import ConfigError
+from simulator.sweep import simulate
+
+# decode columns summed over the steps of a request
+_SUMMED = ("time_s", "bytes_ideal", "weight_bytes_ideal", "kv_read_bytes", "kv_write_bytes", "flops")
+
+REQUEST_COLUMNS: dict[str, str] = {
+    "model": "model name",
+    "hardware": "hardware name",
+    "batch": "sequences decoded together",
+    "prompt": "prompt tokens per sequence",
+    "generate": "tokens generated per sequence (the first by the prefill)",
+    "ttft_s": "time to first token: the prefill step",
+    "tpot_s": "time per output token after the first: mean decode step time (NaN when generate is 1)",
+    "last_step_s": "time of the last decode step, at the longest context",
+    "e2e_s": "end-to-end time of the request: prefill plus every decode step",
+    "tokens_per_s": "generated tokens per second over the whole request, all sequences of the batch",
+    "prefill_bytes": "HBM bytes of the prefill step (ideal level)",
+    "decode_bytes": "HBM bytes of all decode steps (ideal level)",
+    "decode_weight_bytes": "weight bytes of all decode steps (distinct experts / rows per step)",
+    "decode_kv_bytes": "KV-cache bytes read and written by all decode steps",
+    "bytes_per_token": "decode bytes per generated token (decode_bytes / (batch x (generate - 1)))",
+    "kv_share": "KV-cache share of the decode bytes",
+    "decode_flops": "FLOPs of all decode steps",
+    "memory_bytes": "HBM one device holds at the request's peak (the prefill or the last step)",
+    "fits": "memory_bytes within the GPU's capacity",
+    "tp": "tensor-parallel degree",
+    "ep": "expert-parallel degree",
+    "weight_dtype": "weight dtype (per layer kind where they differ)",
+    "kv_dtype": "KV-cache dtype",
+}
+
+MAX_GENERATE = 1 << 20  # a million decode steps per request: beyond any context window
+
+
+def check_request(prompt: int, generate: int) -> None:
+    """ConfigError unless a request of `prompt` tokens in and `generate` tokens out can be costed."""
+    if prompt < 1:
+        raise ConfigError(f"--prompt {prompt}: a request needs at least one prompt token")
+    if generate < 1:
+        raise ConfigError(f"--generate {generate}: a request generates at least one token (the prefill's)")
+    if generate > MAX_GENERATE:
+        raise ConfigError(f"--generate {generate}: more than {MAX_GENERATE} tokens per request")
+
+
+def request_latency(
+    model: ModelConfig,
+    hardware: HardwareConfig,
+    workload: Workload,
+    prompt: int,
+    generate: int,
+    *,
+    efficiency: Mapping[str, float] | None = None,
+    overhead: Mapping[str, float] | None = None,
+    max_points: int = 1 << 15,
+) -> pd.DataFrame:
+    """Per batch size of `workload`: TTFT, TPOT, end-to-end time, throughput and bytes of one request
+    (`prompt` tokens in, `generate` tokens out per sequence). The workload's phase and contexts are
+    ignored; its dtypes, parallelism, routing and prefill logits apply. Columns: `REQUEST_COLUMNS`."""
+    check_request(prompt, generate)
+    batches = np.array(sorted(set(workload.batch)), dtype=np.int64)
+
+    def run(phase: str, contexts: list[int]) -> pd.DataFrame:
+        wl = workload.model_copy(update={"phase": phase, "batch": batches.tolist(), "context": contexts})
+        return simulate(model, hardware, wl, efficiency=efficiency, overhead=overhead)
+
+    prefill = run("prefill", [prompt]).set_index("batch").loc[batches]
+    steps = generate - 1
+    decoded = pd.DataFrame(0.0, index=batches, columns=list(_SUMMED))
+    last = prefill[["time_s", "memory_bytes"]] * np.nan
+    per_slice = max(1, max_points // len(batches))
+    for start in range(prompt, prompt + steps, per_slice):
+        contexts = list(range(start, min(start + per_slice, prompt + steps)))
+        df = run("decode", contexts)
+        decoded += df.groupby("batch")[list(_SUMMED)].sum().loc[batches]
+        if contexts[-1] == prompt + steps - 1:
+            last = df[df["context"] == contexts[-1]].set_index("batch").loc[batches]
+
+    tokens = batches * generate
+    e2e = prefill["time_s"].to_numpy() + decoded["time_s"].to_numpy()
+    decode_kv = (decoded["kv_read_bytes"] + decoded["kv_write_bytes"]).to_numpy()
+    decode_bytes = decoded["bytes_ideal"].to_numpy()
+    memory = np.fmax(prefill["memory_bytes"].to_numpy(), last["memory_bytes"].to_numpy())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = pd.DataFrame(
+            {
+                "model": model.name,
+                "hardware": hardware.name,
+                "batch": batches,
+                "prompt": prompt,
+                "generate": generate,
+                "ttft_s": prefill["time_s"].to_numpy(),
+                "tpot_s": decoded["time_s"].to_numpy() / steps if steps else np.nan,
+                "last_step_s": last["time_s"].to_numpy(),
+                "e2e_s": e2e,
+                "tokens_per_s": tokens / e2e,
+                "prefill_bytes": prefill["bytes_ideal"].to_numpy(),
+                "decode_bytes": decode_bytes,
+                "decode_weight_bytes": decoded["weight_bytes_ideal"].to_numpy(),
+                "decode_kv_bytes": decode_kv,
+                "bytes_per_token": decode_bytes / (batches * steps) if steps else np.nan,
+                "kv_share": decode_kv / decode_bytes if steps else np.nan,
+                "decode_flops": decoded["flops"].to_numpy(),
+                "memory_bytes": memory,
+                "fits": memory <= hardware.hbm_capacity.value,
+                "tp": workload.tp,
+                "ep": workload.ep,
+                "weight_dtype": describe_weight_dtypes(workload),
+                "kv_dtype": workload.kv_dtype,
+            }
+        )
+    return out[list(REQUEST_COLUMNS)]
+
+
+def request_latencies(
+    models: list[ModelConfig],
+    hardware: list[HardwareConfig],
+    workload: Workload,
+    prompt: int,
+    generate: int,
+    *,
+    efficiency: Mapping[str, float] | None = None,
+    overhead: Mapping[str, float] | None = None,
+) -> pd.DataFrame:
+    """`request_latency` of model i on hardware[i], stacked (what-if variants side by side)."""
+    if len(models) != len(hardware):
+        raise ConfigError(f"{len(models)} models but {len(hardware)} hardware descriptions")
+    return pd.concat(
+        [
+            request_latency(m, hw, workload, prompt, generate, efficiency=efficiency, overhead=overhead)
+            for m, hw in zip(models, hardware, strict=True)
+        ],
+        ignore_index=True,
+    )

@@ -1,0 +1,126 @@
+"""One request end to end (`memtraffic latency`): prefill plus one decode step per generated token.
+
+Checked against hand counts (Llama 3.1 8B's KV bytes per token and weight bytes per step, summed over an
+arithmetic series of contexts) and against a brute force that costs every decode step on its own.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from simulator import Workload, simulate
+from simulator.errors import ConfigError
+from simulator.loading import load_hardware, load_model
+from simulator.request import MAX_GENERATE, REQUEST_COLUMNS, request_latency
+from tests.test_cli import assert_one_line_error, run
+
+H100 = load_hardware("h100-sxm")
+
+# Llama 3.1 8B by hand: 32 layers of q/o 4096x4096, k/v 4096x1024, SwiGLU 3 x 4096 x 14336; untied head
+LLAMA_LAYER_PARAMS = 4096 * (2 * 4096 + 2 * 1024) + 3 * 4096 * 14336
+LLAMA_HEAD_PARAMS = 128256 * 4096
+LLAMA_KV_BYTES_PER_TOKEN = 2 * 32 * 8 * 128 * 2  # K and V, 32 layers, 8 KV heads of 128, bf16
+
+
+def test_llama_request_matches_hand_count() -> None:
+    prompt, generate, batch = 1000, 65, 4
+    df = request_latency(load_model("llama-3.1-8b"), H100, Workload(batch=[batch]), prompt, generate)
+    r = df.iloc[0]
+    steps = generate - 1
+    # decode steps run at contexts prompt .. prompt + steps - 1; each reads its context and writes one entry
+    context_sum = steps * (2 * prompt + steps - 1) // 2
+    kv = batch * LLAMA_KV_BYTES_PER_TOKEN * (context_sum + steps)
+    assert r.decode_kv_bytes == pytest.approx(kv, rel=1e-12)
+    # every step reads all layer weights and the head, and the embedding rows of its batch tokens
+    weights_per_step = 2 * (32 * LLAMA_LAYER_PARAMS + LLAMA_HEAD_PARAMS + batch * 4096)
+    assert r.decode_weight_bytes == pytest.approx(steps * weights_per_step, rel=1e-12)
+    assert r.kv_share == pytest.approx(kv / r.decode_bytes)
+    assert r.bytes_per_token == pytest.approx(r.decode_bytes / (batch * steps))
+    # the timing identities of a request
+    assert r.e2e_s == pytest.approx(r.ttft_s + steps * r.tpot_s)
+    assert r.tokens_per_s == pytest.approx(batch * generate / r.e2e_s)
+    # batch 4 decode is bound by HBM: a step cannot be faster than its weight bytes at peak bandwidth
+    assert r.tpot_s >= weights_per_step / H100.hbm_bandwidth.value
+    assert r.last_step_s > r.tpot_s  # the KV read grows with the context
+
+
+def test_ttft_is_the_prefill_step_and_memory_the_larger_peak() -> None:
+    model, prompt, generate = load_model("olmoe-1b-7b"), 512, 33
+    df = request_latency(model, H100, Workload(batch=[1, 16]), prompt, generate).set_index("batch")
+    pre = simulate(model, H100, Workload(phase="prefill", batch=[1, 16], context=[prompt])).set_index("batch")
+    last = simulate(model, H100, Workload(batch=[1, 16], context=[prompt + generate - 2])).set_index("batch")
+    assert np.allclose(df["ttft_s"], pre["time_s"])
+    assert np.allclose(df["prefill_bytes"], pre["bytes_ideal"])
+    assert np.allclose(df["last_step_s"], last["time_s"])
+    assert np.allclose(df["memory_bytes"], np.maximum(pre["memory_bytes"], last["memory_bytes"]))
+
+
+@pytest.mark.parametrize(
+    ("model", "prompt"),
+    [
+        ("llama-4-scout-17b-16e", 8188),  # chunked attention: the KV read falls back at context 8192
+        ("tests/data/hf/Gemma-2-2B.json", 4090),  # sliding window of 4096 on every other layer
+        ("ultramemv2-1b-7b", 100),  # memory rows, not KV, vary with batch
+    ],
+)
+def test_decode_sum_equals_every_step_costed_alone(model: str, prompt: int) -> None:
+    cfg, generate, batches = load_model(model), 12, [1, 8]
+    df = request_latency(cfg, H100, Workload(batch=batches), prompt, generate, max_points=3)
+    contexts = list(range(prompt, prompt + generate - 1))
+    alone = pd.concat(simulate(cfg, H100, Workload(batch=batches, context=[c])) for c in contexts).groupby(
+        "batch"
+    )
+    got = df.set_index("batch")
+    steps = generate - 1
+    assert np.allclose(got["tpot_s"] * steps, alone["time_s"].sum(), rtol=1e-12)
+    kv = alone["kv_read_bytes"].sum() + alone["kv_write_bytes"].sum()
+    assert np.allclose(got["decode_kv_bytes"], kv, rtol=1e-12)
+    assert np.allclose(got["decode_flops"], alone["flops"].sum(), rtol=1e-12)
+    # slicing the contexts (3 points a slice here) changes nothing
+    whole = request_latency(cfg, H100, Workload(batch=batches), prompt, generate)
+    pd.testing.assert_frame_equal(df, whole)
+
+
+def test_chunk_boundary_makes_a_late_step_cheaper() -> None:
+    # Llama 4 Scout's chunked layers read context mod 8192 keys: the step at 8192 reads fewer than at 8191
+    cfg = load_model("llama-4-scout-17b-16e")
+    before = request_latency(cfg, H100, Workload(batch=[64]), 8191, 2)  # one decode step, at 8191
+    after = request_latency(cfg, H100, Workload(batch=[64]), 8192, 2)  # one decode step, at 8192
+    assert after.iloc[0].decode_kv_bytes < before.iloc[0].decode_kv_bytes
+
+
+def test_one_token_is_the_prefill_alone() -> None:
+    df = request_latency(load_model("llama-3.1-8b"), H100, Workload(batch=[2]), 128, 1)
+    r = df.iloc[0]
+    assert r.e2e_s == r.ttft_s and r.decode_bytes == 0
+    assert np.isnan(r.tpot_s) and np.isnan(r.last_step_s) and np.isnan(r.bytes_per_token)
+    assert r.tokens_per_s == pytest.approx(2 / r.ttft_s)
+    assert list(df.columns) == list(REQUEST_COLUMNS)
+
+
+@pytest.mark.parametrize(("prompt", "generate"), [(0, 8), (16, 0), (16, MAX_GENERATE + 1)])
+def test_impossible_request_is_refused(prompt: int, generate: int) -> None:
+    with pytest.raises(ConfigError):
+        request_latency(load_model("llama-3.1-8b"), H100, Workload(), prompt, generate)
+
+
+def test_cli_latency_compares_models_and_variants() -> None:
+    models = ("olmoe-1b-7b", "ultramemv2-1b-7b")
+    proc = run("latency", *models, "-b", "1,64", "-p", "256", "-g", "9", "-f", "csv")
+    assert proc.returncode == 0, proc.stderr
+    df = pd.read_csv(io.StringIO(proc.stdout))
+    assert sorted(df["model"].unique()) == ["olmoe-1b-7b", "ultramemv2-1b-7b"]
+    assert set(df["batch"]) == {1, 64} and (df["generate"] == 9).all()
+    table = run("latency", "olmoe-1b-7b", "--vary", "top_k=4,8", "-b", "8", "-g", "4")
+    assert table.returncode == 0, table.stderr
+    assert "olmoe-1b-7b top_k=4" in table.stdout and "E2E ratio" in table.stdout
+
+
+def test_cli_latency_bad_input_is_one_line() -> None:
+    assert_one_line_error(run("latency", "llama-3.1-8b", "--prompt", "0"), "--prompt 0")
+    assert_one_line_error(run("latency", "llama-3.1-8b", "--generate", str(MAX_GENERATE + 1)), "--generate")
+    assert_one_line_error(run("latency", "no-such-model"), "no-such-model")
