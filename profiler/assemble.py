@@ -146,11 +146,16 @@ def device_meta(dev: torch.device) -> tuple[dict[str, Any], list[str], bool]:
         ]
         cpu = {"name": f"CPU ({name})", "peak_hbm_Bps": None, "peak_source": None, "type": "cpu"}
         return cpu, missing, False
+    props = torch.cuda.get_device_properties(dev)
     meta: dict[str, Any] = {
         "name": torch.cuda.get_device_name(dev),
         "peak_hbm_Bps": None,
         "peak_source": None,
         "type": "cuda",
+        # what CUDA reports, to check a hardware preset's capacity, L2 and SM count against
+        "memory_bytes": getattr(props, "total_memory", None),
+        "l2_bytes": getattr(props, "L2_cache_size", None),
+        "sm_count": getattr(props, "multi_processor_count", None),
     }
     try:
         from profiler.nvml import device_info, nvml_status
