@@ -6,6 +6,7 @@ exit code 2; nothing here computes anything itself.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -22,8 +23,9 @@ app = typer.Typer(
     help="Per-layer HBM traffic of transformers: predicted (simulate, compare), measured (profile, count, "
     "import), checked (validate) and shown (report).",
 )
-# Piped output is not squeezed into 80 columns: tables stay readable in files and CI logs.
-console = Console() if sys.stdout.isatty() else Console(width=140)
+# Piped output is not squeezed into 80 columns (tables are printed whole, see reports.render.print_table);
+# COLUMNS, when set, still sets the width of the text around them.
+console = Console() if sys.stdout.isatty() or os.environ.get("COLUMNS") else Console(width=140)
 
 DEFAULT_HARDWARE = "h100-sxm"
 
@@ -179,6 +181,7 @@ def _scenario(wl) -> str:
 
 
 def _emit(df, fmt: str, output: Path | None, table_fn) -> None:
+    from reports.render import print_table
     from reports.tables import FORMATS, frame_text, write_frame
     from simulator.atomic import stream_fd
 
@@ -198,7 +201,7 @@ def _emit(df, fmt: str, output: Path | None, table_fn) -> None:
         else:
             console.print(note)
     elif fmt == "table":
-        console.print(table_fn())
+        print_table(console, table_fn())
     elif fmt == "parquet":
         raise ConfigError("--format parquet needs --output FILE")
     else:
@@ -483,7 +486,7 @@ def count(
 ) -> None:
     """What the real PyTorch module reads and writes, op by op (the eager level), without a GPU, and
     the kernel time that implies on HARDWARE (a fixed cost per kernel plus its roofline time)."""
-    from profiler.count import count_model, count_sweep, with_kernel_time
+    from profiler.count import count_per_op, count_sweep, with_step_totals
     from profiler.userfactory import is_factory_spec
     from simulator.loading import load_hardware, load_model
 
@@ -495,9 +498,9 @@ def count(
     hw = load_hardware(hardware)
     sizes = parse_sizes(batch, "batch")
     if per_op:
-        df = with_kernel_time(count_model(cfg, sizes[0], context, phase, dtype, device), hw)
+        df = count_per_op(cfg, sizes, context, phase, dtype, device, hardware=hw)
     else:
-        df = count_sweep(cfg, sizes, context, phase, dtype, device, hardware=hw)
+        df = with_step_totals(count_sweep(cfg, sizes, context, phase, dtype, device, hardware=hw))
     from reports.tables import count_table
 
     title = f"{cfg.name}: op-level counts ({device}), {phase}; kernel time on {hw.name}"
@@ -644,6 +647,7 @@ def demo(
 def _print_bundle_summary(path: Path) -> None:
     from rich.table import Table
 
+    from reports.render import print_table
     from reports.tables import seconds, si
     from traces import read_bundle
 
@@ -651,7 +655,7 @@ def _print_bundle_summary(path: Path) -> None:
     runs = bundle.runs
     table = Table(title=f"bundle {path} ({bundle.meta.get('source')})", title_justify="left")
     for c in ("batch", "steps", "time/step", "kernel time/step", "GPM bytes/step", "GPM bandwidth"):
-        table.add_column(c, justify="right")
+        table.add_column(c, justify="right", overflow="fold")
     if runs is not None:
         for r in runs.itertuples(index=False):
             table.add_row(
@@ -662,7 +666,7 @@ def _print_bundle_summary(path: Path) -> None:
                 si(getattr(r, "gpm_bytes_per_step", float("nan"))),
                 si(getattr(r, "gpm_bw_Bps", float("nan")), "B/s"),
             )
-    console.print(table)
+    print_table(console, table)
     for reason in bundle.meta.get("missing", []):
         console.print(f"not measured: {reason}")
 

@@ -195,3 +195,37 @@ def count_sweep(
             out.insert(0, "batch", b)
             frames.append(out)
     return pd.concat(frames, ignore_index=True)
+
+
+def count_per_op(
+    model_cfg: ModelConfig,
+    batches: list[int],
+    context: int,
+    phase: str = "decode",
+    dtype: str = "bf16",
+    device: str = "meta",
+    hardware: HardwareConfig | None = None,
+) -> pd.DataFrame:
+    """`count_model` at each batch size, one row per aten op, stacked with a `batch` column first (and
+    each op's `kernel_s` on `hardware`): what `memtraffic count --per-op` prints."""
+    frames = []
+    with torch.no_grad():
+        for b in batches:
+            ops = count_model(model_cfg, b, context, phase, dtype, device)
+            ops = with_kernel_time(ops, hardware) if hardware is not None else ops
+            frames.append(ops.assign(batch=b)[["batch", *ops.columns]])
+    return pd.concat(frames, ignore_index=True)
+
+
+def with_step_totals(layers: pd.DataFrame) -> pd.DataFrame:
+    """A `count_sweep` frame with a `total` row after each batch size's layers: counts, bytes and kernel
+    time summed over the step's layers; the activation peak is the largest layer peak (each already holds
+    what earlier layers left alive)."""
+    summed = [c for c in ("n_ops", "flops", "bytes_read", "bytes_written", "bytes_total", "n_kernels",
+                          "kernel_time_s") if c in layers]  # fmt: skip
+    frames = []
+    for b, d in layers.groupby("batch", sort=False):
+        total = {"batch": b, "layer": "total", **d[summed].sum().to_dict()}
+        total["peak_live_bytes"] = d["peak_live_bytes"].max()
+        frames += [d, pd.DataFrame([total]).astype(d.dtypes.to_dict())[list(d.columns)]]
+    return pd.concat(frames, ignore_index=True)

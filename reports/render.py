@@ -108,7 +108,7 @@ def rich_table(title: str, df: pd.DataFrame, cols: Sequence[Column]) -> Table:
     cols = [c for c in cols if c[1] in df and df[c[1]].map(_finite_or_text).any()]
     t = Table(title=title, title_justify="left")
     for head, _, _ in cols:
-        t.add_column(head, justify="left" if head in LEFT else "right", no_wrap=True)
+        t.add_column(head, justify="left" if head in LEFT else "right", no_wrap=True, overflow="fold")
     for _, r in df.iterrows():
         t.add_row(*[fmt(r[c]) if _finite_or_text(r[c]) else "-" for _, c, fmt in cols])
     return t
@@ -133,4 +133,19 @@ def render_validation(result: ValidationResult, console: Console | None = None) 
         tables.append(("distinct experts / memory rows per step", result.routing, ROUTING_COLUMNS))
     tables.append(("summary per layer kind", result.summary, SUMMARY_COLUMNS))
     for title, df, cols in tables:
-        con.print(rich_table(title, df, cols))
+        print_table(con, rich_table(title, df, cols))
+
+
+def print_table(console: Console, table: Table) -> None:
+    """Print `table` without cutting a cell: at its natural width into a file, a pipe or a CI log (which
+    have no width of their own), else folded into the terminal's width."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    # a table does not expand: given all the room it wants, it takes its natural width and no more
+    width = console.width
+    console.width = 100_000
+    try:
+        console.print(table)
+    finally:
+        console.width = width

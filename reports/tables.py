@@ -41,7 +41,7 @@ def simulate_table(df: pd.DataFrame, title: str) -> Table:
     cols = ["batch", "context"] + (["layer"] if per_layer else [])
     cols += ["FLOPs", "weights", "act", "KV read", "KV write", "total", "AI", "time", "bound", "HBM held"]
     for c in cols:
-        table.add_column(c, justify="left" if c in {"layer", "bound"} else "right")
+        table.add_column(c, justify="left" if c in {"layer", "bound"} else "right", overflow="fold")
     for r in df.itertuples(index=False):
         row = [str(r.batch), str(r.context)] + ([r.layer] if per_layer else [])
         too_big = r.fits is not None and not pd.isna(r.fits) and not bool(r.fits)
@@ -146,7 +146,9 @@ def latency_table(df: pd.DataFrame, title: str) -> Table:
     cols += ["E2E ratio"] if len(models) > 1 else []
     cols += ["HBM held"]
     for c in cols:
-        table.add_column(c, justify="left" if c == "model" else "right", no_wrap=c == "model")
+        table.add_column(
+            c, justify="left" if c == "model" else "right", no_wrap=c == "model", overflow="fold"
+        )
     for r in df.sort_values("batch", kind="stable").itertuples(index=False):
         too_big = not bool(r.fits)
         row = [r.model] if len(models) > 1 else []
@@ -195,14 +197,14 @@ def count_table(df: pd.DataFrame, title: str) -> Table:
     activation bytes alive after it and its estimated kernel time)."""
     table = Table(title=title, title_justify="left")
     per_op = "op" in df.columns
-    keys = ["layer", "module", "op"] if per_op else ["batch", "layer", "n_ops", "n_kernels"]
+    keys = ["batch", "layer", "module", "op"] if per_op else ["batch", "layer", "n_ops", "n_kernels"]
     keys = [k for k in keys if k in df.columns]
     live = "live_bytes" if per_op else "peak_live_bytes"
     time_col = "kernel_s" if per_op else "kernel_time_s"
     timed = time_col in df.columns
     headers = [*keys, "FLOPs", "read", "written", "act. alive" if per_op else "act. peak"]
     for c in [*headers, *(["est. kernel time"] if timed else [])]:
-        table.add_column(c, justify="left" if c in {"layer", "module", "op"} else "right")
+        table.add_column(c, justify="left" if c in {"layer", "module", "op"} else "right", overflow="fold")
     for r in df.itertuples(index=False):
         cells = [str(getattr(r, k)) for k in keys]
         counts = [si(r.flops, "FLOP"), si(r.bytes_read), si(r.bytes_written), si(getattr(r, live))]

@@ -146,6 +146,27 @@ def test_count_on_meta_tensors_csv() -> None:
     moe = df[(df["layer"] == "block0.moe") & (df["batch"] == 1)].iloc[0]
     expert = 3 * 1024 * 768 * 2
     assert 4 * expert <= moe["bytes_read"] < 8 * expert
+    # each batch size ends with a total row: its layers summed, the peak the largest layer peak
+    for b, d in df.groupby("batch"):
+        layers, total = d[d["layer"] != "total"], d[d["layer"] == "total"].iloc[0]
+        for col in ("n_ops", "n_kernels", "flops", "bytes_read", "bytes_written", "kernel_time_s"):
+            assert total[col] == pytest.approx(layers[col].sum()), (b, col)
+        assert total["peak_live_bytes"] == layers["peak_live_bytes"].max()
+
+
+def test_count_per_op_covers_every_batch_size() -> None:
+    from io import StringIO
+
+    both = run("count", "h100-sample-moe", "--batch", "1,8", "--context", "256", "--per-op", "-f", "csv")
+    assert both.returncode == 0, both.stderr
+    ops = pd.read_csv(StringIO(both.stdout))
+    summary = run("count", "h100-sample-moe", "-b", "1,8", "-c", "256", "-f", "csv")
+    layers = pd.read_csv(StringIO(summary.stdout))
+    per_batch = layers[layers["layer"] == "total"].set_index("batch")
+    # the op rows of each batch size add up to that batch size's step
+    assert sorted(ops["batch"].unique()) == [1, 8]
+    assert ops.groupby("batch").size().to_dict() == per_batch["n_ops"].to_dict()
+    assert ops.groupby("batch")["bytes_read"].sum().to_dict() == per_batch["bytes_read"].to_dict()
 
 
 def test_raw_trace_in_bundle_carries_counter_events() -> None:
