@@ -166,7 +166,7 @@ def _workload(
         raise ConfigError(describe_validation_error(exc, "workload")) from None
 
 
-def _scenario(wl) -> str:
+def _scenario(wl, calibration: Path | None = None) -> str:
     """What a table's numbers assume, for its title (defaults left out)."""
     from simulator.config import describe_weight_dtypes
 
@@ -175,8 +175,12 @@ def _scenario(wl) -> str:
         parts.insert(1, f"context {wl.context[0]}")
     if wl.tp > 1 or wl.ep > 1:
         parts.append(f"per device of tp {wl.tp} x ep {wl.ep} (global batch)")
-    if wl.routing.kind != "uniform":
+    if wl.routing.kind == "zipf":
+        parts.append(f"routing zipf:{wl.routing.s:g}")
+    elif wl.routing.kind != "uniform":
         parts.append(f"routing {wl.routing.kind}")
+    if calibration is not None:
+        parts.append(f"calibrated by {calibration}")
     return ", ".join(parts)
 
 
@@ -240,11 +244,12 @@ def simulate(
     cfg = load_model(model, sets or [])
     hw = load_hardware(hardware)
     wl = _workload(batch, context, phase, weight_dtype, act_dtype, kv_dtype, tp, ep, routing, logits)
-    eff = _calibration(calibration)
+    eff = _calibration(calibration, [hw], [cfg])
     df = run(cfg, hw, wl, per_layer=per_layer, efficiency=eff, overhead=getattr(eff, "overhead_s", None))
     from reports.tables import simulate_table
 
-    _emit(df, fmt, output, lambda: simulate_table(df, f"{cfg.name} on {hw.name}, {_scenario(wl)}"))
+    title = f"{cfg.name} on {hw.name}, {_scenario(wl, calibration)}"
+    _emit(df, fmt, output, lambda: simulate_table(df, title))
 
 
 @app.command()
@@ -276,10 +281,10 @@ def compare(
     cfgs = [m for m, _ in variants]
     gpus = [hw for _, hw in variants]
     wl = _workload(batch, context, phase, weight_dtype, act_dtype, kv_dtype, tp, ep, routing)
-    cal = _calibration(calibration)
+    cal = _calibration(calibration, gpus, cfgs)
     cmp = compare_frame(run(cfgs, gpus, wl, efficiency=cal, overhead=getattr(cal, "overhead_s", None)))
     on = " and ".join(dict.fromkeys(hw.name for hw in gpus))
-    title = f"{' vs '.join(c.name for c in cfgs)} on {on}, {_scenario(wl)}"
+    title = f"{' vs '.join(c.name for c in cfgs)} on {on}, {_scenario(wl, calibration)}"
     _emit(cmp, fmt, output, lambda: compare_table(cmp, title))
 
 
@@ -313,13 +318,14 @@ def latency(
         models, hardware_names(hardware), sets or [], vary or [], command="latency", at_least=1
     )
     wl = _workload(batch, str(prompt), "decode", weight_dtype, act_dtype, kv_dtype, tp, ep, routing)
-    cal = _calibration(calibration)
     cfgs, gpus = [m for m, _ in variants], [hw for _, hw in variants]
+    cal = _calibration(calibration, gpus, cfgs)
     df = request_latencies(
         cfgs, gpus, wl, prompt, generate, efficiency=cal, overhead=getattr(cal, "overhead_s", None)
     )
     on = " and ".join(dict.fromkeys(hw.name for hw in gpus))
-    scenario = _scenario(wl).replace(f"decode, context {prompt}", f"prompt {prompt}, generate {generate}")
+    request = f"prompt {prompt}, generate {generate}"
+    scenario = _scenario(wl, calibration).replace(f"decode, context {prompt}", request)
     title = f"{' vs '.join(c.name for c in cfgs)} on {on}, one request: {scenario}"
     _emit(df, fmt, output, lambda: latency_table(df, title))
 
@@ -671,13 +677,18 @@ def _print_bundle_summary(path: Path) -> None:
         console.print(f"not measured: {reason}")
 
 
-def _calibration(path: Path | None) -> dict[str, float] | None:
-    """The calibration (efficiency per kind; its `overhead_s` holds the fixed time per kind)."""
+def _calibration(path: Path | None, gpus=(), cfgs=()) -> dict[str, float] | None:
+    """The calibration (efficiency per kind; its `overhead_s` holds the fixed time per kind), with a
+    warning on stderr where it is applied to another GPU than it was fitted on or leaves kinds unfitted."""
     if path is None:
         return None
-    from reports.calibration import load_calibration
+    from reports.calibration import calibration_warnings, load_calibration
 
-    return load_calibration(path)
+    cal = load_calibration(path)
+    kinds = {"attention"} | {layer.kind for cfg in cfgs for b in cfg.blocks for layer in b.ffn}
+    for warning in calibration_warnings(cal, f"--calibration {path}", [hw.name for hw in gpus], kinds):
+        print(f"memtraffic: warning: {warning}", file=sys.stderr)
+    return cal
 
 
 # ------------------------------------------------------------------------------------------- running

@@ -45,11 +45,35 @@ def _median_clipped(values: pd.Series) -> float | None:
 
 
 class Calibration(dict[str, float]):
-    """Efficiency per layer kind (the dict itself) and the fitted fixed time per kind (`overhead_s`)."""
+    """Efficiency per layer kind (the dict itself), the fitted fixed time per kind (`overhead_s`) and the
+    hardware preset it was fitted on (`hardware`; None in files written before it was recorded)."""
 
-    def __init__(self, efficiency: dict[str, float], overhead_s: dict[str, float] | None = None) -> None:
+    def __init__(
+        self,
+        efficiency: dict[str, float],
+        overhead_s: dict[str, float] | None = None,
+        hardware: str | None = None,
+    ) -> None:
         super().__init__(efficiency)
         self.overhead_s: dict[str, float] = dict(overhead_s or {})
+        self.hardware = hardware
+
+
+def calibration_warnings(cal: Calibration, label: str, hardware: list[str], kinds: set[str]) -> list[str]:
+    """What a user applying `cal` to `hardware` and models with these layer `kinds` should know: a fit
+    made on another GPU is applied as it is (its efficiencies and fixed times belong to the GPU and the
+    software stack it was measured on), and kinds without a fit stay at the plain roofline."""
+    out = []
+    others = sorted(set(hardware) - {cal.hardware}) if cal.hardware else []
+    if others:
+        out.append(f"{label} was fitted on {cal.hardware}; applied as it is to {', '.join(others)}")
+    unfitted = sorted(kinds - set(cal))
+    if unfitted:
+        out.append(
+            f"{label} has no fit for {', '.join(unfitted)} layers (fitted: "
+            f"{', '.join(k for k in cal if k != STEP_KEY)}): plain roofline for them"
+        )
+    return out
 
 
 def fit_kind(bytes_: np.ndarray, seconds: np.ndarray, peak_Bps: float) -> tuple[float, float] | None:
@@ -93,6 +117,7 @@ def fit_efficiency(result: ValidationResult) -> Calibration:
     """The calibration of a validation: per layer kind, plus "step" (whole step: predicted ideal bytes /
     kernel-time sum, median over batch sizes; no overhead)."""
     cal = calibration_from_layers(result.layers, result.peak_Bps)
+    cal.hardware = result.hardware.name
     steps = result.steps
     if {"pred_bytes_ideal", "meas_kernel_s"} <= set(steps.columns):
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -118,6 +143,7 @@ def save_calibration(path: str | Path, eff: dict[str, float], provenance: dict[s
         "created_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),  # noqa: UP017 (py3.10)
         "efficiency": _checked(eff, str(path)),
         "overhead_s": dict(getattr(eff, "overhead_s", {})),
+        "hardware": getattr(eff, "hardware", None),
         "provenance": provenance,
     }
     return write_text_atomic(path, json.dumps(doc, indent=1, sort_keys=False, default=str) + "\n")
@@ -161,8 +187,11 @@ def load_calibration(
         isinstance(v, int | float) and math.isfinite(v) and v >= 0 for v in overhead.values()
     ):
         raise ConfigError(f"--calibration {path}: overhead_s must map layer kinds to seconds >= 0")
+    hardware = doc.get("hardware")
     return Calibration(
-        _checked(doc.get("efficiency"), str(path)), {str(k): float(v) for k, v in overhead.items()}
+        _checked(doc.get("efficiency"), str(path)),
+        {str(k): float(v) for k, v in overhead.items()},
+        hardware if isinstance(hardware, str) else None,
     )
 
 

@@ -192,3 +192,21 @@ def test_compare_refuses_indistinguishable_variants() -> None:
     assert_one_line_error(run("compare", "olmoe-1b-7b", "olmoe-1b-7b"), "appear twice", "--vary")
     assert_one_line_error(run("compare", "olmoe-1b-7b"), "at least two variants")
     assert_one_line_error(run("compare", "olmoe-1b-7b", "--vary", "top_k"), "--vary 'top_k'")
+
+
+def test_calibration_names_its_gpu_and_warns_where_it_does_not_fit(tmp_path: Path) -> None:
+    cal = tmp_path / "cal.json"
+    bundle = ROOT / "traces" / "samples" / "bundles" / "umv2"
+    fit = run("validate", str(bundle), "--save-calibration", str(cal))
+    assert fit.returncode == 0, fit.stderr
+    assert json.loads(cal.read_text())["hardware"] == "h100-sxm"  # the preset the H100 recording matched
+    same = run("simulate", "h100-sample-umv2", "--calibration", str(cal), "-b", "1")
+    assert same.returncode == 0 and "warning" not in same.stderr, same.stderr
+    assert f"calibrated by {cal}" in " ".join(same.stdout.split())  # the title says so
+    other = run("simulate", "h100-sample-umv2", "--calibration", str(cal), "-b", "1", "-H", "b200")
+    assert other.returncode == 0, other.stderr
+    assert "fitted on h100-sxm; applied as it is to b200" in other.stderr
+    # the MoE sample has layer kinds the UltraMemV2-like recording never measured
+    moe = run("simulate", "h100-sample-moe", "--calibration", str(cal), "-b", "1")
+    assert moe.returncode == 0, moe.stderr
+    assert "no fit for moe layers" in moe.stderr and "fitted on" not in moe.stderr
