@@ -84,15 +84,18 @@ def compare_frame(df: pd.DataFrame) -> pd.DataFrame:
     wide = totals.pivot_table(
         index=["batch", "context"],
         columns="model",
-        values=["weight_bytes_ideal", "bytes_ideal", "time_s"],
+        values=["weight_bytes_ideal", "bytes_ideal", "time_s", "memory_bytes"],
         sort=False,
     )
+    fits = totals.pivot(index=["batch", "context"], columns="model", values="fits")
     out = pd.DataFrame(index=wide.index)
     first = models[0]
     for m in models:
         out[f"{m} weight_bytes"] = wide[("weight_bytes_ideal", m)]
         out[f"{m} bytes"] = wide[("bytes_ideal", m)]
         out[f"{m} time_s"] = wide[("time_s", m)]
+        out[f"{m} memory_bytes"] = wide[("memory_bytes", m)]
+        out[f"{m} fits"] = fits[m].reindex(out.index).astype(bool)
     for m in models[1:]:
         out[f"weight ratio {first}/{m}"] = (
             wide[("weight_bytes_ideal", first)] / wide[("weight_bytes_ideal", m)]
@@ -119,19 +122,34 @@ def compare_table(cmp: pd.DataFrame, title: str) -> Table:
             .replace("time ratio ", "time\n")
         )
         table.add_column(label, justify="right", overflow="fold")
-    for r in cmp[cols].itertuples(index=False):
+    for _, r in cmp.iterrows():
         cells = []
-        for c, v in zip(cols, r, strict=True):
+        for c in cols:
+            v = r[c]
             if c in {"batch", "context"}:
                 cells.append(str(v))
             elif "ratio" in c:
                 cells.append(f"{v:.2f}x")
             elif c.endswith("time_s"):
-                cells.append(seconds(v))
+                too_big = not r[c.removesuffix("time_s") + "fits"]
+                cells.append(seconds(v) + (" *" if too_big else ""))
             else:
                 cells.append(si(v))
         table.add_row(*cells)
+    table.caption = _too_big_caption(cmp)
     return table
+
+
+def _too_big_caption(cmp: pd.DataFrame) -> str | None:
+    """Which models do not fit in the GPU's memory, from which batch size on (their times carry a *)."""
+    parts = []
+    for col in (c for c in cmp.columns if c.endswith(" fits")):
+        over = cmp.loc[~cmp[col].astype(bool), "batch"]
+        if not over.empty:
+            parts.append(f"{col.removesuffix(' fits')} from batch {int(over.min())}")
+    if not parts:
+        return None
+    return "*: weights, KV cache and activations exceed the GPU's memory (" + "; ".join(parts) + ")"
 
 
 def latency_table(df: pd.DataFrame, title: str) -> Table:

@@ -210,3 +210,20 @@ def test_calibration_names_its_gpu_and_warns_where_it_does_not_fit(tmp_path: Pat
     moe = run("simulate", "h100-sample-moe", "--calibration", str(cal), "-b", "1")
     assert moe.returncode == 0, moe.stderr
     assert "no fit for moe layers" in moe.stderr and "fitted on" not in moe.stderr
+
+
+def test_compare_marks_steps_that_do_not_fit() -> None:
+    from io import StringIO
+
+    proc = run("compare", "olmoe-1b-7b", "ultramemv2-1b-7b", "-b", "64,256", "-f", "csv")
+    assert proc.returncode == 0, proc.stderr
+    cmp = pd.read_csv(StringIO(proc.stdout)).set_index("batch")
+    # OLMoE at batch 256, context 2048: the KV cache alone is 2 x 16 layers x 16 heads x 128 x 2 B per
+    # token x 256 x 2048 tokens = 68.7 GB, with 13.8 GB of weights: over the H100's 80 GB
+    kv = 2 * 16 * 16 * 128 * 2 * 256 * 2048
+    assert kv + 13.8e9 > 80e9
+    assert cmp.loc[64, "olmoe-1b-7b fits"] and not cmp.loc[256, "olmoe-1b-7b fits"]
+    assert cmp.loc[256, "olmoe-1b-7b memory_bytes"] > kv
+    table = run("compare", "olmoe-1b-7b", "ultramemv2-1b-7b", "-b", "64,256")
+    text = " ".join(table.stdout.split())
+    assert "olmoe-1b-7b from batch 256" in text and " * " in text
