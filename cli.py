@@ -115,7 +115,9 @@ WeightDtype = Annotated[
     str,
     typer.Option(
         "--weight-dtype",
-        help="bf16, fp8, int4, mxfp4, nvfp4, ...; per layer kind after a comma, e.g. bf16,moe=mxfp4",
+        help="bf16, fp8, int4, mxfp4, nvfp4, ...; per layer kind after a comma, e.g. bf16,moe=mxfp4 "
+        "(kinds: attention|attn, dense|ffn, moe, memory (all memory layers) or pkm, peer, memory_plus, "
+        "ultramem, ultramemv2, embedding|embed, head)",
     ),
 ]
 ActDtype = Annotated[str, typer.Option("--act-dtype")]

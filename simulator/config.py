@@ -505,14 +505,30 @@ def weight_dtype_of(workload: Workload, kind: str) -> str:
 
 
 def describe_weight_dtypes(workload: Workload) -> str:
-    """`bf16`, or `bf16, moe=mxfp4` when some layer kinds have their own."""
-    extra = ", ".join(f"{k}={v}" for k, v in sorted(workload.weight_dtypes.items()))
+    """`bf16`, or `bf16, moe=mxfp4` when some layer kinds have their own (`memory=int4` when every
+    memory-layer kind has the same one)."""
+    kinds = dict(workload.weight_dtypes)
+    memory = {kinds.get(k) for k in MEMORY_KINDS}
+    if len(memory) == 1 and None not in memory:
+        kinds = {k: v for k, v in kinds.items() if k not in MEMORY_KINDS} | {"memory": memory.pop()}
+    extra = ", ".join(f"{k}={v}" for k, v in sorted(kinds.items()))
     return workload.weight_dtype + (f", {extra}" if extra else "")
+
+
+# the per-layer names (block0.attn, block0.ffn, block0.memory, embed) as names of the kinds they hold
+KIND_ALIASES: dict[str, tuple[str, ...]] = {
+    "attn": ("attention",),
+    "ffn": ("dense",),
+    "mlp": ("dense",),
+    "embed": ("embedding",),
+    "memory": ("pkm", "peer", "memory_plus", "ultramem", "ultramemv2"),
+}
 
 
 def parse_weight_dtypes(text: str) -> tuple[str, dict[str, str]]:
     """`bf16` or `bf16,moe=mxfp4,embedding=bf16` -> (default dtype, {kind: dtype}); the Workload validates
-    the names. One entry without `=` sets the default (bf16 when there is none)."""
+    the names. One entry without `=` sets the default (bf16 when there is none). The layer names' short
+    forms are taken too (`attn`, `ffn`/`mlp`, `embed`, and `memory` for every memory-layer kind)."""
     default = "bf16"
     overrides: dict[str, str] = {}
     plain = 0
@@ -523,7 +539,8 @@ def parse_weight_dtypes(text: str) -> tuple[str, dict[str, str]]:
         if eq:
             if not kind.strip() or not dtype.strip():
                 raise ValueError(f"--weight-dtype {text!r}: {part!r} is not KIND=DTYPE")
-            overrides[kind.strip()] = dtype.strip()
+            for name in KIND_ALIASES.get(kind.strip(), (kind.strip(),)):
+                overrides[name] = dtype.strip()
         else:
             plain += 1
             default = part

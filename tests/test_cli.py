@@ -227,3 +227,21 @@ def test_compare_marks_steps_that_do_not_fit() -> None:
     table = run("compare", "olmoe-1b-7b", "ultramemv2-1b-7b", "-b", "64,256")
     text = " ".join(table.stdout.split())
     assert "olmoe-1b-7b from batch 256" in text and " * " in text
+
+
+def test_weight_dtype_takes_the_layer_names_short_forms() -> None:
+    from io import StringIO
+
+    def weights(spec: str) -> pd.Series:
+        args = ("-b", "8", "--per-layer", "-f", "csv", "--weight-dtype", spec)
+        proc = run("simulate", "ultramemv2-1b-7b", *args)
+        assert proc.returncode == 0, proc.stderr
+        return pd.read_csv(StringIO(proc.stdout)).set_index("layer")["weight_bytes_ideal"]
+
+    short, full = weights("bf16,attn=fp8,memory=int4"), weights("bf16,attention=fp8,ultramemv2=int4")
+    pd.testing.assert_series_equal(short, full)
+    plain = weights("bf16")
+    # fp8 halves the attention weights, int4 quarters the memory table's rows; the FFN keeps bf16
+    assert short["block0.attn"] == pytest.approx(plain["block0.attn"] / 2)
+    assert short["block0.memory"] == pytest.approx(plain["block0.memory"] / 4)
+    assert short["block0.ffn"] == plain["block0.ffn"]
