@@ -52,6 +52,11 @@ def parse_sizes(text: str, what: str) -> list[int]:
                 while v <= hi:
                     out.append(v)
                     v *= factor
+                if out[-1] != hi:  # a range ends where the user said, or is refused
+                    raise ConfigError(
+                        f"--{what} {part}: {hi} is not {lo} times a power of {factor}; end the range at "
+                        f"{out[-1]} or {out[-1] * factor}, or list the sizes"
+                    )
             else:
                 out.append(int(part))
         except ValueError:

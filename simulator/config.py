@@ -466,6 +466,12 @@ class Workload(Strict):
     )
     routing: RoutingSpec = Field(default_factory=RoutingSpec)
 
+    @model_validator(mode="after")
+    def _logits_of_the_phase(self) -> Workload:
+        if self.phase == "decode" and self.logits == "all":
+            raise ValueError("logits 'all' is a prefill choice: a decode step has one position per sequence")
+        return self
+
 
 def _not_above(v: int, info: ValidationInfo, name: str, limit_name: str) -> int:
     limit = info.data.get(limit_name)
@@ -483,7 +489,7 @@ def describe_validation_error(exc: Exception, what: str) -> str:
     loc = ".".join(str(p) for p in first.get("loc", ()) if not _is_union_tag(p))
     msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{what}: {loc or '<root>'}: {msg}{more}"
+    return f"{what}: {loc + ': ' if loc else ''}{msg}{more}"
 
 
 def _is_union_tag(part: object) -> bool:

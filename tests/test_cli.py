@@ -245,3 +245,13 @@ def test_weight_dtype_takes_the_layer_names_short_forms() -> None:
     assert short["block0.attn"] == pytest.approx(plain["block0.attn"] / 2)
     assert short["block0.memory"] == pytest.approx(plain["block0.memory"] / 4)
     assert short["block0.ffn"] == plain["block0.ffn"]
+
+
+def test_ranges_end_where_asked_and_logits_all_is_prefill_only() -> None:
+    from io import StringIO
+
+    proc = run("simulate", "olmoe-1b-7b", "-b", "3:24", "-f", "csv")
+    assert list(pd.read_csv(StringIO(proc.stdout))["batch"]) == [3, 6, 12, 24]
+    assert_one_line_error(run("simulate", "olmoe-1b-7b", "-b", "1:5"), "end the range at 4 or 8")
+    assert_one_line_error(run("simulate", "olmoe-1b-7b", "--logits", "all"), "prefill")
+    assert run("simulate", "olmoe-1b-7b", "--phase", "prefill", "--logits", "all", "-c", "16").returncode == 0
