@@ -173,6 +173,12 @@ def _workload(
         raise ConfigError(describe_validation_error(exc, "workload")) from None
 
 
+def _names(cfgs) -> str:
+    """The models of a title: "a vs b vs c", or "N variants" when that would not fit on a line."""
+    names = [c.name for c in cfgs]
+    return " vs ".join(names) if len(names) <= 3 else f"{len(names)} variants ({names[0]}, ...)"
+
+
 def _scenario(wl, calibration: Path | None = None) -> str:
     """What a table's numbers assume, for its title (defaults left out)."""
     from simulator.config import describe_weight_dtypes
@@ -249,6 +255,8 @@ def simulate(
     from simulator.sweep import simulate as run
 
     cfg = load_model(model, sets or [])
+    if sets:  # named by its overrides, in the title and in every row written to a file
+        cfg = cfg.model_copy(update={"name": " ".join([cfg.name, *sets])})
     hw = load_hardware(hardware)
     wl = _workload(batch, context, phase, weight_dtype, act_dtype, kv_dtype, tp, ep, routing, logits)
     eff = _calibration(calibration, [hw], [cfg])
@@ -291,7 +299,7 @@ def compare(
     cal = _calibration(calibration, gpus, cfgs)
     cmp = compare_frame(run(cfgs, gpus, wl, efficiency=cal, overhead=getattr(cal, "overhead_s", None)))
     on = " and ".join(dict.fromkeys(hw.name for hw in gpus))
-    title = f"{' vs '.join(c.name for c in cfgs)} on {on}, {_scenario(wl, calibration)}"
+    title = f"{_names(cfgs)} on {on}, {_scenario(wl, calibration)}"
     _emit(cmp, fmt, output, lambda: compare_table(cmp, title))
 
 
@@ -333,7 +341,7 @@ def latency(
     on = " and ".join(dict.fromkeys(hw.name for hw in gpus))
     request = f"prompt {prompt}, generate {generate}"
     scenario = _scenario(wl, calibration).replace(f"decode, context {prompt}", request)
-    title = f"{' vs '.join(c.name for c in cfgs)} on {on}, one request: {scenario}"
+    title = f"{_names(cfgs)} on {on}, one request: {scenario}"
     _emit(df, fmt, output, lambda: latency_table(df, title))
 
 

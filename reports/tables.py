@@ -32,7 +32,16 @@ def seconds(value: float) -> str:
         return f"{value:.3g} s"
     if value >= 1e-3:
         return f"{value * 1e3:.3g} ms"
-    return f"{value * 1e6:.3g} us"
+    if value >= 1e-6 or value == 0:
+        return f"{value * 1e6:.3g} us"
+    return f"{value * 1e9:.3g} ns"
+
+
+def intensity(value: float) -> str:
+    """FLOPs per byte: three digits, thousands written out (1,670 rather than 1.67e+03)."""
+    if not np.isfinite(value):
+        return "-"
+    return f"{value:,.0f}" if value >= 1000 else f"{value:.3g}"
 
 
 def simulate_table(df: pd.DataFrame, title: str) -> Table:
@@ -53,7 +62,7 @@ def simulate_table(df: pd.DataFrame, title: str) -> Table:
             si(r.kv_read_bytes),
             si(r.kv_write_bytes),
             si(r.bytes_ideal),
-            f"{r.intensity:.3g}",
+            intensity(r.intensity),
             seconds(r.time_s),
             r.bound,
             held,
@@ -104,8 +113,16 @@ def compare_frame(df: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
+# beyond this many models a side-by-side table is too wide to read: one row per model instead
+WIDE_COMPARE_MODELS = 3
+
+
 def compare_table(cmp: pd.DataFrame, title: str) -> Table:
-    """Weights and time per step of each model, ratios to the first; total bytes stay in csv/json."""
+    """Weights and time per step of each model, ratios to the first; total bytes stay in csv/json.
+    Up to WIDE_COMPARE_MODELS models side by side, more one row per (batch, model)."""
+    models = [c.removesuffix(" weight_bytes") for c in cmp.columns if c.endswith(" weight_bytes")]
+    if len(models) > WIDE_COMPARE_MODELS:
+        return _compare_rows(cmp, models, title)
     table = Table(title=title, title_justify="left")
     cols = ["batch"]
     if cmp["context"].nunique() > 1:
@@ -137,6 +154,36 @@ def compare_table(cmp: pd.DataFrame, title: str) -> Table:
                 cells.append(si(v))
         table.add_row(*cells)
     table.caption = _too_big_caption(cmp)
+    return table
+
+
+def _compare_rows(cmp: pd.DataFrame, models: list[str], title: str) -> Table:
+    """The compare table with one row per (batch, model): its weights and time per step and their
+    ratios to the first model (first / this, as in the side-by-side table)."""
+    table = Table(title=title, title_justify="left")
+    first = models[0]
+    many_contexts = cmp["context"].nunique() > 1
+    heads = ["batch", *(["context"] if many_contexts else []), "model", "weights/step", "time/step"]
+    heads += ["weights\nfirst/this", "time\nfirst/this"]
+    for h in heads:
+        left = h == "model"
+        table.add_column(h, justify="left" if left else "right", no_wrap=left, overflow="fold")
+    for _, r in cmp.iterrows():
+        for m in models:
+            too_big = not r[f"{m} fits"]
+            table.add_row(
+                str(r["batch"]),
+                *([str(r["context"])] if many_contexts else []),
+                m,
+                si(r[f"{m} weight_bytes"]),
+                seconds(r[f"{m} time_s"]) + (" *" if too_big else ""),
+                f"{r[f'{first} weight_bytes'] / r[f'{m} weight_bytes']:.2f}x",
+                f"{r[f'{first} time_s'] / r[f'{m} time_s']:.2f}x",
+            )
+        table.add_section()
+    table.caption = "; ".join(
+        filter(None, [f"first/this: {first}'s value over this row's", _too_big_caption(cmp)])
+    )
     return table
 
 

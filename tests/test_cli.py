@@ -255,3 +255,18 @@ def test_ranges_end_where_asked_and_logits_all_is_prefill_only() -> None:
     assert_one_line_error(run("simulate", "olmoe-1b-7b", "-b", "1:5"), "end the range at 4 or 8")
     assert_one_line_error(run("simulate", "olmoe-1b-7b", "--logits", "all"), "prefill")
     assert run("simulate", "olmoe-1b-7b", "--phase", "prefill", "--logits", "all", "-c", "16").returncode == 0
+
+
+def test_compare_of_many_variants_is_one_row_per_variant() -> None:
+    proc = run("compare", "olmoe-1b-7b", "--vary", "top_k=2,4,8,16", "-b", "1")
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if "top_k=" in line and "│" in line]
+    assert len(rows) == 4  # one per variant, not one wide row
+    # batch 1 by hand, per layer x 16: attention 4 x 2048^2 x 2 B = 33.6 MB, an expert 3 x 2048 x 1024 x 2 B
+    # = 12.6 MB; plus the LM head 50304 x 2048 x 2 B = 206 MB: top-2 / top-8 weights
+    att, expert, head = 16 * 4 * 2048**2 * 2, 16 * 3 * 2048 * 1024 * 2, 50304 * 2048 * 2
+    expected = (att + 2 * expert + head) / (att + 8 * expert + head)
+    top8 = next(r for r in rows if r.split("│")[2].strip().endswith("top_k=8"))
+    cells = [c.strip() for c in top8.split("│")]
+    assert "4 variants" in proc.stdout and "first/this" in proc.stdout
+    assert float(cells[-3].removesuffix("x")) == pytest.approx(expected, abs=0.006)
