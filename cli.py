@@ -71,6 +71,24 @@ def parse_sizes(text: str, what: str) -> list[int]:
     return sorted(set(out))
 
 
+_TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+
+
+def parse_seconds(text: str | None, flag: str) -> float | None:
+    """'20ms', '20 ms', '500us', '0.02s' or '0.02' (seconds) -> seconds; None stays None."""
+    if text is None:
+        return None
+    body = text.strip().lower()
+    unit = next((u for u in sorted(_TIME_UNITS, key=len, reverse=True) if body.endswith(u)), "")
+    try:
+        value = float(body.removesuffix(unit).strip()) * _TIME_UNITS.get(unit, 1.0)
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: expected a time like 20ms, 500us or 0.02 (seconds)") from None
+    if not (value > 0 and value < float("inf")):
+        raise ConfigError(f"{flag} {text!r}: a latency target is a positive time")
+    return value
+
+
 def _ordered_sizes(text: str) -> list[int]:
     """'8,1,64' -> [8, 1, 64], order kept (one per trace)."""
     try:
@@ -309,7 +327,19 @@ def latency(
     prompt: Annotated[int, typer.Option("--prompt", "-p", help="prompt tokens per sequence")] = 2048,
     generate: Annotated[int, typer.Option("--generate", "-g", help="tokens generated per sequence")] = 256,
     hardware: Hardwares = DEFAULT_HARDWARE,
-    batch: Batch = "1,8,64,256",
+    batch: Annotated[
+        str | None, typer.Option("--batch", "-b", help="sizes: 1,8,64 or a range 1:4096 (default 1,8,64,256)")
+    ] = None,
+    tpot: Annotated[
+        str | None,
+        typer.Option(
+            "--tpot", help="find the largest batch whose time per output token is at most this (20ms)"
+        ),
+    ] = None,
+    ttft: Annotated[
+        str | None,
+        typer.Option("--ttft", help="find the largest batch whose time to first token is at most this"),
+    ] = None,
     fmt: Fmt = "table",
     output: Output = None,
     sets: Sets = None,
@@ -323,25 +353,43 @@ def latency(
     calibration: Calibration = None,
 ) -> None:
     """One request end to end: time to first token (the prefill), time per output token (every decode
-    step costed at its own context), end-to-end time, throughput and bytes per generated token."""
+    step costed at its own context), end-to-end time, throughput and bytes per generated token. With
+    --tpot or --ttft: each model's largest batch that meets them and fits in the GPU's memory."""
     from reports.tables import latency_table
     from simulator.loading import hardware_names, load_variants
     from simulator.request import check_request, request_latencies
 
     check_request(prompt, generate)
+    tpot_s, ttft_s = parse_seconds(tpot, "--tpot"), parse_seconds(ttft, "--ttft")
+    targeted = tpot_s is not None or ttft_s is not None
+    if targeted and batch is not None:
+        raise ConfigError("--batch with --tpot/--ttft: a latency target finds the batch itself; give one")
     variants = load_variants(
         models, hardware_names(hardware), sets or [], vary or [], command="latency", at_least=1
     )
-    wl = _workload(batch, str(prompt), "decode", weight_dtype, act_dtype, kv_dtype, tp, ep, routing)
+    wl = _workload(
+        batch or "1,8,64,256", str(prompt), "decode", weight_dtype, act_dtype, kv_dtype, tp, ep, routing
+    )
     cfgs, gpus = [m for m, _ in variants], [hw for _, hw in variants]
     cal = _calibration(calibration, gpus, cfgs)
     df = request_latencies(
-        cfgs, gpus, wl, prompt, generate, efficiency=cal, overhead=getattr(cal, "overhead_s", None)
+        cfgs,
+        gpus,
+        wl,
+        prompt,
+        generate,
+        efficiency=cal,
+        overhead=getattr(cal, "overhead_s", None),
+        tpot_s=tpot_s,
+        ttft_s=ttft_s,
     )
     on = " and ".join(dict.fromkeys(hw.name for hw in gpus))
     request = f"prompt {prompt}, generate {generate}"
     scenario = _scenario(wl, calibration).replace(f"decode, context {prompt}", request)
     title = f"{_names(cfgs)} on {on}, one request: {scenario}"
+    if targeted:
+        wanted = [f"TPOT <= {tpot}" if tpot else "", f"TTFT <= {ttft}" if ttft else ""]
+        title += f"; the largest batch with {' and '.join(filter(None, wanted))} that fits in memory"
     _emit(df, fmt, output, lambda: latency_table(df, title))
 
 

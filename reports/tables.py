@@ -199,44 +199,60 @@ def _too_big_caption(cmp: pd.DataFrame) -> str | None:
     return "*: weights, KV cache and activations exceed the GPU's memory (" + "; ".join(parts) + ")"
 
 
+# what stops a larger batch (simulator.request.largest_batch)
+_LIMITS = {"tpot": "TPOT", "ttft": "TTFT", "none": "-"}
+
+
 def latency_table(df: pd.DataFrame, title: str) -> Table:
     """Per model and batch: TTFT, TPOT, end-to-end time and throughput of one request, with the decode
-    bytes per token and the KV cache's share of them; with several models, end-to-end ratios to the first
-    (first / this: above 1x, this one is faster)."""
+    bytes per token and the KV cache's share of them. With several models, end-to-end ratios to the
+    first (first / this: above 1x, this one is faster); at a latency target (a `limit` column: each model
+    at its own largest batch), throughput ratios to the first instead (this / first)."""
     table = Table(title=title, title_justify="left")
     models = list(dict.fromkeys(df["model"]))
-    first = df[df["model"] == models[0]].set_index("batch")["e2e_s"]
+    targeted = "limit" in df.columns
+    first = df[df["model"] == models[0]]
     cols = ["model"] if len(models) > 1 else []
-    cols += ["batch", "TTFT", "TPOT", "last step", "E2E", "tokens/s", "bytes/token", "KV share"]
-    cols += ["E2E ratio"] if len(models) > 1 else []
+    cols += ["batch", *(["limited by"] if targeted else []), "TTFT", "TPOT", "last step", "E2E", "tokens/s"]
+    cols += ["bytes/token", "KV share"]
+    if len(models) > 1:
+        cols.append("tokens/s\nvs first" if targeted else "E2E ratio")
     cols += ["HBM held"]
     for c in cols:
-        table.add_column(
-            c, justify="left" if c == "model" else "right", no_wrap=c == "model", overflow="fold"
-        )
+        left = c == "model"
+        table.add_column(c, justify="left" if left else "right", no_wrap=left, overflow="fold")
     for r in df.sort_values("batch", kind="stable").itertuples(index=False):
-        too_big = not bool(r.fits)
         row = [r.model] if len(models) > 1 else []
+        row += [str(r.batch), *([_LIMITS.get(r.limit, r.limit)] if targeted else [])]
         row += [
-            str(r.batch),
             seconds(r.ttft_s),
             seconds(r.tpot_s),
             seconds(r.last_step_s),
             seconds(r.e2e_s),
-            f"{r.tokens_per_s:,.0f}",
+            f"{r.tokens_per_s:,.0f}" if np.isfinite(r.tokens_per_s) else "-",
             si(r.bytes_per_token),
             "-" if not np.isfinite(r.kv_share) else f"{r.kv_share:.0%}",
         ]
         if len(models) > 1:
-            row.append(f"{first.get(r.batch, np.nan) / r.e2e_s:.2f}x")
+            if targeted:
+                ratio = r.tokens_per_s / first["tokens_per_s"].iloc[0]
+            else:
+                ratio = first.set_index("batch")["e2e_s"].get(r.batch, np.nan) / r.e2e_s
+            row.append(f"{ratio:.2f}x" if np.isfinite(ratio) else "-")
+        too_big = np.isfinite(r.memory_bytes) and not bool(r.fits)
         row.append(si(r.memory_bytes) + (" (too big)" if too_big else ""))
         table.add_row(*row)
-    ratio = f"; E2E ratio: {models[0]}'s end-to-end time over this one's (above 1x: faster)"
-    table.caption = (
+    notes = [
         "TTFT: the prefill step; TPOT: the mean decode step; last step: at the longest context; "
         "bytes/token: decode HBM bytes per generated token, KV share: the KV cache's part of them"
-        + (ratio if len(models) > 1 else "")
-    )
+    ]
+    if len(models) > 1 and targeted:
+        notes.append(f"tokens/s vs first: this one's throughput over {models[0]}'s, each at its own batch")
+    elif len(models) > 1:
+        notes.append(f"E2E ratio: {models[0]}'s end-to-end time over this one's (above 1x: faster)")
+    if targeted and (df["batch"] == 0).any():
+        notes.append("batch 0: even one sequence misses the target")
+    table.caption = "; ".join(notes)
     return table
 
 

@@ -46,6 +46,7 @@ REQUEST_COLUMNS: dict[str, str] = {
     "kv_share": "KV-cache share of the decode bytes",
     "decode_flops": "FLOPs of all decode steps",
     "memory_bytes": "HBM one device holds at the request's peak (the prefill or the last step)",
+    "peak_at": "where that peak is: 'prefill' (the whole batch's prompts in one step) or 'decode' (the last)",
     "fits": "memory_bytes within the GPU's capacity",
     "tp": "tensor-parallel degree",
     "ep": "expert-parallel degree",
@@ -103,7 +104,11 @@ def request_latency(
     e2e = prefill["time_s"].to_numpy() + decoded["time_s"].to_numpy()
     decode_kv = (decoded["kv_read_bytes"] + decoded["kv_write_bytes"]).to_numpy()
     decode_bytes = decoded["bytes_ideal"].to_numpy()
-    memory = np.fmax(prefill["memory_bytes"].to_numpy(), last["memory_bytes"].to_numpy())
+    prefill_memory, last_memory = prefill["memory_bytes"].to_numpy(), last["memory_bytes"].to_numpy()
+    memory = np.fmax(prefill_memory, last_memory)
+    peak_at = np.where(
+        last_memory > prefill_memory, "decode", "prefill"
+    )  # NaN (no decode step) compares False
     with np.errstate(invalid="ignore", divide="ignore"):
         out = pd.DataFrame(
             {
@@ -125,6 +130,7 @@ def request_latency(
                 "kv_share": decode_kv / decode_bytes if steps else np.nan,
                 "decode_flops": decoded["flops"].to_numpy(),
                 "memory_bytes": memory,
+                "peak_at": peak_at,
                 "fits": memory <= hardware.hbm_capacity.value,
                 "tp": workload.tp,
                 "ep": workload.ep,
@@ -144,14 +150,104 @@ def request_latencies(
     *,
     efficiency: Mapping[str, float] | None = None,
     overhead: Mapping[str, float] | None = None,
+    tpot_s: float | None = None,
+    ttft_s: float | None = None,
 ) -> pd.DataFrame:
-    """`request_latency` of model i on hardware[i], stacked (what-if variants side by side)."""
+    """`request_latency` of model i on hardware[i], stacked (what-if variants side by side); with a
+    latency target (`tpot_s`, `ttft_s`), each model's `largest_batch` instead."""
     if len(models) != len(hardware):
         raise ConfigError(f"{len(models)} models but {len(hardware)} hardware descriptions")
-    return pd.concat(
-        [
-            request_latency(m, hw, workload, prompt, generate, efficiency=efficiency, overhead=overhead)
+    costs = {"efficiency": efficiency, "overhead": overhead}
+    if tpot_s is None and ttft_s is None:
+        frames = [
+            request_latency(m, hw, workload, prompt, generate, **costs)
             for m, hw in zip(models, hardware, strict=True)
-        ],
-        ignore_index=True,
-    )
+        ]
+    else:
+        frames = [
+            largest_batch(m, hw, workload, prompt, generate, tpot_s=tpot_s, ttft_s=ttft_s, **costs)
+            for m, hw in zip(models, hardware, strict=True)
+        ]
+    return pd.concat(frames, ignore_index=True)
+
+
+# the columns that say which request a row is, not what it costs
+_IDENTITY = (
+    "model",
+    "hardware",
+    "batch",
+    "prompt",
+    "generate",
+    "peak_at",
+    "tp",
+    "ep",
+    "weight_dtype",
+    "kv_dtype",
+)
+MAX_SEARCH_BATCH = 1 << 24  # sixteen million sequences: beyond any GPU's memory for any model
+
+
+def largest_batch(
+    model: ModelConfig,
+    hardware: HardwareConfig,
+    workload: Workload,
+    prompt: int,
+    generate: int,
+    *,
+    tpot_s: float | None = None,
+    ttft_s: float | None = None,
+    efficiency: Mapping[str, float] | None = None,
+    overhead: Mapping[str, float] | None = None,
+) -> pd.DataFrame:
+    """The largest batch whose request meets the latency targets (TPOT and TTFT at most `tpot_s` and
+    `ttft_s`, where given) and fits in the GPU's memory: one `request_latency` row with `limit`, what
+    stops a larger batch ("tpot", "ttft", "prefill memory" (the prompts of the whole batch prefilled in
+    one step), "decode memory" (the KV cache at the last step), or "none" at MAX_SEARCH_BATCH), and
+    `batch` 0 with NaN times when even one sequence misses a target. Every quantity grows with the
+    batch (more tokens read more experts, rows and KV), so the search is a bisection."""
+    check_request(prompt, generate)
+    for name, value in (("--tpot", tpot_s), ("--ttft", ttft_s)):
+        if value is not None and not (value > 0 and np.isfinite(value)):
+            raise ConfigError(f"{name} {value}: a latency target is a positive time")
+
+    def at(batch: int) -> pd.Series:
+        wl = workload.model_copy(update={"batch": [batch]})
+        return request_latency(
+            model, hardware, wl, prompt, generate, efficiency=efficiency, overhead=overhead
+        ).iloc[0]
+
+    def misses(r: pd.Series) -> str | None:
+        if tpot_s is not None and generate > 1 and r["tpot_s"] > tpot_s:
+            return "tpot"
+        if ttft_s is not None and r["ttft_s"] > ttft_s:
+            return "ttft"
+        return None if r["fits"] else f"{r['peak_at']} memory"
+
+    first = at(1)
+    if misses(first) is not None:
+        row = first.copy()
+        measures = [c for c in REQUEST_COLUMNS if c not in _IDENTITY]
+        row[measures] = np.nan
+        row["batch"], row["limit"] = 0, misses(first)
+        return pd.DataFrame([row])
+    good, good_row, bad, limit = 1, first, None, "none"
+    while bad is None:  # double until a batch misses, then bisect between the last good and it
+        trial = min(good * 2, MAX_SEARCH_BATCH)
+        r = at(trial)
+        if misses(r) is None:
+            good, good_row = trial, r
+            if trial == MAX_SEARCH_BATCH:
+                break
+        else:
+            bad, limit = trial, misses(r)
+    while bad is not None and bad - good > 1:
+        mid = (good + bad) // 2
+        r = at(mid)
+        why = misses(r)
+        if why is None:
+            good, good_row = mid, r
+        else:
+            bad, limit = mid, why
+    row = good_row.copy()
+    row["limit"] = limit
+    return pd.DataFrame([row])

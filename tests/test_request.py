@@ -15,7 +15,7 @@ import pytest
 from simulator import Workload, simulate
 from simulator.errors import ConfigError
 from simulator.loading import load_hardware, load_model
-from simulator.request import MAX_GENERATE, REQUEST_COLUMNS, request_latency
+from simulator.request import MAX_GENERATE, REQUEST_COLUMNS, largest_batch, request_latency
 from tests.test_cli import assert_one_line_error, run
 
 H100 = load_hardware("h100-sxm")
@@ -124,3 +124,47 @@ def test_cli_latency_bad_input_is_one_line() -> None:
     assert_one_line_error(run("latency", "llama-3.1-8b", "--prompt", "0"), "--prompt 0")
     assert_one_line_error(run("latency", "llama-3.1-8b", "--generate", str(MAX_GENERATE + 1)), "--generate")
     assert_one_line_error(run("latency", "no-such-model"), "no-such-model")
+
+
+def _at(model, batch: int, prompt: int, generate: int) -> pd.Series:
+    return request_latency(model, H100, Workload(batch=[batch]), prompt, generate).iloc[0]
+
+
+def test_largest_batch_at_a_tpot_target_is_the_last_that_meets_it() -> None:
+    model = load_model("olmoe-1b-7b")
+    r = largest_batch(model, H100, Workload(), 2048, 64, tpot_s=5e-3).iloc[0]
+    assert r.limit == "tpot" and r.batch > 1
+    assert r.tpot_s <= 5e-3 < _at(model, r.batch + 1, 2048, 64).tpot_s
+    assert r.tpot_s == pytest.approx(_at(model, r.batch, 2048, 64).tpot_s)
+
+
+def test_largest_batch_without_a_binding_target_is_set_by_memory() -> None:
+    # Llama 3.1 8B, prompt 2048, 256 generated: by hand the KV cache alone allows
+    # (80 GB - 16.06 GB of weights) / (131,072 B x 2303 entries) = 211 sequences; the prefill's activations
+    # (the whole batch's prompts in one step) take more, so the answer is lower and the prefill is the limit
+    model = load_model("llama-3.1-8b")
+    r = largest_batch(model, H100, Workload(), 2048, 256, tpot_s=10.0).iloc[0]
+    kv_bound = (80e9 - 2 * (32 * LLAMA_LAYER_PARAMS + 2 * LLAMA_HEAD_PARAMS)) / (
+        LLAMA_KV_BYTES_PER_TOKEN * 2303
+    )
+    assert int(kv_bound) == 211
+    assert 1 < r.batch < kv_bound and r.limit == "prefill memory"
+    assert r.fits and not _at(model, r.batch + 1, 2048, 256).fits
+
+
+def test_largest_batch_is_zero_when_one_sequence_misses() -> None:
+    r = largest_batch(load_model("llama-3.1-8b"), H100, Workload(), 2048, 16, tpot_s=1e-4).iloc[0]
+    assert r.batch == 0 and r.limit == "tpot" and np.isnan(r.tpot_s) and np.isnan(r.memory_bytes)
+    with pytest.raises(ConfigError):
+        largest_batch(load_model("llama-3.1-8b"), H100, Workload(), 2048, 16, ttft_s=-1.0)
+
+
+def test_cli_latency_targets() -> None:
+    same = [
+        run("latency", "olmoe-1b-7b", "-g", "16", "--tpot", t, "-f", "csv").stdout
+        for t in ("5ms", "0.005", "5000us")
+    ]
+    assert same[0] == same[1] == same[2] and "tpot" in same[0]
+    assert_one_line_error(run("latency", "olmoe-1b-7b", "--tpot", "5 parsecs"), "--tpot")
+    assert_one_line_error(run("latency", "olmoe-1b-7b", "--tpot", "5ms", "-b", "8"), "--batch")
+    assert_one_line_error(run("latency", "olmoe-1b-7b", "--ttft", "0"), "positive")
