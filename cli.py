@@ -164,6 +164,7 @@ def _workload(
     ep: int,
     routing: str,
     logits: str = "last",
+    prefix: int = 0,
 ):
     from pydantic import ValidationError
 
@@ -186,6 +187,7 @@ def _workload(
             ep=ep,
             routing=parse_routing(routing),
             logits=logits,
+            prefix=prefix,
         )
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc, "workload")) from None
@@ -265,8 +267,11 @@ def simulate(
     routing: Routing = "uniform",
     calibration: Calibration = None,
     logits: Annotated[
-        str, typer.Option("--logits", help="prefill: LM-head logits for the last position or all")
+        str, typer.Option("--logits", help="prefill: LM-head logits for the last position, all, or none")
     ] = "last",
+    prefix: Annotated[
+        int, typer.Option("--prefix", help="prefill: KV entries already cached per sequence (a later chunk)")
+    ] = 0,
 ) -> None:
     """FLOPs, bytes (weights, activations, KV read/write), intensity and roofline time per step."""
     from simulator.loading import load_hardware, load_model
@@ -276,7 +281,7 @@ def simulate(
     if sets:  # named by its overrides, in the title and in every row written to a file
         cfg = cfg.model_copy(update={"name": " ".join([cfg.name, *sets])})
     hw = load_hardware(hardware)
-    wl = _workload(batch, context, phase, weight_dtype, act_dtype, kv_dtype, tp, ep, routing, logits)
+    wl = _workload(batch, context, phase, weight_dtype, act_dtype, kv_dtype, tp, ep, routing, logits, prefix)
     eff = _calibration(calibration, [hw], [cfg])
     df = run(cfg, hw, wl, per_layer=per_layer, efficiency=eff, overhead=getattr(eff, "overhead_s", None))
     from reports.tables import simulate_table
@@ -340,6 +345,10 @@ def latency(
         str | None,
         typer.Option("--ttft", help="find the largest batch whose time to first token is at most this"),
     ] = None,
+    prefill_chunk: Annotated[
+        int | None,
+        typer.Option("--prefill-chunk", help="prompt tokens per prefill step (default: all prompts in one)"),
+    ] = None,
     fmt: Fmt = "table",
     output: Output = None,
     sets: Sets = None,
@@ -382,9 +391,12 @@ def latency(
         overhead=getattr(cal, "overhead_s", None),
         tpot_s=tpot_s,
         ttft_s=ttft_s,
+        prefill_chunk=prefill_chunk,
     )
     on = " and ".join(dict.fromkeys(hw.name for hw in gpus))
     request = f"prompt {prompt}, generate {generate}"
+    if prefill_chunk is not None:
+        request += f", prefill {prefill_chunk} tokens a step"
     scenario = _scenario(wl, calibration).replace(f"decode, context {prompt}", request)
     title = f"{_names(cfgs)} on {on}, one request: {scenario}"
     if targeted:

@@ -243,8 +243,9 @@ def latency_table(df: pd.DataFrame, title: str) -> Table:
         row.append(si(r.memory_bytes) + (" (too big)" if too_big else ""))
         table.add_row(*row)
     notes = [
-        "TTFT: the prefill step; TPOT: the mean decode step; last step: at the longest context; "
-        "bytes/token: decode HBM bytes per generated token, KV share: the KV cache's part of them"
+        "TTFT: the prefill, until every sequence has its first token; TPOT: the mean decode step; "
+        "last step: at the longest context; bytes/token: decode HBM bytes per generated token, "
+        "KV share: the KV cache's part of them"
     ]
     if len(models) > 1 and targeted:
         notes.append(f"tokens/s vs first: this one's throughput over {models[0]}'s, each at its own batch")

@@ -445,11 +445,17 @@ class Workload(Strict):
         min_length=1,
         description="decode: KV entries per sequence; prefill: prompt tokens per sequence",
     )
+    prefix: Annotated[int, Field(ge=0, le=MAX_SIZE)] = Field(
+        0,
+        description="prefill: KV entries per sequence already cached before this step's prompt tokens (a "
+        "later chunk of a chunked prefill, or a cached prefix); 0 is a fresh prompt",
+    )
     tokens_per_step: PositiveInt = Field(1, description="decode tokens per sequence per step (speculation)")
-    logits: Literal["last", "all"] = Field(
+    logits: Literal["last", "all", "none"] = Field(
         "last",
         description="prefill: LM-head logits for the last position of each sequence (what a serving engine "
-        "samples from) or for every position (a plain Hugging Face forward)",
+        "samples from), for every position (a plain Hugging Face forward), or none (a chunk of a chunked "
+        "prefill before the prompt's last)",
     )
     weight_dtype: DType = "bf16"
     weight_dtypes: dict[LayerKind, DType] = Field(
@@ -468,8 +474,12 @@ class Workload(Strict):
 
     @model_validator(mode="after")
     def _logits_of_the_phase(self) -> Workload:
-        if self.phase == "decode" and self.logits == "all":
-            raise ValueError("logits 'all' is a prefill choice: a decode step has one position per sequence")
+        if self.phase == "decode" and self.logits != "last":
+            raise ValueError(
+                f"logits {self.logits!r} is a prefill choice: a decode step samples one position per sequence"
+            )
+        if self.phase == "decode" and self.prefix:
+            raise ValueError("prefix is a prefill choice: a decode step's context already counts the cache")
         return self
 
 

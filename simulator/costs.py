@@ -25,13 +25,14 @@ class Points:
     context: Array  # decode: KV entries per sequence; prefill: prompt tokens per sequence
     phase: str
     tokens_per_step: int
-    logits: str  # "last": one position per sequence in prefill; "all": every position
+    logits: str  # prefill: "last", one position per sequence; "all", every position; "none", no head
     b_w: float  # bytes per weight
     b_a: float  # bytes per activation element
     b_kv: float  # bytes per cached KV element
     tp: int
     ep: int
     routing: RoutingModel
+    prefix: float = 0.0  # prefill: KV entries per sequence cached before this step's prompt tokens
 
     @classmethod
     def grid(cls, workload: Workload, routing: RoutingModel | None = None) -> Points:
@@ -52,6 +53,7 @@ class Points:
             tp=workload.tp,
             ep=workload.ep,
             routing=routing or RoutingModel(kind="uniform"),
+            prefix=float(workload.prefix),
         )
 
     def with_weight_bytes(self, b_w: float) -> Points:

@@ -16,6 +16,7 @@ and host time between steps are not modelled.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -67,6 +68,84 @@ def check_request(prompt: int, generate: int) -> None:
         raise ConfigError(f"--generate {generate}: more than {MAX_GENERATE} tokens per request")
 
 
+@dataclass(frozen=True)
+class PrefillStep:
+    """`count` identical prefill steps of `batch` sequences x `tokens` prompt tokens after `prefix` cached
+    ones each, while `held` other sequences' whole prompts sit in the KV cache."""
+
+    count: int
+    batch: int
+    tokens: int
+    prefix: int
+    logits: str
+    held: int
+
+
+def prefill_steps(batch: int, prompt: int, chunk: int) -> list[PrefillStep]:
+    """The prefill of `batch` prompts of `prompt` tokens at `chunk` prompt tokens per step, as a serving
+    engine with that token budget per step schedules it (vLLM's max_num_batched_tokens): whole prompts,
+    as many as fit in a step, when a prompt fits; else one sequence at a time in chunks, each after the
+    cached ones, only the last computing logits. `held`: the sequences already prefilled when the step's
+    kind last runs (where the cache is fullest)."""
+    if chunk < 1:
+        raise ConfigError(f"--prefill-chunk {chunk}: a prefill step takes at least one token")
+    if chunk >= prompt:
+        group = min(chunk // prompt, batch)
+        full, rest = divmod(batch, group)
+        steps = [PrefillStep(full, group, prompt, 0, "last", (full - 1) * group)]
+        return steps + ([PrefillStep(1, rest, prompt, 0, "last", full * group)] if rest else [])
+    starts = range(0, prompt, chunk)
+    return [
+        PrefillStep(batch, 1, min(chunk, prompt - s), s, "last" if s + chunk >= prompt else "none", batch - 1)
+        for s in starts
+    ]
+
+
+def chunked_prefill(
+    model: ModelConfig,
+    hardware: HardwareConfig,
+    workload: Workload,
+    batches: np.ndarray,
+    prompt: int,
+    chunk: int,
+    *,
+    efficiency: Mapping[str, float] | None = None,
+    overhead: Mapping[str, float] | None = None,
+) -> pd.DataFrame:
+    """Per batch size: time_s, bytes_ideal and memory_bytes (the peak over the steps, with the sequences
+    prefilled before still cached) of the prefill run in `prefill_steps`."""
+
+    def step_costs(batch: int, tokens: int, prefix: int, logits: str) -> pd.Series:
+        wl = workload.model_copy(
+            update={
+                "phase": "prefill",
+                "batch": [batch],
+                "context": [tokens],
+                "prefix": prefix,
+                "logits": logits,
+            }
+        )
+        return simulate(model, hardware, wl, efficiency=efficiency, overhead=overhead).iloc[0]
+
+    # KV bytes one whole prompt holds: what a decode step at that context reads
+    one = workload.model_copy(update={"phase": "decode", "batch": [1], "context": [prompt]})
+    kv_per_sequence = float(simulate(model, hardware, one)["kv_read_bytes"].iloc[0])
+    cache: dict[tuple[int, int, int, str], pd.Series] = {}
+    rows = []
+    for b in batches:
+        time = traffic = peak = 0.0
+        for st in prefill_steps(int(b), prompt, chunk):
+            key = (st.batch, st.tokens, st.prefix, st.logits)
+            if key not in cache:
+                cache[key] = step_costs(*key)
+            c = cache[key]
+            time += st.count * c["time_s"]
+            traffic += st.count * c["bytes_ideal"]
+            peak = max(peak, c["memory_bytes"] + st.held * kv_per_sequence)
+        rows.append({"batch": b, "time_s": time, "bytes_ideal": traffic, "memory_bytes": peak})
+    return pd.DataFrame(rows).set_index("batch").loc[batches]
+
+
 def request_latency(
     model: ModelConfig,
     hardware: HardwareConfig,
@@ -77,10 +156,13 @@ def request_latency(
     efficiency: Mapping[str, float] | None = None,
     overhead: Mapping[str, float] | None = None,
     max_points: int = 1 << 15,
+    prefill_chunk: int | None = None,
 ) -> pd.DataFrame:
     """Per batch size of `workload`: TTFT, TPOT, end-to-end time, throughput and bytes of one request
     (`prompt` tokens in, `generate` tokens out per sequence). The workload's phase and contexts are
-    ignored; its dtypes, parallelism, routing and prefill logits apply. Columns: `REQUEST_COLUMNS`."""
+    ignored; its dtypes, parallelism, routing and prefill logits apply. `prefill_chunk`: prompt tokens per
+    prefill step (see `prefill_steps`; None: the whole batch's prompts in one step). Columns:
+    `REQUEST_COLUMNS`."""
     check_request(prompt, generate)
     batches = np.array(sorted(set(workload.batch)), dtype=np.int64)
 
@@ -88,7 +170,11 @@ def request_latency(
         wl = workload.model_copy(update={"phase": phase, "batch": batches.tolist(), "context": contexts})
         return simulate(model, hardware, wl, efficiency=efficiency, overhead=overhead)
 
-    prefill = run("prefill", [prompt]).set_index("batch").loc[batches]
+    if prefill_chunk is None:
+        prefill = run("prefill", [prompt]).set_index("batch").loc[batches]
+    else:
+        costs = {"efficiency": efficiency, "overhead": overhead}
+        prefill = chunked_prefill(model, hardware, workload, batches, prompt, prefill_chunk, **costs)
     steps = generate - 1
     decoded = pd.DataFrame(0.0, index=batches, columns=list(_SUMMED))
     last = prefill[["time_s", "memory_bytes"]] * np.nan
@@ -152,12 +238,13 @@ def request_latencies(
     overhead: Mapping[str, float] | None = None,
     tpot_s: float | None = None,
     ttft_s: float | None = None,
+    prefill_chunk: int | None = None,
 ) -> pd.DataFrame:
     """`request_latency` of model i on hardware[i], stacked (what-if variants side by side); with a
     latency target (`tpot_s`, `ttft_s`), each model's `largest_batch` instead."""
     if len(models) != len(hardware):
         raise ConfigError(f"{len(models)} models but {len(hardware)} hardware descriptions")
-    costs = {"efficiency": efficiency, "overhead": overhead}
+    costs = {"efficiency": efficiency, "overhead": overhead, "prefill_chunk": prefill_chunk}
     if tpot_s is None and ttft_s is None:
         frames = [
             request_latency(m, hw, workload, prompt, generate, **costs)
@@ -198,6 +285,7 @@ def largest_batch(
     ttft_s: float | None = None,
     efficiency: Mapping[str, float] | None = None,
     overhead: Mapping[str, float] | None = None,
+    prefill_chunk: int | None = None,
 ) -> pd.DataFrame:
     """The largest batch whose request meets the latency targets (TPOT and TTFT at most `tpot_s` and
     `ttft_s`, where given) and fits in the GPU's memory: one `request_latency` row with `limit`, what
@@ -213,7 +301,14 @@ def largest_batch(
     def at(batch: int) -> pd.Series:
         wl = workload.model_copy(update={"batch": [batch]})
         return request_latency(
-            model, hardware, wl, prompt, generate, efficiency=efficiency, overhead=overhead
+            model,
+            hardware,
+            wl,
+            prompt,
+            generate,
+            efficiency=efficiency,
+            overhead=overhead,
+            prefill_chunk=prefill_chunk,
         ).iloc[0]
 
     def misses(r: pd.Series) -> str | None:

@@ -226,10 +226,12 @@ def simulate(
             row["weight_bytes_naive"] + row["act_bytes_naive"] + row["kv_read_bytes"] + row["kv_write_bytes"]
         )
         resident_params = c.device_params if c.device_params is not None else c.params / workload.tp
+        # the cache a step leaves: decode, what it read plus its new entry; prefill, its prompt's entries
+        # and the cached ones they reach (its read, which counts both)
         kv_resident = (
             row["kv_read_bytes"] + row["kv_write_bytes"]
             if workload.phase == "decode"
-            else row["kv_write_bytes"]
+            else np.maximum(row["kv_read_bytes"], row["kv_write_bytes"])
         )
         row["act_peak_bytes"] = np.broadcast_to(np.asarray(c.peak_activations(), dtype=np.float64), (n,))
         row["memory_bytes"] = (

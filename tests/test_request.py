@@ -168,3 +168,86 @@ def test_cli_latency_targets() -> None:
     assert_one_line_error(run("latency", "olmoe-1b-7b", "--tpot", "5 parsecs"), "--tpot")
     assert_one_line_error(run("latency", "olmoe-1b-7b", "--tpot", "5ms", "-b", "8"), "--batch")
     assert_one_line_error(run("latency", "olmoe-1b-7b", "--ttft", "0"), "positive")
+
+
+# ------------------------------------------------------------------------------------- chunked prefill
+
+
+def _brute_pairs_and_keys(prefix: int, tokens: int, window: int | None, chunk: int | None) -> tuple[int, int]:
+    """(query, key) pairs and distinct keys of prompt positions prefix+1 .. prefix+tokens, by enumeration."""
+    pairs, keys = 0, set()
+    for p in range(prefix + 1, prefix + tokens + 1):
+        for q in range(1, p + 1):
+            if window is not None and p - q >= window:
+                continue
+            if chunk is not None and (p - 1) // chunk != (q - 1) // chunk:
+                continue
+            pairs += 1
+            keys.add(q)
+    return pairs, len(keys)
+
+
+@pytest.mark.parametrize(("window", "chunk"), [(None, None), (5, None), (None, 6)])
+@pytest.mark.parametrize(("prefix", "tokens"), [(0, 13), (4, 9), (11, 3), (12, 7)])
+def test_prefill_after_a_prefix_counts_pairs_and_keys_by_enumeration(
+    window: int | None, chunk: int | None, prefix: int, tokens: int
+) -> None:
+    from simulator.config import AttentionConfig
+    from simulator.costs import Points
+    from simulator.layers.attention import attended_pairs, cached_keys_reached
+
+    attn = AttentionConfig(kind="gqa", n_heads=4, n_kv_heads=2, head_dim=8, sliding_window=window,
+                           attention_chunk=chunk)  # fmt: skip
+    points = Points.grid(Workload(phase="prefill", batch=[1], context=[tokens], prefix=prefix))
+    pairs, keys = _brute_pairs_and_keys(prefix, tokens, window, chunk)
+    assert attended_pairs(points, attn)[0] == pairs
+    assert tokens + cached_keys_reached(attn, prefix) == keys
+
+
+@pytest.mark.parametrize("model", ["llama-3.1-8b", "tests/data/hf/Gemma-2-2B.json", "ultramemv2-1b-7b"])
+def test_two_prefill_chunks_add_up_to_the_whole_prompt(model: str) -> None:
+    cfg, batch, split, prompt = load_model(model), [1, 4], 700, 1900
+
+    def prefill(tokens: int, **kw) -> pd.DataFrame:
+        wl = Workload(phase="prefill", batch=batch, context=[tokens], **kw)
+        return simulate(cfg, H100, wl, per_layer=True).set_index(["batch", "layer"])
+
+    whole, first, second = (
+        prefill(prompt),
+        prefill(split, logits="none"),
+        prefill(prompt - split, prefix=split),
+    )
+    for col in ("flops", "kv_write_bytes"):
+        assert np.allclose(first[col] + second[col], whole[col], rtol=1e-12), col
+    # the first chunk runs no LM head; the second reads the cached keys the whole prompt's queries reached
+    assert (first.xs("head", level="layer")["weight_bytes_ideal"] == 0).all()
+    assert (second["kv_read_bytes"] >= whole["kv_read_bytes"] * (prompt - split) / prompt).all()
+
+
+def test_prefill_schedule_covers_every_prompt_token_once() -> None:
+    from simulator.request import prefill_steps
+
+    for batch, prompt, chunk in [(7, 100, 250), (7, 100, 100), (3, 1000, 256), (1, 5, 1), (9, 64, 10**6)]:
+        steps = prefill_steps(batch, prompt, chunk)
+        assert sum(st.count * st.batch * st.tokens for st in steps) == batch * prompt
+        assert all(st.batch * st.tokens <= max(chunk, prompt) for st in steps)  # within the token budget
+        # logits come once per sequence, from the step that ends its prompt
+        assert sum(st.count * st.batch for st in steps if st.logits == "last") == batch
+        assert all(st.prefix + st.tokens <= prompt for st in steps)
+
+
+def test_chunked_prefill_moves_the_memory_limit_to_the_kv_cache() -> None:
+    # Llama 3.1 8B, prompt 2048, 256 generated: prefilled 8192 tokens a step, the prefill's activations
+    # stay small and the KV cache sets the limit: the hand bound of 211 sequences (see above), less what
+    # the last decode step's activations take
+    model = load_model("llama-3.1-8b")
+    r = largest_batch(model, H100, Workload(), 2048, 256, tpot_s=10.0, prefill_chunk=8192).iloc[0]
+    assert r.limit == "decode memory" and 205 <= r.batch <= 211
+    # one step for the whole batch's prompts costs what the unchunked prefill does
+    whole = request_latency(model, H100, Workload(batch=[4]), 2048, 8).iloc[0]
+    one_step = request_latency(model, H100, Workload(batch=[4]), 2048, 8, prefill_chunk=4 * 2048).iloc[0]
+    assert one_step.ttft_s == pytest.approx(whole.ttft_s)
+    assert one_step.prefill_bytes == pytest.approx(whole.prefill_bytes)
+    # chunks of 512 tokens read the weights once a chunk: more prefill bytes, never less time
+    small = request_latency(model, H100, Workload(batch=[4]), 2048, 8, prefill_chunk=512).iloc[0]
+    assert small.prefill_bytes > 3 * whole.prefill_bytes and small.ttft_s >= whole.ttft_s * 0.999

@@ -2,8 +2,9 @@
 
 `points.context` is the KV length each sequence attends over in decode (capped by a sliding window;
 with chunked attention only the current chunk's keys, context mod chunk), and the prompt length in
-prefill (causal). Norm weights are not counted (they are O(d) and the
-published totals we check omit them).
+prefill (causal), after `points.prefix` entries already cached (0: a fresh prompt; else a later chunk of
+a chunked prefill, or a cached prefix, whose keys the new tokens also attend to). Norm weights are not
+counted (they are O(d) and the published totals we check omit them).
 """
 
 from __future__ import annotations
@@ -87,20 +88,37 @@ def keys_in_reach(attn: AttentionConfig, context: np.ndarray) -> np.ndarray:
     return context
 
 
+def causal_pairs(attn: AttentionConfig, n: np.ndarray | float) -> np.ndarray:
+    """(query, key) pairs of the first `n` positions of one sequence, causal: the sum over positions i of
+    the keys i reaches (i; min(i, W) with a sliding window; its own chunk's first i mod C with chunks)."""
+    n = np.asarray(n, dtype=np.float64)
+    window, chunk = attn.sliding_window, attn.attention_chunk
+    if chunk is not None:
+        full, rest = np.floor_divide(n, chunk), np.mod(n, chunk)
+        return full * chunk * (chunk + 1) / 2.0 + rest * (rest + 1) / 2.0
+    if window is None:
+        return n * (n + 1) / 2.0
+    w = np.minimum(n, window)
+    return w * (w + 1) / 2.0 + (n - w) * w
+
+
+def cached_keys_reached(attn: AttentionConfig, prefix: float) -> float:
+    """Of `prefix` cached entries, those a prefill chunk's first token reaches (the later tokens reach no
+    earlier ones): all, the last W - 1 with a sliding window, the current chunk's with chunks."""
+    if attn.sliding_window is not None:
+        return float(min(prefix, attn.sliding_window - 1))
+    if attn.attention_chunk is not None:
+        return float(prefix % attn.attention_chunk)
+    return float(prefix)
+
+
 def attended_pairs(points: Points, attn: AttentionConfig) -> np.ndarray:
-    """(query, key) pairs per step: decode tokens x keys in reach; causal prefill sums min(i, W), or
-    i(i+1)/2 within each chunk."""
+    """(query, key) pairs per step: decode tokens x keys in reach; prefill the causal pairs of positions
+    prefix+1 .. prefix+context of every sequence."""
     ctx = points.context
     if points.phase == "decode":
         return points.tokens * keys_in_reach(attn, ctx)
-    window, chunk = attn.sliding_window, attn.attention_chunk
-    if chunk is not None:
-        full, rest = np.floor_divide(ctx, chunk), np.mod(ctx, chunk)
-        return points.batch * (full * chunk * (chunk + 1) / 2.0 + rest * (rest + 1) / 2.0)
-    if window is None:
-        return points.batch * ctx * (ctx + 1) / 2.0
-    w = np.minimum(ctx, window)
-    return points.batch * (w * (w + 1) / 2.0 + (ctx - w) * w)
+    return points.batch * (causal_pairs(attn, points.prefix + ctx) - causal_pairs(attn, points.prefix))
 
 
 def cost(attn: AttentionConfig, model: ModelConfig, points: Points) -> LayerCost:
@@ -122,8 +140,10 @@ def cost(attn: AttentionConfig, model: ModelConfig, points: Points) -> LayerCost
         kv_read = batch * reach * kv_elems * points.b_kv / kv_split  # only keys within reach are read
         scores = tokens * h * reach
     else:
-        kv_read = batch * ctx * kv_elems * points.b_kv / kv_split  # ideal: each K/V tile read once
-        scores = batch * h * ctx * ctx  # an eager kernel materialises the full square
+        cached = cached_keys_reached(attn, points.prefix)
+        # ideal: each K/V tile read once, the prompt's own and the cached ones its queries reach
+        kv_read = batch * (ctx + cached) * kv_elems * points.b_kv / kv_split
+        scores = batch * h * ctx * (ctx + cached)  # an eager kernel materialises the whole rectangle
     kv_write = tokens * kv_elems * points.b_kv / kv_split
 
     if attn.kind != "mla":
@@ -145,12 +165,18 @@ def cost(attn: AttentionConfig, model: ModelConfig, points: Points) -> LayerCost
     # live at the peak: x, y and the per-rank q/k/v and attention output; SDPA kernels keep the scores
     # on chip, so unlike act_naive no score matrix is held
     act_peak = tokens * (2 * d + (qkv_elems + h * v) / tp) * points.b_a
+    flops = 2.0 * on_device * tokens + score_flops_per_pair(attn, points.phase) * pairs / tp
+    if attn.kind == "mla" and points.phase == "prefill" and points.prefix:
+        # the cached latents the chunk reaches are expanded into full keys and values too
+        assert attn.kv_lora_rank and attn.qk_nope_head_dim
+        up = attn.kv_lora_rank * h * (attn.qk_nope_head_dim + v)
+        flops = flops + 2.0 * batch * cached_keys_reached(attn, points.prefix) * up / tp
     return LayerCost(
         kind="attention",
         params=params,
         device_params=on_device,
         active_params=params,
-        flops=2.0 * on_device * tokens + score_flops_per_pair(attn, points.phase) * pairs / tp,
+        flops=flops,
         weight_bytes_ideal=weights,
         weight_bytes_naive=weights.copy(),
         act_bytes_ideal=2.0 * tokens * d * points.b_a,

@@ -10,9 +10,12 @@ from simulator.costs import LayerCost, Points
 
 def logit_tokens(points: Points) -> np.ndarray:
     """Positions whose logits a step computes: every decode token; in prefill the last prompt position
-    of each sequence (what a serving engine samples from), or every position with `logits="all"`."""
+    of each sequence (what a serving engine samples from), every position with `logits="all"`, none with
+    `logits="none"` (a chunk of a chunked prefill before the prompt's last)."""
     if points.phase == "decode" or points.logits == "all":
         return points.tokens
+    if points.logits == "none":
+        return points.zeros()
     return points.batch.copy()
 
 
@@ -47,7 +50,8 @@ def embed_cost(model: ModelConfig, points: Points) -> LayerCost:
 def head_cost(model: ModelConfig, points: Points) -> LayerCost:
     d, vocab = model.d_model, _vocab(model)
     n = logit_tokens(points)
-    weights = points.full(vocab * d * points.b_w / points.tp)
+    # a prefill chunk that does not end its prompt runs no LM head at all
+    weights = points.full(0.0 if points.logits == "none" else vocab * d * points.b_w / points.tp)
     nan = points.full(np.nan)
     return LayerCost(
         kind="head",
