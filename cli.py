@@ -567,7 +567,7 @@ def count(
 ) -> None:
     """What the real PyTorch module reads and writes, op by op (the eager level), without a GPU, and
     the kernel time that implies on HARDWARE (a fixed cost per kernel plus its roofline time)."""
-    from profiler.count import count_per_op, count_sweep, with_step_totals
+    from profiler.count import count_sweep, with_step_totals
     from profiler.userfactory import is_factory_spec
     from simulator.loading import load_hardware, load_model
 
@@ -578,10 +578,8 @@ def count(
     cfg = load_model(model, sets or [])
     hw = load_hardware(hardware)
     sizes = parse_sizes(batch, "batch")
-    if per_op:
-        df = count_per_op(cfg, sizes, context, phase, dtype, device, hardware=hw)
-    else:
-        df = with_step_totals(count_sweep(cfg, sizes, context, phase, dtype, device, hardware=hw))
+    df = count_sweep(cfg, sizes, context, phase, dtype, device, hardware=hw, per_op=per_op)
+    df = df if per_op else with_step_totals(df)
     from reports.tables import count_table
 
     title = f"{cfg.name}: op-level counts ({device}), {phase}; kernel time on {hw.name}"

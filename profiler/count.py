@@ -183,37 +183,19 @@ def count_sweep(
     device: str = "meta",
     kv_mode: str = "fixed",
     hardware: HardwareConfig | None = None,
+    per_op: bool = False,
 ) -> pd.DataFrame:
     """`summarize_layers(count_model(...))` at each batch size, stacked with a `batch` column first
     (columns: batch + SUMMARY_COLUMNS, + kernel_time_s on `hardware`): what `memtraffic count` prints
-    and a profiled bundle's `opcount`."""
+    and a profiled bundle's `opcount`. `per_op`: the op rows themselves (`count --per-op`)."""
     frames = []
     with torch.no_grad():
         for b in batches:
             ops = count_model(model_cfg, b, context, phase, dtype, device, kv_mode)
-            out = summarize_layers(with_kernel_time(ops, hardware) if hardware is not None else ops)
+            ops = with_kernel_time(ops, hardware) if hardware is not None else ops
+            out = ops.reset_index(drop=True) if per_op else summarize_layers(ops)
             out.insert(0, "batch", b)
             frames.append(out)
-    return pd.concat(frames, ignore_index=True)
-
-
-def count_per_op(
-    model_cfg: ModelConfig,
-    batches: list[int],
-    context: int,
-    phase: str = "decode",
-    dtype: str = "bf16",
-    device: str = "meta",
-    hardware: HardwareConfig | None = None,
-) -> pd.DataFrame:
-    """`count_model` at each batch size, one row per aten op, stacked with a `batch` column first (and
-    each op's `kernel_s` on `hardware`): what `memtraffic count --per-op` prints."""
-    frames = []
-    with torch.no_grad():
-        for b in batches:
-            ops = count_model(model_cfg, b, context, phase, dtype, device)
-            ops = with_kernel_time(ops, hardware) if hardware is not None else ops
-            frames.append(ops.assign(batch=b)[["batch", *ops.columns]])
     return pd.concat(frames, ignore_index=True)
 
 
