@@ -1,7 +1,8 @@
 """What a trace bundle measured, as tables keyed like the simulator's: per batch size, and per layer.
 
 - `measured_steps`: per batch, the steady-loop step time, NVML GPM bytes per step, the kernel-time sum
-  per profiled step and the Nsight Compute DRAM bytes per step.
+  per profiled step and the Nsight Compute DRAM bytes per step. GPM values of a steady window under
+  `GPM_MIN_WINDOW_S` are NaN (not measured), whatever the bundle holds (`short_gpm_windows`).
 - `measured_layers`: per (batch, layer), kernel time, kernels and ncu bytes per profiled step.
 - `measured_routing`: per (batch, layer), distinct experts / memory rows and selections per step.
 
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from simulator.errors import TraceError
+from traces.timeline import GPM_MIN_WINDOW_S
 
 if TYPE_CHECKING:
     from traces.bundle import Bundle
@@ -80,6 +82,31 @@ def layer_names(df: pd.DataFrame) -> pd.Series:
     return layer
 
 
+_GPM_STEP_COLUMNS = ("meas_bytes_gpm", "gpm_bw_Bps", "mean_dram_util_pct")
+
+
+def _window_seconds(runs: pd.DataFrame) -> pd.Series:
+    """Per batch, the steady window in seconds (window_s, else its bounds; NaN where neither is there)."""
+    r = runs.drop_duplicates("batch").set_index("batch")
+    if "window_s" in r:
+        return pd.to_numeric(r["window_s"], errors="coerce")
+    if {"steady_start_ns", "steady_end_ns"} <= set(r.columns):
+        return (r["steady_end_ns"].astype("int64") - r["steady_start_ns"].astype("int64")) / 1e9
+    return pd.Series(np.nan, index=r.index)
+
+
+def short_gpm_windows(bundle: Bundle) -> dict[int, float]:
+    """Batch -> steady window (s) of the runs whose window is too short for GPM and that still hold a
+    GPM value (bundles imported before such values were left out): `measured_steps` drops it."""
+    runs = bundle_table(bundle, "runs")
+    if runs is None or "gpm_bytes_per_step" not in runs:
+        return {}
+    seconds = _window_seconds(runs)
+    gpm = runs.drop_duplicates("batch").set_index("batch")["gpm_bytes_per_step"]
+    short = seconds[(seconds < GPM_MIN_WINDOW_S) & pd.to_numeric(gpm, errors="coerce").notna()]
+    return {int(b): float(s) for b, s in short.items()}
+
+
 def measured_steps(bundle: Bundle) -> pd.DataFrame:
     """Per batch: steady-loop step time, GPM bytes, kernel-time sum per profiled step, ncu bytes."""
     runs = bundle_table(bundle, "runs")
@@ -97,6 +124,10 @@ def measured_steps(bundle: Bundle) -> pd.DataFrame:
         ):
             if src in r:
                 out[dst] = pd.to_numeric(r[src], errors="coerce")
+        # a GPM value of a window under GPM_MIN_WINDOW_S is no measurement of the steps
+        short = list(short_gpm_windows(bundle))
+        for col in (c for c in _GPM_STEP_COLUMNS if c in out):
+            out.loc[out.index.isin(short), col] = np.nan
     kernels = bundle_table(bundle, "kernels")
     layers = bundle_table(bundle, "layers")
     if kernels is not None and "dur_ns" in kernels:

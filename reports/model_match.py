@@ -3,9 +3,20 @@
 - `resolve_model`: the bundle's recorded config, or a model named by the user, which must have the
   bundle's shapes; an import that recorded a foreign model description (another schema) is matched to the
   model preset with the same shape numbers (`_foreign_fingerprint` / `_fingerprint`).
-- `resolve_hardware`: the preset of the bundle's device (exact NVML names only), its HBM bandwidth
-  replaced by the bundle's measured peak.
-- `bundle_workload`: phase, context and dtype as the bundle records them, over its batch sizes.
+- `resolve_hardware`: the preset of the bundle's device (exact NVML names, else a name pattern), its HBM
+  bandwidth replaced by the bundle's measured peak. A hardware named by the user (`--hardware`) must not
+  be another GPU's preset when the recorded device has one (`check_same_device`):
+  - the recorded device matches no preset (a CPU run, a GPU without a preset): any hardware;
+  - a hardware file of the user's own (its name is no preset's): taken as a description of the recorded
+    device (measured clocks, a MIG slice, a power cap), with a note saying so;
+  - the preset the device maps to: as without --hardware;
+  - a preset of the same family (h100-pcie for h100-sxm) when the device name matched only a pattern, not
+    an exact NVML name ("NVIDIA H100 NVL" is a PCIe card the pattern calls h100-sxm): noted;
+  - any other preset (b200 for an H100 recording): refused, since its compute, L2 and clocks would be
+    mixed with the recording's HBM peak and times.
+- `bundle_workload`: phase, context and dtype as the bundle records them, over its batch sizes; all that
+  is missing, and the model when none can be found, is named in one message (`workload_gaps`,
+  `missing_message`).
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ from simulator.config import (
     describe_validation_error,
 )
 from simulator.errors import ConfigError, MemtrafficError, TraceError
+from traces.importer import NEEDED_FLAGS, join_words, missing_for_validate
 
 if TYPE_CHECKING:
     from traces.bundle import Bundle
@@ -201,6 +213,24 @@ def _presets_matching(foreign: dict[tuple[str, str], float], name: str | None) -
     return sorted(found, key=lambda m: (m.name != name, not m.name.endswith(f"-{name}"), m.name))
 
 
+class UnknownModelError(TraceError):
+    """The bundle records no model a prediction can use, and none was named."""
+
+
+MODEL_HINT = "--model MODEL (a preset, model file or HF config.json), on validate or on import"
+
+
+def workload_gaps(bundle: Bundle) -> list[str]:
+    """Of dtype, phase and context, those the bundle records as unknown (None)."""
+    return [k for k in missing_for_validate(bundle.meta) if k != "model"]
+
+
+def missing_message(bundle: Bundle, lacking: Sequence[str]) -> str:
+    """One line naming everything a bundle lacks for validate and the flags that give it."""
+    flags = " ".join(NEEDED_FLAGS[k] for k in lacking)
+    return f"bundle {bundle_label(bundle)} records no {join_words(list(lacking))}; re-import it with {flags}"
+
+
 def resolve_model(bundle: Bundle, model: ModelConfig | None) -> tuple[ModelConfig, str | None]:
     """The model to predict and a note on how it was chosen.
 
@@ -228,7 +258,41 @@ def resolve_model(bundle: Bundle, model: ModelConfig | None) -> tuple[ModelConfi
         if found:
             best = found[0]
             return best, f"model: preset {best.name}, whose shapes match the model {name} the bundle records"
-    raise TraceError(f"bundle {where} records model {name} in a form no preset matches; name the model")
+    if name is None:
+        raise UnknownModelError(f"bundle {where} records no model; name it with {MODEL_HINT}")
+    raise UnknownModelError(
+        f"bundle {where} records model {name!r} in a form no preset matches; name it with {MODEL_HINT}"
+    )
+
+
+def _family(preset: str) -> str:
+    """h100-sxm and h100-pcie -> h100; b200 -> b200 (gb200 is another family)."""
+    return preset.split("-")[0]
+
+
+def check_same_device(dev_name: str | None, hardware: HardwareConfig) -> str | None:
+    """Refuse (ConfigError) a --hardware that is another GPU's preset than the recorded device's; a note
+    when the hardware is accepted in place of the device's own preset, else None (see the module doc)."""
+    recorded = device_preset(dev_name)
+    if recorded is None or hardware.name == recorded:
+        return None
+    from simulator.loading import preset_names
+
+    name = hardware.name.strip().lower().replace("_", "-")
+    if name not in preset_names("hardware"):
+        return (
+            f"hardware: {hardware.name} (not a preset) taken to describe device {dev_name}, "
+            f"in place of preset {recorded}"
+        )
+    if name == recorded:
+        return None
+    if dev_name not in DEVICE_PRESETS and _family(name) == _family(recorded):
+        return f"hardware: preset {name} for device {dev_name} (its name alone suggests {recorded})"
+    raise ConfigError(
+        f"--hardware {hardware.name}: the run was recorded on {dev_name} (preset {recorded}); validating "
+        "it against another GPU's numbers mixes devices (leave --hardware out, or give a file describing "
+        "this GPU)"
+    )
 
 
 def resolve_hardware(bundle: Bundle, hardware: HardwareConfig | None) -> tuple[HardwareConfig, list[str]]:
@@ -236,7 +300,11 @@ def resolve_hardware(bundle: Bundle, hardware: HardwareConfig | None) -> tuple[H
     device = bundle.meta.get("device") or {}
     dev_name = device.get("name")
     notes: list[str] = []
-    if hardware is None:
+    if hardware is not None:
+        note = check_same_device(dev_name, hardware)
+        if note:
+            notes.append(note)
+    else:
         preset = device_preset(dev_name)
         if preset is None:
             raise ConfigError(
@@ -266,11 +334,9 @@ def resolve_hardware(bundle: Bundle, hardware: HardwareConfig | None) -> tuple[H
 
 def bundle_workload(bundle: Bundle, batches: Sequence[int]) -> Workload:
     wl = bundle.meta.get("workload") or {}
-    for key, example in (("dtype", "bfloat16"), ("phase", "decode"), ("context", "2048")):
-        if key in wl and wl[key] is None:
-            raise TraceError(
-                f"bundle {bundle_label(bundle)} records no {key}; re-import it with --{key} (e.g. {example})"
-            )
+    gaps = workload_gaps(bundle)
+    if gaps:
+        raise TraceError(missing_message(bundle, gaps))
     dtype = BUNDLE_DTYPES.get(str(wl.get("dtype", "bf16")).removeprefix("torch."))
     if dtype is None:
         raise TraceError(

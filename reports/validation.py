@@ -31,11 +31,20 @@ from reports.measured import (
     measured_routing,
     measured_steps,
     open_bundle,
+    short_gpm_windows,
 )
-from reports.model_match import bundle_workload, resolve_hardware, resolve_model
+from reports.model_match import (
+    UnknownModelError,
+    bundle_workload,
+    missing_message,
+    resolve_hardware,
+    resolve_model,
+    workload_gaps,
+)
 from simulator.atomic import require_folder, write_frame_atomic
 from simulator.config import HardwareConfig, ModelConfig
-from simulator.errors import ConfigError
+from simulator.errors import ConfigError, TraceError
+from traces.timeline import GPM_MIN_WINDOW_S
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -137,7 +146,15 @@ def validate(
     if unknown:
         raise ConfigError(f"levels: unknown {', '.join(sorted(unknown))} (choose from {', '.join(LEVELS)})")
     bundle = open_bundle(bundle)
-    cfg, how = resolve_model(bundle, model)
+    gaps = workload_gaps(bundle)
+    try:
+        cfg, how = resolve_model(bundle, model)
+    except UnknownModelError:
+        if gaps:  # a re-import is needed anyway: name everything it should give at once
+            raise TraceError(missing_message(bundle, ["model", *gaps])) from None
+        raise
+    if gaps:
+        raise TraceError(missing_message(bundle, gaps))
     hw, notes = resolve_hardware(bundle, hardware)
     if how:
         notes.insert(0, how)
@@ -152,6 +169,9 @@ def validate(
         f"workload: {workload.phase}, context {workload.context[0]}, {workload.weight_dtype}, "
         f"batch {', '.join(map(str, batches))}"
     )
+    dtype_source = str((bundle.meta.get("provenance") or {}).get("workload.dtype") or "")
+    if dtype_source.startswith("inferred"):
+        notes.append(f"workload.dtype {workload.weight_dtype}: {dtype_source}")
 
     eager = None
     if "eager" in levels:
@@ -186,6 +206,7 @@ def validate(
     unmatched = sorted(set(layers.loc[layers["kind"].isna(), "layer"]))
     if unmatched:
         notes.append(f"measured layers with no predicted counterpart: {', '.join(unmatched)}")
+    notes += _gaps_notes(bundle, steps, layers, summary, hw)
     return ValidationResult(
         model=cfg.name,
         hardware=hw,
@@ -198,6 +219,42 @@ def validate(
         summary=summary,
         notes=notes,
     )
+
+
+def _gaps_notes(
+    bundle: Bundle, steps: pd.DataFrame, layers: pd.DataFrame, summary: pd.DataFrame, hw: HardwareConfig
+) -> list[str]:
+    """What the tables cannot show, said in words: GPM values dropped for a short window, no measured
+    bytes, no kernel times, CPU range times in the kernel columns, nothing to compare at all."""
+    notes: list[str] = []
+    missing = [str(m) for m in bundle.meta.get("missing") or []]
+    short = short_gpm_windows(bundle)
+    if short and not any(m.startswith("gpm: measurement window under") for m in missing):
+        windows = ", ".join(f"batch {b} {s:.3g} s" for b, s in short.items())
+        notes.append(
+            f"gpm: steady window under {GPM_MIN_WINDOW_S:g} s ({windows}): GPM refreshes every ~100 ms and "
+            "lags, so its bytes are not a measurement of the steps and are left out of the errors"
+        )
+    if steps["meas_bytes_gpm"].isna().all() and steps["meas_bytes_ncu"].isna().all():
+        notes.append(
+            "bytes: the bundle holds no measured bytes (no GPM over a window of 1 s or more, no ncu pass; "
+            "see the not-measured lines), so the predicted bytes have no error beside them"
+        )
+    measured_kernels = (bundle.meta.get("measured") or {}).get("kernels")
+    if "meas_kernel_s" not in layers or layers["meas_kernel_s"].isna().all():
+        notes.append(
+            "kernels: the bundle holds no kernel time per layer and step (no kernels, or none inside a step "
+            "range), so per layer only the prediction is shown"
+        )
+    elif measured_kernels is False:
+        device = (bundle.meta.get("device") or {}).get("name") or "a device without kernels"
+        notes.append(
+            f"kernels: a run on {device} recorded no GPU kernels: the kernel-time columns hold the time of "
+            f"each layer's range on it, compared with the roofline of {hw.name}"
+        )
+    if summary.empty:
+        notes.append("summary: nothing in the bundle was measured that a prediction can be compared with")
+    return notes
 
 
 def validate_run(

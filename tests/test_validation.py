@@ -534,3 +534,226 @@ def test_eager_kernel_time_beats_the_roofline_on_the_recorded_h100_runs() -> Non
         assert s[("step", "eager time vs kernel sum")] < s[("step", "time vs kernel sum")]
         n = res.layers.dropna(subset=["pred_kernels_eager"])
         assert (n["pred_kernels_eager"] > 0).all()
+
+
+# ------------------------------------------------------------------------------- what a bundle lacks
+
+
+def _variant(src: Path, dst: Path, meta=None, tables=None) -> Path:
+    """A copy of bundle `src` at `dst` with `meta(dict)` and `tables(dict)` applied in place."""
+    b = read_bundle(src)
+    m = json.loads(json.dumps(b.meta))
+    t = {name: b.table(name) for name in b.tables}
+    if meta is not None:
+        meta(m)
+    if tables is not None:
+        tables(t)
+        gone = {
+            "kernels": "kernels",
+            "nvml": "nvml",
+            "ncu": "ncu",
+            "routing": "routing",
+            "opcount": "opcount",
+        }
+        for flag, name in gone.items():  # a table taken out is no longer measured
+            if name not in t:
+                m["measured"][flag] = False
+    return write_bundle(dst, m, t)
+
+
+def _workload_none(m: dict) -> None:
+    m["workload"] = {"phase": None, "context": None, "dtype": None}
+
+
+def test_validate_names_everything_missing_in_one_message(tiny: Path, tmp_path: Path) -> None:
+    no_workload = _variant(tiny, tmp_path / "w", meta=_workload_none)
+    with pytest.raises(TraceError) as exc:
+        validate(no_workload, hardware=tiny_hardware())
+    assert str(exc.value) == (
+        f"bundle {no_workload} records no dtype, phase or context; "
+        "re-import it with --dtype bfloat16|float16|float32 --phase decode|prefill --context N"
+    )
+    # a model named on validate fills the model, not the workload
+    with pytest.raises(TraceError, match="records no dtype, phase or context"):
+        validate(no_workload, model=ModelConfig.model_validate(TINY_MODEL), hardware=tiny_hardware())
+
+    def no_model(m: dict) -> None:
+        _workload_none(m)
+        m["model"] = {"name": None, "config": None}
+        m["workload"]["dtype"] = "bfloat16"
+
+    bare = _variant(tiny, tmp_path / "bare", meta=no_model)
+    with pytest.raises(TraceError) as exc:
+        validate(bare, hardware=tiny_hardware())
+    assert str(exc.value) == (
+        f"bundle {bare} records no model, phase or context; "
+        "re-import it with --model MODEL --phase decode|prefill --context N"
+    )
+
+
+def test_no_model_says_what_to_pass_not_none(tiny: Path, tmp_path: Path) -> None:
+    nameless = _variant(tiny, tmp_path / "n", meta=lambda m: m.update(model={"name": None, "config": None}))
+    with pytest.raises(TraceError) as exc:
+        validate(nameless, hardware=tiny_hardware())
+    msg = str(exc.value)
+    assert msg == (
+        f"bundle {nameless} records no model; name it with --model MODEL "
+        "(a preset, model file or HF config.json), on validate or on import"
+    )
+    assert "None" not in msg
+    # named it works: the model given on validate is used
+    res = validate(nameless, model=ModelConfig.model_validate(TINY_MODEL), hardware=tiny_hardware())
+    assert res.model == "tiny-moe"
+    # a description of a model no preset has (this one names experts, heads, width and depth)
+    foreign = {"blocks": 3, "d_model": 96, "attention": {"heads": 6}, "ffn": {"kind": "moe", "experts": 5}}
+    odd = _variant(
+        tiny, tmp_path / "o", meta=lambda m: m.update(model={"name": "mystery", "config": foreign})
+    )
+    with pytest.raises(TraceError) as exc:
+        validate(odd, hardware=tiny_hardware())
+    assert str(exc.value) == (
+        f"bundle {odd} records model 'mystery' in a form no preset matches; name it with --model MODEL "
+        "(a preset, model file or HF config.json), on validate or on import"
+    )
+
+
+def test_gpm_of_a_short_window_is_not_a_measurement(tmp_path: Path) -> None:
+    """A bundle (imported before such values were left out) holding GPM bytes of a 50 ms window for one
+    batch: validate shows them as not measured, computes no error from them and leaves them out of the
+    summary; the other batch, with a 1 s window, is compared as before."""
+
+    def short(t: dict) -> None:
+        t["runs"].loc[t["runs"]["batch"] == 8, "window_s"] = 0.05
+
+    full = make_tiny_bundle(tmp_path / "full")
+    path = _variant(full, tmp_path / "short", tables=short)
+    assert read_bundle(path).table("runs").set_index("batch").loc[8, "gpm_bytes_per_step"] > 0
+    res = validate(path, hardware=tiny_hardware())
+    steps = res.steps.set_index("batch")
+    assert np.isnan(steps.loc[8, "meas_bytes_gpm"]) and np.isnan(steps.loc[8, "err_ideal_pct"])
+    assert np.isnan(steps.loc[8, "bw_share_of_peak"])
+    before = validate(full, hardware=tiny_hardware()).steps.set_index("batch")
+    assert steps.loc[1, "err_ideal_pct"] == before.loc[1, "err_ideal_pct"]
+    row = res.summary[res.summary["metric"] == "bytes_ideal vs GPM"]
+    assert row["n"].tolist() == [1] and row["median_err_pct"].iloc[0] == pytest.approx(
+        before.loc[1, "err_ideal_pct"]
+    )
+    assert any(n.startswith("gpm: steady window under 1 s (batch 8 0.05 s)") for n in res.notes), res.notes
+
+
+def test_imported_trace_window_gpm_stays_out_of_the_errors(tmp_path: Path) -> None:
+    """The review's case: one trace, a timeline and a peak, no runs file. The header says GPM was not
+    measured, so no GPM bytes, error or summary row may come from it (before: 239 MB and +89 %)."""
+    from traces import import_traces
+
+    data = ROOT / "traces" / "samples" / "h100-decode-2026-11-26"
+    out = import_traces(
+        [data / "kineto" / "moe_decode_b8.json.gz"],
+        tmp_path / "b",
+        nvml=data / "nvml_timeline.csv",
+        peak_hbm_Bps=PEAK,
+        workload={"phase": "decode", "context": 1024, "dtype": "bfloat16"},
+    )
+    from simulator.loading import load_model
+
+    res = validate(out, model=load_model("h100-sample-moe"), levels=("ideal", "naive"))
+    assert any(n.startswith("not measured: gpm: measurement window under 1 s for batch 8") for n in res.notes)
+    assert res.steps[["meas_bytes_gpm", "err_ideal_pct", "err_naive_pct"]].isna().all(axis=None)
+    assert not res.summary["metric"].str.contains("GPM").any()
+    assert any(n.startswith("bytes: the bundle holds no measured bytes") for n in res.notes)
+    # the time side is still measured and compared
+    assert np.isfinite(res.steps["err_time_kernel_pct"]).all()
+
+
+def test_hardware_of_another_gpu_is_refused(tiny: Path, tmp_path: Path) -> None:
+    from simulator.loading import load_hardware
+
+    with pytest.raises(ConfigError) as exc:
+        validate(tiny, hardware=load_hardware("b200"))
+    assert str(exc.value) == (
+        f"--hardware b200: the run was recorded on {DEVICE} (preset h100-sxm); validating it against "
+        "another GPU's numbers mixes devices (leave --hardware out, or give a file describing this GPU)"
+    )
+    # an exact NVML name is certain: the PCIe H100 is another device than this SXM one
+    with pytest.raises(ConfigError, match="--hardware h100-pcie: the run was recorded on"):
+        validate(tiny, hardware=load_hardware("h100-pcie"))
+    # the device's own preset, and a description of the user's own (any name no preset has), are taken
+    same = validate(tiny, hardware=load_hardware("h100-sxm"))
+    assert same.hardware.name == "h100-sxm"
+    own = validate(tiny, hardware=tiny_hardware())
+    assert any(n.startswith("hardware: tiny-gpu (not a preset) taken to describe device") for n in own.notes)
+    # a user file that keeps another preset's name claims to be that GPU
+    b200_copy = load_hardware("b200").model_copy(update={"l2_bytes": tiny_hardware().l2_bytes})
+    with pytest.raises(ConfigError, match="--hardware b200"):
+        validate(tiny, hardware=b200_copy)
+
+    def device(name: str):
+        return lambda m: m["device"].update(name=name)
+
+    # a name matched only by pattern ("H100 NVL" reads as h100-sxm): another H100 preset is a correction
+    nvl = _variant(tiny, tmp_path / "nvl", meta=device("NVIDIA H100 NVL"))
+    res = validate(nvl, hardware=load_hardware("h100-pcie"))
+    assert any(
+        "preset h100-pcie for device NVIDIA H100 NVL (its name alone suggests h100-sxm)" in n
+        for n in res.notes
+    )
+    with pytest.raises(ConfigError, match="--hardware b200"):
+        validate(nvl, hardware=load_hardware("b200"))
+    # a device no preset matches (a CPU run) takes any hardware
+    cpu = _variant(tiny, tmp_path / "cpu", meta=device("CPU (x86_64)"))
+    assert validate(cpu, hardware=load_hardware("b200")).hardware.name == "b200"
+
+
+def test_hardware_of_another_gpu_is_one_line_on_the_command_line() -> None:
+    from tests.test_cli import assert_one_line_error, run
+
+    assert_one_line_error(
+        run("validate", str(SAMPLES / "moe"), "--hardware", "b200"),
+        "--hardware b200: the run was recorded on NVIDIA H100 80GB HBM3 (preset h100-sxm)",
+    )
+
+
+def test_what_a_bundle_lacks_is_said_not_left_as_empty_columns(tiny: Path, tmp_path: Path) -> None:
+    # no GPM and no ncu at all: the bytes have nothing to be compared with
+    def no_bytes(t: dict) -> None:
+        for name in ("nvml", "ncu"):
+            t.pop(name)
+        t["runs"] = t["runs"].drop(columns=["gpm_bytes_per_step", "gpm_bw_Bps", "mean_dram_util_pct"])
+
+    res = validate(_variant(tiny, tmp_path / "nobytes", tables=no_bytes), hardware=tiny_hardware())
+    assert any(n.startswith("bytes: the bundle holds no measured bytes") for n in res.notes)
+    assert not res.summary["metric"].str.contains("GPM|ncu").any()
+
+    # a CPU run: no GPU kernels, its layer ranges' CPU time in the kernel columns
+    def cpu_run(m: dict) -> None:
+        m["device"] = {"name": "CPU (x86_64)", "peak_hbm_Bps": None, "type": "cpu"}
+        m["measured"]["kernels"] = False
+
+    res = validate(
+        _variant(tiny, tmp_path / "cpu", meta=cpu_run, tables=lambda t: t.pop("kernels")),
+        hardware=tiny_hardware(),
+    )
+    assert any(
+        n.startswith("kernels: a run on CPU (x86_64) recorded no GPU kernels") and n.endswith("tiny-gpu")
+        for n in res.notes
+    ), res.notes
+
+    # nothing measured at all but the runs: predictions only, and the notes say so
+    def runs_only(t: dict) -> None:
+        for name in [n for n in t if n != "runs"]:
+            t.pop(name)
+        t["runs"] = t["runs"][["batch", "steps"]]
+
+    res = validate(_variant(tiny, tmp_path / "bare", tables=runs_only), hardware=tiny_hardware())
+    assert res.summary.empty and res.layers["meas_kernel_s"].isna().all()
+    for start in (
+        "bytes: the bundle holds no measured bytes",
+        "kernels: the bundle holds no kernel time per layer",
+        "summary: nothing",
+    ):
+        assert any(n.startswith(start) for n in res.notes), (start, res.notes)
+    from rich.console import Console
+
+    console = Console(record=True, width=400)
+    res.render(console)
+    assert "summary: nothing in the bundle was measured" in console.export_text()

@@ -2,6 +2,12 @@
 
 One bundle holds one model: each trace is one batch size. The measurement window of a batch size is
 the steady-state loop named in the runs file, else the span of the trace's own step ranges.
+
+What the bundle cannot say is listed under ``missing`` (the CLI prints each as "not measured: ..."):
+GPM values of windows under 1 s are left NaN there, and when `validate` would lack the model, dtype,
+phase or context, one entry names the flags to import again with. The dtype alone is inferred from the
+trace when its matmul and attention ops all take one floating type (`infer_dtype`); phase and context are
+never guessed.
 """
 
 from __future__ import annotations
@@ -10,10 +16,12 @@ import json
 import math
 import re
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ijson
 import numpy as np
 import pandas as pd
 
@@ -28,8 +36,22 @@ from traces.attribution import (
     step_ranges,
 )
 from traces.bundle import check_bundle_destination, write_bundle
-from traces.kineto import DEVICE_CATEGORIES, KinetoTrace, TruncatedTraceError, inject_events, read_kineto
-from traces.timeline import counter_events, read_timeline, run_measurements
+from traces.kineto import (
+    DEVICE_CATEGORIES,
+    CutGzipError,
+    KinetoTrace,
+    TruncatedTraceError,
+    byte_chunks,
+    inject_events,
+    read_kineto,
+)
+from traces.timeline import (
+    GPM_MIN_WINDOW_S,
+    GPM_RUN_COLUMNS,
+    counter_events,
+    read_timeline,
+    run_measurements,
+)
 
 _BATCH_IN_NAME = re.compile(r"_b(\d+)(?=[._-]|$)")
 _RUN_KEYS = ("kineto", "batch", "steady_start_ns", "steady_end_ns", "steps")
@@ -309,8 +331,11 @@ def import_traces(
 
     ``traces`` may be empty when ``runs`` lists them (then every run, or every run of ``model``).
     ``batch`` gives the batch sizes in the order of ``traces``. Without ``peak_hbm_Bps`` here or in the
-    runs file, GPM bytes are not computed and the bundle says so under ``missing``. A bundle already at
-    ``output`` is replaced only with ``replace``.
+    runs file, GPM bytes are not computed and the bundle says so under ``missing``; nor are they for a
+    window under ``GPM_MIN_WINDOW_S`` (NaN, not measured). Without a dtype from the runs file or
+    ``workload``, it is inferred from the trace when `infer_dtype` finds it beyond doubt. What `validate`
+    will still lack (model, dtype, phase, context) is the last ``missing`` entry, naming the flags that
+    give it (`validate_needs`). A bundle already at ``output`` is replaced only with ``replace``.
     """
     check_bundle_destination(output, replace)  # a bundle already there is kept unless asked to replace it
     runs_file = read_runs_file(Path(runs)) if runs is not None else None
@@ -380,16 +405,24 @@ def import_traces(
     _check_workload(
         meta["workload"], runs_file.path.name if runs_file is not None else "--phase/--context/--dtype"
     )
-    short = tables["runs"][tables["runs"]["window_s"] < 1.0]
-    if timeline is not None and len(short):
+    runs_table = tables["runs"]
+    short = runs_table["window_s"] < GPM_MIN_WINDOW_S
+    if timeline is not None and short.any():
+        # not a measurement of the steps: left NaN, so nothing downstream computes an error from it
+        runs_table.loc[short, [c for c in GPM_RUN_COLUMNS if c in runs_table]] = np.nan
         meta["missing"].append(
             "gpm: measurement window under 1 s for batch "
-            + ", ".join(str(b) for b in short["batch"])
-            + " (GPM refreshes every ~100 ms and lags); give a runs file with steady windows of 1 s or more"
+            + ", ".join(str(b) for b in runs_table.loc[short, "batch"])
+            + " (GPM refreshes every ~100 ms and lags), so no GPM bytes or utilisation are recorded for it; "
+            "give a runs file with steady windows of 1 s or more"
         )
     if model_config is not None:
         meta["extra"]["recorded_model"] = meta["model"]
         meta["model"] = {"name": model_config.get("name"), "config": model_config}
+    if meta["workload"].get("dtype") is None:
+        inferred = infer_dtype([x.path for x in imported if not x.trace.truncated])
+        if inferred is not None:
+            meta["workload"]["dtype"], meta["provenance"]["workload.dtype"] = inferred
     if problems:
         meta["partial"] = True
         meta["missing"].extend(problems)
@@ -402,6 +435,9 @@ def import_traces(
                 f"nvml: the timeline covers {r.nvml_coverage:.1%} of batch {r.batch}'s window; "
                 "bytes, power and energy are for the covered part only"
             )
+    needs = validate_needs(meta)
+    if needs is not None:  # last, so it is the import's last line
+        meta["missing"].append(needs)
     with tempfile.TemporaryDirectory(prefix="memtraffic-import-") as tmpdir:
         raw: dict[str, Path] = {}
         for run, imp in zip(meta["runs"], imported, strict=True):
@@ -424,6 +460,150 @@ def import_traces(
         more = f" (+{len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
         raise TraceError(f"{problems[0]}{more}; what could be read is saved in {written} (partial)")
     return written
+
+
+# --- what validate will need ---------------------------------------------------------------------------
+
+# flag to pass for each thing a bundle must record for validate to predict it
+NEEDED_FLAGS: dict[str, str] = {
+    "model": "--model MODEL",
+    "dtype": "--dtype bfloat16|float16|float32",
+    "phase": "--phase decode|prefill",
+    "context": "--context N",
+}
+
+
+def join_words(words: list[str]) -> str:
+    """'a', 'a or b', 'a, b or c'."""
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def missing_for_validate(meta: dict[str, Any]) -> list[str]:
+    """Of model, dtype, phase and context, those a bundle's meta lacks and validate needs: a model with
+    no config (neither --model nor a runs-file description), workload fields recorded as None."""
+    model = meta.get("model") or {}
+    out = [] if isinstance(model.get("config"), dict) and model["config"] else ["model"]
+    workload = meta.get("workload") or {}
+    return out + [k for k in ("dtype", "phase", "context") if k in workload and workload[k] is None]
+
+
+def validate_needs(meta: dict[str, Any]) -> str | None:
+    """One `missing` entry naming what validate will lack and the flags that give it, or None."""
+    lacking = missing_for_validate(meta)
+    if not lacking:
+        return None
+    flags = " ".join(NEEDED_FLAGS[k] for k in lacking)
+    also = ", or pass --model MODEL to validate" if lacking == ["model"] else ""
+    return (
+        f"workload: the bundle records no {join_words(lacking)}, which validate needs; "
+        f"import again with {flags}{also}"
+    )
+
+
+# --- the dtype, from the op input types the trace recorded ---------------------------------------------
+
+# ops whose tensor inputs are the weights, activations and KV cache that the bytes are counted in
+_DTYPE_OPS = re.compile(r"^aten::\w*(mm|matmul|linear|attention)\w*$")
+# kineto's names of the floating types a bundle records (torch's, as BUNDLE_DTYPES spells them)
+_KINETO_FLOATS: dict[str, str] = {"c10::BFloat16": "bfloat16", "c10::Half": "float16", "float": "float32"}
+# argument kinds that are not tensors
+_NOT_TENSORS = {"", "Scalar", "ScalarList", "TensorList", "GenericList", "None"}
+# index, mask and sequence-length inputs of attention ops: not what is read as KV
+_ATTENTION_INDEX_TYPES = {"bool", "long int", "int"}
+# a type seen anywhere in the trace that says weights or cache are stored in some narrower form
+_QUANTISED = re.compile(r"Float8|Float4|qint|quint|signed char|unsigned char|Bits")
+
+
+def _op_input_types(path: Path) -> Counter[tuple[str, tuple[str, ...]]]:
+    """(op name, its "Input type" list) of every cpu_op event of a trace, counted; streamed like the
+    trace itself. Empty when the trace did not record shapes (record_shapes=False) or cannot be read."""
+    found: Counter[tuple[str, tuple[str, ...]]] = Counter()
+    depth, top_key, in_events = 0, None, False
+    ekey = akey = None
+    cur: dict[str, Any] | None = None
+    sink = ijson.sendable_list()
+    coro = ijson.basic_parse_coro(sink, use_float=True)
+
+    def drain() -> None:
+        nonlocal depth, top_key, in_events, ekey, akey, cur
+        for ev, val in sink:
+            if ev == "map_key":
+                if depth == 1:
+                    top_key = val
+                elif depth == 3:
+                    ekey = val
+                elif depth == 4:
+                    akey = val
+            elif ev in ("start_map", "start_array"):
+                depth += 1
+                if depth == 2 and ev == "start_array":
+                    in_events = top_key == "traceEvents"
+                elif depth == 3 and in_events and ev == "start_map":
+                    cur = {"types": []}
+                elif depth == 4:
+                    akey = None
+            elif ev in ("end_map", "end_array"):
+                if depth == 3 and cur is not None and ev == "end_map":
+                    if cur.get("cat") == "cpu_op" and cur["types"]:
+                        found[(str(cur.get("name")), tuple(cur["types"]))] += 1
+                    cur = None
+                depth -= 1
+                if depth == 1:
+                    in_events = False
+            elif cur is not None:
+                if depth == 3 and ekey in ("cat", "name"):
+                    cur[ekey] = val
+                elif depth == 5 and ekey == "args" and akey == "Input type":
+                    cur["types"].append(val if isinstance(val, str) else "")
+        del sink[:]
+
+    try:
+        for chunk in byte_chunks(path):
+            coro.send(chunk)
+            drain()
+        coro.close()
+        drain()
+    except (CutGzipError, ijson.JSONError, OSError):
+        return Counter()
+    return found
+
+
+def infer_dtype(paths: list[Path]) -> tuple[str, str] | None:
+    """(dtype, provenance) when a trace shows it beyond doubt, else None.
+
+    Read from one trace (the smallest; one bundle is one model): every tensor input of every matmul,
+    linear and attention op must be of one floating type (bfloat16, float16 or float32), and no op in
+    the trace may take an 8-bit, 4-bit or quantised tensor. Autocast (fp32 weights cast before the
+    matmul), weight-only quantisation, an fp8 KV cache or mixed types all fail one of these, and then
+    nothing is inferred: the dtype is the weights' storage type, which a cast would hide.
+    """
+    if not paths:
+        return None
+    path = min(paths, key=lambda p: p.stat().st_size)
+    ops = _op_input_types(path)
+    seen: set[str] = set()
+    n = 0
+    for (name, types), count in ops.items():
+        if any(_QUANTISED.search(t) for t in types):
+            return None
+        if not _DTYPE_OPS.match(name):
+            continue
+        attention = "attention" in name
+        for t in types:
+            if t in _NOT_TENSORS or (attention and t in _ATTENTION_INDEX_TYPES):
+                continue
+            if t not in _KINETO_FLOATS:
+                return None
+            seen.add(t)
+        n += count
+    if len(seen) != 1 or n == 0:
+        return None
+    (kineto_type,) = seen
+    dtype = _KINETO_FLOATS[kineto_type]
+    return dtype, (
+        f"inferred from {path.name}: all {n} matmul/linear/attention ops take {kineto_type} tensors "
+        "and no op takes a quantised one"
+    )
 
 
 def _salvaged_run_row(

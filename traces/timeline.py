@@ -52,6 +52,18 @@ COUNTER_TRACKS: tuple[tuple[str, str, float], ...] = (
 HBM_TRACK = "HBM bandwidth (GB/s)"
 MAX_UTIL_PCT = 105.0
 
+# GPM reports each metric over the interval between two samples (~100 ms, and it lags): a window shorter
+# than this is mostly idle time around the steps, so what it integrates is not a measurement of them
+GPM_MIN_WINDOW_S = 1.0
+# runs-table columns computed from GPM metrics, left NaN (not measured) for windows under GPM_MIN_WINDOW_S
+GPM_RUN_COLUMNS: tuple[str, ...] = (
+    "gpm_bytes_per_step",
+    "gpm_bw_Bps",
+    "mean_dram_util_pct",
+    "mean_sm_util_pct",
+    "mean_tensor_util_pct",
+)
+
 
 def read_timeline(path: Path | str) -> pd.DataFrame:
     """The timeline rows, sorted by t_start_ns; TraceError (one line) for a missing or malformed file."""
