@@ -1,8 +1,10 @@
 """Expected number of distinct experts or memory rows touched by T tokens in one forward step.
 
 Every function here is a closed form from shared/docs/cost-reference.md section 2 ("Distinct items touched
-by T tokens"). All are pure and vectorised over an array of token counts: numpy arrays (or scalars) in,
-float64 arrays with the shape of ``tokens`` out (a numpy float64 scalar for a scalar, as ufuncs return).
+by T tokens"), except the busiest expert-parallel device's distinct items (expected_max_distinct_per_device:
+an exact recursion, tabulated once per layer shape). All are pure and vectorised over an array of token
+counts: numpy arrays (or scalars) in, float64 arrays with the shape of ``tokens`` out (a numpy float64
+scalar for a scalar, as ufuncs return).
 Token counts may be fractional (the effective-T models of section 2.4); the bounds min(N, T*k) hold for
 whole T only, since 1 - (1 - pi)^T > T*pi when 0 < T < 1.
 
@@ -28,6 +30,7 @@ __all__ = [
     "distinct_multihead",
     "distinct_uniform",
     "distinct_uniform_var",
+    "expected_max_distinct_per_device",
     "expected_max_load",
     "min_bound",
     "numba_available",
@@ -422,14 +425,59 @@ def distinct_from_probs(probs: ArrayLike, tokens: ArrayLike, *, backend: Backend
     return _out(values[inverse.ravel()].reshape(t.shape))
 
 
+def _water_fill(weights: FloatArray, k: float, *, ordered: bool = False) -> FloatArray:
+    """Inclusion probabilities pi_i = min(1, c * w_i) with c such that sum(pi) = k, in place on weights.
+
+    This is the fixed point of the water-filling of section 2.3: normalise the weights to sum k, pin every
+    item whose share would exceed 1 at 1, spread the remaining mass k - (pinned) over the others in
+    proportion to their weights, and repeat until no pi exceeds 1. The pinned items are the largest
+    weights, at most floor(k) of them, so only the floor(k) + 1 largest are candidates: with ordered=True
+    the weights are already non-increasing (Zipf) and those are the first ones; otherwise they are found by
+    a partial sort (O(N)). The prefix of pinned candidates is then solved for directly. The caller
+    guarantees at least k positive weights (otherwise no pi <= 1 sums to k).
+    """
+    n = weights.size
+    last = min(int(k), n - 1)
+    if ordered:
+        top = np.arange(last + 1)
+    else:
+        top = np.argpartition(weights, n - 1 - last)[n - 1 - last :]  # the last + 1 largest weights
+        top = top[np.argsort(-weights[top], kind="stable")]
+    head = weights[top]
+    # tails[c] = the weights from the c-th largest on. Summed from one pairwise sum of the rest upwards
+    # (a running total minus a prefix would cancel badly under heavy skew).
+    weights[top] = 0.0
+    rest = float(weights.sum())
+    weights[top] = head
+    tails = np.empty(last + 1)
+    tails[last] = rest + head[last]
+    for c in range(last - 1, -1, -1):
+        tails[c] = tails[c + 1] + head[c]
+    # Pin the shortest prefix after which the next item's proportional share fits: w_c (k - c) <= tail_c.
+    # c = last always qualifies (then k - c <= 1, or c = N - 1 and w_c = tail_c).
+    pinned = next(c for c in range(last + 1) if head[c] * (k - c) <= tails[c] * (1.0 + 1e-15))
+    if tails[pinned] > 0.0:
+        weights *= (k - pinned) / tails[pinned]
+        weights[top[:pinned]] = 1.0
+    else:
+        # The remaining weights are all 0 (Zipf weights underflowed, s in the thousands): the limit of the
+        # water-filling is to pin whole items in weight order and give the fractional rest to the next one.
+        whole = int(k)
+        weights[:] = 0.0
+        weights[top[:whole]] = 1.0
+        if whole < n:
+            weights[top[whole]] = k - whole
+    return np.minimum(weights, 1.0, out=weights)
+
+
 def zipf_probs(n_items: int, k: float, s: float) -> FloatArray:
     """Per-token inclusion probabilities of a Zipf popularity law (section 2.3).
 
     pi_i proportional to i^(-s) (i = 1..N, most popular first), normalised so that sum(pi) = k, then
-    water-filled at 1: items whose share would exceed 1 are pinned at 1 and the remaining mass k - c is
-    spread over the rest in proportion to i^(-s), repeated until no pi exceeds 1. Because the weights fall
-    with i, the pinned items are a prefix; this solves for the prefix length c directly (the fixed point of
-    the clip-and-renormalise iteration) in O(N). k may be fractional (an effective k); s = 0 is uniform.
+    water-filled at 1 (_water_fill): items whose share would exceed 1 are pinned at 1 and the remaining
+    mass k - c is spread over the rest in proportion to i^(-s), repeated until no pi exceeds 1. Because the
+    weights fall with i, the pinned items are a prefix. k may be fractional (an effective k); s = 0 is
+    uniform.
     """
     n = _whole("n_items", n_items)
     kk = _real("k", k, 0.0, strict=True)
@@ -437,38 +485,31 @@ def zipf_probs(n_items: int, k: float, s: float) -> FloatArray:
     ss = _real("s", s)
     probs = np.arange(1, n + 1, dtype=np.float64)
     np.power(probs, -ss, out=probs)  # the weights i^-s, turned into pi in place (N may be 1e8)
-    # tails[c] = sum of the weights from c on, for the candidate prefix lengths c <= floor(k), accumulated
-    # upwards from one pairwise sum (a running total minus a prefix would cancel badly under heavy skew).
-    last = min(int(kk), n - 1)
-    tails = np.empty(last + 1)
-    tails[last] = probs[last:].sum()
-    for c in range(last - 1, -1, -1):
-        tails[c] = tails[c + 1] + probs[c]
-    # Pin the shortest prefix after which the next item's proportional share fits: w_c (k - c) <= tail_c.
-    # c = last always qualifies (then k - c <= 1, or c = N - 1 and w_c = tail_c).
-    pinned = next(c for c in range(last + 1) if probs[c] * (kk - c) <= tails[c] * (1.0 + 1e-15))
-    if tails[pinned] > 0.0:
-        probs[pinned:] *= (kk - pinned) / tails[pinned]
-        probs[:pinned] = 1.0
-    else:
-        # The remaining weights underflowed to 0 (s in the thousands); the water-filling limit is to pin
-        # whole items in popularity order and give the fractional rest to the next one.
-        whole = int(kk)
-        probs[:] = 0.0
-        probs[:whole] = 1.0
-        if whole < n:
-            probs[whole] = kk - whole
-    return np.minimum(probs, 1.0, out=probs)
+    return _water_fill(probs, kk, ordered=True)
 
 
 def probs_from_histogram(
-    counts: ArrayLike, k: int, tokens_observed: float | None = None, *, prior: float = 0.0
+    counts: ArrayLike,
+    k: int,
+    tokens_observed: float | None = None,
+    *,
+    prior: float = 0.0,
+    source: str | None = None,
 ) -> FloatArray:
     """Per-token inclusion probabilities from a measured routing histogram (section 2.3 recipe).
 
-    counts[i] = how often item i was selected over a run in which every token chose k items.
-    pi_i = (count_i + prior) / (n_tokens + prior * N / k), clipped to 1, with n_tokens = tokens_observed,
-    or sum(counts) / k when it is not given. With prior = 0 this is the plug-in estimate count_i / n_tokens.
+    counts[i] = how often item i was selected over a run in which every token chose k distinct items.
+    The weights count_i + prior are water-filled (_water_fill, as zipf_probs does) to a total of k:
+    pi_i = min(1, c * (count_i + prior)), c such that sum(pi) = k. While no pi reaches 1 this is the plug-in
+    estimate (count_i + prior) / (n_tokens + prior * N / k) with n_tokens = sum(counts) / k; an item counted
+    more often than there were tokens (a histogram recorded with another k, or written by hand) is pinned
+    at 1 and its excess spread over the others, so that sum(pi) = k still holds, as it must when every token
+    reads k distinct items. With tokens_observed, the total is (sum(counts) + prior N) / (tokens_observed +
+    prior N / k) instead (at most k: the counts may not hold more than k selections per token), which is
+    below k when the histogram recorded only part of the selections.
+
+    A top-k layer reads k distinct items per token, so fewer than k items with a positive weight cannot
+    describe it: that is a ConfigError naming `source` (the file the counts came from) when given.
 
     Caveat: the plug-in estimate under-estimates E[U]. Items never seen get pi = 0 although their true
     probability is positive, and since 1 - (1 - pi)^T is concave in pi, noise in the estimated pi lowers
@@ -479,14 +520,33 @@ def probs_from_histogram(
     kk = _whole("k", k)
     _not_above("k", kk, "len(counts)", c.size)
     alpha = _real("prior", prior)
+    total = float(c.sum())
     if tokens_observed is None:
-        total = float(c.sum())
         if total == 0.0 and alpha == 0.0:
             raise ConfigError("counts are all zero; give tokens_observed or a prior > 0")
-        n_tokens = total / kk
+        mass = float(kk)
     else:
         n_tokens = _real("tokens_observed", tokens_observed, 0.0, strict=True)
-    return np.minimum((c + alpha) / (n_tokens + alpha * c.size / kk), 1.0)
+        if total > kk * n_tokens * (1.0 + 1e-12):
+            raise ConfigError(
+                f"counts hold {_number(total)} selections, more than k={kk} per token over "
+                f"tokens_observed={_number(n_tokens)}"
+            )
+        mass = min(float(kk), (total + alpha * c.size) / (n_tokens + alpha * c.size / kk))
+    weights = c + alpha
+    positive = int(np.count_nonzero(weights))
+    if positive < kk:
+        raise ConfigError(_too_few_items(source, positive, kk))
+    return _water_fill(weights, mass)
+
+
+def _too_few_items(source: str | None, items: int, k: int, *, per_layer: bool = False) -> str:
+    where = f"routing.histogram: {source}" if source else "the routing histogram"
+    which = " in its sparsest layer" if per_layer else ""
+    return (
+        f"{where} has {items} item{'' if items == 1 else 's'} with a nonzero count{which}, but the layer "
+        f"picks {k} distinct items (experts or rows) per token"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -502,6 +562,13 @@ class RoutingModel:
     than the layer's n_items is padded with zero counts (ids past the last one ever chosen); a longer one
     is an error. counts is stored as a read-only float64 copy, so the model stays immutable; equality
     compares the values.
+
+    For a histogram, source names where the counts came from (a file, for error messages) and layer_items
+    is the fewest items with a nonzero count in any one recorded layer, for counts averaged over several
+    layers (whose average has as many nonzero items as the widest layer). Both default to the attributes
+    of the same names of counts when it has them, as simulator.routing_io.load_histogram's result does.
+    A layer that picks k distinct items per token refuses a histogram with fewer than k items ever chosen
+    (unless a prior gives every item a pseudo-count): no top-k routing can have produced it.
     """
 
     kind: Literal["uniform", "zipf", "histogram"] = "uniform"
@@ -509,6 +576,8 @@ class RoutingModel:
     counts: FloatArray | None = None
     tokens_observed: float | None = None
     prior: float = 0.0
+    source: str | None = None
+    layer_items: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("uniform", "zipf", "histogram"):
@@ -522,20 +591,27 @@ class RoutingModel:
         if self.kind == "histogram":
             if self.counts is None:
                 raise ConfigError("counts is required for kind='histogram' (selections per item)")
+            for name in ("source", "layer_items"):  # carried by a loaded histogram (routing_io)
+                if getattr(self, name) is None:
+                    object.__setattr__(self, name, getattr(self.counts, name, None))
+            if self.source is not None and not isinstance(self.source, str):
+                raise ConfigError(f"source={_show(self.source)} must be a string")
+            if self.layer_items is not None:
+                object.__setattr__(self, "layer_items", _whole("layer_items", self.layer_items, 0))
             frozen = _vector("counts", self.counts, upper=None).copy()
             frozen.flags.writeable = False
             object.__setattr__(self, "counts", frozen)
             if self.tokens_observed is not None:
                 _real("tokens_observed", self.tokens_observed, 0.0, strict=True)
         else:
-            for name in ("counts", "tokens_observed"):
+            for name in ("counts", "tokens_observed", "source", "layer_items"):
                 if getattr(self, name) is not None:
                     raise ConfigError(f"{name} applies only to kind='histogram', not kind='{self.kind}'")
         _real("prior", self.prior)
 
     def _key(self) -> tuple[Any, ...]:
         counts = None if self.counts is None else self.counts.tobytes()
-        return (self.kind, self.s, counts, self.tokens_observed, self.prior)
+        return (self.kind, self.s, counts, self.tokens_observed, self.prior, self.source, self.layer_items)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, RoutingModel):
@@ -572,7 +648,11 @@ class RoutingModel:
                 )
             if counts.size < n:  # a histogram indexed by item id ends at the last item ever chosen
                 counts = np.concatenate([counts, np.zeros(n - counts.size)])
-            probs = probs_from_histogram(counts, kk, self.tokens_observed, prior=self.prior)
+            if self.prior == 0.0 and self.layer_items is not None and self.layer_items < kk:
+                raise ConfigError(_too_few_items(self.source, self.layer_items, kk, per_layer=True))
+            probs = probs_from_histogram(
+                counts, kk, self.tokens_observed, prior=self.prior, source=self.source
+            )
         if h > 1:
             with np.errstate(divide="ignore"):
                 probs = -np.expm1(h * np.log1p(-probs))
@@ -596,7 +676,13 @@ def expected_max_load(
     is a sizeable fraction of N (OLMoE: 56/63).
     When G does not divide N, the largest shards hold ceil(N/G) experts; E[max] then uses that shard's
     mean and std (share e/N in place of 1/G) while `mean` stays the average T*k/G. E[max] is capped at
-    T * min(k, e), the most one device can receive. Returns (mean, expected_max), each shaped like tokens.
+    T * min(k, e), the most one device can receive, and floored by the expected maximum of distinct experts
+    read per device (exact, see expected_max_distinct_per_device): each expert a device reads was sent at
+    least one pair, so the busiest device by pairs is never below the busiest by experts read, and a MoE
+    layer's FLOPs (from this) never describe a lighter busiest device than its weight bytes do. The floor
+    binds at small T, where the Gaussian is poor: one token of top-1 routing over 32 devices of one expert
+    each sends its one pair to one device (E[max] = 1), where the Gaussian gives 0.49. Returns (mean,
+    expected_max), each shaped like tokens.
     """
     t = _tokens(tokens)
     n = _whole("n_experts", n_experts)
@@ -609,34 +695,125 @@ def expected_max_load(
     finite_population = (n - kk) / (n - 1) if n > 1 else 0.0
     std = np.sqrt(t * kk * share * (1.0 - share) * finite_population)
     expected_max = np.minimum(t * kk * share + std * math.sqrt(2.0 * math.log(g)), t * min(kk, largest_shard))
+    if g > 1:
+        expected_max = np.maximum(expected_max, _busiest_at_tokens(n, kk, g, t))
     mean = t * kk / g
     return _out(mean), _out(expected_max)
 
 
-def expected_max_distinct_per_device(n_items: int, devices: int, distinct: ArrayLike) -> FloatArray:
+def _log_factorials(n: int) -> FloatArray:
+    """ln(i!) for i = 0..n (lgamma per entry: a cumulative sum of logs would drift by ~n ulps)."""
+    return np.array([math.lgamma(i + 1.0) for i in range(n + 1)])
+
+
+def _shard_sizes(n_items: int, devices: int) -> list[int]:
+    """Whole items per device, largest shards first (ceil(N/G) on the first N mod G devices)."""
+    size, larger = divmod(n_items, devices)
+    return [size + 1] * larger + [size] * (devices - larger)
+
+
+def _busiest_given_touched(n_items: int, devices: int) -> FloatArray:
+    """M[u] = E[max over shards of the touched items on a shard], u touched items placed uniformly at random.
+
+    E[max] = sum_{x >= 1} P(max >= x) = sum_x (1 - R_x(u)) with R_x(u) = P(every shard holds < x of them).
+    R_x is built by adding the shards one at a time: with s slots so far holding v of the touched items,
+    a new shard of b slots holds j of the v + j touched items of the s + b slots with the hypergeometric
+    probability C(s, v) C(b, j) / C(s + b, v + j), so
+    R'_x(v + j) = sum_{j < x} R_x(v) C(s, v) C(b, j) / C(s + b, v + j). Every term is a probability, so
+    nothing cancels or overflows; cost ~ N^2 ceil(N/G) / 2 multiply-adds in numpy rows of N.
+    """
+    sizes = _shard_sizes(n_items, devices)
+    top = sizes[0]
+    lf = _log_factorials(n_items)
+    below = np.zeros((top, n_items + 1))  # below[x - 1, v] = R_x(v) over the shards added so far
+    below[:, 0] = 1.0
+    slots = 0
+    for size in sizes:
+        grown = np.zeros_like(below)
+        v = np.arange(slots + 1)
+        old = lf[slots] - lf[v] - lf[slots - v]  # ln C(s, v)
+        for j in range(min(size, top - 1) + 1):  # j new touched items keep only the x > j maxima below x
+            new = lf[size] - lf[j] - lf[size - j]  # ln C(b, j)
+            total = lf[slots + size] - lf[v + j] - lf[slots + size - v - j]  # ln C(s + b, v + j)
+            grown[j:, j : j + slots + 1] += below[j:, : slots + 1] * np.exp(old + new - total)
+        below = grown
+        slots += size
+    return (1.0 - below).sum(axis=0)
+
+
+@functools.lru_cache(maxsize=64)
+def _busiest_shard_curve(n_items: int, k: int, devices: int) -> FloatArray:
+    """E[max over the G shards of the distinct items touched on a shard] at T = 0, 1, 2, ... whole tokens,
+    under uniform top-k routing, up to the T where it is within 1e-12 of ceil(N/G) (read-only, cached).
+
+    Exact: under uniform routing every item is alike, so given U = u distinct items touched in all, the
+    touched set is a uniformly random u-subset and the busiest shard holds M[u] of them on average
+    (_busiest_given_touched); U itself follows a Markov chain over tokens (from u touched, a token adds j
+    new items with probability C(N - u, j) C(u, k - j) / C(N, k)), stepped exactly, and
+    E[max](T) = sum_u P(U_T = u) M[u]. Steps: until some shard is certainly full, roughly
+    (N / (G k)) (ln C(N, G) + 28): 202 for DeepSeek-V3 at G = 8 (256 experts, top-8), 2 for Mixtral at
+    G = 8. Once per (N, k, G) and process: ~7 ms for DeepSeek-V3 at G = 8, ~0.1-0.2 s for 1024 experts.
+    """
+    touched_max = _busiest_given_touched(n_items, devices)
+    top = float(-(-n_items // devices))
+    lf = _log_factorials(n_items)
+    u = np.arange(n_items + 1)[:, None]
+    j = np.arange(k + 1)[None, :]
+    valid = (j <= n_items - u) & (k - j <= u)
+
+    def log_comb(a: npt.NDArray[np.int64], b: npt.NDArray[np.int64]) -> FloatArray:
+        a, b = np.where(valid, a, 0), np.where(valid, b, 0)  # indices kept in range where invalid
+        return lf[a] - lf[b] - lf[a - b]
+
+    log_step = log_comb(n_items - u, j) + log_comb(u, k - j) - (lf[n_items] - lf[k] - lf[n_items - k])
+    step = np.exp(log_step)[valid]  # P(u -> u + j), flattened over the valid (u, j)
+    source, target = np.nonzero(valid)[0], (u + j)[valid]
+    dist = np.zeros(n_items + 1)
+    dist[0] = 1.0
+    values = [0.0]
+    while top - values[-1] > 1e-12 * top:
+        dist = np.bincount(target, weights=dist[source] * step, minlength=n_items + 1)
+        dist /= dist.sum()  # rows of the chain sum to 1 up to rounding; keep that from drifting
+        values.append(float(dist @ touched_max))
+    curve = np.array(values)
+    curve.flags.writeable = False
+    return curve
+
+
+def expected_max_distinct_per_device(n_items: int, k: int, devices: int, distinct: ArrayLike) -> FloatArray:
     """Expected distinct items on the busiest of `devices` shards, given E[U] over all N items.
 
-    Each item is touched with probability p = E[U]/N (the mean over items, whatever the routing); a
-    shard of e = ceil(N/G) items then holds X ~ Binomial(e, p) touched items, and treating the G shards
-    as independent, E[max] = sum_{x=1..e} (1 - P(X < x)^G), computed exactly from the binomial pmf.
-    In memory-bound decode the step waits for that device.
+    In memory-bound decode the step waits for the device that reads the most weights. Under uniform top-k
+    routing and whole T this is exact (_busiest_shard_curve): the G shards are not independent (one token
+    touches exactly k items in all), which is what makes one token over 8 devices of one expert each always
+    load exactly one expert on the busiest device, for any k. Approximations, for the other cases:
+      * any routing is replaced by uniform routing at the token count T' that touches as many items on
+        average, T' = ln(1 - E[U]/N) / ln(1 - k/N) (T' = T for uniform routing; T' = 1 at one token for any
+        routing, since every token reads k distinct items). This keeps the count of items touched but
+        places them as if at random: with skew, the devices that happen to hold the popular items are not
+        singled out.
+      * fractional T' is interpolated linearly between whole token counts.
+    Shards are whole items, ceil(N/G) on the largest. Cost: a per-(N, k, G) table computed once, then one
+    interpolation per point.
     """
     n = _whole("n_items", n_items)
+    kk = _whole("k", k)
+    _not_above("k", kk, "n_items", n)
     g = _whole("devices", devices)
     _not_above("devices", g, "n_items", n)
-    u = np.asarray(distinct, dtype=np.float64)
+    u = np.minimum(_tokens(distinct, "distinct"), float(n))  # rounding may put E[U] a hair above N
     if g == 1:
         return _out(u)
-    shard = -(-n // g)
-    p = np.clip(u / n, 0.0, 1.0)
-    q = 1.0 - p
-    pmf = q**shard  # P(X = 0), then the recurrence pmf(x+1) = pmf(x) (e - x)/(x + 1) p/q
-    cdf = pmf.copy()
-    expected = np.zeros_like(p)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(q > 0, p / np.where(q > 0, q, 1.0), 0.0)
-    for x in range(1, shard + 1):
-        expected += 1.0 - np.clip(cdf, 0.0, 1.0) ** g  # P(max >= x)
-        pmf = pmf * (shard - x + 1) / x * ratio
-        cdf = cdf + pmf
-    return _out(np.where(q > 0, expected, float(shard)))
+    if kk == n:  # every token reads every item
+        tokens = np.where(u > 0, np.inf, 0.0)
+    else:
+        with np.errstate(divide="ignore"):  # E[U] = N: T' = inf, every shard full
+            tokens = np.log1p(-u / n) / math.log1p(-kk / n)
+    return _out(_busiest_at_tokens(n, kk, g, tokens))
+
+
+def _busiest_at_tokens(n_items: int, k: int, devices: int, tokens: FloatArray) -> FloatArray:
+    """_busiest_shard_curve at (possibly fractional or infinite) token counts, linear between whole ones."""
+    curve = _busiest_shard_curve(n_items, k, devices)
+    top = float(-(-n_items // devices))
+    return np.interp(tokens, np.arange(curve.size, dtype=np.float64), curve, right=top)

@@ -13,7 +13,30 @@ from simulator.errors import ConfigError
 MAX_ITEMS = 2**31  # experts or memory rows of one layer: far beyond any table, and a histogram this long fits
 
 
-def load_histogram(path: str | Path | None) -> np.ndarray:
+class Histogram(np.ndarray):
+    """Selection counts per item (a float64 array) that remember where they were read from.
+
+    `source` is the file; `layer_items`, for counts averaged over several layers, is the fewest items with
+    a nonzero count in any one layer (None for one layer, where the counts themselves tell). The
+    simulator's RoutingModel picks both up, so that a histogram refused by a layer (fewer items ever
+    chosen than the layer's top-k) is named in the error.
+    """
+
+    source: str | None
+    layer_items: int | None
+
+    def __new__(cls, counts: np.ndarray, source: str, layer_items: int | None = None) -> Histogram:
+        histogram = np.asarray(counts, dtype=np.float64).view(cls)
+        histogram.source = source
+        histogram.layer_items = layer_items
+        return histogram
+
+    def __array_finalize__(self, obj: object) -> None:
+        self.source = getattr(obj, "source", None)
+        self.layer_items = getattr(obj, "layer_items", None)
+
+
+def load_histogram(path: str | Path | None) -> Histogram:
     """Selection counts per item from a CSV or Parquet table with `item` and `count` columns (other
     columns, such as batch or step, are summed over). A profiled run directory stands for its routing
     table (routing.parquet).
@@ -22,7 +45,9 @@ def load_histogram(path: str | Path | None) -> np.ndarray:
     the layers' popularity profiles averaged rank by rank (each layer's counts sorted, as shares of its
     selections, averaged, scaled to the mean selections per layer): the expected number of distinct items
     depends on the popularity values alone, not on which id holds them, and adding counts of unrelated
-    experts of different layers by id would flatten each layer's skew."""
+    experts of different layers by id would flatten each layer's skew. The average has as many items with a
+    nonzero count as the widest layer, so the fewest of any one layer is kept beside it (`layer_items`):
+    a top-k layer needs at least k (see Histogram)."""
     if path is None:
         raise ConfigError("routing.histogram: a histogram file is required for kind 'histogram'")
     p = Path(path)
@@ -64,22 +89,31 @@ def load_histogram(path: str | Path | None) -> np.ndarray:
             f"(ids run below {MAX_ITEMS:,})"
         )
     if "layer" in df and df["layer"].nunique() > 1:
-        return _rank_averaged(df)
+        profile, layer_items = _rank_averaged(df)
+        return Histogram(profile, str(p), layer_items)
     counts = df.groupby("item")["count"].sum()
     out = np.zeros(int(counts.index.max()) + 1)
     out[counts.index.to_numpy(dtype=np.int64)] = counts.to_numpy(dtype=np.float64)
-    return out
+    return Histogram(out, str(p))
 
 
-def _rank_averaged(df: pd.DataFrame) -> np.ndarray:
+def _rank_averaged(df: pd.DataFrame) -> tuple[np.ndarray, int]:
     """Per layer, counts by item sorted in decreasing order as shares of the layer's selections; the
     shares averaged rank by rank (a layer with fewer selected items adds zeros) and scaled to the mean
-    number of selections per layer."""
+    number of selections per layer. Also returns the fewest items with a nonzero count in one layer.
+
+    The probabilities are water-filled from the average (simulator.routing.probs_from_histogram), not per
+    layer, and that loses nothing: a layer recorded under top-k routing has every share <= 1/k (no token
+    chooses an item twice), so its average does too and pi = k * share needs no cap; shares above 1/k (a
+    histogram written by hand, or recorded with a smaller k) are capped and redistributed after averaging.
+    A layer without selections has no profile and is left out."""
     per_layer = df.groupby(["layer", "item"])["count"].sum()
     profiles = [np.sort(g.to_numpy(dtype=np.float64))[::-1] for _, g in per_layer.groupby(level="layer")]
+    profiles = [p for p in profiles if p.sum() > 0]  # a layer without selections has no profile to average
     width = max(p.size for p in profiles)
     shares = np.zeros((len(profiles), width))
     for i, p in enumerate(profiles):
         shares[i, : p.size] = p / p.sum()
     mean_selections = float(np.mean([p.sum() for p in profiles]))
-    return shares.mean(axis=0) * mean_selections
+    layer_items = min(int(np.count_nonzero(p)) for p in profiles)
+    return shares.mean(axis=0) * mean_selections, layer_items

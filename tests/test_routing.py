@@ -10,11 +10,14 @@
 from __future__ import annotations
 
 import builtins
+import itertools
 import math
+from collections import defaultdict
 from collections.abc import Callable
 from decimal import Decimal
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -27,6 +30,7 @@ from simulator.routing import (
     distinct_multihead,
     distinct_uniform,
     distinct_uniform_var,
+    expected_max_distinct_per_device,
     expected_max_load,
     min_bound,
     numba_available,
@@ -34,6 +38,7 @@ from simulator.routing import (
     zipf_probs,
 )
 
+ArrayLike = npt.ArrayLike
 NO_NUMBA = pytest.mark.skipif(not numba_available(), reason="numba is not importable")
 BACKENDS = ["numpy", pytest.param("numba", marks=NO_NUMBA)]
 MAX_KEYS = 1 << 22  # random keys per Monte Carlo batch (32 MB of float64)
@@ -290,11 +295,124 @@ def test_zipf_probs_extreme_skew_pins_the_top_items() -> None:
 
 def test_probs_from_histogram_options() -> None:
     counts = np.array([30.0, 10.0, 0.0, 0.0])  # 20 tokens x k = 2 selections
-    np.testing.assert_allclose(probs_from_histogram(counts, 2), [1.0, 0.5, 0.0, 0.0])
+    # item 0 counted 30 times in 20 tokens: pinned at 1, and its excess goes to item 1 (only two were seen,
+    # and every token picks two distinct items)
+    np.testing.assert_allclose(probs_from_histogram(counts, 2), [1.0, 1.0, 0.0, 0.0])
+    np.testing.assert_allclose(probs_from_histogram([20.0, 10.0, 6.0, 4.0], 2), [1.0, 0.5, 0.3, 0.2])
     np.testing.assert_allclose(probs_from_histogram(counts, 2, tokens_observed=40), [0.75, 0.25, 0, 0])
-    smoothed = probs_from_histogram(counts, 2, prior=1.0)  # 4 pseudo-selections = 2 pseudo-tokens
-    np.testing.assert_allclose(smoothed, [1.0, 11 / 22, 1 / 22, 1 / 22])
+    # by hand: weights 31, 11, 1, 1 (4 pseudo-selections = 2 pseudo-tokens) scaled to sum 2 give item 0
+    # 62/44 > 1; pinned, the remaining 1 is spread over 11, 1, 1 in proportion
+    smoothed = probs_from_histogram(counts, 2, prior=1.0)
+    np.testing.assert_allclose(smoothed, [1.0, 11 / 13, 1 / 13, 1 / 13])
     assert (smoothed[2:] > 0).all()
+    # too few items ever chosen for top-2, unless a prior lets the others be chosen
+    with pytest.raises(ConfigError, match="has 1 item with a nonzero count, but the layer picks 2"):
+        probs_from_histogram([5.0, 0.0, 0.0], 2)
+    assert probs_from_histogram([5.0, 0.0, 0.0], 2, prior=0.5).sum() == pytest.approx(2.0)
+
+
+# A histogram with one very popular expert: counted more often (1000) than there were tokens (1756 / 8),
+# so its plug-in probability is above 1; only ten of OLMoE's 64 experts were ever chosen.
+SKEWED_COUNTS = np.array([1000.0, 500, 100, 50, 40, 30, 20, 10, 5, 1] + [0.0] * 54)
+
+
+@pytest.mark.parametrize(
+    ("counts", "k"),
+    [
+        (SKEWED_COUNTS, 8),
+        (np.array([7.0, 7.0, 7.0, 1.0, 0.0, 3.0]), 4),  # three tied items, pinned together
+        (np.random.default_rng(4).pareto(0.7, 500) + (np.arange(500) < 40), 32),
+        (np.array([3.0, 0.0, 1.0, 1.0]), 3),  # every item ever chosen is chosen by every token
+    ],
+)
+def test_histogram_probs_are_water_filled(counts: np.ndarray, k: int) -> None:
+    probs = probs_from_histogram(counts, k)
+    # the literal definition of section 2.3 (normalise, clip at 1, renormalise the rest, repeat)
+    np.testing.assert_allclose(probs, iterative_water_filling(counts, k), rtol=1e-12, atol=1e-15)
+    assert probs.sum() == pytest.approx(k, rel=1e-12) and probs.max() <= 1.0
+    np.testing.assert_array_equal(probs > 0, counts > 0)  # never-seen items stay unseen
+    order = np.argsort(-counts, kind="stable")
+    assert (np.diff(probs[order]) <= 1e-15).all()  # more counts, no lower probability
+
+
+def systematic_topk(rng: np.random.Generator, probs: np.ndarray, rows: int) -> np.ndarray:
+    """Exactly k = sum(probs) distinct items per token, item i with probability probs[i] (systematic
+    sampling: the items laid end to end on [0, k) as intervals of length probs[i], hit at u, u + 1, ...,
+    u + k - 1 for one uniform u; no interval is longer than 1, so none is hit twice)."""
+    k = round(probs.sum())
+    edges = np.cumsum(probs)
+    edges[-1] = k  # rounding must not leave the last point past the end
+    points = rng.random((rows, 1)) + np.arange(k)
+    return np.searchsorted(edges, points, side="right")
+
+
+def test_skewed_histogram_matches_monte_carlo_of_top_k_routing() -> None:
+    rng = np.random.default_rng(21)
+    n, k = SKEWED_COUNTS.size, 8
+    model = RoutingModel("histogram", counts=SKEWED_COUNTS)
+    tokens = np.array([1, 2, 4, 16, 64])
+    predicted = model.distinct(n, k, 1, tokens)
+    # One token reads k distinct experts, whatever the skew; many tokens read at most the ten ever seen.
+    assert predicted[0] == pytest.approx(k, rel=1e-12)
+    assert (np.diff(predicted) > 0).all() and predicted[-1] <= 10
+    assert float(model.distinct(n, k, 1, 10**6)) == pytest.approx(10, rel=1e-12)
+    # Tokens drawn with exactly k distinct experts each, with the water-filled marginals of the test's own
+    # definition: the formula's E[U] is exact for any routing with those marginals (section 2.3), so it must
+    # agree to within the sampling error.
+    marginals = iterative_water_filling(SKEWED_COUNTS, k)
+    for t, value in zip(tokens, predicted, strict=True):
+        chosen = systematic_topk(rng, marginals, 20000 * t).reshape(20000, t * k)
+        assert (np.sort(chosen[:, :k], axis=1)[:, 1:] != np.sort(chosen[:, :k], axis=1)[:, :-1]).all()
+        seen = np.zeros((20000, n), dtype=bool)
+        seen[np.arange(20000)[:, None], chosen] = True
+        samples = seen.sum(axis=1)
+        standard_error = samples.std(ddof=1) / math.sqrt(samples.size)
+        assert abs(value - samples.mean()) <= 4 * standard_error + 1e-12, (t, value, samples.mean())
+    # Successive sampling in proportion to the counts (Gumbel top-k) is another routing with the same
+    # counts: its marginals are flatter (about 0.71, 0.40, 0.09 for the last three experts, against
+    # 0.625, 0.3125, 0.0625), so it reads more distinct experts: 8.71 against 8.51 at T = 2 (+2.3 %), the
+    # largest gap. Both read exactly k at one token and the formula stays below it, within 3 %.
+    log_weights = np.log(SKEWED_COUNTS[:10])
+    for t, value in zip(tokens, predicted, strict=True):
+        samples = distinct_counts(lambda rows: gumbel_topk(rng, log_weights, k, rows), 10, int(t), 20000)
+        assert value <= samples.mean() + 4 * samples.std(ddof=1) / math.sqrt(samples.size) + 1e-12
+        assert value >= 0.97 * samples.mean()
+
+
+def test_histogram_with_fewer_items_than_top_k_is_refused(tmp_path) -> None:
+    import pandas as pd
+
+    from simulator.routing_io import load_histogram
+
+    # The reviewer's file: three experts ever chosen, applied to OLMoE (top-8 of 64)
+    path = tmp_path / "h.csv"
+    pd.DataFrame({"item": [0, 1, 2], "count": [100, 50, 10]}).to_csv(path, index=False)
+    model = RoutingModel("histogram", counts=load_histogram(path))
+    assert model.source == str(path)
+    with pytest.raises(ConfigError) as caught:
+        model.distinct(64, 8, 1, [1, 4])
+    message = str(caught.value)
+    assert message == (
+        f"routing.histogram: {path} has 3 items with a nonzero count, but the layer picks 8 distinct "
+        "items (experts or rows) per token"
+    )
+    # the same file describes a top-2 or top-3 layer, and a prior makes every item possible
+    assert float(model.distinct(64, 3, 1, 1)) == pytest.approx(3.0)
+    assert float(RoutingModel("histogram", counts=[100, 50, 10], prior=0.1).distinct(64, 8, 1, 1)) == (
+        pytest.approx(8.0)
+    )
+    # Several layers: averaged rank by rank, the profile has as many items as the widest layer, so the
+    # sparsest layer's count is what a top-k layer is checked against.
+    rows = [{"layer": "block0.moe", "item": i, "count": 10 + i} for i in range(10)]
+    rows += [{"layer": "block1.moe", "item": i, "count": c} for i, c in enumerate([100, 50, 10])]
+    rows += [{"layer": "block2.moe", "item": 5, "count": 0}]  # a layer without selections: left out
+    layers = tmp_path / "layers.csv"
+    pd.DataFrame(rows).to_csv(layers, index=False)
+    profile = load_histogram(layers)
+    assert np.count_nonzero(profile) == 10 and profile.layer_items == 3
+    with pytest.raises(ConfigError, match="has 3 items with a nonzero count in its sparsest layer, but"):
+        RoutingModel("histogram", counts=profile).distinct(64, 8, 1, 1)
+    assert float(RoutingModel("histogram", counts=profile).distinct(64, 3, 1, 1)) == pytest.approx(3.0)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -451,6 +569,162 @@ def test_expected_max_load_matches_monte_carlo(n: int, k: int, devices: int) -> 
     np.testing.assert_array_equal(one_device[0], one_device[1])
 
 
+def shard_sizes(n: int, devices: int) -> np.ndarray:
+    """Experts per device, the first N mod G devices holding one more (as the simulator shards them)."""
+    return np.full(devices, n // devices) + (np.arange(devices) < n % devices)
+
+
+def exact_busiest_shard(n: int, k: int, devices: int, tokens: int) -> float:
+    """E[max over devices of the distinct experts a device reads] by enumeration: the distribution of the
+    touched set (a bit mask) carried token by token over all C(N, k) equally likely choices of a token."""
+    owner = np.repeat(np.arange(devices), shard_sizes(n, devices))
+    choices = [sum(1 << i for i in chosen) for chosen in itertools.combinations(range(n), k)]
+    dist = {0: 1.0}
+    for _ in range(tokens):
+        step: defaultdict[int, float] = defaultdict(float)
+        for mask, p in dist.items():
+            for chosen in choices:
+                step[mask | chosen] += p / len(choices)
+        dist = step
+    expected = 0.0
+    for mask, p in dist.items():
+        touched = [i for i in range(n) if mask >> i & 1]
+        expected += p * (np.bincount(owner[touched], minlength=devices).max() if touched else 0)
+    return expected
+
+
+def busiest_shard_samples(
+    rng: np.random.Generator, n: int, k: int, devices: int, tokens: int, trials: int
+) -> np.ndarray:
+    """Distinct experts read by the busiest device in each of `trials` steps of uniform top-k routing."""
+    starts = np.r_[0, np.cumsum(shard_sizes(n, devices))[:-1]]
+    out = np.empty(trials)
+    per_batch = max(1, MAX_KEYS // (tokens * n))
+    for start in range(0, trials, per_batch):
+        batch = min(per_batch, trials - start)
+        chosen = uniform_topk(rng, n, k, batch * tokens).reshape(batch, tokens * k)
+        seen = np.zeros((batch, n), dtype=np.int64)
+        seen[np.arange(batch)[:, None], chosen] = 1
+        out[start : start + batch] = np.add.reduceat(seen, starts, axis=1).max(axis=1)
+    return out
+
+
+def busiest(n: int, k: int, devices: int, tokens: ArrayLike) -> np.ndarray:
+    return expected_max_distinct_per_device(n, k, devices, distinct_uniform(n, k, tokens))
+
+
+def test_busiest_shard_by_hand() -> None:
+    # Mixtral-8x7B over 8 devices (one expert each), one token: its two experts sit on two devices, one
+    # each, so the busiest device reads exactly one expert (independent shards would say 1 - (3/4)^8 = 0.90)
+    assert float(busiest(8, 2, 8, 1)) == pytest.approx(1.0, rel=1e-12)
+    # one expert per device: one token's k experts, on k devices, for any k
+    for n, k in ((8, 1), (8, 8), (64, 8), (256, 8)):
+        assert float(busiest(n, k, n, 1)) == pytest.approx(1.0, rel=1e-12)
+    # 8 experts on 4 devices: one token's two experts share a device with probability 4 / C(8, 2) = 1/7
+    assert float(busiest(8, 2, 4, 1)) == pytest.approx(8 / 7, rel=1e-12)
+    # top-1: one token reads one expert; no tokens, none
+    np.testing.assert_allclose(busiest(64, 1, 8, [0, 1]), [0.0, 1.0], rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize(
+    ("n", "k", "devices", "tokens"),
+    [
+        (8, 2, 8, [1, 2, 3]),
+        (8, 2, 4, [1, 2, 3, 4]),
+        (7, 2, 3, [1, 2, 3]),  # shards of 3, 2 and 2
+        (9, 3, 3, [1, 2, 3]),
+        (6, 1, 2, [1, 2, 3, 5]),
+        (8, 4, 2, [1, 2, 3]),
+        (5, 5, 2, [1, 2]),  # every token reads every expert
+    ],
+)
+def test_busiest_shard_equals_exact_enumeration(n: int, k: int, devices: int, tokens: list[int]) -> None:
+    for t, value in zip(tokens, busiest(n, k, devices, tokens), strict=True):
+        assert value == pytest.approx(exact_busiest_shard(n, k, devices, t), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("n", "k", "devices", "tokens", "trials"),
+    [
+        (8, 2, 8, [1, 3], 2000),  # Mixtral-8x7B, one expert per device
+        (8, 2, 4, [1, 2, 3], 20000),
+        (64, 8, 8, [1, 4, 16], 20000),  # OLMoE
+        (60, 4, 8, [1, 8, 32], 20000),  # Qwen1.5-MoE: shards of 8 and 7
+        (256, 8, 8, [1, 4, 64], 5000),  # DeepSeek-V3
+        (32, 1, 4, [3, 20], 20000),
+        (16, 4, 2, [2, 5], 20000),
+    ],
+)
+def test_busiest_shard_matches_monte_carlo(
+    n: int, k: int, devices: int, tokens: list[int], trials: int
+) -> None:
+    rng = np.random.default_rng(n * 100 + k * 10 + devices)
+    for t, value in zip(tokens, busiest(n, k, devices, tokens), strict=True):
+        samples = busiest_shard_samples(rng, n, k, devices, t, trials)
+        standard_error = samples.std(ddof=1) / math.sqrt(trials)
+        # 4 standard errors: the formula is exact, so only sampling noise separates them
+        assert abs(value - samples.mean()) <= 4 * standard_error + 1e-12, (t, value, samples.mean())
+
+
+@st.composite
+def sharded_layers(draw: st.DrawFn) -> tuple[int, int, int]:
+    n = draw(st.integers(1, 300))
+    return n, draw(st.integers(1, min(n, 16))), draw(st.integers(1, n))
+
+
+@FAST
+@given(sharded_layers(), st.lists(st.integers(0, 3000), min_size=1, max_size=8))
+def test_busiest_shard_bounds(layer: tuple[int, int, int], tokens: list[int]) -> None:
+    n, k, devices = layer
+    t = np.sort(np.array(tokens, dtype=float))
+    distinct = distinct_uniform(n, k, t)
+    value = expected_max_distinct_per_device(n, k, devices, distinct)
+    assert (np.diff(value) >= -1e-12).all()  # more tokens never touch fewer experts
+    # the busiest device holds at least the average and at most its shard, and no more than all touched
+    assert (value >= distinct / devices * (1 - 1e-9)).all()
+    assert (value <= np.minimum(distinct, -(-n // devices)) * (1 + 1e-9) + 1e-12).all()
+
+
+def test_busiest_shard_under_skew() -> None:
+    # Skewed routing is costed as uniform routing at the token count T' touching as many experts (the
+    # experts placed on devices as if at random). At one token both read k distinct experts: exact.
+    n, k, devices = 64, 8, 8
+    zipf = RoutingModel("zipf", s=1.2).distinct(n, k, 1, [1, 16])
+    skewed = expected_max_distinct_per_device(n, k, devices, zipf)
+    assert skewed[0] == pytest.approx(float(busiest(n, k, devices, 1)), rel=1e-12)
+    assert skewed[1] < float(busiest(n, k, devices, 16))
+    # Against successive Zipf-weighted draws, each step's experts shuffled over the devices, given the E[U]
+    # of the same draws: the gap is the approximation's (U's spread under skew is not uniform routing's at
+    # T'), measured at most 1.3 % over these points; 2 % bounds it.
+    rng = np.random.default_rng(8)
+    log_weights = -1.2 * np.log(np.arange(1, n + 1))
+    starts = np.r_[0, np.cumsum(shard_sizes(n, devices))[:-1]]
+    for tokens in (2, 4, 16):
+        trials = 10000
+        chosen = gumbel_topk(rng, log_weights, k, trials * tokens).reshape(trials, tokens * k)
+        seen = np.zeros((trials, n), dtype=np.int64)
+        seen[np.arange(trials)[:, None], chosen] = 1
+        seen = np.take_along_axis(seen, np.argsort(rng.random((trials, n)), axis=1), axis=1)
+        samples = np.add.reduceat(seen, starts, axis=1).max(axis=1)
+        predicted = float(expected_max_distinct_per_device(n, k, devices, seen.sum(axis=1).mean()))
+        assert predicted == pytest.approx(samples.mean(), rel=0.02)
+
+
+def test_pairs_and_experts_describe_one_busiest_device() -> None:
+    # Each expert a device reads was sent at least one token-expert pair: the FLOPs' busiest device
+    # (expected_max_load) never has fewer pairs than the weight bytes' busiest has experts.
+    layers = [(8, 2, 8), (8, 2, 4), (32, 1, 32), (60, 4, 8), (64, 8, 8), (64, 8, 2), (256, 8, 64)]
+    for n, k, devices in layers:
+        tokens = np.array([1, 2, 3, 4, 8, 16, 64, 256, 4096], dtype=float)
+        _, pairs = expected_max_load(tokens, k, n, devices)
+        assert (pairs >= busiest(n, k, devices, tokens) * (1 - 1e-12)).all(), (n, k, devices)
+    # At one token pairs and experts read are the same on every device. One expert per device: exactly 1.
+    # (The Gaussian alone gives 0.49 for top-1 over 32 devices, and the capped one 1 for Mixtral.)
+    for n, k in [(8, 2), (32, 1), (64, 8)]:
+        assert float(expected_max_load(1, k, n, n)[1]) == pytest.approx(1.0, rel=1e-12)
+        assert float(busiest(n, k, n, 1)) == pytest.approx(1.0, rel=1e-12)
+
+
 # --------------------------------------------------------------------------------------------------
 # Bad inputs: one ConfigError line naming the argument.
 
@@ -497,6 +771,14 @@ def test_expected_max_load_matches_monte_carlo(n: int, k: int, devices: int) -> 
         (lambda: expected_max_load(4, 2, 8, 9), "devices=9 exceeds n_experts=8"),
         (lambda: expected_max_load(4, 2, 8, 0), "devices=0"),
         (lambda: expected_max_load(-4, 2, 8, 2), "tokens contains a negative value"),
+        (lambda: expected_max_distinct_per_device(8, 9, 2, 1), "k=9 exceeds n_items=8"),
+        (lambda: expected_max_distinct_per_device(8, 2, 9, 1), "devices=9 exceeds n_items=8"),
+        (lambda: expected_max_distinct_per_device(8, 2, 2, -1), "distinct contains a negative value"),
+        (lambda: probs_from_histogram([5, 0, 0], 2), "has 1 item with a nonzero count, but the layer"),
+        (lambda: probs_from_histogram([30, 10], 1, tokens_observed=20), "counts hold 40 selections"),
+        (lambda: RoutingModel("uniform", source="h.csv"), "source applies only"),
+        (lambda: RoutingModel("histogram", counts=[1], layer_items=-1), "layer_items=-1"),
+        (lambda: RoutingModel("histogram", counts=[1], source=3), "source=3 must be a string"),  # type: ignore[arg-type]
     ],
 )
 def test_bad_inputs_raise_one_line_config_error(call: Callable[[], object], fragment: str) -> None:

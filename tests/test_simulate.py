@@ -156,8 +156,35 @@ def test_busiest_expert_shard_matches_monte_carlo(n: int, k: int, devices: int, 
         for _ in range(tokens):
             touched[rng.choice(n, k, replace=False)] = True
         busiest[t] = touched.reshape(devices, shard).sum(axis=1).max()
-    formula = float(expected_max_distinct_per_device(n, devices, distinct_uniform(n, k, tokens)))
-    assert formula == pytest.approx(busiest.mean(), rel=0.03)
+    formula = float(expected_max_distinct_per_device(n, k, devices, distinct_uniform(n, k, tokens)))
+    # exact formula: only the sampling error separates them (4 standard errors)
+    assert abs(formula - busiest.mean()) <= 4 * busiest.std(ddof=1) / np.sqrt(trials)
+
+
+def test_measured_histogram_through_the_sweep(tmp_path) -> None:
+    from simulator.errors import ConfigError
+
+    # Three experts ever chosen cannot describe a top-8 layer: one error line naming the file.
+    few = tmp_path / "h.csv"
+    few.write_text("item,count\n0,100\n1,50\n2,10\n")
+    routing = {"kind": "histogram", "histogram": str(few)}
+    with pytest.raises(ConfigError) as caught:
+        simulate(olmoe_like(1), H100, Workload(batch=[1], routing=routing))
+    assert str(caught.value) == (
+        f"routing.histogram: {few} has 3 items with a nonzero count, but the layer picks 8 distinct items "
+        "(experts or rows) per token"
+    )
+    # Ten experts, one chosen more often than there were tokens (1000 of 1756 / 8 = 219.5): one token still
+    # reads top_k = 8 distinct experts, and no batch reads more than the ten.
+    skewed = tmp_path / "skewed.csv"
+    counts = [1000, 500, 100, 50, 40, 30, 20, 10, 5, 1]
+    skewed.write_text("item,count\n" + "".join(f"{i},{c}\n" for i, c in enumerate(counts)))
+    workload = Workload(batch=[1, 2, 16, 4096], routing={"kind": "histogram", "histogram": str(skewed)})
+    moe = simulate(olmoe_like(1), H100, workload, per_layer=True).query("kind == 'moe'").set_index("batch")
+    assert moe.loc[1, "distinct_items"] == pytest.approx(8.0, rel=1e-12)
+    # by hand at 2 tokens: water-filled pi = 1 (x7), 0.625, 0.3125, 0.0625; sum of 1 - (1 - pi)^2
+    assert moe.loc[2, "distinct_items"] == pytest.approx(7 + 1 - 0.375**2 + 1 - 0.6875**2 + 1 - 0.9375**2)
+    assert moe.loc[16, "distinct_items"] < moe.loc[4096, "distinct_items"] == pytest.approx(10.0)
 
 
 def test_expert_parallel_charges_the_busiest_device() -> None:
@@ -179,8 +206,11 @@ def test_expert_parallel_charges_the_busiest_device() -> None:
     df = simulate(model, H100, Workload(batch=[1, 64], context=[1024], ep=8), per_layer=True)
     moe = df[df["layer"] == "block0.moe"].set_index("batch")
     expert, router = 3 * 4096 * 14336 * 2, 4096 * 8 * 2
-    # independent-shard approximation: 1 - (3/4)^8 = 0.90 of an expert at batch 1; at most one expert
-    assert 0.85 * expert < moe.loc[1, "weight_bytes_ideal"] - router <= expert
+    # one token: its two experts are on two devices, one each, so the busiest device reads exactly one
+    # expert (not 1 - (3/4)^8 = 0.90 of one, as independent shards would have it) and runs exactly one
+    # token-expert pair through it: weight bytes and FLOPs describe the same device
+    assert moe.loc[1, "weight_bytes_ideal"] == pytest.approx(expert + router, rel=1e-12)
+    assert moe.loc[1, "flops"] == pytest.approx(2 * (3 * 4096 * 14336 + 4096 * 8), rel=1e-12)
     assert moe.loc[64, "weight_bytes_ideal"] == pytest.approx(expert + router)
     attn = df[df["layer"] == "block0.attn"].set_index("batch")
     # attention runs data-parallel: the busiest rank holds ceil(64/8) = 8 sequences of 1024 keys

@@ -25,10 +25,13 @@ def cost(layer: MoEConfig, model: ModelConfig, points: Points) -> LayerCost:
     # Per device. Experts are sharded over ep devices (whole experts), then each split over tp; the
     # shared experts are split over tp and the router is replicated (it is tiny and every rank routes).
     # Weight bytes are those of the busiest device (expected max of distinct experts over the ep shards):
-    # in memory-bound decode the step waits for it. At ep = 1 this is E[U] itself.
+    # in memory-bound decode the step waits for it. At ep = 1 this is E[U] itself. The FLOPs below take the
+    # busiest device by token-expert pairs instead; the two maxima may fall on different devices, but each
+    # expert a device reads gets at least one pair, so expected_max_load never puts fewer pairs on its
+    # busiest device than this puts experts (at one token the two are the same device: pairs = experts).
     ep, tp = points.ep, points.tp
     distinct = points.routing.distinct(layer.n_experts, layer.top_k, 1, tokens)
-    per_device = expected_max_distinct_per_device(layer.n_experts, ep, distinct)
+    per_device = expected_max_distinct_per_device(layer.n_experts, layer.top_k, ep, distinct)
     dense_bytes = (shared / tp + router) * points.b_w
     ideal_w = dense_bytes + per_device * expert * points.b_w / tp
     naive_w = points.full(dense_bytes + -(-layer.n_experts // ep) * expert * points.b_w / tp)
