@@ -634,6 +634,9 @@ def report(
             "--generate", "-g", help="tokens per sequence of the request charts (prompt: --context)"
         ),
     ] = 256,
+    prefill_chunk: Annotated[
+        int | None, typer.Option("--prefill-chunk", help="prompt tokens a prefill step, request charts")
+    ] = None,
 ) -> None:
     """One self-contained interactive HTML page (works offline) from simulations and runs; with
     --vary or several --hardware, of what-if variants side by side."""
@@ -654,6 +657,7 @@ def report(
         command=shlex.join(["memtraffic", *sys.argv[1:]]),
         vary=vary or [],
         generate=generate,
+        prefill_chunk=prefill_chunk,
     )
     console.print(f"report: {path.resolve()}")
 
@@ -673,10 +677,12 @@ def demo(
     from importlib.resources import files
 
     from reports.html import report_run
-    from reports.tables import compare_frame, compare_table
+    from reports.render import print_table
+    from reports.tables import compare_frame, compare_table, latency_table
     from reports.validation import validate_run
     from simulator.config import Workload
     from simulator.loading import load_hardware, load_model
+    from simulator.request import request_latencies
     from simulator.sweep import compare as run_compare
     from traces import import_traces
 
@@ -709,7 +715,13 @@ def demo(
     pair = [load_model("olmoe-1b-7b"), load_model("ultramemv2-1b-7b")]
     batches = [2**i for i in range(13)]
     cmp = compare_frame(run_compare(pair, load_hardware("h100-sxm"), Workload(batch=batches, context=[2048])))
-    console.print(compare_table(cmp, "olmoe-1b-7b vs ultramemv2-1b-7b on h100-sxm, decode, context 2048"))
+    title = "olmoe-1b-7b vs ultramemv2-1b-7b on h100-sxm, decode, context 2048"
+    print_table(console, compare_table(cmp, title))
+    # the decision the comparison serves: what each serves within the same time per token
+    h100 = load_hardware("h100-sxm")
+    best = request_latencies(pair, [h100, h100], Workload(), 2048, 256, tpot_s=5e-3, prefill_chunk=8192)
+    title = "largest batch with TPOT <= 5 ms on h100-sxm (prompt 2048, 256 generated, prefill 8192 a step)"
+    print_table(console, latency_table(best, title))
 
     path = report_run(
         [m.name for m in pair],

@@ -125,6 +125,7 @@ def report_run(
     command: str | None = None,
     vary: Sequence[str] = (),
     generate: int = 256,
+    prefill_chunk: int | None = None,
 ) -> Path:
     """`memtraffic report [MODEL...] [--batch ...] [RUN_DIR...] --output report.html` in one call.
 
@@ -133,7 +134,8 @@ def report_run(
     2048); every run folder is read and validated against its own recorded model and device (on
     `hardware` when no preset matches the recorded device). What-if variants as in `compare`:
     `hardware` may name several GPUs ("h100-sxm,b200") and `vary` holds "KEY=A,B" items. The models also
-    get one request each (`simulator.request`): a prompt of `context` tokens, `generate` tokens out.
+    get one request each (`simulator.request`): a prompt of `context` tokens, `generate` tokens out,
+    prefilled `prefill_chunk` tokens a step (None: in one step).
     """
     from reports.measured import open_bundle
     from reports.model_match import device_preset
@@ -175,7 +177,7 @@ def report_run(
             cfgs = [load_model(m) for m in models]
             on = [load_hardware(hardware)] * len(cfgs)
         sim = compare(cfgs, on, wl, per_layer=True)
-        request = request_latencies(cfgs, on, wl, wl.context[0], generate)
+        request = request_latencies(cfgs, on, wl, wl.context[0], generate, prefill_chunk=prefill_chunk)
     names = [str(m) for m in models] + [str(d) for d in run_dirs]
     text = build_report(
         sim,
