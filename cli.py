@@ -199,13 +199,16 @@ def _names(cfgs) -> str:
     return " vs ".join(names) if len(names) <= 3 else f"{len(names)} variants ({names[0]}, ...)"
 
 
-def _scenario(wl, calibration: Path | None = None) -> str:
-    """What a table's numbers assume, for its title (defaults left out)."""
+def _scenario(wl, calibration: Path | None = None, step: str | None = None) -> str:
+    """What a table's numbers assume, for its title (defaults left out); `step` in place of the phase and
+    context (a whole request)."""
     from simulator.config import describe_weight_dtypes
 
-    parts = [wl.phase, f"weights {describe_weight_dtypes(wl)}", f"KV {wl.kv_dtype}"]
-    if len(wl.context) == 1:
-        parts.insert(1, f"context {wl.context[0]}")
+    if step is None:
+        step = wl.phase + (f", context {wl.context[0]}" if len(wl.context) == 1 else "")
+        step += f" after {wl.prefix} cached" if wl.prefix else ""
+        step += f", logits {wl.logits}" if wl.logits != "last" else ""
+    parts = [step, f"weights {describe_weight_dtypes(wl)}", f"KV {wl.kv_dtype}"]
     if wl.tp > 1 or wl.ep > 1:
         parts.append(f"per device of tp {wl.tp} x ep {wl.ep} (global batch)")
     if wl.routing.kind == "zipf":
@@ -372,7 +375,9 @@ def latency(
     tpot_s, ttft_s = parse_seconds(tpot, "--tpot"), parse_seconds(ttft, "--ttft")
     targeted = tpot_s is not None or ttft_s is not None
     if targeted and batch is not None:
-        raise ConfigError("--batch with --tpot/--ttft: a latency target finds the batch itself; give one")
+        raise ConfigError(
+            "--batch and --tpot/--ttft together: a latency target searches for the batch; drop --batch"
+        )
     variants = load_variants(
         models, hardware_names(hardware), sets or [], vary or [], command="latency", at_least=1
     )
@@ -397,7 +402,7 @@ def latency(
     request = f"prompt {prompt}, generate {generate}"
     if prefill_chunk is not None:
         request += f", prefill {prefill_chunk} tokens a step"
-    scenario = _scenario(wl, calibration).replace(f"decode, context {prompt}", request)
+    scenario = _scenario(wl, calibration, step=request)
     title = f"{_names(cfgs)} on {on}, one request: {scenario}"
     if targeted:
         wanted = [f"TPOT <= {tpot}" if tpot else "", f"TTFT <= {ttft}" if ttft else ""]

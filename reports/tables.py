@@ -28,11 +28,12 @@ def si(value: float, unit: str = "B") -> str:
 def seconds(value: float) -> str:
     if not np.isfinite(value):
         return "-"
-    if value >= 1:
+    # the unit whose three digits do not round up to 1000 (999.9 ns is "1 us", not "1e+03 ns")
+    if value >= 0.9995:
         return f"{value:.3g} s"
-    if value >= 1e-3:
+    if value >= 0.9995e-3:
         return f"{value * 1e3:.3g} ms"
-    if value >= 1e-6 or value == 0:
+    if value >= 0.9995e-6 or value == 0:
         return f"{value * 1e6:.3g} us"
     return f"{value * 1e9:.3g} ns"
 
@@ -41,7 +42,7 @@ def intensity(value: float) -> str:
     """FLOPs per byte: three digits, thousands written out (1,670 rather than 1.67e+03)."""
     if not np.isfinite(value):
         return "-"
-    return f"{value:,.0f}" if value >= 1000 else f"{value:.3g}"
+    return f"{value:,.0f}" if value >= 999.5 else f"{value:.3g}"
 
 
 def simulate_table(df: pd.DataFrame, title: str) -> Table:
@@ -252,7 +253,7 @@ def latency_table(df: pd.DataFrame, title: str) -> Table:
     elif len(models) > 1:
         notes.append(f"E2E ratio: {models[0]}'s end-to-end time over this one's (above 1x: faster)")
     if targeted and (df["batch"] == 0).any():
-        notes.append("batch 0: even one sequence misses the target")
+        notes.append("batch 0: not even one sequence meets the target or fits (see limited by)")
     table.caption = "; ".join(notes)
     return table
 

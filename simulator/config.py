@@ -544,9 +544,11 @@ KIND_ALIASES: dict[str, tuple[str, ...]] = {
 def parse_weight_dtypes(text: str) -> tuple[str, dict[str, str]]:
     """`bf16` or `bf16,moe=mxfp4,embedding=bf16` -> (default dtype, {kind: dtype}); the Workload validates
     the names. One entry without `=` sets the default (bf16 when there is none). The layer names' short
-    forms are taken too (`attn`, `ffn`/`mlp`, `embed`, and `memory` for every memory-layer kind)."""
+    forms are taken too (`attn`, `ffn`/`mlp`, `embed`, and `memory` for every memory-layer kind); a kind
+    named on its own wins over a group naming it (`memory=int4,ultramemv2=fp8`)."""
     default = "bf16"
     overrides: dict[str, str] = {}
+    grouped: dict[str, str] = {}
     plain = 0
     for part in (p.strip() for p in text.split(",")):
         if not part:
@@ -555,11 +557,13 @@ def parse_weight_dtypes(text: str) -> tuple[str, dict[str, str]]:
         if eq:
             if not kind.strip() or not dtype.strip():
                 raise ValueError(f"--weight-dtype {text!r}: {part!r} is not KIND=DTYPE")
-            for name in KIND_ALIASES.get(kind.strip(), (kind.strip(),)):
-                overrides[name] = dtype.strip()
+            if kind.strip() in KIND_ALIASES:  # a group, filled in below where no kind of it is named
+                grouped.update(dict.fromkeys(KIND_ALIASES[kind.strip()], dtype.strip()))
+            else:
+                overrides[kind.strip()] = dtype.strip()
         else:
             plain += 1
             default = part
     if plain > 1:
         raise ValueError(f"--weight-dtype {text!r}: more than one default dtype")
-    return default, overrides
+    return default, grouped | overrides  # a kind named on its own wins over its group

@@ -1,7 +1,8 @@
 """One request end to end: the prefill of its prompt, then one decode step per generated token.
 
-A batch of B sequences with P prompt tokens each generating G tokens runs one prefill step over the B x P
-prompt tokens (its last position's logits give the first token) and G - 1 decode steps. The decode step
+A batch of B sequences with P prompt tokens each generating G tokens runs a prefill of the B x P prompt
+tokens (in one step, or in chunks of a token budget per step: `prefill_steps`; the last position's
+logits give each sequence its first token) and G - 1 decode steps. The decode step
 that feeds generated token i (i = 1 .. G-1) finds P + i - 1 entries in the KV cache, so the decode steps
 run at contexts P, P+1, ..., P+G-2: the KV read grows by one entry per step while the weight read stays.
 
@@ -10,7 +11,9 @@ the context, and a layer's roofline time is a max of two lines), in slices of at
 points so that long generations stay in bounded memory.
 
 Times are those of `simulate` (roofline, or calibrated with `efficiency`/`overhead`); scheduling, queueing
-and host time between steps are not modelled.
+and host time between steps are not modelled. Memory is the peak over the prefill steps and every decode
+step, with the cache as the simulator keeps it: sliding-window and chunked-attention layers hold only
+the keys still in reach, so their cache can shrink at a chunk boundary.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ REQUEST_COLUMNS: dict[str, str] = {
     "kv_share": "KV-cache share of the decode bytes",
     "decode_flops": "FLOPs of all decode steps",
     "memory_bytes": "HBM one device holds at the request's peak (the prefill or the last step)",
-    "peak_at": "where that peak is: 'prefill' (the whole batch's prompts in one step) or 'decode' (the last)",
+    "peak_at": "where that peak is: 'prefill' or 'decode' (blank when nothing was costed)",
     "fits": "memory_bytes within the GPU's capacity",
     "tp": "tensor-parallel degree",
     "ep": "expert-parallel degree",
@@ -113,28 +116,32 @@ def chunked_prefill(
     overhead: Mapping[str, float] | None = None,
 ) -> pd.DataFrame:
     """Per batch size: time_s, bytes_ideal and memory_bytes (the peak over the steps, with the sequences
-    prefilled before still cached) of the prefill run in `prefill_steps`."""
+    prefilled before still cached) of the prefill run in `prefill_steps`. With expert parallelism each of
+    the ep data-parallel ranks prefills its own ceil(B / ep) sequences on that schedule, in lockstep (their
+    MoE layers exchange tokens), so a step's global batch is ep times a rank's."""
+    ep = workload.ep
 
     def step_costs(batch: int, tokens: int, prefix: int, logits: str) -> pd.Series:
-        wl = workload.model_copy(
-            update={
-                "phase": "prefill",
-                "batch": [batch],
-                "context": [tokens],
-                "prefix": prefix,
-                "logits": logits,
-            }
-        )
+        step = {
+            "phase": "prefill",
+            "batch": [batch * ep],
+            "context": [tokens],
+            "prefix": prefix,
+            "logits": logits,
+        }
+        wl = workload.model_copy(update=step)
         return simulate(model, hardware, wl, efficiency=efficiency, overhead=overhead).iloc[0]
 
     # KV bytes one whole prompt holds: what a decode step at that context reads
-    one = workload.model_copy(update={"phase": "decode", "batch": [1], "context": [prompt]})
+    one = workload.model_copy(
+        update={"phase": "decode", "batch": [1], "context": [prompt], "prefix": 0, "logits": "last"}
+    )
     kv_per_sequence = float(simulate(model, hardware, one)["kv_read_bytes"].iloc[0])
     cache: dict[tuple[int, int, int, str], pd.Series] = {}
     rows = []
     for b in batches:
         time = traffic = peak = 0.0
-        for st in prefill_steps(int(b), prompt, chunk):
+        for st in prefill_steps(-(-int(b) // ep), prompt, chunk):
             key = (st.batch, st.tokens, st.prefix, st.logits)
             if key not in cache:
                 cache[key] = step_costs(*key)
@@ -167,8 +174,12 @@ def request_latency(
     batches = np.array(sorted(set(workload.batch)), dtype=np.int64)
 
     def run(phase: str, contexts: list[int]) -> pd.DataFrame:
-        wl = workload.model_copy(update={"phase": phase, "batch": batches.tolist(), "context": contexts})
-        return simulate(model, hardware, wl, efficiency=efficiency, overhead=overhead)
+        # a request's own prompt from its start; logits as the workload asks in prefill, one in decode
+        logits = workload.logits if phase == "prefill" else "last"
+        step = {"phase": phase, "batch": batches.tolist(), "context": contexts, "prefix": 0, "logits": logits}
+        return simulate(
+            model, hardware, workload.model_copy(update=step), efficiency=efficiency, overhead=overhead
+        )
 
     if prefill_chunk is None:
         prefill = run("prefill", [prompt]).set_index("batch").loc[batches]
@@ -178,11 +189,14 @@ def request_latency(
     steps = generate - 1
     decoded = pd.DataFrame(0.0, index=batches, columns=list(_SUMMED))
     last = prefill[["time_s", "memory_bytes"]] * np.nan
+    decode_peak = pd.Series(np.nan, index=batches)  # every step's: a chunked layer's cache is a saw-tooth
     per_slice = max(1, max_points // len(batches))
     for start in range(prompt, prompt + steps, per_slice):
         contexts = list(range(start, min(start + per_slice, prompt + steps)))
         df = run("decode", contexts)
-        decoded += df.groupby("batch")[list(_SUMMED)].sum().loc[batches]
+        by_batch = df.groupby("batch")
+        decoded += by_batch[list(_SUMMED)].sum().loc[batches]
+        decode_peak = np.fmax(decode_peak, by_batch["memory_bytes"].max().loc[batches])
         if contexts[-1] == prompt + steps - 1:
             last = df[df["context"] == contexts[-1]].set_index("batch").loc[batches]
 
@@ -190,11 +204,10 @@ def request_latency(
     e2e = prefill["time_s"].to_numpy() + decoded["time_s"].to_numpy()
     decode_kv = (decoded["kv_read_bytes"] + decoded["kv_write_bytes"]).to_numpy()
     decode_bytes = decoded["bytes_ideal"].to_numpy()
-    prefill_memory, last_memory = prefill["memory_bytes"].to_numpy(), last["memory_bytes"].to_numpy()
-    memory = np.fmax(prefill_memory, last_memory)
-    peak_at = np.where(
-        last_memory > prefill_memory, "decode", "prefill"
-    )  # NaN (no decode step) compares False
+    prefill_memory, decode_memory = prefill["memory_bytes"].to_numpy(), decode_peak.to_numpy()
+    memory = np.fmax(prefill_memory, decode_memory)
+    # NaN (no decode step) compares False: the prefill is then the peak
+    peak_at = np.where(decode_memory > prefill_memory, "decode", "prefill")
     with np.errstate(invalid="ignore", divide="ignore"):
         out = pd.DataFrame(
             {
@@ -265,7 +278,6 @@ _IDENTITY = (
     "batch",
     "prompt",
     "generate",
-    "peak_at",
     "tp",
     "ep",
     "weight_dtype",
@@ -297,6 +309,10 @@ def largest_batch(
     for name, value in (("--tpot", tpot_s), ("--ttft", ttft_s)):
         if value is not None and not (value > 0 and np.isfinite(value)):
             raise ConfigError(f"{name} {value}: a latency target is a positive time")
+    if tpot_s is not None and generate < 2:
+        raise ConfigError(
+            "--tpot with --generate 1: one token is the prefill's alone, no decode step to time"
+        )
 
     def at(batch: int) -> pd.Series:
         wl = workload.model_copy(update={"batch": [batch]})
@@ -323,6 +339,7 @@ def largest_batch(
         row = first.copy()
         measures = [c for c in REQUEST_COLUMNS if c not in _IDENTITY]
         row[measures] = np.nan
+        row["peak_at"] = ""
         row["batch"], row["limit"] = 0, misses(first)
         return pd.DataFrame([row])
     good, good_row, bad, limit = 1, first, None, "none"

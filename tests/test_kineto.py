@@ -224,6 +224,7 @@ def test_default_layer_pattern(name: str, block: int | None, sublayer: str | Non
         (r"encoder\.layer\.\d+\.\w+$", "bert.encoder.layer.11.output", 11, "output"),
         (r"h\.\d+\.\w+$", "gpt2.h.3.attn", 3, "attn"),  # "gpt2" is not a dotted number
         (r"blk\d+$", "blk12", 12, "blk12"),  # nothing follows the number: the name stays the sublayer
+        (r".*", "block0.moe.expert.3", 0, "moe.expert.3"),  # the number after a block word, not the last
         (r"^(?:attn|mlp)$", "mlp", -1, "mlp"),  # no number at all
         # one unnamed group: the block when numeric, else the sublayer
         (r"layer\.(\d+)", "model.layer.3.mlp", 3, "mlp"),

@@ -164,7 +164,8 @@ def test_cli_latency_targets() -> None:
         run("latency", "olmoe-1b-7b", "-g", "16", "--tpot", t, "-f", "csv").stdout
         for t in ("5ms", "0.005", "5000us")
     ]
-    assert same[0] == same[1] == same[2] and "tpot" in same[0]
+    assert same[0] == same[1] == same[2]
+    assert pd.read_csv(io.StringIO(same[0]))["limit"].tolist() == ["tpot"]
     assert_one_line_error(run("latency", "olmoe-1b-7b", "--tpot", "5 parsecs"), "--tpot")
     assert_one_line_error(run("latency", "olmoe-1b-7b", "--tpot", "5ms", "-b", "8"), "--batch")
     assert_one_line_error(run("latency", "olmoe-1b-7b", "--ttft", "0"), "positive")
@@ -251,3 +252,44 @@ def test_chunked_prefill_moves_the_memory_limit_to_the_kv_cache() -> None:
     # chunks of 512 tokens read the weights once a chunk: more prefill bytes, never less time
     small = request_latency(model, H100, Workload(batch=[4]), 2048, 8, prefill_chunk=512).iloc[0]
     assert small.prefill_bytes > 3 * whole.prefill_bytes and small.ttft_s >= whole.ttft_s * 0.999
+
+
+def test_mla_prefill_after_a_prefix_expands_the_cached_latents() -> None:
+    # DeepSeek-V2-Lite by hand: 16 heads, qk 128 + 64 rope, v 128, kv_lora_rank 512. A chunk of n tokens
+    # after o cached ones adds, per attention layer, the pairs it reaches beyond a fresh prompt of n
+    # (n*o of them, 2*16*(192+128) FLOPs each) and the up-projection of the o cached latents
+    # (2 * o * 512 * 16 * (128 + 128) FLOPs)
+    cfg, n, o = load_model("tests/data/hf/DeepSeek-V2-Lite.json"), 300, 1000
+
+    def attn_flops(prefix: int) -> float:
+        wl = Workload(phase="prefill", batch=[1], context=[n], prefix=prefix)
+        df = simulate(cfg, H100, wl, per_layer=True)
+        return float(df.loc[df["layer"] == "block0.attn", "flops"].iloc[0])
+
+    extra = n * o * 2 * 16 * (192 + 128) + 2 * o * 512 * 16 * (128 + 128)
+    assert attn_flops(o) - attn_flops(0) == pytest.approx(extra, rel=1e-12)
+
+
+def test_chunked_attention_memory_peak_is_the_largest_decode_step() -> None:
+    # Llama 4 Scout's chunked layers keep the keys of the current 8192-chunk only: a request that crosses
+    # the boundary peaks before it, and a longer request never holds less at its peak
+    cfg, prompt = load_model("llama-4-scout-17b-16e"), 8000
+    short, longer = (
+        request_latency(cfg, H100, Workload(batch=[8]), prompt, g, prefill_chunk=1000).iloc[0]
+        for g in (150, 300)
+    )
+    steps = simulate(cfg, H100, Workload(batch=[8], context=list(range(prompt, prompt + 299))))
+    assert steps["memory_bytes"].idxmax() < len(steps) - 1  # the last step holds less than an earlier one
+    assert longer.peak_at == "decode" and longer.memory_bytes == pytest.approx(steps["memory_bytes"].max())
+    assert longer.memory_bytes >= short.memory_bytes
+
+
+def test_chunked_prefill_with_expert_parallelism_spreads_the_held_cache() -> None:
+    # with ep 8 every rank prefills its own 32 of 256 sequences: chunking holds no more than one step
+    model, wl = load_model("olmoe-1b-7b"), Workload(batch=[256], ep=8)
+    whole = request_latency(model, H100, wl, 2048, 2).iloc[0]
+    chunked = request_latency(model, H100, wl, 2048, 2, prefill_chunk=16384).iloc[0]
+    assert chunked.memory_bytes < whole.memory_bytes
+    # the rank's 32 sequences' whole prompts: 32 x 2048 tokens x 16 layers x 2 x 16 heads x 128 x 2 B
+    kv_rank = 32 * 2048 * 16 * 2 * 16 * 128 * 2
+    assert chunked.memory_bytes > kv_rank

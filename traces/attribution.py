@@ -40,8 +40,13 @@ ATTRIBUTED_COLUMNS: tuple[str, ...] = (
 
 
 _SEPARATORS = "._/:-"
-# a number that is a whole component of a dotted name ("gpt2.h.3.attn" -> 3), else any digits
-_BLOCK_NUMBERS = (re.compile(r"(?:^|[._/:-])(\d+)(?=[._/:-]|$)"), re.compile(r"(\d+)"))
+# the block number of a range name: after a block word (block0, layers.3, h.5, L3), else a number that
+# is a whole component of a dotted name ("gpt2.h.3.attn" -> 3), else the first digits
+_BLOCK_NUMBERS = (
+    re.compile(r"(?:^|[._/:-])(?:blocks?|layers?|h|l)[._]?(\d+)(?=[._/:-]|$)", re.IGNORECASE),
+    re.compile(r"(?:^|[._/:-])(\d+)(?=[._/:-]|$)"),
+    re.compile(r"(\d+)"),
+)
 
 
 def _block_number(name: str, number: str | None = None) -> re.Match[str] | None:
@@ -57,10 +62,11 @@ def _block_number(name: str, number: str | None = None) -> re.Match[str] | None:
 class NamePattern:
     """A compiled range-name pattern. Groups: named ``block``/``sublayer`` (or ``step``), else the first
     and second groups (one unnamed group: the block when it is a number, else the sublayer). What the
-    groups leave open is read from the matched range name: the block is its first number and the
-    sublayer what follows that number (``encoder.layer.7.attention`` -> 7, ``attention``; a number that
-    is a whole dotted component first, so ``gpt2.h.3.attn`` is block 3); a name with no number keeps
-    block -1 and is its own sublayer. A step pattern without a group gives step -1."""
+    groups leave open is read from the matched range name: the block is its number after a block word
+    (block, layer(s), h, L), else its first number that is a whole dotted component, else its first
+    digits, and the sublayer what follows that number (``encoder.layer.7.attention`` -> 7,
+    ``attention``; ``gpt2.h.3.attn`` -> 3; ``block0.moe.expert.3`` -> 0, ``moe.expert.3``); a name with
+    no number keeps block -1 and is its own sublayer. A step pattern without a group gives step -1."""
 
     regex: re.Pattern[str]
 

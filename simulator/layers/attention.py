@@ -165,6 +165,11 @@ def cost(attn: AttentionConfig, model: ModelConfig, points: Points) -> LayerCost
     # live at the peak: x, y and the per-rank q/k/v and attention output; SDPA kernels keep the scores
     # on chip, so unlike act_naive no score matrix is held
     act_peak = tokens * (2 * d + (qkv_elems + h * v) / tp) * points.b_a
+    if attn.kind == "mla" and points.phase == "prefill" and points.prefix:
+        # the cached latents a chunk reaches, expanded into per-head keys and values, are alive too
+        act_peak = (
+            act_peak + batch * cached_keys_reached(attn, points.prefix) * h * (qk + v) / tp * points.b_a
+        )
     flops = 2.0 * on_device * tokens + score_flops_per_pair(attn, points.phase) * pairs / tp
     if attn.kind == "mla" and points.phase == "prefill" and points.prefix:
         # the cached latents the chunk reaches are expanded into full keys and values too
