@@ -49,7 +49,9 @@ def simulate_table(df: pd.DataFrame, title: str) -> Table:
     table = Table(title=title, title_justify="left")
     per_layer = (df["layer"] != "total").any()
     cols = ["batch", "context"] + (["layer"] if per_layer else [])
-    cols += ["FLOPs", "weights", "act", "KV read", "KV write", "total", "AI", "time", "bound", "HBM held"]
+    routed = bool((df["routing_weight_bytes"] > 0).any()) if "routing_weight_bytes" in df else False
+    cols += ["FLOPs", "weights", *(["of them routing"] if routed else []), "act", "KV read", "KV write"]
+    cols += ["total", "AI", "time", "bound", "HBM held"]
     for c in cols:
         table.add_column(c, justify="left" if c in {"layer", "bound"} else "right", overflow="fold")
     for r in df.itertuples(index=False):
@@ -59,6 +61,7 @@ def simulate_table(df: pd.DataFrame, title: str) -> Table:
         row += [
             si(r.flops, "FLOP"),
             si(r.weight_bytes_ideal),
+            *([si(r.routing_weight_bytes)] if routed else []),
             si(r.act_bytes_ideal),
             si(r.kv_read_bytes),
             si(r.kv_write_bytes),

@@ -115,6 +115,10 @@ class LayerCost:
     table_params: float = 0.0  # parameters of that table (counted once per model)
     device_params: float | None = None  # parameters one device stores (default: params / tp)
     act_peak_bytes: Array | None = None  # see peak_activations
+    # the part of flops and weight_bytes_ideal that picks the experts or rows: the MoE router, a memory
+    # layer's retrieval (query projection, sub-keys, Tucker cores, candidate scores); 0 for other layers
+    routing_flops: Array | float = 0.0
+    routing_weight_bytes: Array | float = 0.0
     notes: list[str] = field(default_factory=list)
 
     def peak_activations(self) -> Array:

@@ -54,6 +54,10 @@ COLUMNS: dict[str, str] = {
     "items_requested": "token-item selections per step (T*k for MoE, T*H*m for memory layers)",
     "item_bytes": "bytes of one expert or memory row, whole (sparse layers; NaN for others and totals)",
     "comm_bytes": "bytes sent per device for tensor/expert parallelism",
+    "routing_flops": "of flops, the part that picks experts or rows (MoE router; memory-layer query, sub-key "
+    "and candidate scoring)",
+    "routing_weight_bytes": "of weight_bytes_ideal, the routing weights read (router; query projection, "
+    "sub-keys, Tucker cores)",
     "intensity": "FLOPs per ideal byte",
     "t_compute_s": "FLOPs / peak FLOP/s of the compute dtype",
     "t_memory_s": "ideal bytes / (HBM bandwidth x efficiency)",
@@ -84,6 +88,8 @@ _SUMMED = (
     "kv_read_bytes",
     "kv_write_bytes",
     "comm_bytes",
+    "routing_flops",
+    "routing_weight_bytes",
 )
 
 

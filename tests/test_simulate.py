@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from simulator.config import HardwareConfig, ModelConfig, Workload
+from simulator.loading import load_hardware, load_model
 from simulator.sweep import COLUMNS, simulate
 
 H100 = HardwareConfig.model_validate(
@@ -475,3 +477,45 @@ def test_l2_ratio_is_the_steps_weight_and_kv_reads_over_l2() -> None:
         assert ffn["l2_ratio"] == pytest.approx(3 * 512 * 2048 * 2 / 50e6, rel=1e-12)
     small, large = df[df["layer"] == "total"]["l2_ratio"]
     assert small < 1 < large  # 8.4 MB of weights + 4 MB of KV at batch 1; 17 GB of KV at 4096
+
+
+def test_routing_cost_of_moe_router_and_memory_retrieval_by_hand() -> None:
+    hw = load_hardware("h100-sxm")
+    wl = Workload(batch=[1, 64], context=[2048])
+
+    def layer(model: str, name: str) -> pd.DataFrame:
+        df = simulate(load_model(model), hw, wl, per_layer=True)
+        return df[df["layer"] == name].set_index("batch")
+
+    # OLMoE-1B-7B: a router of 2048 x 64 weights, read once a step, 2 FLOPs per weight and token
+    moe = layer("olmoe-1b-7b", "block0.moe")
+    assert (moe["routing_weight_bytes"] == 2048 * 64 * 2).all()
+    assert moe.loc[64, "routing_flops"] == 2 * 2048 * 64 * 64
+    # UltraMemV2-1B/7B retrieval (d 2048, 1 head, Tucker rank 2, D_k 512, 2 cores, knum 528, top-128):
+    # query projection 2048 x (2 x 2 x 512), sub-keys 2 sides x 528 x 512 x rank 2, cores 2 x 2 x 2;
+    # FLOPs per token: 2 per query and key weight, plus 128^2 grid cells x 2 cores x (2 x 2^2 + 2 x 2)
+    query, keys, cores = 2048 * 4 * 512, 2 * 528 * 512 * 2, 2 * 2 * 2
+    memory = layer("ultramemv2-1b-7b", "block0.memory")
+    assert (memory["routing_weight_bytes"] == (query + keys + cores) * 2).all()
+    per_token = 2 * query + 2 * keys + 128**2 * 2 * (2 * 4 + 2 * 2)
+    assert memory.loc[1, "routing_flops"] == per_token and memory.loc[64, "routing_flops"] == 64 * per_token
+    # at one token the retrieval is most of what the memory layer reads; the router is a sliver of the MoE
+    assert memory.loc[1, "routing_weight_bytes"] > 0.6 * memory.loc[1, "weight_bytes_ideal"]
+    assert moe.loc[1, "routing_weight_bytes"] < 0.01 * moe.loc[1, "weight_bytes_ideal"]
+
+
+SPARSE_AND_DENSE = ["olmoe-1b-7b", "ultramemv2-1b-7b", "pkm-xlm", "peer-1b", "ultramem-227m-1.2b",
+                    "memory-plus-227m-1.2b", "deepseek-v3", "llama-3.1-8b"]  # fmt: skip
+
+
+@pytest.mark.parametrize("model", SPARSE_AND_DENSE)
+def test_routing_cost_is_part_of_the_layer_cost(model: str) -> None:
+    df = simulate(load_model(model), load_hardware("h100-sxm"), Workload(batch=[1, 256]), per_layer=True)
+    assert (df["routing_flops"] <= df["flops"] * (1 + 1e-12)).all()
+    assert (df["routing_weight_bytes"] <= df["weight_bytes_ideal"] * (1 + 1e-12)).all()
+    sparse = df["kind"].isin(["moe", "pkm", "peer", "memory_plus", "ultramem", "ultramemv2"])
+    assert (df.loc[sparse, "routing_flops"] > 0).all() and (df.loc[~sparse & (df["layer"] != "total"),
+                                                                    "routing_flops"] == 0).all()  # fmt: skip
+    totals = df[df["layer"] == "total"].set_index("batch")["routing_weight_bytes"]
+    layers = df[df["layer"] != "total"].groupby("batch")["routing_weight_bytes"].sum()
+    assert np.allclose(totals, layers)

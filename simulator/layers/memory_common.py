@@ -130,6 +130,7 @@ class MemoryShape:
     scores_per_request: int = 1  # scores all-gathered with each index (UltraMem: one per core)
     dot_reduce: bool = False  # rows feed a dot product along the sharded dim (PEER, UltraMemV2 pre-values)
     shared_table: str | None = None
+    retrieval: Retrieval | None = None  # the query/key part, reported as the layer's routing cost
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -196,5 +197,11 @@ def memory_cost(shape: MemoryShape, model: ModelConfig, points: Points) -> Layer
         item_bytes=row_bytes,
         table_id=shape.shared_table,
         table_params=0.0 if private_table else shape.table_params,
+        routing_flops=(shape.retrieval.flops * tokens / tp) if shape.retrieval else 0.0,
+        routing_weight_bytes=(
+            (shape.retrieval.query_params + shape.retrieval.key_params) * points.b_w / tp
+            if shape.retrieval
+            else 0.0
+        ),
         notes=list(shape.notes),
     )

@@ -31,6 +31,7 @@ def shape(layer: MemoryPlusConfig, model: ModelConfig) -> MemoryShape:
     proj_flops = 2.0 * d * d_v * (int(has_w1) + int(has_wo))
     pooled_vectors = 4 if has_w1 else 1  # bag, W_1 x, SiLU(W_1 x), product
     return MemoryShape(
+        retrieval=retrieval,
         kind="memory_plus",
         dense_params=retrieval.query_params + retrieval.key_params + projections,
         table_rows=layer.rows,

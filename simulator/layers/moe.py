@@ -77,4 +77,6 @@ def cost(layer: MoEConfig, model: ModelConfig, points: Points) -> LayerCost:
         item_bytes=expert * points.b_w,
         device_params=-(-layer.n_experts // ep) * expert / tp + shared / tp + router,
         act_peak_bytes=act_peak,
+        routing_flops=2.0 * router * rank_tokens,
+        routing_weight_bytes=router * points.b_w,
     )

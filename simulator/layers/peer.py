@@ -25,6 +25,7 @@ def shape(layer: PEERConfig, model: ModelConfig) -> MemoryShape:
     retrieval = product_key_retrieval(d, h, layer.n_keys, 2 * layer.query_dim, k, query_bias=False)
     row = 2 * d
     return MemoryShape(
+        retrieval=retrieval,
         kind="peer",
         dense_params=retrieval.query_params + retrieval.key_params,
         table_rows=layer.rows,

@@ -37,6 +37,7 @@ def shape(layer: PKMConfig, model: ModelConfig) -> MemoryShape:
         acts += d_v
         notes.append(f"value_dim {d_v} != d_model {d}: output projection D_v x d added")
     return MemoryShape(
+        retrieval=retrieval,
         kind="pkm",
         dense_params=dense,
         table_rows=layer.rows,

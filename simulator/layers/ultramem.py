@@ -43,6 +43,7 @@ def shape(layer: UltraMemConfig, model: ModelConfig) -> MemoryShape:
     pooled = layer.expansion * layer.value_dim
     out_proj = pooled * d
     return MemoryShape(
+        retrieval=retrieval,
         kind="ultramem",
         dense_params=retrieval.query_params + retrieval.key_params + out_proj,
         table_rows=layer.rows,

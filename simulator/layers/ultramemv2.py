@@ -54,6 +54,7 @@ def shape(layer: UltraMemV2Config, model: ModelConfig) -> MemoryShape:
     projections = d * d_p + d_v * d
     row = d_v + d_p
     return MemoryShape(
+        retrieval=retrieval,
         kind="ultramemv2",
         dense_params=retrieval.query_params + retrieval.key_params + projections,
         table_rows=table_rows,
