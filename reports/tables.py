@@ -218,7 +218,7 @@ def latency_table(df: pd.DataFrame, title: str) -> Table:
     first = df[df["model"] == models[0]]
     cols = ["model"] if len(models) > 1 else []
     cols += ["batch", *(["limited by"] if targeted else []), "TTFT", "TPOT", "last step", "E2E", "tokens/s"]
-    cols += ["bytes/token", "KV share"]
+    cols += ["bytes/token", "KV share", "routing share"]
     if len(models) > 1:
         cols.append("tokens/s\nvs first" if targeted else "E2E ratio")
     cols += ["HBM held"]
@@ -236,6 +236,7 @@ def latency_table(df: pd.DataFrame, title: str) -> Table:
             f"{r.tokens_per_s:,.0f}" if np.isfinite(r.tokens_per_s) else "-",
             si(r.bytes_per_token),
             "-" if not np.isfinite(r.kv_share) else f"{r.kv_share:.0%}",
+            "-" if not np.isfinite(r.routing_share) else f"{r.routing_share:.1%}",
         ]
         if len(models) > 1:
             if targeted:
@@ -249,7 +250,7 @@ def latency_table(df: pd.DataFrame, title: str) -> Table:
     notes = [
         "TTFT: the prefill, until every sequence has its first token; TPOT: the mean decode step; "
         "last step: at the longest context; bytes/token: decode HBM bytes per generated token, "
-        "KV share: the KV cache's part of them"
+        "KV share and routing share: the KV cache's and the routers' or retrievals' parts of them"
     ]
     if len(models) > 1 and targeted:
         notes.append(f"tokens/s vs first: this one's throughput over {models[0]}'s, each at its own batch")

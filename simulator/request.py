@@ -29,7 +29,15 @@ from simulator.errors import ConfigError
 from simulator.sweep import simulate
 
 # decode columns summed over the steps of a request
-_SUMMED = ("time_s", "bytes_ideal", "weight_bytes_ideal", "kv_read_bytes", "kv_write_bytes", "flops")
+_SUMMED = (
+    "time_s",
+    "bytes_ideal",
+    "weight_bytes_ideal",
+    "kv_read_bytes",
+    "kv_write_bytes",
+    "flops",
+    "routing_weight_bytes",
+)
 
 REQUEST_COLUMNS: dict[str, str] = {
     "model": "model name",
@@ -48,6 +56,7 @@ REQUEST_COLUMNS: dict[str, str] = {
     "decode_kv_bytes": "KV-cache bytes read and written by all decode steps",
     "bytes_per_token": "decode bytes per generated token (decode_bytes / (batch x (generate - 1)))",
     "kv_share": "KV-cache share of the decode bytes",
+    "routing_share": "share of the decode bytes that routing reads (MoE routers, memory-layer retrieval)",
     "decode_flops": "FLOPs of all decode steps",
     "memory_bytes": "HBM one device holds at the request's peak (the prefill or the last step)",
     "peak_at": "where that peak is: 'prefill' or 'decode' (blank when nothing was costed)",
@@ -227,6 +236,9 @@ def request_latency(
                 "decode_kv_bytes": decode_kv,
                 "bytes_per_token": decode_bytes / (batches * steps) if steps else np.nan,
                 "kv_share": decode_kv / decode_bytes if steps else np.nan,
+                "routing_share": decoded["routing_weight_bytes"].to_numpy() / decode_bytes
+                if steps
+                else np.nan,
                 "decode_flops": decoded["flops"].to_numpy(),
                 "memory_bytes": memory,
                 "peak_at": peak_at,

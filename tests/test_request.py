@@ -293,3 +293,9 @@ def test_chunked_prefill_with_expert_parallelism_spreads_the_held_cache() -> Non
     # the rank's 32 sequences' whole prompts: 32 x 2048 tokens x 16 layers x 2 x 16 heads x 128 x 2 B
     kv_rank = 32 * 2048 * 16 * 2 * 16 * 128 * 2
     assert chunked.memory_bytes > kv_rank
+
+
+def test_routing_share_of_a_request_is_the_routers_bytes() -> None:
+    # OLMoE-1B-7B: 16 routers of 2048 x 64 bf16 weights, read once per decode step
+    r = request_latency(load_model("olmoe-1b-7b"), H100, Workload(batch=[1]), 512, 33).iloc[0]
+    assert r.routing_share * r.decode_bytes == pytest.approx(32 * 16 * 2048 * 64 * 2)
