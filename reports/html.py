@@ -41,7 +41,10 @@ SECTIONS: dict[str, tuple[str, str]] = {
         "Predicted vs measured",
         "no run folder was given, so there is nothing measured to compare with",
     ),
-    "routing": ("Distinct experts and memory rows", "no MoE or memory layers in the simulated models"),
+    "routing": (
+        "Routing: distinct experts and memory rows, and what picking them reads",
+        "no MoE or memory layers in the simulated models",
+    ),
 }
 
 
@@ -96,7 +99,7 @@ def build_report(
         "layers": figures.layer_bytes_charts(sim, batches),
         "timeline": figures.timeline_charts(bundles, names, colors),
         "validation": figures.pred_vs_meas_charts(validations, colors),
-        "routing": figures.distinct_chart(sim, colors, validations),
+        "routing": figures.distinct_chart(sim, colors, validations) + figures.routing_cost_chart(sim, colors),
     }
     if not hw:
         notes.append("roofline drawn without hardware roof lines: no hardware description was found")

@@ -28,6 +28,7 @@ SIM_CHARTS = {
     "chart-layer-bytes-0",
     "chart-layer-bytes-1",
     "chart-distinct",
+    "chart-routing-cost",
     "chart-request-latency",
     "chart-request-tradeoff",
 }
@@ -124,6 +125,14 @@ def test_report_from_simulation_alone(sim, request_frame, tmp_path: Path) -> Non
         assert np.allclose(values(tr["x"]).astype(float), d["tpot_s"])
         assert np.allclose(values(tr["y"]).astype(float), d["tokens_per_s"])
         assert list(tr["text"]) == [str(b) for b in d["batch"]]
+    # routing vs experts/rows: the routing line is the sparse layers' routing bytes summed per step
+    routing = sim[(sim["layer"] != "total") & sim["distinct_items"].notna()]
+    for tr in specs["chart-routing-cost"]["data"]:
+        model, what = tr["name"].split(" · ")
+        d = routing[routing["model"] == model].groupby("batch")
+        want = d["routing_weight_bytes"].sum() if what == "routing" else (
+            d["weight_bytes_ideal"].sum() - d["routing_weight_bytes"].sum())  # fmt: skip
+        assert np.allclose(values(tr["y"]).astype(float), want.to_numpy())
     latency = {tr["name"] for tr in specs["chart-request-latency"]["data"]}
     assert "ultramemv2-1b-7b · time to first token" in latency
     out = write_report(tmp_path / "report.html", text)

@@ -14,7 +14,7 @@ from reports.figures.accuracy import pred_vs_meas_charts
 from reports.figures.layers import layer_bytes_charts
 from reports.figures.request import request_charts
 from reports.figures.roofline import roofline_chart
-from reports.figures.routing import distinct_chart
+from reports.figures.routing import distinct_chart, routing_cost_chart
 from reports.figures.steps import step_charts
 from reports.figures.style import Chart, group_of, log_ticks, model_colors, si_label
 from reports.figures.timeline import timeline_charts
@@ -29,6 +29,7 @@ __all__ = [
     "pred_vs_meas_charts",
     "request_charts",
     "roofline_chart",
+    "routing_cost_chart",
     "si_label",
     "step_charts",
     "timeline_charts",

@@ -129,3 +129,49 @@ def distinct_chart(
             + ("" if measured else " No measured routing in the given bundles."),
         )
     ]
+
+
+def routing_cost_chart(sim: pd.DataFrame | None, colors: dict[str, str]) -> list[Chart]:
+    """Per model, the weight bytes a step reads in its sparse layers, split into what picks the experts or
+    rows (routers, retrieval: solid) and the experts or rows themselves (dashed), vs batch size."""
+    if sim is None or sim.empty or "routing_weight_bytes" not in sim:
+        return []
+    sparse = sim[(sim["layer"] != "total") & sim["distinct_items"].notna()]
+    if sparse.empty:
+        return []
+    per = (
+        sparse.assign(payload=sparse["weight_bytes_ideal"] - sparse["routing_weight_bytes"])
+        .groupby(["model", "context", "batch"], sort=False)[["routing_weight_bytes", "payload"]]
+        .sum()
+        .reset_index()
+    )
+    fig = go.Figure()
+    for (model, ctx), d in per.groupby(["model", "context"], sort=False):
+        d = d.sort_values("batch")
+        label = f"{model}{contexts_label(per, ctx)}"
+        for col, what, dash in (
+            ("routing_weight_bytes", "routing", "solid"),
+            ("payload", "experts / rows", "dash"),
+        ):
+            fig.add_trace(
+                _line(
+                    d,
+                    col,
+                    f"{label} · {what}",
+                    f"{label} · {what}",
+                    str(model),
+                    "bytes per step",
+                    line={"color": colors.get(model), "dash": dash},
+                )  # fmt: skip
+            )
+    batch_axes(fig, "Weight bytes per step of the sparse layers: routing vs experts / rows", "bytes", "B",
+               per["batch"])  # fmt: skip
+    return [
+        Chart(
+            id="chart-routing-cost",
+            title="Routing vs experts / rows, bytes per step",
+            figure=fig,
+            caption="Solid: what picks the experts or rows (MoE routers; memory-layer query projections, "
+            "sub-keys and cores), read once a step whatever the batch; dashed: the experts or rows read.",
+        )
+    ]
