@@ -125,7 +125,7 @@ def test_report_from_simulation_alone(sim, request_frame, tmp_path: Path) -> Non
         assert np.allclose(values(tr["x"]).astype(float), d["tpot_s"])
         assert np.allclose(values(tr["y"]).astype(float), d["tokens_per_s"])
         assert list(tr["text"]) == [str(b) for b in d["batch"]]
-    # routing vs experts/rows: the routing line is the sparse layers' routing bytes summed per step
+    # routing vs the rest: the routing line is the sparse layers' routing bytes summed per step
     routing = sim[(sim["layer"] != "total") & sim["distinct_items"].notna()]
     for tr in specs["chart-routing-cost"]["data"]:
         model, what = tr["name"].split(" · ")

@@ -133,7 +133,8 @@ def distinct_chart(
 
 def routing_cost_chart(sim: pd.DataFrame | None, colors: dict[str, str]) -> list[Chart]:
     """Per model, the weight bytes a step reads in its sparse layers, split into what picks the experts or
-    rows (routers, retrieval: solid) and the experts or rows themselves (dashed), vs batch size."""
+    rows (routers, retrieval: solid) and the rest (dashed: the experts or rows, shared experts, a memory
+    layer's value projections), vs batch size."""
     if sim is None or sim.empty or "routing_weight_bytes" not in sim:
         return []
     sparse = sim[(sim["layer"] != "total") & sim["distinct_items"].notna()]
@@ -151,7 +152,7 @@ def routing_cost_chart(sim: pd.DataFrame | None, colors: dict[str, str]) -> list
         label = f"{model}{contexts_label(per, ctx)}"
         for col, what, dash in (
             ("routing_weight_bytes", "routing", "solid"),
-            ("payload", "experts / rows", "dash"),
+            ("payload", "the rest", "dash"),
         ):
             fig.add_trace(
                 _line(
@@ -164,14 +165,15 @@ def routing_cost_chart(sim: pd.DataFrame | None, colors: dict[str, str]) -> list
                     line={"color": colors.get(model), "dash": dash},
                 )  # fmt: skip
             )
-    batch_axes(fig, "Weight bytes per step of the sparse layers: routing vs experts / rows", "bytes", "B",
+    batch_axes(fig, "Weight bytes per step of the sparse layers: routing vs the rest", "bytes", "B",
                per["batch"])  # fmt: skip
     return [
         Chart(
             id="chart-routing-cost",
-            title="Routing vs experts / rows, bytes per step",
+            title="Routing vs the rest of the sparse layers, bytes per step",
             figure=fig,
             caption="Solid: what picks the experts or rows (MoE routers; memory-layer query projections, "
-            "sub-keys and cores), read once a step whatever the batch; dashed: the experts or rows read.",
+            "sub-keys and cores), read once a step whatever the batch; dashed: the rest of the sparse "
+            "layers' weight reads (experts or rows, shared experts, memory-layer value projections).",
         )
     ]
