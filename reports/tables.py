@@ -203,6 +203,20 @@ def _too_big_caption(cmp: pd.DataFrame) -> str | None:
     return "*: weights, KV cache and activations exceed the GPU's memory (" + "; ".join(parts) + ")"
 
 
+def _rate(value: float) -> str:
+    """Tokens per second: whole numbers with separators, three digits below 100 (a slow request is not 0)."""
+    if not np.isfinite(value):
+        return "-"
+    return f"{value:,.0f}" if value >= 99.5 else f"{value:.3g}"
+
+
+def _share(value: float) -> str:
+    """A share in percent, whole above 10 %, two digits below (0.04 %, not 0.0 %)."""
+    if not np.isfinite(value):
+        return "-"
+    return f"{value:.0%}" if value >= 0.0995 else f"{value * 100:.2g}%"
+
+
 # what stops a larger batch (simulator.request.largest_batch)
 _LIMITS = {"tpot": "TPOT", "ttft": "TTFT", "none": "-"}
 
@@ -225,7 +239,12 @@ def latency_table(df: pd.DataFrame, title: str) -> Table:
     for c in cols:
         left = c == "model"
         table.add_column(c, justify="left" if left else "right", no_wrap=left, overflow="fold")
-    for r in df.sort_values("batch", kind="stable").itertuples(index=False):
+    # side by side per batch; at a target each model has one row at its own batch: the command's order
+    rows = df if targeted else df.sort_values("batch", kind="stable")
+    # ratios against the first model's first row that serves anything
+    served = first[np.isfinite(first["tokens_per_s"].to_numpy(dtype=float))]
+    first_rate = served["tokens_per_s"].iloc[0] if not served.empty else np.nan
+    for r in rows.itertuples(index=False):
         row = [r.model] if len(models) > 1 else []
         row += [str(r.batch), *([_LIMITS.get(r.limit, r.limit)] if targeted else [])]
         row += [
@@ -233,14 +252,14 @@ def latency_table(df: pd.DataFrame, title: str) -> Table:
             seconds(r.tpot_s),
             seconds(r.last_step_s),
             seconds(r.e2e_s),
-            f"{r.tokens_per_s:,.0f}" if np.isfinite(r.tokens_per_s) else "-",
+            _rate(r.tokens_per_s),
             si(r.bytes_per_token),
-            "-" if not np.isfinite(r.kv_share) else f"{r.kv_share:.0%}",
-            "-" if not np.isfinite(r.routing_share) else f"{r.routing_share:.1%}",
+            _share(r.kv_share),
+            _share(r.routing_share),
         ]
         if len(models) > 1:
             if targeted:
-                ratio = r.tokens_per_s / first["tokens_per_s"].iloc[0]
+                ratio = r.tokens_per_s / first_rate
             else:
                 ratio = first.set_index("batch")["e2e_s"].get(r.batch, np.nan) / r.e2e_s
             row.append(f"{ratio:.2f}x" if np.isfinite(ratio) else "-")
@@ -249,7 +268,8 @@ def latency_table(df: pd.DataFrame, title: str) -> Table:
         table.add_row(*row)
     notes = [
         "TTFT: the prefill, until every sequence has its first token; TPOT: the mean decode step; "
-        "last step: at the longest context; bytes/token: decode HBM bytes per generated token, "
+        "last step: at the longest context; bytes/token: one device's decode HBM bytes per token it "
+        "generates, "
         "KV share and routing share: the KV cache's and the routers' or retrievals' parts of them"
     ]
     if len(models) > 1 and targeted:
@@ -257,7 +277,10 @@ def latency_table(df: pd.DataFrame, title: str) -> Table:
     elif len(models) > 1:
         notes.append(f"E2E ratio: {models[0]}'s end-to-end time over this one's (above 1x: faster)")
     if targeted and (df["batch"] == 0).any():
-        notes.append("batch 0: not even one sequence meets the target or fits (see limited by)")
+        notes.append(
+            "batch 0: not even one sequence meets the target or fits (see limited by; HBM held: what "
+            "one sequence needs)"
+        )
     table.caption = "; ".join(notes)
     return table
 

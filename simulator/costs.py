@@ -33,6 +33,9 @@ class Points:
     ep: int
     routing: RoutingModel
     prefix: float = 0.0  # prefill: KV entries per sequence cached before this step's prompt tokens
+    # bytes per routing weight (router, retrieval): the workload's default weight dtype even where a layer
+    # kind stores its experts or rows in another, as quantised checkpoints keep routers in full precision
+    b_route: float = 2.0
 
     @classmethod
     def grid(cls, workload: Workload, routing: RoutingModel | None = None) -> Points:
@@ -54,6 +57,7 @@ class Points:
             ep=workload.ep,
             routing=routing or RoutingModel(kind="uniform"),
             prefix=float(workload.prefix),
+            b_route=DTYPE_BYTES[workload.weight_dtype],
         )
 
     def with_weight_bytes(self, b_w: float) -> Points:
@@ -119,6 +123,7 @@ class LayerCost:
     # layer's retrieval (query projection, sub-keys, Tucker cores, candidate scores); 0 for other layers
     routing_flops: Array | float = 0.0
     routing_weight_bytes: Array | float = 0.0
+    routing_params: float = 0.0  # routing weights one device stores (in the default weight dtype)
     notes: list[str] = field(default_factory=list)
 
     def peak_activations(self) -> Array:

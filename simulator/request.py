@@ -54,10 +54,12 @@ REQUEST_COLUMNS: dict[str, str] = {
     "decode_bytes": "HBM bytes of all decode steps (ideal level)",
     "decode_weight_bytes": "weight bytes of all decode steps (distinct experts / rows per step)",
     "decode_kv_bytes": "KV-cache bytes read and written by all decode steps",
-    "bytes_per_token": "decode bytes per generated token (decode_bytes / (batch x (generate - 1)))",
+    "bytes_per_token": "decode bytes per generated token on one device: decode_bytes over the tokens of the "
+    "sequences it serves (its data-parallel share ceil(batch / ep) x (generate - 1))",
     "kv_share": "KV-cache share of the decode bytes",
     "routing_share": "share of the decode bytes that routing reads (MoE routers, memory-layer retrieval)",
     "decode_flops": "FLOPs of all decode steps",
+    "prefill_chunk": "prompt tokens per prefill step (0: the whole batch's prompts in one step)",
     "memory_bytes": "HBM one device holds at the request's peak (the prefill or the last step)",
     "peak_at": "where that peak is: 'prefill' or 'decode' (blank when nothing was costed)",
     "fits": "memory_bytes within the GPU's capacity",
@@ -234,12 +236,13 @@ def request_latency(
                 "decode_bytes": decode_bytes,
                 "decode_weight_bytes": decoded["weight_bytes_ideal"].to_numpy(),
                 "decode_kv_bytes": decode_kv,
-                "bytes_per_token": decode_bytes / (batches * steps) if steps else np.nan,
+                "bytes_per_token": decode_bytes / (-(-batches // workload.ep) * steps) if steps else np.nan,
                 "kv_share": decode_kv / decode_bytes if steps else np.nan,
                 "routing_share": decoded["routing_weight_bytes"].to_numpy() / decode_bytes
                 if steps
                 else np.nan,
                 "decode_flops": decoded["flops"].to_numpy(),
+                "prefill_chunk": prefill_chunk or 0,
                 "memory_bytes": memory,
                 "peak_at": peak_at,
                 "fits": memory <= hardware.hbm_capacity.value,
@@ -290,6 +293,7 @@ _IDENTITY = (
     "batch",
     "prompt",
     "generate",
+    "prefill_chunk",
     "tp",
     "ep",
     "weight_dtype",
@@ -349,10 +353,14 @@ def largest_batch(
     first = at(1)
     if misses(first) is not None:
         row = first.copy()
+        why = misses(first)
         measures = [c for c in REQUEST_COLUMNS if c not in _IDENTITY]
+        if why.endswith("memory"):  # what one sequence would need stays in view
+            measures = [c for c in measures if c not in ("memory_bytes", "peak_at", "fits")]
+        else:
+            row["peak_at"] = ""
         row[measures] = np.nan
-        row["peak_at"] = ""
-        row["batch"], row["limit"] = 0, misses(first)
+        row["batch"], row["limit"] = 0, why
         return pd.DataFrame([row])
     good, good_row, bad, limit = 1, first, None, "none"
     while bad is None:  # double until a batch misses, then bisect between the last good and it

@@ -241,9 +241,10 @@ def simulate(
             else np.maximum(row["kv_read_bytes"], row["kv_write_bytes"])
         )
         row["act_peak_bytes"] = np.broadcast_to(np.asarray(c.peak_activations(), dtype=np.float64), (n,))
-        row["memory_bytes"] = (
-            resident_params * DTYPE_BYTES[e.weight_dtype] + kv_resident + row["act_peak_bytes"]
-        )
+        # routing weights stay in the default dtype (see Points.b_route)
+        weights_held = (resident_params - c.routing_params) * DTYPE_BYTES[e.weight_dtype]
+        weights_held += c.routing_params * DTYPE_BYTES[workload.weight_dtype]
+        row["memory_bytes"] = weights_held + kv_resident + row["act_peak_bytes"]
         k_eff = eff.get(c.kind, 1.0)
         row.update(roofline(row["flops"], row["bytes_ideal"], hardware, dtype, k_eff))
         row["time_naive_s"] = roofline(row["flops"], row["bytes_naive"], hardware, dtype, k_eff)["time_s"]

@@ -376,8 +376,9 @@ def test_gpt_oss_checkpoint_bytes_with_mxfp4_experts() -> None:
     # the published checkpoint holds 13,761,264,768 bytes (model.safetensors.index.json): expert weights
     # in MXFP4, the rest (expert biases, router, attention, norms, embeddings) in bf16. Under
     # --weight-dtype bf16,moe=mxfp4 the simulator holds exactly that less what it models otherwise, by
-    # hand: the router (2880 x 32 + 32) and expert biases (32 x (2 x 2880 + 2880)) costed at the mxfp4
-    # width, and the norms (2 a layer + 1 final, 2880 each) not held; the attention sinks (64 a layer) are
+    # hand: the expert biases (32 x (2 x 2880 + 2880)) costed at the mxfp4 width (the router stays bf16,
+    # as the checkpoint keeps it), and the norms (2 a layer + 1 final, 2880 each) not held; the attention
+    # sinks (64 a layer) are held with the attention weights
     from simulator.config import Workload
     from simulator.loading import load_hardware
     from simulator.sweep import simulate
@@ -389,9 +390,9 @@ def test_gpt_oss_checkpoint_bytes_with_mxfp4_experts() -> None:
     r = simulate(m, load_hardware("h100-sxm"), wl).iloc[0]
     held = r["memory_bytes"] - r["kv_read_bytes"] - r["kv_write_bytes"] - r["act_peak_bytes"]
     mx = (4 + 8 / 32) / 8
-    router_and_biases = 24 * (2880 * 32 + 32 + 32 * 3 * 2880) * (2 - mx)
+    biases = 24 * 32 * 3 * 2880 * (2 - mx)
     norms = (24 * 2 * 2880 + 2880) * 2
-    assert held == pytest.approx(13_761_264_768 - router_and_biases - norms, rel=1e-12)
+    assert held == pytest.approx(13_761_264_768 - biases - norms, rel=1e-12)
     assert abs(held / 13_761_264_768 - 1) < 0.001
     assert abs(r["active_params"] / 3.61e9 - 1) < 0.01  # model card: 3.6 B active of 21 B
 

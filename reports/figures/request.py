@@ -33,9 +33,12 @@ def request_charts(req: pd.DataFrame | None, colors: dict[str, str]) -> list[Cha
     """Latency vs batch size, and tokens/s vs time per output token (each point a batch size)."""
     if req is None or req.empty:
         return []
-    req = req.sort_values(["model", "batch"], kind="stable").assign(hover=lambda d: d.apply(_hover, axis=1))
+    # by batch, models in the order given (groupby keeps first appearance)
+    req = req.sort_values("batch", kind="stable").assign(hover=lambda d: d.apply(_hover, axis=1))
     prompt, generate = int(req["prompt"].iloc[0]), int(req["generate"].iloc[0])
     scenario = f"prompt {prompt}, {generate} tokens generated per sequence"
+    chunk = int(req["prefill_chunk"].iloc[0]) if "prefill_chunk" in req else 0
+    scenario += f", prefill {chunk} tokens a step" if chunk else ""
 
     latency = go.Figure()
     for model, d in req.groupby("model", sort=False):
@@ -85,8 +88,13 @@ def request_charts(req: pd.DataFrame | None, colors: dict[str, str]) -> list[Cha
             id="chart-request-latency",
             title="Request latency vs batch size",
             figure=latency,
-            caption="Solid: time per output token (the mean decode step, each costed at its own context); "
-            "dashed: time to first token (the prefill). Roofline times, no queueing or host time. "
+            caption=(
+                "Solid: time per output token (the mean decode step, each costed at its own context); "
+                if generate > 1
+                else "One token per sequence: no decode step, so no time per output token and no throughput "
+                "chart; "
+            )
+            + "dashed: time to first token (the prefill). Roofline times, no queueing or host time. "
             "Crosses: the request's weights, KV cache and activations exceed the GPU's memory.",
         )
     ]

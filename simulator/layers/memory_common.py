@@ -175,7 +175,8 @@ def memory_cost(shape: MemoryShape, model: ModelConfig, points: Points) -> Layer
     distinct = points.routing.distinct(shape.window_rows, shape.top_m, shape.heads, tokens)
     requested = tokens * shape.heads * shape.top_m
     row_bytes = shape.row_params * points.b_w
-    dense_bytes = shape.dense_params * points.b_w
+    routing = (shape.retrieval.query_params + shape.retrieval.key_params) if shape.retrieval else 0.0
+    dense_bytes = (shape.dense_params - routing) * points.b_w + routing * points.b_route
     act_io = 2.0 * tokens * model.d_model * points.b_a
     intermediates = shape.act_elements_per_token * points.b_a + shape.index_elements_per_token * INDEX_BYTES
     private_table = shape.shared_table is None
@@ -198,10 +199,7 @@ def memory_cost(shape: MemoryShape, model: ModelConfig, points: Points) -> Layer
         table_id=shape.shared_table,
         table_params=0.0 if private_table else shape.table_params,
         routing_flops=(shape.retrieval.flops * tokens / tp) if shape.retrieval else 0.0,
-        routing_weight_bytes=(
-            (shape.retrieval.query_params + shape.retrieval.key_params) * points.b_w / tp
-            if shape.retrieval
-            else 0.0
-        ),
+        routing_weight_bytes=routing * points.b_route / tp,
+        routing_params=routing / tp,
         notes=list(shape.notes),
     )

@@ -32,7 +32,7 @@ def cost(layer: MoEConfig, model: ModelConfig, points: Points) -> LayerCost:
     ep, tp = points.ep, points.tp
     distinct = points.routing.distinct(layer.n_experts, layer.top_k, 1, tokens)
     per_device = expected_max_distinct_per_device(layer.n_experts, layer.top_k, ep, distinct)
-    dense_bytes = (shared / tp + router) * points.b_w
+    dense_bytes = shared / tp * points.b_w + router * points.b_route
     ideal_w = dense_bytes + per_device * expert * points.b_w / tp
     naive_w = points.full(dense_bytes + -(-layer.n_experts // ep) * expert * points.b_w / tp)
     # FLOPs and activations of the busiest device: its data-parallel share of the tokens runs the router
@@ -78,5 +78,6 @@ def cost(layer: MoEConfig, model: ModelConfig, points: Points) -> LayerCost:
         device_params=-(-layer.n_experts // ep) * expert / tp + shared / tp + router,
         act_peak_bytes=act_peak,
         routing_flops=2.0 * router * rank_tokens,
-        routing_weight_bytes=router * points.b_w,
+        routing_weight_bytes=router * points.b_route,
+        routing_params=router,
     )
