@@ -165,6 +165,7 @@ def _workload(
     routing: str,
     logits: str = "last",
     prefix: int = 0,
+    context_flag: str = "--context",
 ):
     from pydantic import ValidationError
 
@@ -190,13 +191,40 @@ def _workload(
             prefix=prefix,
         )
     except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc, "workload")) from None
+        raise ConfigError(_flag_error(describe_validation_error(exc, "workload"), context_flag)) from None
 
 
 def _names(cfgs) -> str:
     """The models of a title: "a vs b vs c", or "N variants" when that would not fit on a line."""
     names = [c.name for c in cfgs]
     return " vs ".join(names) if len(names) <= 3 else f"{len(names)} variants ({names[0]}, ...)"
+
+
+_WORKLOAD_FLAGS = {
+    "batch": "--batch",
+    "tp": "--tp",
+    "ep": "--ep",
+    "prefix": "--prefix",
+    "logits": "--logits",
+    "kv_dtype": "--kv-dtype",
+    "activation_dtype": "--act-dtype",
+    "weight_dtype": "--weight-dtype",
+    "weight_dtypes": "--weight-dtype",
+    "routing": "--routing",
+    "phase": "--phase",
+}
+
+
+def _flag_error(message: str, context_flag: str) -> str:
+    """ "workload: tp: ..." -> "--tp: ...": the flag the user typed, not the field it fills."""
+    head, _, rest = message.partition(": ")
+    field, sep, tail = rest.partition(": ")
+    name, *path = field.split(".")
+    flag = context_flag if name == "context" else _WORKLOAD_FLAGS.get(name)
+    if head != "workload" or not sep or flag is None:
+        return message
+    where = [p for p in path if not p.isdigit() and p != "[key]"]  # weight_dtypes.experts.[key] -> experts
+    return f"{' '.join([flag, *where])}: {tail}"
 
 
 def _scenario(wl, calibration: Path | None = None, step: str | None = None) -> str:
@@ -220,6 +248,22 @@ def _scenario(wl, calibration: Path | None = None, step: str | None = None) -> s
     return ", ".join(parts)
 
 
+_SUFFIX_FORMATS = {".csv": "csv", ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def _file_format(fmt: str, output: Path) -> str:
+    """The format a file is written in: --format when given, else its name's suffix (csv otherwise); a
+    --format that contradicts the suffix is refused rather than written under a misleading name."""
+    named = _SUFFIX_FORMATS.get(output.suffix.lower())
+    if fmt == "table":
+        return named or "csv"
+    if named is not None and named != fmt:
+        raise ConfigError(
+            f"--output {output}: a {output.suffix} name for {fmt} data; rename it or drop --format"
+        )
+    return fmt
+
+
 def _emit(df, fmt: str, output: Path | None, table_fn) -> None:
     from reports.render import print_table
     from reports.tables import FORMATS, frame_text, write_frame
@@ -228,13 +272,7 @@ def _emit(df, fmt: str, output: Path | None, table_fn) -> None:
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
     if output is not None:
-        write_frame(
-            df,
-            output,
-            "parquet"
-            if fmt == "table" and output.suffix == ".parquet"
-            else ("csv" if fmt == "table" else fmt),
-        )
+        write_frame(df, output, _file_format(fmt, output))
         note = f"wrote {len(df)} rows to {output}"
         if stream_fd(output) == 1:
             print(note, file=sys.stderr)  # the data owns stdout
@@ -382,7 +420,16 @@ def latency(
         models, hardware_names(hardware), sets or [], vary or [], command="latency", at_least=1
     )
     wl = _workload(
-        batch or "1,8,64,256", str(prompt), "decode", weight_dtype, act_dtype, kv_dtype, tp, ep, routing
+        batch or "1,8,64,256",
+        str(prompt),
+        "decode",
+        weight_dtype,
+        act_dtype,
+        kv_dtype,
+        tp,
+        ep,
+        routing,
+        context_flag="--prompt",
     )
     cfgs, gpus = [m for m, _ in variants], [hw for _, hw in variants]
     cal = _calibration(calibration, gpus, cfgs)

@@ -125,9 +125,11 @@ def test_weight_dtype_per_layer_kind() -> None:
         run("simulate", "olmoe-1b-7b", "--weight-dtype", "bf16,fp8"), "more than one default"
     )
     assert_one_line_error(
-        run("simulate", "olmoe-1b-7b", "--weight-dtype", "bf16,experts=fp8"), "weight_dtypes"
+        run("simulate", "olmoe-1b-7b", "--weight-dtype", "bf16,experts=fp8"), "--weight-dtype experts:"
     )
-    assert_one_line_error(run("simulate", "olmoe-1b-7b", "--weight-dtype", "moe=fp3"), "weight_dtypes")
+    assert_one_line_error(
+        run("simulate", "olmoe-1b-7b", "--weight-dtype", "moe=fp3"), "--weight-dtype", "fp8"
+    )
 
 
 def test_presets_lists_models_and_hardware() -> None:
@@ -272,3 +274,16 @@ def test_compare_of_many_variants_is_one_row_per_variant() -> None:
     cells = [c.strip() for c in top8.split("│")]
     assert "4 variants" in proc.stdout and "first/this" in proc.stdout
     assert float(cells[-3].removesuffix("x")) == pytest.approx(expected, abs=0.006)
+
+
+def test_errors_name_the_flag_and_files_take_their_suffix(tmp_path: Path) -> None:
+    assert_one_line_error(run("simulate", "olmoe-1b-7b", "--tp", "0"), "--tp:")
+    assert_one_line_error(run("latency", "olmoe-1b-7b", "--prompt", str(2**41)), "--prompt:")
+    # a .json name gets JSON without --format; a --format that contradicts the name is refused
+    out = tmp_path / "x.json"
+    assert run("simulate", "olmoe-1b-7b", "-b", "1", "-o", str(out)).returncode == 0
+    assert json.loads(out.read_text())[0]["model"] == "olmoe-1b-7b"
+    assert_one_line_error(
+        run("simulate", "olmoe-1b-7b", "-b", "1", "-f", "parquet", "-o", str(tmp_path / "x.csv")), "rename"
+    )
+    assert not (tmp_path / "x.csv").exists()
