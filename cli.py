@@ -227,6 +227,12 @@ def _flag_error(message: str, context_flag: str) -> str:
     return f"{' '.join([flag, *where])}: {tail}"
 
 
+def _scenario_fields(weight_dtype: str, kv_dtype: str, tp: int, ep: int, routing: str) -> dict:
+    """The Workload fields of the scenario options, validated as the other commands validate them."""
+    wl = _workload("1", "1", "decode", weight_dtype, "bf16", kv_dtype, tp, ep, routing)
+    return {k: getattr(wl, k) for k in ("weight_dtype", "weight_dtypes", "kv_dtype", "tp", "ep", "routing")}
+
+
 def _scenario(wl, calibration: Path | None = None, step: str | None = None) -> str:
     """What a table's numbers assume, for its title (defaults left out); `step` in place of the phase and
     context (a whole request)."""
@@ -689,6 +695,11 @@ def report(
     prefill_chunk: Annotated[
         int | None, typer.Option("--prefill-chunk", help="prompt tokens a prefill step, request charts")
     ] = None,
+    weight_dtype: WeightDtype = "bf16",
+    kv_dtype: KvDtype = "bf16",
+    tp: TensorParallel = 1,
+    ep: ExpertParallel = 1,
+    routing: Routing = "uniform",
 ) -> None:
     """One self-contained interactive HTML page (works offline) from simulations and runs; with
     --vary or several --hardware, of what-if variants side by side."""
@@ -710,6 +721,7 @@ def report(
         vary=vary or [],
         generate=generate,
         prefill_chunk=prefill_chunk,
+        scenario=_scenario_fields(weight_dtype, kv_dtype, tp, ep, routing),
     )
     console.print(f"report: {path.resolve()}")
 

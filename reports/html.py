@@ -7,9 +7,9 @@ around them, and `write_report` writes it atomically; `report_run` is `memtraffi
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from pydantic import ValidationError
@@ -129,6 +129,7 @@ def report_run(
     vary: Sequence[str] = (),
     generate: int = 256,
     prefill_chunk: int | None = None,
+    scenario: Mapping[str, Any] | None = None,
 ) -> Path:
     """`memtraffic report [MODEL...] [--batch ...] [RUN_DIR...] --output report.html` in one call.
 
@@ -138,7 +139,8 @@ def report_run(
     `hardware` when no preset matches the recorded device). What-if variants as in `compare`:
     `hardware` may name several GPUs ("h100-sxm,b200") and `vary` holds "KEY=A,B" items. The models also
     get one request each (`simulator.request`): a prompt of `context` tokens, `generate` tokens out,
-    prefilled `prefill_chunk` tokens a step (None: in one step).
+    prefilled `prefill_chunk` tokens a step (None: in one step). `scenario`: further Workload fields of the
+    simulated models (weight_dtype, weight_dtypes, kv_dtype, tp, ep, routing).
     """
     from reports.measured import open_bundle
     from reports.model_match import device_preset
@@ -169,6 +171,7 @@ def report_run(
             wl = Workload(
                 batch=list(batches or run_batches or [1, 4, 16, 64, 256]),
                 context=[context if context is not None else (run_ctx[0] if len(run_ctx) == 1 else 2048)],
+                **dict(scenario or {}),
             )
         except ValidationError as exc:  # --batch / --context as the user gave them
             raise ConfigError(" ".join(describe_validation_error(exc, "report workload").split())) from None

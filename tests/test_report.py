@@ -221,3 +221,18 @@ def test_report_of_what_if_variants(tmp_path: Path) -> None:
     assert len(tradeoff) == 4 and all(len(values(tr["x"])) == 2 for tr in tradeoff)
     with pytest.raises(ConfigError, match="at least two variants"):
         report_run(["olmoe-1b-7b"], [], tmp_path / "s.html", vary=["top_k=4"])
+
+
+def test_report_simulates_the_scenario_it_is_given(tmp_path: Path) -> None:
+    from reports.html import report_run
+
+    def held(**scenario) -> float:
+        out = report_run(["olmoe-1b-7b"], [], tmp_path / "r.html", batches=[1], scenario=scenario)
+        spec = chart_specs(out.read_text())["chart-request-latency"]
+        text = spec["data"][0]["hovertext"][0]
+        return float(re.search(r"HBM held ([\d.]+) GB", text).group(1))
+
+    # OLMoE's 64 x 16 experts of 3 x 2048 x 1024 go from 2 bytes a weight to MXFP4's 0.53: 12.9 GB less
+    experts = 64 * 16 * 3 * 2048 * 1024
+    saved = held() - held(weight_dtypes={"moe": "mxfp4"})
+    assert saved == pytest.approx(experts * (2 - 4.25 / 8) / 1e9, abs=0.15)
