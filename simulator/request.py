@@ -60,7 +60,7 @@ REQUEST_COLUMNS: dict[str, str] = {
     "routing_share": "share of the decode bytes that routing reads (MoE routers, memory-layer retrieval)",
     "decode_flops": "FLOPs of all decode steps",
     "prefill_chunk": "prompt tokens per prefill step (0: the whole batch's prompts in one step)",
-    "memory_bytes": "HBM one device holds at the request's peak (the prefill or the last step)",
+    "memory_bytes": "HBM one device holds at the request's peak (over the prefill and every decode step)",
     "peak_at": "where that peak is: 'prefill' or 'decode' (blank when nothing was costed)",
     "fits": "memory_bytes within the GPU's capacity",
     "tp": "tensor-parallel degree",
@@ -317,10 +317,11 @@ def largest_batch(
 ) -> pd.DataFrame:
     """The largest batch whose request meets the latency targets (TPOT and TTFT at most `tpot_s` and
     `ttft_s`, where given) and fits in the GPU's memory: one `request_latency` row with `limit`, what
-    stops a larger batch ("tpot", "ttft", "prefill memory" (the prompts of the whole batch prefilled in
-    one step), "decode memory" (the KV cache at the last step), or "none" at MAX_SEARCH_BATCH), and
-    `batch` 0 with NaN times when even one sequence misses a target. Every quantity grows with the
-    batch (more tokens read more experts, rows and KV), so the search is a bisection."""
+    stops a larger batch ("tpot", "ttft", "prefill memory" (the prefill's activations and the
+    cache filled so far), "decode memory" (the KV cache of the fullest decode step), or "none" at
+    MAX_SEARCH_BATCH), and `batch` 0 with NaN times when even one sequence misses a target. Every
+    quantity grows with the batch (more tokens read more experts, rows and KV), so the search is a
+    bisection."""
     check_request(prompt, generate)
     for name, value in (("--tpot", tpot_s), ("--ttft", ttft_s)):
         if value is not None and not (value > 0 and np.isfinite(value)):
