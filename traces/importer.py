@@ -21,12 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import ijson
 import numpy as np
 import pandas as pd
 
 from simulator.config import BUNDLE_DTYPES
-from simulator.errors import TraceError
+from simulator.errors import MemtrafficError, TraceError
 from traces.attribution import (
     DEFAULT_LAYER_PATTERN,
     DEFAULT_STEP_PATTERN,
@@ -38,10 +37,8 @@ from traces.attribution import (
 from traces.bundle import check_bundle_destination, write_bundle
 from traces.kineto import (
     DEVICE_CATEGORIES,
-    CutGzipError,
     KinetoTrace,
     TruncatedTraceError,
-    byte_chunks,
     inject_events,
     read_kineto,
 )
@@ -515,57 +512,15 @@ _QUANTISED = re.compile(r"Float8|Float4|qint|quint|signed char|unsigned char|Bit
 
 
 def _op_input_types(path: Path) -> Counter[tuple[str, tuple[str, ...]]]:
-    """(op name, its "Input type" list) of every cpu_op event of a trace, counted; streamed like the
-    trace itself. Empty when the trace did not record shapes (record_shapes=False) or cannot be read."""
-    found: Counter[tuple[str, tuple[str, ...]]] = Counter()
-    depth, top_key, in_events = 0, None, False
-    ekey = akey = None
-    cur: dict[str, Any] | None = None
-    sink = ijson.sendable_list()
-    coro = ijson.basic_parse_coro(sink, use_float=True)
-
-    def drain() -> None:
-        nonlocal depth, top_key, in_events, ekey, akey, cur
-        for ev, val in sink:
-            if ev == "map_key":
-                if depth == 1:
-                    top_key = val
-                elif depth == 3:
-                    ekey = val
-                elif depth == 4:
-                    akey = val
-            elif ev in ("start_map", "start_array"):
-                depth += 1
-                if depth == 2 and ev == "start_array":
-                    in_events = top_key == "traceEvents"
-                elif depth == 3 and in_events and ev == "start_map":
-                    cur = {"types": []}
-                elif depth == 4:
-                    akey = None
-            elif ev in ("end_map", "end_array"):
-                if depth == 3 and cur is not None and ev == "end_map":
-                    if cur.get("cat") == "cpu_op" and cur["types"]:
-                        found[(str(cur.get("name")), tuple(cur["types"]))] += 1
-                    cur = None
-                depth -= 1
-                if depth == 1:
-                    in_events = False
-            elif cur is not None:
-                if depth == 3 and ekey in ("cat", "name"):
-                    cur[ekey] = val
-                elif depth == 5 and ekey == "args" and akey == "Input type":
-                    cur["types"].append(val if isinstance(val, str) else "")
-        del sink[:]
-
+    """(op name, its "Input type" list) of every cpu_op event of a trace that recorded them, counted.
+    Empty when the trace did not record shapes (record_shapes=False) or cannot be read."""
     try:
-        for chunk in byte_chunks(path):
-            coro.send(chunk)
-            drain()
-        coro.close()
-        drain()
-    except (CutGzipError, ijson.JSONError, OSError):
+        ops = read_kineto(path, with_ops=True, allow_truncated=True).ops
+    except MemtrafficError:
         return Counter()
-    return found
+    recorded = ops[ops["input_types"].astype(str) != ""]
+    pairs = zip(recorded["name"].astype(str), recorded["input_types"].astype(str), strict=True)
+    return Counter((name, tuple(types.split("|"))) for name, types in pairs)
 
 
 def infer_dtype(paths: list[Path]) -> tuple[str, str] | None:

@@ -31,7 +31,8 @@ LAUNCH_CATEGORIES: tuple[str, ...] = ("cuda_runtime", "cuda_driver")
 KEPT_CATEGORIES: tuple[str, ...] = (ANNOTATION, GPU_ANNOTATION, *DEVICE_CATEGORIES, *LAUNCH_CATEGORIES)
 
 EVENT_COLUMNS: tuple[str, ...] = ("cat", "name", "pid", "tid", "ts_ns", "dur_ns", "correlation", "stream")
-OP_COLUMNS: tuple[str, ...] = ("name", "pid", "tid", "ts_ns", "dur_ns", "first_dim")
+# input_types: the op's "Input type" list joined by "|" ("" when the trace recorded no shapes)
+OP_COLUMNS: tuple[str, ...] = ("name", "pid", "tid", "ts_ns", "dur_ns", "first_dim", "input_types")
 
 _CHUNK = 256 * 1024
 _FLUSH_EVERY = 65536
@@ -179,7 +180,8 @@ class _Collector:
         self.cats = _Interner()
         self.pid_names = _Interner()  # non-integer pids/tids get negative ids: -(code + 1)
         self.ev = _Columns(("cat", "name", "pid", "tid", "ts", "dur", "correlation", "stream"), ("ts", "dur"))
-        self.op = _Columns(("name", "pid", "tid", "ts", "dur", "first_dim"), ("ts", "dur"))
+        self.op = _Columns(("name", "pid", "tid", "ts", "dur", "first_dim", "types"), ("ts", "dur"))
+        self.types = _Interner()
         self.n_events = 0
         self.n_complete = 0
         self.n_kept = 0
@@ -229,6 +231,7 @@ class _Collector:
             rows["dur"].append(dur if isinstance(dur, (int, float)) else 0.0)
             dim = e.get("@dim", -1)
             rows["first_dim"].append(dim if isinstance(dim, int) else -1)
+            rows["types"].append(self.types("|".join(e.get("@types", ()))))
             if len(rows["ts"]) >= _FLUSH_EVERY:
                 self.op.flush()
 
@@ -255,6 +258,7 @@ class _Collector:
                 "ts_ns": us_to_ns(o["ts"]),
                 "dur_ns": np.rint(o["dur"] * 1000.0).astype(np.int64),
                 "first_dim": o["first_dim"],
+                "input_types": self.types.categorical(o["types"]),
             }
         )
         return events, ops
@@ -265,7 +269,8 @@ class _TokenWalker:
 
     Why not ijson.items("traceEvents.item"): it builds a JSON-path prefix string for every token, which
     costs as much as the parse itself and builds all of each event's args; a depth counter does neither.
-    Depths: 1 top-level object, 2 traceEvents array, 3 an event, 4 its args, 5-6 Input Dims lists.
+    Depths: 1 top-level object, 2 traceEvents array, 3 an event, 4 its args, 5 the Input type list and
+    the Input Dims list, 6 one input's dims.
     """
 
     def __init__(self, col: _Collector) -> None:
@@ -284,6 +289,7 @@ class _TokenWalker:
         depth, top_key, in_events = self.depth, self.top_key, self.in_events
         ekey, akey, cur, builder = self.ekey, self.akey, self.cur, self.builder
         add = self.col.add
+        with_types = self.col.with_ops  # op input types are kept only with the ops
         for ev, val in tokens:
             if builder is not None:  # inside deviceProperties: let ijson build the small value
                 builder.event(ev, val)
@@ -330,6 +336,8 @@ class _TokenWalker:
                         cur[akey] = val
                 elif depth == 6 and akey == "Input Dims" and "@dim" not in cur:
                     cur["@dim"] = val  # first dim of the first non-empty input
+                elif with_types and depth == 5 and akey == "Input type" and ekey == "args":
+                    cur.setdefault("@types", []).append(val if isinstance(val, str) else "")
             elif depth == 1 and top_key == "baseTimeNanoseconds":
                 self.base = val
         self.depth, self.top_key, self.in_events = depth, top_key, in_events
