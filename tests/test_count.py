@@ -234,3 +234,22 @@ def test_dense_ffn_kernels_bytes_and_time_by_hand() -> None:
     floor, bw = 1.50e-6, 3.35e12 * 0.90  # the preset's measured floor and sustained bandwidth
     by_hand = sum(floor + max(f / 989.4e12, (r + wr) / bw) for r, wr, f in kernels)
     assert row["kernel_time_s"] == pytest.approx(by_hand, rel=1e-12)
+
+
+def test_cuda_runs_rms_norm_as_one_fused_kernel_in_the_h100_recording() -> None:
+    # what count assumes (FUSED_RMS_NORM): on CUDA each nn.RMSNorm is aten::rms_norm -> aten::_fused_rms_norm
+    # and one kernel; the committed H100 trace (2 norms per block x 4 blocks x 3 steps) shows exactly that
+    from pathlib import Path
+
+    from traces.kineto import read_kineto
+
+    trace = (
+        Path(__file__).resolve().parents[1]
+        / "traces/samples/h100-decode-2026-11-26/kineto/moe_decode_b8.json.gz"
+    )
+    t = read_kineto(trace, with_ops=True)
+    fused = int((t.ops["name"].astype(str) == "aten::_fused_rms_norm").sum())
+    kernels = t.events[t.events["cat"].astype(str) == "kernel"]["name"].astype(str)
+    norm_kernels = int(kernels.str.contains("layer_norm_kernel").sum())
+    assert fused == norm_kernels > 0
+    assert fused == int((t.ops["name"].astype(str) == "aten::rms_norm").sum())
