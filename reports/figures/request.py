@@ -15,7 +15,7 @@ _LATENCIES = (("tpot_s", "time per output token", "solid"), ("ttft_s", "time to 
 
 
 def _hover(r: pd.Series) -> str:
-    kv = "" if pd.isna(r["kv_share"]) else f" (KV {r['kv_share']:.0%})"
+    kv = "" if pd.isna(r["kv_share"]) else f" (KV {r['kv_share']:.0%}, routing {r['routing_share']:.2%})"
     return (
         f"<b>{r['model']}</b><br>batch {r['batch']}, prompt {r['prompt']}, generate {r['generate']}<br>"
         f"TTFT {seconds(r['ttft_s'])} · TPOT {seconds(r['tpot_s'])} · end to end {seconds(r['e2e_s'])}<br>"
