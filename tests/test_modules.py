@@ -4,6 +4,7 @@ expert, row by row), fp32 modules vs float64 loops, tolerance 1e-5; parameter co
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -209,46 +210,44 @@ def test_attention_sliding_window_decode() -> None:
         torch.testing.assert_close(got[i, 0].double(), lin(fixed.o_proj, torch.cat(outs)), **TOL)
 
 
+def _check_prefill_attends_from(cfg: AttentionConfig, t: int, first_key: Callable[[int], int]) -> None:
+    """The module's prefill output at every position p equals plain attention over keys first_key(p)..p,
+    computed in float64 per head (GQA heads share their group's K/V)."""
+    attn = randomize_(Attention(cfg, D, phase="prefill"))
+    x = torch.randn(1, t, D)
+    got = attn(x)
+    assert cfg.n_kv_heads is not None and cfg.head_dim is not None
+    h, kv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    qs = [lin(attn.q_proj, w64(x[0, p])).view(h, hd) for p in range(t)]
+    ks = [lin(attn.k_proj, w64(x[0, p])).view(kv, hd) for p in range(t)]
+    vs = [lin(attn.v_proj, w64(x[0, p])).view(kv, hd) for p in range(t)]
+    group = h // kv
+    for p in range(t):
+        lo = first_key(p)
+        outs = [
+            attend(
+                qs[p][i],
+                [k[i // group] for k in ks[lo : p + 1]],
+                [v[i // group] for v in vs[lo : p + 1]],
+                hd**-0.5,
+            )
+            for i in range(h)
+        ]
+        torch.testing.assert_close(got[0, p].double(), lin(attn.o_proj, torch.cat(outs)), **TOL)
+
+
 @pytest.mark.parametrize("window", [2, 5, 9])
 def test_attention_prefill_sliding_window(window: int) -> None:
     """Query p attends to keys max(0, p - window + 1)..p (a window as long as the prompt is plain causal)."""
     cfg = AttentionConfig(kind="mha", n_heads=2, n_kv_heads=2, head_dim=8, sliding_window=window)
-    attn = randomize_(Attention(cfg, D, phase="prefill"))
-    t = 6
-    x = torch.randn(1, t, D)
-    got = attn(x)
-    qs = [lin(attn.q_proj, w64(x[0, p])).view(2, 8) for p in range(t)]
-    ks = [lin(attn.k_proj, w64(x[0, p])).view(2, 8) for p in range(t)]
-    vs = [lin(attn.v_proj, w64(x[0, p])).view(2, 8) for p in range(t)]
-    for p in range(t):
-        lo = max(0, p - window + 1)
-        outs = [
-            attend(qs[p][h], [k[h] for k in ks[lo : p + 1]], [v[h] for v in vs[lo : p + 1]], 8**-0.5)
-            for h in range(2)
-        ]
-        torch.testing.assert_close(got[0, p].double(), lin(attn.o_proj, torch.cat(outs)), **TOL)
+    _check_prefill_attends_from(cfg, 6, lambda p: max(0, p - window + 1))
 
 
 @pytest.mark.parametrize("chunk", [2, 4, 9])
 def test_attention_prefill_chunked(chunk: int) -> None:
     """Chunked attention (Llama 4): query p attends to keys (p // chunk) * chunk..p."""
     cfg = AttentionConfig(kind="gqa", n_heads=4, n_kv_heads=2, head_dim=8, attention_chunk=chunk)
-    attn = randomize_(Attention(cfg, D, phase="prefill"))
-    t = 7
-    x = torch.randn(1, t, D)
-    got = attn(x)
-    qs = [lin(attn.q_proj, w64(x[0, p])).view(4, 8) for p in range(t)]
-    ks = [lin(attn.k_proj, w64(x[0, p])).view(2, 8) for p in range(t)]
-    vs = [lin(attn.v_proj, w64(x[0, p])).view(2, 8) for p in range(t)]
-    for p in range(t):
-        lo = p // chunk * chunk
-        outs = [
-            attend(
-                qs[p][h], [k[h // 2] for k in ks[lo : p + 1]], [v[h // 2] for v in vs[lo : p + 1]], 8**-0.5
-            )
-            for h in range(4)
-        ]
-        torch.testing.assert_close(got[0, p].double(), lin(attn.o_proj, torch.cat(outs)), **TOL)
+    _check_prefill_attends_from(cfg, 7, lambda p: p // chunk * chunk)
 
 
 def test_attention_chunked_decode() -> None:
