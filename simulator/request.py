@@ -199,7 +199,7 @@ def request_latency(
         prefill = chunked_prefill(model, hardware, workload, batches, prompt, prefill_chunk, **costs)
     steps = generate - 1
     decoded = pd.DataFrame(0.0, index=batches, columns=list(_SUMMED))
-    last = prefill[["time_s", "memory_bytes"]] * np.nan
+    last_step = pd.Series(np.nan, index=batches)  # the step at the longest context
     decode_peak = pd.Series(np.nan, index=batches)  # every step's: a chunked layer's cache is a saw-tooth
     per_slice = max(1, max_points // len(batches))
     for start in range(prompt, prompt + steps, per_slice):
@@ -209,7 +209,7 @@ def request_latency(
         decoded += by_batch[list(_SUMMED)].sum().loc[batches]
         decode_peak = np.fmax(decode_peak, by_batch["memory_bytes"].max().loc[batches])
         if contexts[-1] == prompt + steps - 1:
-            last = df[df["context"] == contexts[-1]].set_index("batch").loc[batches]
+            last_step = df[df["context"] == contexts[-1]].set_index("batch")["time_s"].loc[batches]
 
     tokens = batches * generate
     e2e = prefill["time_s"].to_numpy() + decoded["time_s"].to_numpy()
@@ -229,7 +229,7 @@ def request_latency(
                 "generate": generate,
                 "ttft_s": prefill["time_s"].to_numpy(),
                 "tpot_s": decoded["time_s"].to_numpy() / steps if steps else np.nan,
-                "last_step_s": last["time_s"].to_numpy(),
+                "last_step_s": last_step.to_numpy(),
                 "e2e_s": e2e,
                 "tokens_per_s": tokens / e2e,
                 "prefill_bytes": prefill["bytes_ideal"].to_numpy(),
