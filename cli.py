@@ -233,6 +233,12 @@ def _scenario_fields(weight_dtype: str, kv_dtype: str, tp: int, ep: int, routing
     return {k: getattr(wl, k) for k in ("weight_dtype", "weight_dtypes", "kv_dtype", "tp", "ep", "routing")}
 
 
+def _positions_asked(wl) -> str:
+    """The options that set a step's longest sequence, as the user typed them."""
+    context = f"--context {max(wl.context)}"
+    return f"--prefix {wl.prefix} {context}" if wl.prefix else context
+
+
 def _scenario(wl, calibration: Path | None = None, step: str | None = None) -> str:
     """What a table's numbers assume, for its title (defaults left out); `step` in place of the phase and
     context (a whole request)."""
@@ -329,6 +335,7 @@ def simulate(
         cfg = cfg.model_copy(update={"name": " ".join([cfg.name, *sets])})
     hw = load_hardware(hardware)
     wl = _workload(batch, context, phase, weight_dtype, act_dtype, kv_dtype, tp, ep, routing, logits, prefix)
+    _warn_positions([cfg], wl.positions, _positions_asked(wl))
     eff = _calibration(calibration, [hw], [cfg])
     df = run(cfg, hw, wl, per_layer=per_layer, efficiency=eff, overhead=getattr(eff, "overhead_s", None))
     from reports.tables import simulate_table
@@ -366,6 +373,7 @@ def compare(
     cfgs = [m for m, _ in variants]
     gpus = [hw for _, hw in variants]
     wl = _workload(batch, context, phase, weight_dtype, act_dtype, kv_dtype, tp, ep, routing)
+    _warn_positions(cfgs, wl.positions, _positions_asked(wl))
     cal = _calibration(calibration, gpus, cfgs)
     cmp = compare_frame(run(cfgs, gpus, wl, efficiency=cal, overhead=getattr(cal, "overhead_s", None)))
     on = " and ".join(dict.fromkeys(hw.name for hw in gpus))
@@ -438,6 +446,8 @@ def latency(
         context_flag="--prompt",
     )
     cfgs, gpus = [m for m, _ in variants], [hw for _, hw in variants]
+    # the last decode step feeds generated token G - 1 at position prompt + G - 1
+    _warn_positions(cfgs, prompt + generate - 1, f"--prompt {prompt} --generate {generate}")
     cal = _calibration(calibration, gpus, cfgs)
     df = request_latencies(
         cfgs,
@@ -841,6 +851,16 @@ def _calibration(path: Path | None, gpus=(), cfgs=()) -> dict[str, float] | None
 
 
 # ------------------------------------------------------------------------------------------- running
+
+
+def _warn_positions(cfgs, positions: int, asked: str) -> None:
+    """A warning on stderr for each model `asked` takes past its maximum positions (costed anyway)."""
+    from simulator.config import positions_warning
+
+    for cfg in {c.name: c for c in cfgs}.values():
+        warning = positions_warning(cfg, positions, asked)
+        if warning:
+            print(f"memtraffic: warning: {warning}", file=sys.stderr)
 
 
 def main() -> None:

@@ -399,6 +399,11 @@ class ModelConfig(Strict):
     embeddings: bool = Field(True, description="false for a bare stack of blocks (no embedding, no LM head)")
     blocks: list[BlockConfig] = Field(min_length=1)
     norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
+    max_positions: PositiveInt | None = Field(
+        None,
+        description="longest sequence the position encoding is set up for (config.json "
+        "max_position_embeddings); None: not stated",
+    )
     sources: list[Source] = Field(default_factory=list)
     provenance: dict[str, Source] = Field(
         default_factory=dict, description="field path -> where that number came from"
@@ -481,6 +486,25 @@ class Workload(Strict):
         if self.phase == "decode" and self.prefix:
             raise ValueError("prefix is a prefill choice: a decode step's context already counts the cache")
         return self
+
+    @property
+    def positions(self) -> int:
+        """The longest sequence a step of this workload holds: the cached context plus the new tokens in
+        decode, the cached prefix plus the prompt in prefill."""
+        if self.phase == "decode":
+            return max(self.context) + self.tokens_per_step
+        return self.prefix + max(self.context)
+
+
+def positions_warning(model: ModelConfig, positions: int, asked: str) -> str | None:
+    """A note (not an error) when `asked` reaches past the positions `model` is set up for: the step is
+    still costed as asked, as a long-context variant of the same weights would run it (RoPE scaling)."""
+    if model.max_positions is None or positions <= model.max_positions:
+        return None
+    return (
+        f"{model.name}: {asked} needs {positions} positions, past the {model.max_positions} it is set up "
+        "for (max_position_embeddings); costed as asked"
+    )
 
 
 def _not_above(v: int, info: ValidationInfo, name: str, limit_name: str) -> int:

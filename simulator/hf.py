@@ -90,6 +90,11 @@ class _Reader:
             return self._default(key, default)
         return self._as_int(key, value)
 
+    def stated_int(self, key: str) -> int | None:
+        """An integer when the config states it, else None (unknown, not a transformers default)."""
+        value = self.cfg.get(key)
+        return None if value is None else self._as_int(key, value)
+
     def opt_bool(self, key: str, default: bool) -> bool:
         value = self.cfg.get(key)
         if value is None:
@@ -174,6 +179,7 @@ def from_hf_config(cfg: dict[str, Any], name: str) -> ModelConfig:
     assert vocab_size is not None
     # the transformers config classes pass tie_word_embeddings=False, except Gemma's (True)
     tie = r.opt_bool("tie_word_embeddings", model_type in _TIED_BY_DEFAULT)
+    max_positions = r.stated_int("max_position_embeddings")
     provenance = {
         f"hf.{key}": Source(
             tag="code", source=f"absent from config.json; transformers {model_type} default {value!r}"
@@ -188,6 +194,7 @@ def from_hf_config(cfg: dict[str, Any], name: str) -> ModelConfig:
             d_model=d_model,
             vocab_size=vocab_size,
             tie_embeddings=tie,
+            max_positions=max_positions,
             blocks=blocks,
             norm="rmsnorm",
             sources=[Source(tag="code", source=f"Hugging Face config.json, model_type {model_type}")],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from io import StringIO
 from pathlib import Path
 
 import pandas as pd
@@ -32,8 +33,6 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str)
 def test_compare_prints_weight_bytes_and_ratio_per_batch() -> None:
     proc = run("compare", "olmoe-1b-7b", "ultramemv2-1b-7b", "--batch", "1:4096", "--format", "csv")
     assert proc.returncode == 0, proc.stderr
-    from io import StringIO
-
     df = pd.read_csv(StringIO(proc.stdout))
     assert list(df["batch"]) == [2**i for i in range(13)]
     ratio = df["weight ratio olmoe-1b-7b/ultramemv2-1b-7b"]
@@ -59,8 +58,6 @@ def test_set_override_changes_top_k() -> None:
     base = run("simulate", "olmoe-1b-7b", "--batch", "4", "-f", "csv")
     more = run("simulate", "olmoe-1b-7b", "--batch", "4", "--set", "top_k=16", "-f", "csv")
     assert base.returncode == more.returncode == 0
-    from io import StringIO
-
     a, b = pd.read_csv(StringIO(base.stdout)).iloc[0], pd.read_csv(StringIO(more.stdout)).iloc[0]
     assert b["flops"] > a["flops"] and b["weight_bytes_ideal"] > a["weight_bytes_ideal"]
 
@@ -104,8 +101,6 @@ def test_bad_input_workload_and_format() -> None:
 
 
 def test_weight_dtype_per_layer_kind() -> None:
-    from io import StringIO
-
     proc = run(
         "simulate",
         "olmoe-1b-7b",
@@ -156,8 +151,6 @@ def test_simulate_table_says_which_steps_fit_in_l2(tmp_path: Path) -> None:
 
 
 def test_compare_what_if_variants_of_one_model() -> None:
-    from io import StringIO
-
     proc = run("compare", "olmoe-1b-7b", "--vary", "top_k=4,8", "--batch", "1,64", "-f", "csv")
     assert proc.returncode == 0, proc.stderr
     df = pd.read_csv(StringIO(proc.stdout)).set_index("batch")
@@ -171,8 +164,6 @@ def test_compare_what_if_variants_of_one_model() -> None:
 
 
 def test_compare_one_model_on_two_gpus() -> None:
-    from io import StringIO
-
     import yaml
 
     proc = run("compare", "olmoe-1b-7b", "--hardware", "h100-sxm,b200", "--batch", "1", "-f", "csv")
@@ -215,8 +206,6 @@ def test_calibration_names_its_gpu_and_warns_where_it_does_not_fit(tmp_path: Pat
 
 
 def test_compare_marks_steps_that_do_not_fit() -> None:
-    from io import StringIO
-
     proc = run("compare", "olmoe-1b-7b", "ultramemv2-1b-7b", "-b", "64,256", "-f", "csv")
     assert proc.returncode == 0, proc.stderr
     cmp = pd.read_csv(StringIO(proc.stdout)).set_index("batch")
@@ -232,8 +221,6 @@ def test_compare_marks_steps_that_do_not_fit() -> None:
 
 
 def test_weight_dtype_takes_the_layer_names_short_forms() -> None:
-    from io import StringIO
-
     def weights(spec: str) -> pd.Series:
         args = ("-b", "8", "--per-layer", "-f", "csv", "--weight-dtype", spec)
         proc = run("simulate", "ultramemv2-1b-7b", *args)
@@ -252,8 +239,6 @@ def test_weight_dtype_takes_the_layer_names_short_forms() -> None:
 
 
 def test_ranges_end_where_asked_and_logits_all_is_prefill_only() -> None:
-    from io import StringIO
-
     proc = run("simulate", "olmoe-1b-7b", "-b", "3:24", "-f", "csv")
     assert list(pd.read_csv(StringIO(proc.stdout))["batch"]) == [3, 6, 12, 24]
     assert_one_line_error(run("simulate", "olmoe-1b-7b", "-b", "1:5"), "end the range at 4 or 8")
@@ -287,3 +272,28 @@ def test_errors_name_the_flag_and_files_take_their_suffix(tmp_path: Path) -> Non
         run("simulate", "olmoe-1b-7b", "-b", "1", "-f", "parquet", "-o", str(tmp_path / "x.csv")), "rename"
     )
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_past_the_models_max_positions_warns_and_still_costs() -> None:
+    # OLMoE-1B-7B's config.json sets max_position_embeddings 4096; a decode step at context c holds c + 1
+    at_limit = run("simulate", "olmoe-1b-7b", "--batch", "1", "--context", "4095", "-f", "csv")
+    assert at_limit.returncode == 0 and "warning" not in at_limit.stderr, at_limit.stderr
+    past = run("simulate", "olmoe-1b-7b", "--batch", "1", "--context", "4096", "-f", "csv")
+    assert past.returncode == 0, past.stderr
+    assert "olmoe-1b-7b: --context 4096 needs 4097 positions, past the 4096" in past.stderr
+    assert pd.read_csv(StringIO(past.stdout))["context"].tolist() == [4096]  # costed as asked
+    # prefill: the cached prefix and the prompt together
+    chunk = run(
+        "simulate", "olmoe-1b-7b", "--phase", "prefill", "--prefix", "4000", "--context", "97", "-f", "csv"
+    )
+    assert "--prefix 4000 --context 97 needs 4097 positions" in chunk.stderr
+    # a request's last decode step feeds position prompt + generate - 1; a model that states no limit
+    # (the UltraMemV2 preset) gets no warning
+    fits = run("latency", "olmoe-1b-7b", "ultramemv2-1b-7b", "-p", "4000", "-g", "97", "-b", "1", "-f", "csv")
+    assert fits.returncode == 0 and "warning" not in fits.stderr, fits.stderr
+    over = run("latency", "olmoe-1b-7b", "ultramemv2-1b-7b", "-p", "4000", "-g", "98", "-b", "1", "-f", "csv")
+    assert over.returncode == 0, over.stderr
+    assert [line for line in over.stderr.splitlines() if line.strip()] == [
+        "memtraffic: warning: olmoe-1b-7b: --prompt 4000 --generate 98 needs 4097 positions, past the 4096 "
+        "it is set up for (max_position_embeddings); costed as asked"
+    ]

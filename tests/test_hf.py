@@ -96,6 +96,7 @@ def test_hf_config_equals_hand_written_preset(file: str) -> None:
         preset.tie_embeddings,
         preset.embeddings,
     )
+    assert ingested.max_positions == preset.max_positions == hf(file)["max_position_embeddings"]
 
 
 # the two dense presets whose config.json is not stored in tests/data/hf: the published values inline
@@ -110,6 +111,7 @@ QWEN25_72B = {
     "num_key_value_heads": 8,
     "tie_word_embeddings": False,
     "vocab_size": 152064,
+    "max_position_embeddings": 32768,
 }
 LLAMA31_405B = {
     "architectures": ["LlamaForCausalLM"],
@@ -124,6 +126,7 @@ LLAMA31_405B = {
     "vocab_size": 128256,
     "attention_bias": False,
     "mlp_bias": False,
+    "max_position_embeddings": 131072,
 }
 
 
@@ -134,6 +137,7 @@ LLAMA31_405B = {
 def test_dense_presets_match_their_configs(cfg: dict[str, Any], preset: str, published: float) -> None:
     ingested = from_hf_config(cfg, preset)
     assert ingested.blocks == load_model(preset).blocks
+    assert ingested.max_positions == load_model(preset).max_positions == cfg["max_position_embeddings"]
     assert abs(total_params(ingested) / published - 1) < 0.01
 
 
@@ -276,6 +280,8 @@ def test_unsupported_model_type_is_one_line_with_supported_list() -> None:
         ({"hidden_act": "relu2"}, "hidden_act"),
         ({"num_key_value_heads": 5}, "n_kv_heads=5"),
         ({"tie_word_embeddings": "no"}, "tie_word_embeddings"),
+        ({"max_position_embeddings": "128k"}, "max_position_embeddings"),
+        ({"max_position_embeddings": 0}, "max_positions"),
     ],
 )
 def test_bad_hf_values_are_one_line_config_errors(change: dict[str, Any], needle: str) -> None:
@@ -499,8 +505,20 @@ def test_ernie45_moe_layer_range_and_shared_experts() -> None:
 def test_newer_moe_presets_equal_their_configs(file: str, preset: str) -> None:
     ingested, written = from_hf_config(hf(file), file), load_model(preset)
     assert written.blocks == ingested.blocks
-    assert (written.d_model, written.vocab_size, written.tie_embeddings) == (
+    assert (written.d_model, written.vocab_size, written.tie_embeddings, written.max_positions) == (
         ingested.d_model,
         ingested.vocab_size,
         ingested.tie_embeddings,
+        ingested.max_positions,
     )
+
+
+def test_max_positions_is_read_where_stated_and_unknown_where_absent() -> None:
+    assert from_hf_config(hf("OLMoE-1B-7B"), "olmoe").max_positions == 4096
+    # Llama 4 states it in its text_config, which holds the decoder
+    assert from_hf_config(hf("Llama-4-Scout-17B-16E"), "scout").max_positions == 262_144
+    cfg = hf("Llama-3.1-8B")
+    del cfg["max_position_embeddings"]
+    ingested = from_hf_config(cfg, "no-limit")
+    assert ingested.max_positions is None
+    assert "hf.max_position_embeddings" not in ingested.provenance  # unknown, not a default taken
