@@ -474,6 +474,87 @@ def latency(
 
 
 @app.command()
+def serve(
+    models: Annotated[list[str], typer.Argument(help="models (presets, files, Hub ids)")],
+    prompt: Annotated[int, typer.Option("--prompt", "-p", help="prompt tokens per request")] = 2048,
+    generate: Annotated[int, typer.Option("--generate", "-g", help="tokens generated per request")] = 256,
+    hardware: Hardwares = DEFAULT_HARDWARE,
+    concurrency: Annotated[
+        str | None,
+        typer.Option(
+            "--concurrency", "-n", help="sequences decoding at once: 1,8,64 or 1:256 (default 1,8,64,256)"
+        ),
+    ] = None,
+    token_budget: Annotated[
+        int, typer.Option("--token-budget", help="tokens a step may carry (vLLM max_num_batched_tokens)")
+    ] = 8192,
+    tpot: Annotated[
+        str | None,
+        typer.Option("--tpot", help="find the largest concurrency whose TPOT is at most this (5ms)"),
+    ] = None,
+    fmt: Fmt = "table",
+    output: Output = None,
+    sets: Sets = None,
+    vary: Vary = None,
+    weight_dtype: WeightDtype = "bf16",
+    act_dtype: ActDtype = "bf16",
+    kv_dtype: KvDtype = "bf16",
+    tp: TensorParallel = 1,
+    routing: Routing = "uniform",
+    calibration: Calibration = None,
+) -> None:
+    """Continuous batching in steady state: N sequences decoding while the prompts of the requests
+    that replace them fill each step's leftover token budget. TPOT, TTFT, tokens/s and bytes per token
+    with the prefill work mixed in; with --tpot, each model's largest N that meets it and fits."""
+    from reports.tables import serving_table
+    from simulator.loading import hardware_names, load_variants
+    from simulator.request import check_request
+    from simulator.serving import serving_states
+
+    check_request(prompt, generate)
+    tpot_s = parse_seconds(tpot, "--tpot")
+    if tpot_s is not None and concurrency is not None:
+        raise ConfigError(
+            "--concurrency and --tpot together: a TPOT target searches for it; drop --concurrency"
+        )
+    variants = load_variants(
+        models, hardware_names(hardware), sets or [], vary or [], command="serve", at_least=1
+    )
+    wl = _workload(
+        concurrency or "1,8,64,256",
+        str(prompt),
+        "decode",
+        weight_dtype,
+        act_dtype,
+        kv_dtype,
+        tp,
+        1,
+        routing,
+        context_flag="--prompt",
+    )
+    cfgs, gpus = [m for m, _ in variants], [hw for _, hw in variants]
+    _warn_positions(cfgs, prompt + generate - 1, f"--prompt {prompt} --generate {generate}")
+    cal = _calibration(calibration, gpus, cfgs)
+    df = serving_states(
+        cfgs,
+        gpus,
+        wl,
+        prompt,
+        generate,
+        token_budget,
+        efficiency=cal,
+        overhead=getattr(cal, "overhead_s", None),
+        tpot_s=tpot_s,
+    )
+    on = " and ".join(dict.fromkeys(hw.name for hw in gpus))
+    request = f"prompt {prompt}, generate {generate}, {token_budget} tokens a step"
+    title = f"{_names(cfgs)} on {on}, continuous batching: {_scenario(wl, calibration, step=request)}"
+    if tpot_s is not None:
+        title += f"; the largest concurrency with TPOT <= {tpot} that keeps up and fits in memory"
+    _emit(df, fmt, output, lambda: serving_table(df, title))
+
+
+@app.command()
 def presets(
     kind: Annotated[str, typer.Option("--kind", help="models, hardware or all")] = "all",
 ) -> None:

@@ -285,6 +285,57 @@ def latency_table(df: pd.DataFrame, title: str) -> Table:
     return table
 
 
+# what stops a larger concurrency (simulator.serving.largest_concurrency)
+_SERVING_LIMITS = {"tpot": "TPOT", "budget": "token budget", "memory": "memory", "none": "-"}
+
+
+def serving_table(df: pd.DataFrame, title: str) -> Table:
+    """Per model and concurrency, the steady state of continuous batching: TPOT (the mean step), the
+    decode-alone and mixed steps, TTFT, throughput, the share of steps carrying a prefill, bytes per
+    token with the KV and routing shares, and HBM held. With several models, throughput ratios to the
+    first (this / first) at the same concurrency, or each at its own (a `limit` column: a TPOT target)."""
+    table = Table(title=title, title_justify="left")
+    models = list(dict.fromkeys(df["model"]))
+    targeted = "limit" in df.columns
+    cols = ["model"] if len(models) > 1 else []
+    cols += ["N", *(["limited by"] if targeted else []), "TPOT", "decode step", "mixed step", "TTFT"]
+    cols += ["prefill steps", "tokens/s", "bytes/token", "KV share", "routing share"]
+    if len(models) > 1:
+        cols.append("tokens/s\nvs first")
+    cols.append("HBM held")
+    for c in cols:
+        left = c == "model"
+        table.add_column(c, justify="left" if left else "right", no_wrap=left, overflow="fold")
+    rows = df if targeted else df.sort_values("concurrency", kind="stable")
+    first = df[df["model"] == models[0]]
+    served = first[np.isfinite(first["tokens_per_s"].to_numpy(dtype=float))]
+    first_rate = served["tokens_per_s"].iloc[0] if not served.empty else np.nan
+    for r in rows.itertuples(index=False):
+        row = [r.model] if len(models) > 1 else []
+        row += [str(r.concurrency), *([_SERVING_LIMITS.get(r.limit, r.limit)] if targeted else [])]
+        row += [seconds(r.tpot_s), seconds(r.decode_step_s), seconds(r.mixed_step_s), seconds(r.ttft_s)]
+        behind = "" if r.keeps_up else " (behind)"
+        row += [_share(r.prefill_share) + behind, _rate(r.tokens_per_s), si(r.bytes_per_token)]
+        row += [_share(r.kv_share), _share(r.routing_share)]
+        if len(models) > 1:
+            base = (
+                first_rate if targeted else first.set_index("concurrency")["tokens_per_s"].get(r.concurrency)
+            )
+            ratio = r.tokens_per_s / base if base is not None else np.nan
+            row.append(f"{ratio:.2f}x" if np.isfinite(ratio) else "-")
+        row.append(si(r.memory_bytes) + ("" if bool(r.fits) else " (too big)"))
+        table.add_row(*row)
+    notes = [
+        "TPOT: the mean step (each decoding sequence gets a token a step); mixed step: one that also "
+        "carries prompts; TTFT: the steps of a request's own prefill, no queueing; prefill steps: their "
+        "share (behind: above 100 %, the prompts arrive faster than the budget left takes them)"
+    ]
+    if len(models) > 1:
+        notes.append(f"tokens/s vs first: this one's throughput over {models[0]}'s")
+    table.caption = "; ".join(notes)
+    return table
+
+
 def write_frame(df: pd.DataFrame, path: Path, fmt: str) -> Path:
     """Write csv/json/parquet to `path` atomically (temp file in the same folder, then rename)."""
     if fmt not in FRAME_WRITERS:

@@ -1,0 +1,202 @@
+"""Continuous batching in steady state (simulator.serving): the step mix against a brute-force engine
+loop, and each mixed step against separate `simulate` runs of its parts."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from simulator.config import Workload
+from simulator.errors import ConfigError
+from simulator.loading import load_hardware, load_model
+from simulator.request import PrefillStep
+from simulator.serving import (
+    largest_concurrency,
+    mixed_step,
+    prefill_share,
+    serving_steady_state,
+    steady_schedule,
+)
+from simulator.sweep import simulate
+
+H100 = load_hardware("h100-sxm")
+
+
+def engine_loop(
+    concurrency: int, prompt: int, generate: int, budget: int, steps: int
+) -> tuple[Counter, float]:
+    """A serving engine run step by step: requests arrive evenly at concurrency / (generate - 1) a step;
+    each step the budget left beside the nominal decode tokens goes to the waiting prompts, first come
+    first served, whole prompts while they fit, else the oldest prompt in chunks. Returns how many steps
+    carried each kind of prefill (batch, tokens, prefix) and the mean number of sequences decoding."""
+    rate = concurrency / (generate - 1)
+    left = budget - concurrency
+    arrived = 0.0
+    waiting: list[int] = []  # prompt tokens still to prefill, per waiting request
+    decoding: list[int] = []  # decode steps left, per sequence
+    seen: Counter = Counter()
+    population = 0
+    for _ in range(steps):
+        before = int(arrived)
+        arrived += rate
+        waiting += [prompt] * (int(arrived) - before)
+        decoding = [d - 1 for d in decoding if d > 1]  # this step's decode tokens
+        population += len(decoding)
+        if not waiting:
+            continue
+        if left >= prompt:  # whole prompts, as many as wait and fit
+            take = min(len(waiting), left // prompt)
+            del waiting[:take]
+            decoding += [generate - 1] * take
+            seen[(take, prompt, 0)] += 1
+        else:  # the oldest prompt, one chunk
+            done = prompt - waiting[0]
+            chunk = min(left, waiting[0])
+            waiting[0] -= chunk
+            seen[(1, chunk, done)] += 1
+            if waiting[0] == 0:
+                waiting.pop(0)
+                decoding.append(generate - 1)
+    return seen, population / steps
+
+
+@pytest.mark.parametrize(
+    "concurrency,prompt,generate,budget",
+    [
+        (64, 2048, 256, 8192),  # a prompt every ~4 steps, one per prefill step
+        (512, 2048, 256, 8192),  # ~2 prompts a step: steps of 2 and, now and then, of 3
+        (8, 8000, 256, 2048),  # prompts longer than the budget: 4 chunks each
+        (100, 512, 33, 1124),  # ~3.1 prompts a step, 2 fit a step: the engine falls behind
+    ],
+)
+def test_step_mix_matches_a_brute_force_engine(
+    concurrency: int, prompt: int, generate: int, budget: int
+) -> None:
+    steps = 200_000
+    seen, mean_decoding = engine_loop(concurrency, prompt, generate, budget, steps)
+    kinds = steady_schedule(concurrency, prompt, generate, budget)
+    assert kinds[0].prefill is None
+    phi = prefill_share(kinds)
+    if phi > 1:  # behind: every step carries as many prompts as fit, and the queue grows
+        left = budget - concurrency
+        assert seen == Counter({(left // prompt, prompt, 0): seen.total()})
+        assert seen.total() > 0.99 * steps
+        return
+    expected = {(k.prefill.batch, k.prefill.tokens, k.prefill.prefix): k.share for k in kinds[1:]}
+    assert set(seen) == {key for key, share in expected.items() if share > 0}
+    for key, share in expected.items():
+        assert seen[key] / steps == pytest.approx(share, abs=2e-4)
+    assert kinds[0].share == pytest.approx(1 - seen.total() / steps, abs=5e-4)
+    # Little's law: the sequences decoding on average are the concurrency the schedule was built for
+    assert mean_decoding == pytest.approx(concurrency, rel=0.01)
+
+
+def test_decode_alone_equals_simulate_at_the_mean_context() -> None:
+    # full attention: a step's KV read and FLOPs are linear in each sequence's context, so sequences
+    # spread evenly over 1000..1200 cost what all of them at 1100 would
+    model = load_model("llama-3.1-8b")
+    contexts = list(range(1000, 1201))
+    step = mixed_step(model, H100, Workload(), 32, contexts, None)
+    ref = simulate(model, H100, Workload(batch=[32], context=[1100])).iloc[0]
+    assert step.time_s == pytest.approx(ref["time_s"], rel=1e-9)
+    assert step.flops == pytest.approx(ref["flops"], rel=1e-9)
+    assert step.bytes_ideal == pytest.approx(ref["bytes_ideal"], rel=1e-9)
+    assert step.kv_bytes == pytest.approx(ref["kv_read_bytes"] + ref["kv_write_bytes"], rel=1e-9)
+
+
+def test_a_dense_mixed_step_reads_its_weights_once() -> None:
+    model = load_model("llama-3.1-8b")
+    chunk = PrefillStep(1, 1, 1536, 512, "none", 0)
+    step = mixed_step(model, H100, Workload(), 16, [3000], chunk)
+    decode = simulate(model, H100, Workload(batch=[16], context=[3000])).iloc[0]
+    prefill = simulate(
+        model, H100, Workload(phase="prefill", batch=[1], context=[1536], prefix=512, logits="none")
+    ).iloc[0]
+    assert step.flops == pytest.approx(decode["flops"] + prefill["flops"], rel=1e-9)
+    # a dense model's weights are read once for all 1552 tokens; only the embedding rows gathered grow
+    # with the tokens: the prompt's 1536 rows of 4096 bf16 values come on top of the decode part's
+    prompt_rows = 1536 * 4096 * 2
+    assert step.weight_bytes == pytest.approx(decode["weight_bytes_ideal"] + prompt_rows, rel=1e-9)
+    assert step.bytes_ideal == pytest.approx(
+        decode["bytes_ideal"] + prefill["bytes_ideal"] - (prefill["weight_bytes_ideal"] - prompt_rows),
+        rel=1e-9,
+    )
+    # the prefill's KV: its 1536 new entries written and the 512 + 1536 entries its causal chunk reads
+    assert step.kv_bytes == pytest.approx(
+        decode["kv_read_bytes"]
+        + decode["kv_write_bytes"]
+        + prefill["kv_read_bytes"]
+        + prefill["kv_write_bytes"],
+        rel=1e-9,
+    )
+
+
+def test_a_moe_mixed_step_reads_the_experts_of_all_its_tokens() -> None:
+    # OLMoE: 64 experts, top-8, per layer. 4 decode tokens and a 12-token prompt touch the experts
+    # 16 tokens touch, 64 (1 - (56/64)^16) per layer, not the experts of 4 plus those of 12
+    model = load_model("olmoe-1b-7b")
+    step = mixed_step(model, H100, Workload(), 4, [100], PrefillStep(1, 1, 12, 0, "last", 0))
+    whole = simulate(model, H100, Workload(batch=[16], context=[1]), per_layer=True)
+    moe = whole[whole["kind"] == "moe"]
+    expert_bytes = moe["item_bytes"].iloc[0]
+    distinct = 64 * (1 - (56 / 64) ** 16)
+    assert moe["distinct_items"].iloc[0] == pytest.approx(distinct, rel=1e-9)
+    total = whole[whole["layer"] == "total"].iloc[0]
+    assert step.weight_bytes == pytest.approx(total["weight_bytes_ideal"], rel=1e-9)
+    apart = sum(
+        simulate(model, H100, wl)["weight_bytes_ideal"].iloc[0]
+        for wl in (Workload(batch=[4], context=[100]), Workload(phase="prefill", batch=[1], context=[12]))
+    )
+    assert apart - step.weight_bytes > 16 * 0.5 * expert_bytes  # reading twice would cost far more
+
+
+def test_steady_state_bookkeeping() -> None:
+    model = load_model("olmoe-1b-7b")
+    df = serving_steady_state(model, H100, Workload(batch=[1, 64]), 2048, 256, 8192).set_index("concurrency")
+    for n in (1, 64):
+        r = df.loc[n]
+        kinds = steady_schedule(n, 2048, 256, 8192)
+        # the mean step: decode alone on 1 - phi of the steps, with a whole prompt on phi
+        phi = n / 255
+        assert r["prefill_share"] == pytest.approx(phi)
+        assert r["tpot_s"] == pytest.approx((1 - phi) * r["decode_step_s"] + phi * r["mixed_step_s"])
+        assert kinds[1].prefill.batch == 1 and r["ttft_s"] == pytest.approx(r["mixed_step_s"])
+        # tokens a step: n decode tokens and the first tokens of n / 255 prefilled prompts
+        assert r["tokens_per_s"] == pytest.approx(n * 256 / 255 / r["tpot_s"])
+        assert r["requests_per_s"] * 256 == pytest.approx(r["tokens_per_s"])
+    # the KV cache of 64 sequences, spread over contexts 2048..2301, lies in what is held
+    kv_entry = 16 * 2 * 16 * 128 * 2  # OLMoE: 16 layers, K and V, 16 heads x 128, bf16
+    assert df.loc[64, "memory_bytes"] - df.loc[1, "memory_bytes"] > 63 * (2048 + 126.5) * kv_entry
+
+
+def test_largest_concurrency_is_the_edge() -> None:
+    model = load_model("ultramemv2-1b-7b")
+    best = largest_concurrency(model, H100, Workload(), 2048, 256, 8192, 5e-3).iloc[0]
+    n = int(best["concurrency"])
+    assert best["limit"] == "tpot" and best["tpot_s"] <= 5e-3
+    above = serving_steady_state(model, H100, Workload(batch=[n + 1]), 2048, 256, 8192).iloc[0]
+    assert above["tpot_s"] > 5e-3
+    tight = largest_concurrency(model, H100, Workload(), 2048, 256, 8192, 1e-4).iloc[0]
+    assert tight["concurrency"] == 0 and math.isnan(tight["tpot_s"]) and tight["limit"] == "tpot"
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        ((64, 2048, 1, 8192), "--generate 1"),
+        ((8192, 2048, 256, 8192), "--token-budget 8192"),
+        ((0, 2048, 256, 8192), "--concurrency 0"),
+    ],
+)
+def test_impossible_serving_is_a_config_error(args: tuple[int, int, int, int], needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle.replace("-", r"\-")):
+        steady_schedule(*args)
+
+
+def test_a_concurrency_the_budget_cannot_feed_has_no_times() -> None:
+    r = serving_steady_state(load_model("olmoe-1b-7b"), H100, Workload(batch=[1024]), 2048, 256, 2048).iloc[0]
+    assert not r["keeps_up"] and r["prefill_share"] > 1
+    assert np.isnan(r["tpot_s"]) and np.isnan(r["tokens_per_s"])
