@@ -134,14 +134,18 @@ class _Reader:
 
 
 def model_type_of(cfg: dict[str, Any]) -> str | None:
-    """The family named by a config.json: `model_type`, else the first known `architectures` entry."""
+    """The family named by a config.json: `model_type` when we read it, else the first known
+    `architectures` entry (remote-code models name their own type but reuse a transformers class:
+    Kimi K2 is "kimi_k2" with DeepseekV3ForCausalLM), else the unknown `model_type` (or None)."""
     model_type = cfg.get("model_type")
-    if isinstance(model_type, str) and model_type:
-        return model_type
-    for arch in cfg.get("architectures") or []:
-        if arch in _ARCH_TO_TYPE:
+    named = model_type if isinstance(model_type, str) and model_type else None
+    if named in _BUILDERS or named in _TEXT_DECODER_OF:
+        return named
+    architectures = cfg.get("architectures")
+    for arch in architectures if isinstance(architectures, list) else []:
+        if isinstance(arch, str) and arch in _ARCH_TO_TYPE:
             return _ARCH_TO_TYPE[arch]
-    return None
+    return named
 
 
 def is_hf_config(raw: dict[str, Any]) -> bool:
@@ -189,7 +193,9 @@ def from_hf_config(cfg: dict[str, Any], name: str) -> ModelConfig:
     try:
         return ModelConfig(
             name=name,
-            description=f"from a Hugging Face config.json (model_type {model_type})"
+            description=f"from a Hugging Face config.json (model_type {model_type}"
+            + _read_as(cfg, model_type)
+            + ")"
             + _quantization_note(cfg),
             d_model=d_model,
             vocab_size=vocab_size,
@@ -633,6 +639,12 @@ _VOCAB_DEFAULTS: dict[str, int] = {"gemma3_text": 262_208}
 
 
 # ------------------------------------------------------------------------------------------- helpers
+
+
+def _read_as(cfg: dict[str, Any], model_type: str) -> str:
+    """ ", named kimi_k2" where the config's own model_type was read through its architectures entry."""
+    named = cfg.get("model_type")
+    return f", named {named}" if isinstance(named, str) and named and named != model_type else ""
 
 
 def _quantization_note(cfg: dict[str, Any]) -> str:

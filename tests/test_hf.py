@@ -266,6 +266,7 @@ def one_line(exc: pytest.ExceptionInfo[BaseException]) -> str:
 def test_unsupported_model_type_is_one_line_with_supported_list() -> None:
     cfg = copy.deepcopy(hf("Llama-3.1-8B"))
     cfg["model_type"] = "jamba"  # Mamba layers: not modelled
+    cfg["architectures"] = ["JambaForCausalLM"]
     with pytest.raises(ConfigError) as exc:
         from_hf_config(cfg, "g")
     text = one_line(exc)
@@ -522,3 +523,17 @@ def test_max_positions_is_read_where_stated_and_unknown_where_absent() -> None:
     ingested = from_hf_config(cfg, "no-limit")
     assert ingested.max_positions is None
     assert "hf.max_position_embeddings" not in ingested.provenance  # unknown, not a default taken
+
+
+def test_a_remote_code_model_type_is_read_through_its_architectures() -> None:
+    # Kimi K2's config.json names model_type "kimi_k2" (remote code) and architectures
+    # ["DeepseekV3ForCausalLM"]: DeepSeek-V3's shapes, read by the DeepSeek builder
+    cfg = hf("DeepSeek-V3")
+    cfg["model_type"] = "kimi_k2"
+    ingested = from_hf_config(cfg, "kimi")
+    assert ingested.blocks == from_hf_config(hf("DeepSeek-V3"), "v3").blocks
+    assert "model_type deepseek_v3, named kimi_k2" in ingested.description
+    # an unknown type with no known architecture is still refused, naming the type
+    cfg["architectures"] = ["KimiForCausalLM"]
+    with pytest.raises(ConfigError, match="unsupported model_type 'kimi_k2'"):
+        from_hf_config(cfg, "kimi")
