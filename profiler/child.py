@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -32,6 +33,31 @@ def run_group(cmd: Sequence[str], timeout_s: float | None, **popen: Any) -> subp
 
 
 def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the child, its process group, and every descendant, also those that started a session
+    of their own (a stage's ncu, itself started by run_group): found before any dies, as the dead
+    ones' children are re-parented and could no longer be traced to this child."""
+    doomed = descendants(proc.pid)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
+    for pid in doomed:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
     proc.kill()
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, read from /proc (Linux; elsewhere none: the group kill must do)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after the last ")"
+            text = stat.read_text()
+            ppid = int(text[text.rindex(")") + 2 :].split()[1])
+            children.setdefault(ppid, []).append(int(stat.parent.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found

@@ -20,6 +20,7 @@ import argparse
 import math
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,9 @@ from profiler.target import (
 from simulator.config import ModelConfig
 from simulator.errors import MemtrafficError
 from traces.bundle import check_bundle_destination
+
+# an ncu pass given less than this is skipped: starting ncu and the profiled child alone takes ~10 s
+NCU_MIN_SECONDS = 20.0
 
 __all__ = [
     "NCU_RANGE",
@@ -92,6 +96,7 @@ def profile_model(
     ncu_batches: Sequence[int] | None = None,
     ncu_steps: int = 2,
     ncu_timeout_s: float = 900.0,
+    ncu_deadline: float | None = None,
     opcount: bool = True,
     routing_max_rows: int = ROUTING_MAX_ROWS,
     cuda_graphs: bool = False,
@@ -101,6 +106,7 @@ def profile_model(
 ) -> Path:
     """Profile the reference model of `model_cfg` (or `module` with `input_factory(batch, ring_index)`,
     or a prepared `target`) at each batch size; write the bundle at `output` and return its path.
+    `ncu_deadline` (a time.monotonic() value) cuts the ncu pass to what is left before it.
 
     Raises ProfileInterrupted (Ctrl-C) or ProfileFailed (any other error) after writing a partial bundle
     of the finished batch sizes; both are MemtrafficError with a one-line message.
@@ -186,10 +192,16 @@ def profile_model(
                     if on_batch_done is not None:
                         on_batch_done(int(b), output)
             current = None
-            if ncu:
+            # a caller with a time limit of its own (gpu_checks) gives the pass only what is left of it
+            ncu_s = (
+                ncu_timeout_s if ncu_deadline is None else min(ncu_timeout_s, ncu_deadline - time.monotonic())
+            )
+            if ncu and ncu_s < NCU_MIN_SECONDS:
+                missing.append(f"ncu: skipped, {max(ncu_s, 0):.0f} s left before the run's deadline")
+            elif ncu:
                 try:
                     missing += ncu_pass(
-                        sweep, target, ncu_batches or batches, ncu_steps, ncu_timeout_s, dev, Path(tmpdir)
+                        sweep, target, ncu_batches or batches, ncu_steps, ncu_s, dev, Path(tmpdir)
                     )
                 except Exception as exc:  # the sweep is complete: a failed ncu pass only goes to missing
                     missing.append(f"ncu: the second pass failed: {one_line(exc)}")

@@ -44,18 +44,23 @@ NCU_BATCHES = {"moe": [1, 4], "umv2": [1, 1024]}
 # to start the child plus 20-40 ms per kernel replayed (MoE at batch 4: ~1,400 kernels per step)
 NCU_SECONDS = {"moe": 130, "umv2": 110}
 GRAPH_BATCHES = [1, 16, 256]
-# stage -> (seconds budget, what it does); the budgets sum to 570 s, under the 585 s outer limit of
-# gpu_checks.sh and the 600 s command limit. A profile stage: ~60 s sweep + its ncu pass + margin.
+PACK_SECONDS = 15  # kept back at the end for the last packing
+MIN_STAGE_SECONDS = 15  # a stage that would get less is skipped, not started
+DEADLINE_ENV = "GPU_CHECKS_STAGE_DEADLINE"  # wall-clock time (time.time()) a stage must end by
+# stage -> (seconds budget, what it does); the budgets sum to 540 s. gpu_checks.sh gives the whole run
+# 580 s of the device's 600 s per command, less what its pip install and imports took; `orchestrate` cuts
+# a stage to what is left (PACK_SECONDS kept for packing) and skips one that would get too little.
+# A profile stage: ~60 s sweep + its ncu pass (cut to the stage's own deadline) + margin.
 STAGES: dict[str, tuple[int, str]] = {
     "device": (20, "device facts: NVML device_info, torch.cuda properties, nvidia-smi query (read-only)"),
     "parity": (40, "each layer family on CUDA: fp32 output vs CPU (same weights), bf16 forward runs"),
     "gpm": (25, "GPM calibration: 2 GiB copy loop >= 1 s, counted bytes vs integrated GPM DRAM bytes"),
     "moe": (
-        205,
+        190,
         f"profile OLMoE-like, batches {BATCHES}, context {CONTEXT}, NVML/GPM, ncu at {NCU_BATCHES['moe']}",
     ),
     "umv2": (
-        185,
+        170,
         f"profile UltraMemV2-like, batches {BATCHES}, context {CONTEXT}, NVML/GPM, "
         f"ncu at {NCU_BATCHES['umv2']}",
     ),
@@ -349,6 +354,15 @@ def _profile_and_summarize(out: Path, cfg: Any, batches: list[int], name: str, *
     _summarize_bundle(path, out / f"{name}-summary.txt", time.time() - started)
 
 
+def _stage_deadline() -> float | None:
+    """This stage's deadline as a time.monotonic() value (its budget less 15 s to write the bundle and
+    its summary), from the wall-clock time the orchestrator set; None when run by hand."""
+    end = os.environ.get(DEADLINE_ENV)
+    if end is None:
+        return None
+    return time.monotonic() + float(end) - time.time() - 15.0
+
+
 def stage_profile(out: Path, which: str) -> None:
     _profile_and_summarize(
         out,
@@ -363,6 +377,7 @@ def stage_profile(out: Path, which: str) -> None:
         ncu_batches=NCU_BATCHES[which],
         ncu_steps=1,
         ncu_timeout_s=NCU_SECONDS[which],
+        ncu_deadline=_stage_deadline(),
         routing_max_rows=200_000,  # keeps the committed bundles at a few MB
     )
 
@@ -449,31 +464,37 @@ def run_stage(name: str, out: Path) -> None:
 # ------------------------------------------------------------------------------------------ orchestration
 def pack(work: Path, dest_dir: Path) -> list[Path]:
     """work/ -> dest_dir/gpu-checks.tar.gz, split into <= 15 MiB parts when larger (cat them to rejoin).
-    Replaces the previous packing; the archive is written under a temporary name, then renamed."""
+    The new archive is written whole under names outside that pattern, and only then replaces the
+    previous packing (renames): a kill at any point leaves one complete packing, never a cut one."""
     dest_dir.mkdir(parents=True, exist_ok=True)
-    for old in dest_dir.glob("gpu-checks.tar.gz*"):
-        old.unlink()
-    tar_path = dest_dir / "gpu-checks.tar.gz"
-    tmp = dest_dir / "gpu-checks.tar.gz.tmp"
+    tmp = dest_dir / "packing.tmp"
     with tarfile.open(tmp, "w:gz") as tar:
         tar.add(work, arcname="gpu-checks")
-    tmp.replace(tar_path)
-    if tar_path.stat().st_size <= PART_BYTES:
-        return [tar_path]
-    parts = []
-    with open(tar_path, "rb") as f:
-        i = 0
-        while chunk := f.read(PART_BYTES):
-            part = dest_dir / f"gpu-checks.tar.gz.part{i:02d}"
-            part.write_bytes(chunk)
-            parts.append(part)
-            i += 1
-    tar_path.unlink()
-    return parts
+    pieces = [tmp]
+    if tmp.stat().st_size > PART_BYTES:
+        pieces = []
+        with open(tmp, "rb") as f:
+            while chunk := f.read(PART_BYTES):
+                piece = dest_dir / f"packing.part{len(pieces):02d}.tmp"
+                piece.write_bytes(chunk)
+                pieces.append(piece)
+        tmp.unlink()
+    for old in dest_dir.glob("gpu-checks.tar.gz*"):
+        old.unlink()
+    if len(pieces) == 1:
+        final = [dest_dir / "gpu-checks.tar.gz"]
+    else:
+        final = [dest_dir / f"gpu-checks.tar.gz.part{i:02d}" for i in range(len(pieces))]
+    for piece, name in zip(pieces, final, strict=True):
+        piece.replace(name)
+    return final
 
 
-def orchestrate(out_root: Path, work: Path, stages: list[str]) -> int:
+def orchestrate(out_root: Path, work: Path, stages: list[str], limit_s: float | None = None) -> int:
+    """Run each stage as a killable child within its budget, cut to what is left of `limit_s` (less
+    PACK_SECONDS), and pack after each; a stage that would get under MIN_STAGE_SECONDS is skipped."""
     work.mkdir(parents=True, exist_ok=True)
+    end = None if limit_s is None else time.time() + limit_s - PACK_SECONDS
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     summary: dict[str, Any] = {"started_utc": started, "stages": {}}
     env = {
@@ -482,14 +503,19 @@ def orchestrate(out_root: Path, work: Path, stages: list[str]) -> int:
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
     for name in stages:
-        budget = STAGES[name][0]
+        budget = STAGES[name][0] if end is None else min(STAGES[name][0], end - time.time())
+        if budget < min(MIN_STAGE_SECONDS, STAGES[name][0]):  # cut by the run's limit to too little
+            summary["stages"][name] = {"rc": "skipped", "seconds": 0, "tail": [f"{budget:.0f} s left"]}
+            print(f"== {name}: skipped, {budget:.0f} s left", flush=True)
+            continue
         log = work / f"{name}.log"
         t0 = time.time()
-        print(f"== {name} (budget {budget} s): {STAGES[name][1]}", flush=True)
+        print(f"== {name} (budget {budget:.0f} s): {STAGES[name][1]}", flush=True)
         with open(log, "w") as f:
             try:
                 cmd = [sys.executable, __file__, "--stage", name, "--out", str(work)]
-                proc = run_group(cmd, budget, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+                stage_env = {**env, DEADLINE_ENV: str(t0 + budget)}
+                proc = run_group(cmd, budget, stdout=f, stderr=subprocess.STDOUT, env=stage_env, cwd=ROOT)
                 rc: int | str = proc.returncode
             except subprocess.TimeoutExpired:
                 rc = "timeout"
@@ -511,7 +537,10 @@ def dry_run(stages: list[str]) -> int:
         budget, what = STAGES[name]
         total += budget
         print(f"  {name:7s} {budget:4d} s  {what}")
-    print(f"  total budget {total} s (command limit 600 s)")
+    print(
+        f"  total budget {total} s; gpu_checks.sh allows 580 s less its own set-up, of the device's 600 s "
+        f"per command, and keeps {PACK_SECONDS} s of it for the last packing"
+    )
     for cfg in (moe_config(), umv2_config()):
         plan = _model_plan(cfg)
         print(
@@ -534,6 +563,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu-checks-out")))
     p.add_argument("--work", type=Path, default=Path("/tmp/gpu-checks"), help="where stages write")
     p.add_argument("--pack-only", action="store_true", help="pack --work into --out and exit")
+    p.add_argument("--limit-s", type=float, default=None, help="seconds the whole run may take")
     a = p.parse_args(argv)
     if a.pack_only:
         pack(a.work, a.out)
@@ -551,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
             return 1
         return 0
-    return orchestrate(a.out, a.work, stages)
+    return orchestrate(a.out, a.work, stages, a.limit_s)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,14 @@ fi
 
 OUT="${OUT:-$PWD/gpu-checks-out}"
 WORK="${GPU_CHECKS_WORK:-/tmp/gpu-checks}"
-LIMIT_S="${GPU_CHECKS_LIMIT_S:-585}"  # under the device tool's 600 s per command
 mkdir -p "$OUT"
 export OUT PYTHONUNBUFFERED=1
+# Nsight Compute is installed under /opt/nvidia/nsight-compute/<version>/ on the lent machines
+# (KINDS.md), not always on PATH
+for dir in /usr/local/cuda/bin /opt/nvidia/nsight-compute/*/; do
+    [[ -x "$dir/ncu" ]] && PATH="$PATH:${dir%/}"
+done
+export PATH
 
 if compgen -G ".whl/*.whl" >/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
@@ -32,10 +37,14 @@ if ! python3 -c "import pydantic, ijson, torch" 2>"$OUT/import-error.txt"; then
 fi
 
 rm -f "$OUT/import-error.txt"
-# the stages keep their own budgets and the orchestrator packs after each; this limit guards the whole
-timeout --kill-after=5 "$LIMIT_S" python3 scripts/gpu_checks.py --out "$OUT" --work "$WORK" "$@"
+# 580 s of the device's 600 s per command, less what the install and imports above took ($SECONDS);
+# the orchestrator cuts each stage to what is left and packs after each; this limit guards the whole
+LIMIT_S=$(( ${GPU_CHECKS_LIMIT_S:-580} - SECONDS ))
+timeout --kill-after=5 "$LIMIT_S" python3 scripts/gpu_checks.py --out "$OUT" --work "$WORK" \
+    --limit-s "$((LIMIT_S - 5))" "$@"
 rc=$?
-if ! compgen -G "$OUT/gpu-checks.tar.gz*" >/dev/null && [[ -d "$WORK" ]]; then
+if [[ ! -f "$OUT/gpu-checks.tar.gz" && ! -f "$OUT/gpu-checks.tar.gz.part00" && -d "$WORK" ]]; then
     python3 scripts/gpu_checks.py --pack-only --out "$OUT" --work "$WORK"  # cut off before any packing
 fi
+rm -f "$OUT"/packing*.tmp  # a packing cut off midway; the previous one stands
 exit $rc

@@ -13,12 +13,15 @@ import pytest
 from profiler.child import run_group
 
 
-def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
+@pytest.mark.parametrize("own_session", [False, True])
+def test_timeout_kills_the_whole_process_group(tmp_path: Path, own_session: bool) -> None:
     pid_file = tmp_path / "grandchild.pid"
-    # the child starts a grandchild that would outlive it, then waits
+    # the child starts a grandchild that would outlive it, then waits; in its own session (as a stage
+    # starts ncu through run_group) the grandchild is outside the child's process group
     script = (
         "import subprocess, sys, time\n"
-        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], "
+        f"start_new_session={own_session})\n"
         f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
         "time.sleep(60)\n"
     )

@@ -83,3 +83,16 @@ def test_adopt_refuses_a_cut_archive_with_one_line(tmp_path: Path, capsys: pytes
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "unreadable" in err
     assert not (tmp_path / "d").exists()
+
+
+def test_a_stage_gets_only_what_is_left_of_the_run(tmp_path: Path) -> None:
+    out, work = tmp_path / "out", tmp_path / "work"
+    # 20 s of the run left after the packing reserve: enough for no 15 s stage after a 10 s one
+    limit = gpu_checks.PACK_SECONDS + 20
+    rc = gpu_checks.orchestrate(out, work, ["device", "nvml"], limit_s=limit)
+    stages = json.loads((work / "summary.json").read_text())["stages"]
+    assert stages["device"]["rc"] in (0, "timeout") and stages["device"]["seconds"] <= 21
+    left = 20 - stages["device"]["seconds"]
+    if left < gpu_checks.MIN_STAGE_SECONDS:
+        assert stages["nvml"]["rc"] == "skipped" and rc == 1
+    assert [p.name for p in out.iterdir()] == ["gpu-checks.tar.gz"]  # no packing.tmp left behind

@@ -367,6 +367,24 @@ def test_ncu_requested_on_cpu_is_recorded_missing(tmp_path: Path) -> None:
     assert "ncu: needs a CUDA device" in missing and "ncu: not requested (--ncu)" not in missing
 
 
+def test_ncu_pass_past_the_callers_deadline_is_skipped_and_recorded(tmp_path: Path) -> None:
+    import time
+
+    fast = {**FAST, "steady_seconds": 0.05}
+    out = profile_model(
+        moe_model(),
+        [2],
+        output=tmp_path / "b",
+        ncu=True,
+        opcount=False,
+        ncu_deadline=time.monotonic(),
+        **fast,
+    )
+    bundle = read_bundle(out)
+    assert not bundle.partial  # the sweep itself is complete
+    assert "ncu: skipped, 0 s left before the run's deadline" in bundle.meta["missing"]
+
+
 def test_cuda_graphs_requested_on_cpu_are_recorded_missing(tmp_path: Path) -> None:
     from profiler.graphs import graph_step_us
     from simulator.errors import MeasurementUnavailable
