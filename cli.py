@@ -486,7 +486,11 @@ def serve(
         ),
     ] = None,
     token_budget: Annotated[
-        int, typer.Option("--token-budget", help="tokens a step may carry (vLLM max_num_batched_tokens)")
+        int,
+        typer.Option(
+            "--token-budget",
+            help="tokens a step may carry (vLLM max_num_batched_tokens: 8192 by default on 70 GB+ GPUs)",
+        ),
     ] = 8192,
     tpot: Annotated[
         str | None,
@@ -827,17 +831,19 @@ def demo(
     ),
 ) -> None:
     """The main job on the embedded default: import the bundled real H100 recordings, validate them,
-    compare OLMoE-1B-7B with UltraMemV2-1B/7B on an H100 at batch 1..4096, write one HTML report."""
+    compare OLMoE-1B-7B with UltraMemV2-1B/7B on an H100 at batch 1..4096 and at a 5 ms TPOT (static and
+    continuous batching), write one HTML report."""
     import shlex
     from importlib.resources import files
 
     from reports.html import report_run
     from reports.render import print_table
-    from reports.tables import compare_frame, compare_table, latency_table
+    from reports.tables import compare_frame, compare_table, latency_table, serving_table
     from reports.validation import validate_run
     from simulator.config import Workload
     from simulator.loading import load_hardware, load_model
     from simulator.request import request_latencies
+    from simulator.serving import serving_states
     from simulator.sweep import compare as run_compare
     from traces import import_traces
 
@@ -877,6 +883,9 @@ def demo(
     best = request_latencies(pair, [h100, h100], Workload(), 2048, 256, tpot_s=5e-3, prefill_chunk=8192)
     title = "largest batch with TPOT <= 5 ms on h100-sxm (prompt 2048, 256 generated, prefill 8192 a step)"
     print_table(console, latency_table(best, title))
+    steady = serving_states(pair, [h100, h100], Workload(), 2048, 256, 8192, tpot_s=5e-3)
+    title = "largest concurrency with TPOT <= 5 ms, continuous batching (8192 tokens a step)"
+    print_table(console, serving_table(steady, title))
 
     path = report_run(
         [m.name for m in pair],

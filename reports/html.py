@@ -17,8 +17,12 @@ from pydantic import ValidationError
 from reports import figures
 from reports.page import chart_card, header, page, validation_tables
 from simulator.atomic import require_folder, write_text_atomic
-from simulator.config import HardwareConfig, describe_validation_error
+from simulator.config import HardwareConfig, ModelConfig, Workload, describe_validation_error
 from simulator.errors import ConfigError, MemtrafficError
+
+# tokens a step of the continuous-batching curves: vLLM's max_num_batched_tokens default for its API server
+# on GPUs of 70 GB and more (2048 on smaller ones and A100s)
+SERVING_BUDGET = 8192
 
 if TYPE_CHECKING:
     from reports.validation import ValidationResult
@@ -58,6 +62,7 @@ def build_report(
     hardware: Sequence[HardwareConfig] | None = None,
     batches: Sequence[int] | None = None,
     request: pd.DataFrame | None = None,
+    serving: pd.DataFrame | None = None,
 ) -> str:
     """The report as one HTML string.
 
@@ -65,7 +70,8 @@ def build_report(
     `bundles` give the bandwidth timeline and the measurement header; `validations` the predicted-vs-
     measured charts. `command` defaults to this process's command line; `hardware` (for the roofline)
     to the validations' hardware, else the presets named in `sim`; `batches` limits the per-layer charts;
-    `request` is a `simulator.request` frame (one request's latency and throughput per model and batch).
+    `request` is a `simulator.request` frame (one request's latency and throughput per model and batch);
+    `serving` a `simulator.serving` frame (continuous batching, drawn beside it).
     """
     validations = list(validations)
     bundles = list(bundles)
@@ -94,7 +100,7 @@ def build_report(
 
     charts = {
         "step": figures.step_charts(sim, colors, validations),
-        "request": figures.request_charts(request, colors),
+        "request": figures.request_charts(request, colors, serving),
         "roofline": figures.roofline_chart(sim, hw, colors, validations),
         "layers": figures.layer_bytes_charts(sim, batches),
         "timeline": figures.timeline_charts(bundles, names, colors),
@@ -163,7 +169,7 @@ def report_run(
         )
         for b in bundles
     ]
-    sim = request = None
+    sim = request = serving = None
     if models:
         run_batches = sorted({int(b) for v in validations for b in v.steps["batch"]})
         run_ctx = sorted({int(c) for v in validations for c in v.prediction["context"].unique()})
@@ -184,6 +190,7 @@ def report_run(
             on = [load_hardware(hardware)] * len(cfgs)
         sim = compare(cfgs, on, wl, per_layer=True)
         request = request_latencies(cfgs, on, wl, wl.context[0], generate, prefill_chunk=prefill_chunk)
+        serving = _steady_states(cfgs, on, wl, generate)
     names = [str(m) for m in models] + [str(d) for d in run_dirs]
     text = build_report(
         sim,
@@ -193,8 +200,24 @@ def report_run(
         command=command,
         batches=batches,
         request=request,
+        serving=serving,
     )
     return write_report(output, text)
+
+
+def _steady_states(
+    cfgs: Sequence[ModelConfig], on: Sequence[HardwareConfig], wl: Workload, generate: int
+) -> pd.DataFrame | None:
+    """Continuous batching at the report's batch sizes as concurrencies, `SERVING_BUDGET` tokens a step;
+    None where it does not apply (one token generated, expert parallelism, no concurrency under the
+    budget)."""
+    from simulator.serving import serving_states
+
+    concurrencies = [b for b in wl.batch if b < SERVING_BUDGET]
+    if generate < 2 or wl.ep > 1 or not concurrencies:
+        return None
+    steady = wl.model_copy(update={"batch": concurrencies})
+    return serving_states(list(cfgs), list(on), steady, wl.context[0], generate, SERVING_BUDGET)
 
 
 def _bundle_model_names(bundles: Sequence[Bundle], validations: Sequence[ValidationResult]) -> list[str]:

@@ -297,3 +297,48 @@ def test_past_the_models_max_positions_warns_and_still_costs() -> None:
         "memtraffic: warning: olmoe-1b-7b: --prompt 4000 --generate 98 needs 4097 positions, past the 4096 "
         "it is set up for (max_position_embeddings); costed as asked"
     ]
+
+
+def test_serve_prints_the_steady_state_and_finds_the_largest_concurrency() -> None:
+    proc = run("serve", "olmoe-1b-7b", "ultramemv2-1b-7b", "-n", "1,64", "-f", "csv")
+    assert proc.returncode == 0, proc.stderr
+    df = pd.read_csv(StringIO(proc.stdout))
+    assert list(zip(df["model"], df["concurrency"], strict=True)) == [
+        ("olmoe-1b-7b", 1),
+        ("olmoe-1b-7b", 64),
+        ("ultramemv2-1b-7b", 1),
+        ("ultramemv2-1b-7b", 64),
+    ]
+    # 64 sequences over 255 decode steps each: a 2048-token prompt on 64/255 of the steps
+    assert df.loc[1, "prefill_share"] == pytest.approx(64 / 255)
+    assert (df["mixed_step_s"] > df["decode_step_s"]).all()
+    target = run("serve", "olmoe-1b-7b", "ultramemv2-1b-7b", "--tpot", "5ms", "-f", "csv")
+    assert target.returncode == 0, target.stderr
+    best = pd.read_csv(StringIO(target.stdout))
+    assert list(best["limit"]) == ["tpot", "tpot"] and (best["tpot_s"] <= 5e-3).all()
+    assert (best["concurrency"] >= 1).all()
+
+
+@pytest.mark.parametrize(
+    "args,needles",
+    [
+        (("-n", "64", "--tpot", "5ms"), ("--concurrency and --tpot",)),
+        (("-n", "64", "--token-budget", "64"), ("--token-budget 64", "64 decoding sequences")),
+        (
+            (
+                "-g",
+                "1",
+            ),
+            ("--generate 1",),
+        ),
+        (
+            (
+                "--tpot",
+                "fast",
+            ),
+            ("--tpot",),
+        ),
+    ],
+)
+def test_serve_bad_input_is_one_line(args: tuple[str, ...], needles: tuple[str, ...]) -> None:
+    assert_one_line_error(run("serve", "olmoe-1b-7b", *args), *needles)

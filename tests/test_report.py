@@ -216,9 +216,15 @@ def test_report_of_what_if_variants(tmp_path: Path) -> None:
     text = out.read_text()
     for name in ("top_k=4 @h100-sxm", "top_k=8 @h100-sxm", "top_k=4 @b200", "top_k=8 @b200"):
         assert f"olmoe-1b-7b {name}" in text
-    # each variant also gets its request: four lines on the throughput trade-off
+    # each variant also gets its request: four lines on the throughput trade-off, and four dotted ones of
+    # continuous batching at 1 and 64 sequences decoding
     tradeoff = chart_specs(text)["chart-request-tradeoff"]["data"]
-    assert len(tradeoff) == 4 and all(len(values(tr["x"])) == 2 for tr in tradeoff)
+    steady = [tr for tr in tradeoff if tr["name"].endswith(" · continuous")]
+    assert len(tradeoff) == 8 and len(steady) == 4 and all(len(values(tr["x"])) == 2 for tr in tradeoff)
+    for tr in steady:
+        # N sequences decoding yield N tokens a step, plus the first tokens of the N / 255 prompts done
+        tpot, rate = values(tr["x"]).astype(float), values(tr["y"]).astype(float)
+        assert np.allclose(rate, np.array([1, 64]) * 256 / 255 / tpot) and tr["line"]["dash"] == "dot"
     with pytest.raises(ConfigError, match="at least two variants"):
         report_run(["olmoe-1b-7b"], [], tmp_path / "s.html", vary=["top_k=4"])
 

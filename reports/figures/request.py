@@ -29,8 +29,23 @@ def _symbols(d: pd.DataFrame) -> list[str]:
     return ["circle" if fits else "x" for fits in d["fits"]]
 
 
-def request_charts(req: pd.DataFrame | None, colors: dict[str, str]) -> list[Chart]:
-    """Latency vs batch size, and tokens/s vs time per output token (each point a batch size)."""
+def _serving_hover(r: pd.Series) -> str:
+    return (
+        f"<b>{r['model']}</b> · continuous batching<br>{r['concurrency']} sequences decoding, prompt "
+        f"{r['prompt']}, generate {r['generate']}, {r['token_budget']} tokens a step<br>"
+        f"TPOT {seconds(r['tpot_s'])} (decode step {seconds(r['decode_step_s'])}, with a prompt "
+        f"{seconds(r['mixed_step_s'])}) · TTFT {seconds(r['ttft_s'])}<br>"
+        f"{r['tokens_per_s']:,.0f} tokens/s · {si(r['bytes_per_token'])} per token · prompts on "
+        f"{r['prefill_share']:.0%} of the steps<br>"
+        f"HBM held {si(r['memory_bytes'])}{'' if r['fits'] else ' (too big)'}"
+    )
+
+
+def request_charts(
+    req: pd.DataFrame | None, colors: dict[str, str], serving: pd.DataFrame | None = None
+) -> list[Chart]:
+    """Latency vs batch size, and tokens/s vs time per output token (each point a batch size; with
+    `serving`, a `simulator.serving` frame, also each model's continuous-batching steady state)."""
     if req is None or req.empty:
         return []
     # by batch, models in the order given (groupby keeps first appearance)
@@ -75,6 +90,23 @@ def request_charts(req: pd.DataFrame | None, colors: dict[str, str]) -> list[Cha
                 line={"color": colors.get(model)},
             )
         )
+    steady = serving[serving["tpot_s"].notna()] if serving is not None else pd.DataFrame()
+    if not steady.empty:
+        steady = steady.sort_values("concurrency", kind="stable")
+        steady = steady.assign(hover=lambda d: d.apply(_serving_hover, axis=1))
+    for model, d in steady.groupby("model", sort=False) if not steady.empty else ():
+        tradeoff.add_trace(
+            points(
+                d["tpot_s"],
+                d["tokens_per_s"],
+                f"{model} · continuous",
+                str(model),
+                {"size": 7, "color": colors.get(model), "symbol": _symbols(d)},
+                d["hover"],
+                mode="lines+markers",
+                line={"color": colors.get(model), "dash": "dot"},
+            )
+        )
     layout(
         tradeoff,
         f"Throughput vs time per output token ({scenario})",
@@ -104,8 +136,15 @@ def request_charts(req: pd.DataFrame | None, colors: dict[str, str]) -> list[Cha
                 id="chart-request-tradeoff",
                 title="Throughput vs time per output token",
                 figure=tradeoff,
-                caption="Each point is a batch size (its label). Up and to the left is better: more "
-                "tokens per second at a shorter time per token.",
+                caption="Solid: one static batch, each point a batch size (its label). "
+                + (
+                    f"Dotted: continuous batching in steady state, each point a number of sequences "
+                    f"decoding while the prompts of the requests replacing them fill the rest of a "
+                    f"{int(steady['token_budget'].iloc[0])}-token step budget. "
+                    if not steady.empty
+                    else ""
+                )
+                + "Up and to the left is better: more tokens per second at a shorter time per token.",
             )
         )
     return charts
