@@ -166,6 +166,7 @@ def _workload(
     logits: str = "last",
     prefix: int = 0,
     context_flag: str = "--context",
+    sizes_flag: str = "--batch",
 ):
     from pydantic import ValidationError
 
@@ -178,7 +179,7 @@ def _workload(
     try:
         return Workload(
             phase=phase,
-            batch=parse_sizes(batch, "batch"),
+            batch=parse_sizes(batch, sizes_flag.removeprefix("--")),
             context=parse_sizes(context, "context"),
             weight_dtype=default_dtype,
             weight_dtypes=kind_dtypes,
@@ -191,7 +192,8 @@ def _workload(
             prefix=prefix,
         )
     except ValidationError as exc:
-        raise ConfigError(_flag_error(describe_validation_error(exc, "workload"), context_flag)) from None
+        message = describe_validation_error(exc, "workload")
+        raise ConfigError(_flag_error(message, context_flag, sizes_flag)) from None
 
 
 def _names(cfgs) -> str:
@@ -215,12 +217,12 @@ _WORKLOAD_FLAGS = {
 }
 
 
-def _flag_error(message: str, context_flag: str) -> str:
+def _flag_error(message: str, context_flag: str, sizes_flag: str = "--batch") -> str:
     """ "workload: tp: ..." -> "--tp: ...": the flag the user typed, not the field it fills."""
     head, _, rest = message.partition(": ")
     field, sep, tail = rest.partition(": ")
     name, *path = field.split(".")
-    flag = context_flag if name == "context" else _WORKLOAD_FLAGS.get(name)
+    flag = {"context": context_flag, "batch": sizes_flag}.get(name) or _WORKLOAD_FLAGS.get(name)
     if head != "workload" or not sep or flag is None:
         return message
     where = [p for p in path if not p.isdigit() and p != "[key]"]  # weight_dtypes.experts.[key] -> experts
@@ -420,7 +422,6 @@ def latency(
     step costed at its own context), end-to-end time, throughput and bytes per generated token. With
     --tpot or --ttft: each model's largest batch that meets them and fits in the GPU's memory."""
     from reports.tables import latency_table
-    from simulator.loading import hardware_names, load_variants
     from simulator.request import check_request, request_latencies
 
     check_request(prompt, generate)
@@ -430,25 +431,17 @@ def latency(
         raise ConfigError(
             "--batch and --tpot/--ttft together: a latency target searches for the batch; drop --batch"
         )
-    variants = load_variants(
-        models, hardware_names(hardware), sets or [], vary or [], command="latency", at_least=1
+    cfgs, gpus, wl, cal = _request_setup(
+        "latency",
+        models,
+        hardware,
+        sets,
+        vary,
+        ("--batch", batch or "1,8,64,256"),
+        (prompt, generate),
+        (weight_dtype, act_dtype, kv_dtype, tp, ep, routing),
+        calibration,
     )
-    wl = _workload(
-        batch or "1,8,64,256",
-        str(prompt),
-        "decode",
-        weight_dtype,
-        act_dtype,
-        kv_dtype,
-        tp,
-        ep,
-        routing,
-        context_flag="--prompt",
-    )
-    cfgs, gpus = [m for m, _ in variants], [hw for _, hw in variants]
-    # the last decode step feeds generated token G - 1 at position prompt + G - 1
-    _warn_positions(cfgs, prompt + generate - 1, f"--prompt {prompt} --generate {generate}")
-    cal = _calibration(calibration, gpus, cfgs)
     df = request_latencies(
         cfgs,
         gpus,
@@ -511,7 +504,6 @@ def serve(
     that replace them fill each step's leftover token budget. TPOT, TTFT, tokens/s and bytes per token
     with the prefill work mixed in; with --tpot, each model's largest N that meets it and fits."""
     from reports.tables import serving_table
-    from simulator.loading import hardware_names, load_variants
     from simulator.request import check_request
     from simulator.serving import serving_states
 
@@ -521,24 +513,17 @@ def serve(
         raise ConfigError(
             "--concurrency and --tpot together: a TPOT target searches for it; drop --concurrency"
         )
-    variants = load_variants(
-        models, hardware_names(hardware), sets or [], vary or [], command="serve", at_least=1
+    cfgs, gpus, wl, cal = _request_setup(
+        "serve",
+        models,
+        hardware,
+        sets,
+        vary,
+        ("--concurrency", concurrency or "1,8,64,256"),
+        (prompt, generate),
+        (weight_dtype, act_dtype, kv_dtype, tp, 1, routing),
+        calibration,
     )
-    wl = _workload(
-        concurrency or "1,8,64,256",
-        str(prompt),
-        "decode",
-        weight_dtype,
-        act_dtype,
-        kv_dtype,
-        tp,
-        1,
-        routing,
-        context_flag="--prompt",
-    )
-    cfgs, gpus = [m for m, _ in variants], [hw for _, hw in variants]
-    _warn_positions(cfgs, prompt + generate - 1, f"--prompt {prompt} --generate {generate}")
-    cal = _calibration(calibration, gpus, cfgs)
     df = serving_states(
         cfgs,
         gpus,
@@ -556,6 +541,46 @@ def serve(
     if tpot_s is not None:
         title += f"; the largest concurrency with TPOT <= {tpot} that keeps up and fits in memory"
     _emit(df, fmt, output, lambda: serving_table(df, title))
+
+
+def _request_setup(
+    command: str,
+    models: list[str],
+    hardware: str,
+    sets: list[str] | None,
+    vary: list[str] | None,
+    sizes: tuple[str, str],
+    request: tuple[int, int],
+    scenario: tuple[str, str, str, int, int, str],
+    calibration: Path | None,
+):
+    """What `latency` and `serve` share: the variants, the workload (its batch sizes from the flag and
+    text in `sizes`, its context the prompt), the max-positions warning and the calibration."""
+    from simulator.loading import hardware_names, load_variants
+
+    prompt, generate = request
+    weight_dtype, act_dtype, kv_dtype, tp, ep, routing = scenario
+    variants = load_variants(
+        models, hardware_names(hardware), sets or [], vary or [], command=command, at_least=1
+    )
+    flag, text = sizes
+    wl = _workload(
+        text,
+        str(prompt),
+        "decode",
+        weight_dtype,
+        act_dtype,
+        kv_dtype,
+        tp,
+        ep,
+        routing,
+        context_flag="--prompt",
+        sizes_flag=flag,
+    )
+    cfgs, gpus = [m for m, _ in variants], [hw for _, hw in variants]
+    # the last decode step feeds generated token G - 1 at position prompt + G - 1
+    _warn_positions(cfgs, prompt + generate - 1, f"--prompt {prompt} --generate {generate}")
+    return cfgs, gpus, wl, _calibration(calibration, gpus, cfgs)
 
 
 @app.command()
