@@ -193,7 +193,10 @@ def mixed_step(
         weights += weight * layers
         kv += layer_kv * layers
         routing += route * layers
-        act_peak = max(act_peak, float(np.max(w.cost.peak_activations())))
+        # the decode and prompt tokens' activations sit side by side in the layer (the prompt's own
+        # peak: an MLA prefill expands its latent to full keys and values)
+        layer_peak = sum(float(np.mean(part[i].cost.peak_activations())) for part in parts)
+        act_peak = max(act_peak, layer_peak)
     residual = tokens * model.d_model * DTYPE_BYTES[workload.activation_dtype]
     return StepCost(time, flops, traffic, weights, kv, routing, act_peak + residual)
 

@@ -105,6 +105,7 @@ def test_decode_alone_equals_simulate_at_the_mean_context() -> None:
     assert step.flops == pytest.approx(ref["flops"], rel=1e-9)
     assert step.bytes_ideal == pytest.approx(ref["bytes_ideal"], rel=1e-9)
     assert step.kv_bytes == pytest.approx(ref["kv_read_bytes"] + ref["kv_write_bytes"], rel=1e-9)
+    assert step.act_peak_bytes == pytest.approx(ref["act_peak_bytes"], rel=1e-9)
 
 
 def test_a_dense_mixed_step_reads_its_weights_once() -> None:
