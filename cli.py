@@ -479,12 +479,13 @@ def serve(
         ),
     ] = None,
     token_budget: Annotated[
-        int,
+        int | None,
         typer.Option(
             "--token-budget",
-            help="tokens a step may carry (vLLM max_num_batched_tokens: 8192 by default on 70 GB+ GPUs)",
+            help="tokens a step may carry (vLLM max_num_batched_tokens; default as vLLM: 8192 on GPUs of "
+            "70 GB and more, 2048 on others and A100s)",
         ),
-    ] = 8192,
+    ] = None,
     tpot: Annotated[
         str | None,
         typer.Option("--tpot", help="find the largest concurrency whose TPOT is at most this (5ms)"),
@@ -536,7 +537,8 @@ def serve(
         tpot_s=tpot_s,
     )
     on = " and ".join(dict.fromkeys(hw.name for hw in gpus))
-    request = f"prompt {prompt}, generate {generate}, {token_budget} tokens a step"
+    budgets = ", ".join(f"{b:g} tokens a step" for b in dict.fromkeys(df["token_budget"].dropna()))
+    request = f"prompt {prompt}, generate {generate}, {budgets}"
     title = f"{_names(cfgs)} on {on}, continuous batching: {_scenario(wl, calibration, step=request)}"
     if tpot_s is not None:
         title += f"; the largest concurrency with TPOT <= {tpot} that keeps up and fits in memory"

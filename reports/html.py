@@ -20,10 +20,6 @@ from simulator.atomic import require_folder, write_text_atomic
 from simulator.config import HardwareConfig, ModelConfig, Workload, describe_validation_error
 from simulator.errors import ConfigError, MemtrafficError
 
-# tokens a step of the continuous-batching curves: vLLM's max_num_batched_tokens default for its API server
-# on GPUs of 70 GB and more (2048 on smaller ones and A100s)
-SERVING_BUDGET = 8192
-
 if TYPE_CHECKING:
     from reports.validation import ValidationResult
     from traces.bundle import Bundle
@@ -208,16 +204,14 @@ def report_run(
 def _steady_states(
     cfgs: Sequence[ModelConfig], on: Sequence[HardwareConfig], wl: Workload, generate: int
 ) -> pd.DataFrame | None:
-    """Continuous batching at the report's batch sizes as concurrencies, `SERVING_BUDGET` tokens a step;
-    None where it does not apply (one token generated, expert parallelism, no concurrency under the
-    budget)."""
+    """Continuous batching at the report's batch sizes as concurrencies, each GPU's default token
+    budget a step (`simulator.serving.default_token_budget`); None where it does not apply (one token
+    generated, expert parallelism)."""
     from simulator.serving import serving_states
 
-    concurrencies = [b for b in wl.batch if b < SERVING_BUDGET]
-    if generate < 2 or wl.ep > 1 or not concurrencies:
+    if generate < 2 or wl.ep > 1:
         return None
-    steady = wl.model_copy(update={"batch": concurrencies})
-    return serving_states(list(cfgs), list(on), steady, wl.context[0], generate, SERVING_BUDGET)
+    return serving_states(list(cfgs), list(on), wl, wl.context[0], generate)
 
 
 def _bundle_model_names(bundles: Sequence[Bundle], validations: Sequence[ValidationResult]) -> list[str]:

@@ -70,6 +70,7 @@ REQUEST_COLUMNS: dict[str, str] = {
 }
 
 MAX_GENERATE = 1 << 20  # a million decode steps per request: beyond any context window
+MAX_PROMPT = 1 << 24  # sixteen million prompt tokens: beyond the longest context (Llama 4 Scout's 10 M)
 
 
 def check_request(prompt: int, generate: int) -> None:
@@ -78,6 +79,8 @@ def check_request(prompt: int, generate: int) -> None:
         raise ConfigError(f"--prompt {prompt}: a request needs at least one prompt token")
     if generate < 1:
         raise ConfigError(f"--generate {generate}: a request generates at least one token (the prefill's)")
+    if prompt > MAX_PROMPT:
+        raise ConfigError(f"--prompt {prompt}: more than {MAX_PROMPT} tokens per request")
     if generate > MAX_GENERATE:
         raise ConfigError(f"--generate {generate}: more than {MAX_GENERATE} tokens per request")
 

@@ -4,20 +4,29 @@ fills each step's leftover token budget with the prompts of the requests that re
 A request brings P prompt tokens and leaves after G generated tokens (the first by its prefill, then
 G - 1 decode steps). With N sequences decoding, one step advances each by a token, so requests finish,
 and new ones must start, at lambda = N / (G - 1) per step (Little's law), bringing lambda * P prompt
-tokens a step. As vLLM's scheduler does with chunked prefill, a step's budget (max_num_batched_tokens)
-goes to the N decode tokens first, and the c = budget - N left to prompts: k = floor(c / P) whole prompts
-a step when a prompt fits, else one prompt in chunks of c, each after the ones cached (`prefill_steps`).
-A share phi of the steps carries such a prefill and 1 - phi decodes alone; the engine keeps up only
-while phi <= 1 (else limit "budget": prompts arrive faster than the leftover budget takes them).
+tokens a step. A step's budget (vLLM's max_num_batched_tokens) goes to the N decode tokens first; the
+c = budget - N left takes the prompts waiting, first come first served, splitting a prompt where the
+budget ends. The engine keeps up while lambda * P <= c (`keeps_up`). Requests arrive evenly, so the
+steps follow one of three patterns (`steady_schedule`), each checked against a step-by-step engine:
+- a prompt alone: the next arrives after this one is prefilled (in one step, or in chunks of c after
+  the part cached), so each step with prompt tokens carries one prompt's whole or one chunk;
+- whole prompts together: more than one arrives a step and they fit, so steps carry floor or ceil of
+  lambda whole prompts, every step;
+- packed: prompts overlap and the budget is what binds. With a prompt arriving every step (lambda >= 1)
+  every step carries lambda * P prompt tokens on average (the engine's steps alternate fuller and
+  emptier ones around it); with longer prompts arriving less often, full steps of c prompt tokens
+  (pieces of consecutive prompts, costed as c / P of one prompt's chunks) run on lambda * P / c of the
+  steps, and the rest decode alone or carry a sliver the decode part outweighs.
 
 The decode sequences are spread evenly over the contexts P .. P + G - 2 (one finishes each 1 / lambda
 steps). A mixed step is costed per layer: FLOPs, activation and KV bytes of its decode part (averaged
-over that spread) and of its prefill part add up, while the weights are read once, for all the step's
-tokens together (a MoE layer's distinct experts, a memory layer's distinct rows, at N + prefill tokens).
-Each layer's roofline (calibrated where asked) then gives the step's time. TPOT is the mean step time
-(every decoding sequence gets one token a step); TTFT is the time of the steps that carry a request's own
-prefill, with no wait in a queue. Arrival bursts, queueing delay, preemption and expert parallelism are
-not modelled.
+over that spread) and of its prompt pieces add up, while the weights are read once, for all the step's
+tokens together (a MoE layer's distinct experts, a memory layer's distinct rows, at N + prompt tokens).
+Each layer's roofline (calibrated where asked) then gives the step's time: one roofline over both parts,
+as one variable-length attention kernel runs decode and prompt queries side by side; an engine that
+runs them as separate kernels takes up to the sum of the two. TPOT is the mean step time (every decoding
+sequence gets one token a step); TTFT is the time of the steps that carry a request's own prompt, with
+no wait in a queue. Arrival bursts, queueing delay, preemption and expert parallelism are not modelled.
 """
 
 from __future__ import annotations
@@ -44,9 +53,10 @@ SERVING_COLUMNS: dict[str, str] = {
     "token_budget": "tokens a step may carry (decode tokens first, prompts in what is left)",
     "tpot_s": "time per output token: the mean step time",
     "decode_step_s": "time of a step that carries no prefill",
-    "mixed_step_s": "mean time of a step that carries a prefill (NaN when the budget leaves none)",
+    "mixed_step_s": "mean time of a step that carries prompt tokens",
     "ttft_s": "time to first token: the steps that carry a request's own prefill, no queueing",
-    "prefill_share": "share of the steps that carry a prefill (phi; above 1 the engine cannot keep up)",
+    "prefill_share": "share of the steps that carry prompt tokens (above 1: the prompts need more steps "
+    "than there are; inf when the decode tokens fill the budget)",
     "keeps_up": "prefill_share <= 1: the budget left beside the decode tokens takes the prompts as they come",
     "requests_per_s": "requests finished per second",
     "tokens_per_s": "tokens generated per second, all sequences",
@@ -63,29 +73,44 @@ SERVING_COLUMNS: dict[str, str] = {
     "kv_dtype": "KV-cache dtype",
 }
 
+# the columns that say which steady state a row is, not what it costs
+_IDENTITY = ("model", "hardware", "concurrency", "prompt", "generate", "token_budget", "tp")
+_IDENTITY += ("weight_dtype", "kv_dtype")
+
+
+def default_token_budget(hardware: HardwareConfig) -> int:
+    """vLLM's max_num_batched_tokens default for its API server: 8192 on GPUs of 70 GB and more except
+    A100s, 2048 on the others (vllm/engine/arg_utils.py, chosen by device memory and name)."""
+    big = hardware.hbm_capacity.value >= 70 * 2**30 and "a100" not in hardware.name.lower()
+    return 8192 if big else 2048
+
+
 # LayerCost arrays that add up over a step's decode and prefill parts (weights do not: read once)
 _ADDITIVE = ("flops", "act_bytes_ideal", "kv_read_bytes", "kv_write_bytes", "routing_flops")
 # LayerCost arrays of the weights, taken at the step's whole token count
 _WEIGHTS = ("weight_bytes_ideal", "routing_weight_bytes")
 
 
+# a step's prompt tokens: pieces of prompts, each a PrefillStep and how many of it the step carries
+Pieces = tuple[tuple[PrefillStep, float], ...]
+
+
 @dataclass(frozen=True)
 class StepKind:
-    """A kind of step in the steady state: `share` of all steps; `prefill` None for decode alone."""
+    """A kind of step in the steady state: `share` of all steps; its prompt `pieces` (none: decode
+    alone); `ttft_steps`: how many of this kind a request's own prefill takes, on average; `in_flight`:
+    the prompts it holds partly or wholly prefilled."""
 
     share: float
-    prefill: PrefillStep | None
+    pieces: Pieces = ()
+    ttft_steps: float = 0.0
+    in_flight: int = 0  # prompts whose KV cache such a step is building
 
 
 def steady_schedule(concurrency: int, prompt: int, generate: int, budget: int) -> list[StepKind]:
-    """The kinds of step a steady engine runs and their shares of all steps, decode alone first.
-
-    Requests arrive at lambda = concurrency / (generate - 1) per step, evenly. When a prompt fits in the
-    budget left beside the decode tokens, a step takes the whole prompts waiting, up to as many as fit:
-    m = clamp(lambda, 1, fit) per prefill step on average (steps of floor(m) and of ceil(m) prompts), on a
-    share lambda / m of the steps. Otherwise each prompt is chunked (`prefill_steps`), each chunk on a
-    share lambda. The shares sum to 1 while the engine keeps up; beyond that the decode-alone share is
-    negative (`prefill_share` above 1)."""
+    """The kinds of step a steady engine runs and their shares of all steps, decode alone first (the
+    three patterns of the module docstring). The shares sum to 1 while the engine keeps up; beyond it
+    the decode-alone share is negative (`prefill_share` above 1)."""
     check_request(prompt, generate)
     if generate < 2:
         raise ConfigError("--generate 1: a request with no decode step keeps no sequence decoding")
@@ -97,23 +122,29 @@ def steady_schedule(concurrency: int, prompt: int, generate: int, budget: int) -
             f"--token-budget {budget}: leaves no token for prompts beside {concurrency} decoding sequences"
         )
     per_step = concurrency / (generate - 1)  # requests finishing, and arriving, per step
-    if left >= prompt:
-        m = min(max(per_step, 1.0), left // prompt)  # prompts per prefill step, on average
-        low = int(np.floor(m))
-        frac = m - low  # the share of prefill steps that carry one prompt more
+    chunks = prefill_steps(1, prompt, min(left, prompt))  # one prompt alone: whole, or in chunks of c
+    fit = left // prompt
+    if per_step * len(chunks) <= 1.0:  # a prompt alone: each of its steps on a share lambda
+        kinds = [StepKind(per_step, ((st, 1.0),), 1.0, 1) for st in chunks]
+    elif 1.0 < per_step <= fit:  # whole prompts together, floor or ceil of lambda a step
+        low = int(np.floor(per_step))
+        frac = per_step - low  # the share of steps that carry one prompt more
         split = [(low, 1.0 - frac), (low + 1, frac)] if frac > 1e-12 else [(low, 1.0)]
-        kinds = [
-            StepKind(per_step / m * part, PrefillStep(1, group, prompt, 0, "last", 0))
-            for group, part in split
-        ]
-    else:
-        kinds = [StepKind(per_step * st.count, st) for st in prefill_steps(1, prompt, left)]
-    return [StepKind(1.0 - sum(k.share for k in kinds), None), *kinds]
+        whole = chunks[0]
+        # a request is in a step of g prompts with probability g * share / lambda
+        kinds = [StepKind(part, ((whole, float(g)),), g * part / per_step, g) for g, part in split]
+    elif per_step >= 1.0 and per_step * prompt <= left:  # packed, a prompt arriving every step
+        kinds = [StepKind(1.0, ((chunks[0], per_step),), 1.0, int(np.ceil(per_step)) + 1)]
+    else:  # packed: full steps of c prompt tokens, c / P of one prompt's chunks each (behind: above 1)
+        pieces = tuple((st, left / prompt) for st in chunks)
+        steps = float(max(1, -(-prompt // left)))
+        kinds = [StepKind(per_step * prompt / left, pieces, steps, -(-left // prompt) + 1)]
+    return [StepKind(1.0 - sum(k.share for k in kinds)), *kinds]
 
 
 def prefill_share(kinds: list[StepKind]) -> float:
-    """Share of the steps that carry a prefill (above 1: prompts arrive faster than they are taken)."""
-    return float(sum(k.share for k in kinds if k.prefill is not None))
+    """Share of the steps that carry prompt tokens (above 1: prompts arrive faster than taken)."""
+    return float(sum(k.share for k in kinds if k.pieces))
 
 
 @dataclass(frozen=True)
@@ -143,31 +174,32 @@ def mixed_step(
     workload: Workload,
     concurrency: int,
     contexts: list[int],
-    prefill: PrefillStep | None,
+    pieces: Pieces = (),
     *,
     efficiency: Mapping[str, float] | None = None,
     overhead: Mapping[str, float] | None = None,
 ) -> StepCost:
     """A step of `concurrency` decode tokens, the sequences spread evenly over `contexts`, plus the
-    prompt tokens of `prefill` (None: decode alone), costed per layer (module docstring)."""
+    prompt `pieces` (none: decode alone), costed per layer (module docstring)."""
     base = {"tokens_per_step": 1, "prefix": 0, "logits": "last"}
     decode = _entries(
         model,
         workload.model_copy(update={**base, "phase": "decode", "batch": [concurrency], "context": contexts}),
     )
-    parts = [decode]
-    tokens = concurrency
-    if prefill is not None:
+    parts = [(decode, 1.0)]
+    prompt_tokens = 0.0
+    for piece, times in pieces:
         step = {
             "phase": "prefill",
-            "batch": [prefill.batch],
-            "context": [prefill.tokens],
-            "prefix": prefill.prefix,
-            "logits": prefill.logits,
+            "batch": [piece.batch],
+            "context": [piece.tokens],
+            "prefix": piece.prefix,
+            "logits": piece.logits,
             "tokens_per_step": 1,
         }
-        parts.append(_entries(model, workload.model_copy(update=step)))
-        tokens += prefill.batch * prefill.tokens
+        parts.append((_entries(model, workload.model_copy(update=step)), times))
+        prompt_tokens += times * piece.batch * piece.tokens
+    tokens = concurrency + round(prompt_tokens)
     # the weights of every layer at the step's whole token count (a decode step of that many tokens)
     whole = _entries(
         model, workload.model_copy(update={**base, "phase": "decode", "batch": [tokens], "context": [1]})
@@ -176,7 +208,7 @@ def mixed_step(
     time = flops = traffic = weights = kv = routing = act_peak = 0.0
     for i, w in enumerate(whole):
         layers = max(len(w.blocks), 1)
-        summed = {name: sum(_mean(part[i].cost, name) for part in parts) for name in _ADDITIVE}
+        summed = {name: sum(n * _mean(part[i].cost, name) for part, n in parts) for name in _ADDITIVE}
         weight, route = (_mean(w.cost, name) for name in _WEIGHTS)
         layer_kv = summed["kv_read_bytes"] + summed["kv_write_bytes"]
         layer_bytes = weight + summed["act_bytes_ideal"] + layer_kv
@@ -195,7 +227,7 @@ def mixed_step(
         routing += route * layers
         # the decode and prompt tokens' activations sit side by side in the layer (the prompt's own
         # peak: an MLA prefill expands its latent to full keys and values)
-        layer_peak = sum(float(np.mean(part[i].cost.peak_activations())) for part in parts)
+        layer_peak = sum(n * float(np.mean(part[i].cost.peak_activations())) for part, n in parts)
         act_peak = max(act_peak, layer_peak)
     residual = tokens * model.d_model * DTYPE_BYTES[workload.activation_dtype]
     return StepCost(time, flops, traffic, weights, kv, routing, act_peak + residual)
@@ -214,8 +246,11 @@ def serving_steady_state(
 ) -> pd.DataFrame:
     """Per concurrency (the workload's batch sizes): the steady state of continuous batching (module
     docstring). The workload's phase and contexts are ignored; its dtypes, tp and routing apply. A
-    concurrency the budget cannot feed (`keeps_up` false) has NaN times. Columns: `SERVING_COLUMNS`."""
+    concurrency the budget cannot feed (`keeps_up` false) has no TPOT, throughput or bytes (NaN); its
+    decode step, mixed step and TTFT are still given. Columns: `SERVING_COLUMNS`."""
     check_request(prompt, generate)
+    if token_budget < 2:
+        raise ConfigError(f"--token-budget {token_budget}: a step carries a decode token and a prompt token")
     if workload.ep > 1:
         raise ConfigError("--ep: expert-parallel serving is not modelled in the steady state (use `latency`)")
     check_parallelism(model, workload)
@@ -226,8 +261,17 @@ def serving_steady_state(
     costs = {"efficiency": efficiency, "overhead": overhead}
     rows = []
     for n in sorted(set(workload.batch)):
+        identity = {"model": model.name, "hardware": hardware.name, "concurrency": n, "prompt": prompt}
+        identity |= {"generate": generate, "token_budget": token_budget, "tp": workload.tp}
+        identity |= {"weight_dtype": describe_weight_dtypes(workload), "kv_dtype": workload.kv_dtype}
+        if n >= token_budget:  # no room for a prompt token: behind, whatever the arrivals
+            alone = mixed_step(model, hardware, workload, n, contexts, **costs)
+            rows.append(
+                {**identity, "decode_step_s": alone.time_s, "prefill_share": np.inf, "keeps_up": False}
+            )
+            continue
         kinds = steady_schedule(n, prompt, generate, token_budget)
-        steps = [(k, mixed_step(model, hardware, workload, n, contexts, k.prefill, **costs)) for k in kinds]
+        steps = [(k, mixed_step(model, hardware, workload, n, contexts, k.pieces, **costs)) for k in kinds]
         mixed = steps[1:]
         phi = prefill_share(kinds)
         keeps_up = phi <= 1.0 + 1e-12
@@ -239,29 +283,21 @@ def serving_steady_state(
         tpot = mean("time_s")
         tokens_per_step = n + per_step  # the decode tokens and the first tokens of the prefills done
         step_bytes = mean("bytes_ideal")
-        # the prompts in flight: the group of a whole-prompt step, or the one prompt being chunked
-        prefilling = max(k.prefill.batch for k, _ in mixed if k.prefill is not None)
         spread = workload.model_copy(
             update={"phase": "decode", "batch": [n], "context": contexts, "prefix": 0}
         )
         held = float(simulate(model, hardware, spread, **costs)["memory_bytes"].mean())
         largest_step = max(c.act_peak_bytes for _, c in steps)
-        held += prefilling * kv_per_prompt + largest_step - steps[0][1].act_peak_bytes
+        in_flight = max(k.in_flight for k, _ in mixed)  # each counted with its whole prompt's cache
+        held += in_flight * kv_per_prompt + largest_step - steps[0][1].act_peak_bytes
         mixed_share = sum(k.share for k, _ in mixed)
         rows.append(
             {
-                "model": model.name,
-                "hardware": hardware.name,
-                "concurrency": n,
-                "prompt": prompt,
-                "generate": generate,
-                "token_budget": token_budget,
+                **identity,
                 "tpot_s": tpot,
                 "decode_step_s": steps[0][1].time_s,
                 "mixed_step_s": sum(k.share * c.time_s for k, c in mixed) / mixed_share,
-                # per request: each of its chunks once, or the step its group shares (weighted by the
-                # prompts each kind of step carries)
-                "ttft_s": sum(k.share * k.prefill.batch * c.time_s for k, c in mixed if k.prefill) / per_step,
+                "ttft_s": sum(k.ttft_steps * c.time_s for k, c in mixed),
                 "prefill_share": phi,
                 "keeps_up": keeps_up,
                 "requests_per_s": per_step / tpot,
@@ -273,12 +309,9 @@ def serving_steady_state(
                 "routing_share": mean("routing_weight_bytes") / step_bytes,
                 "memory_bytes": held,
                 "fits": held <= hardware.hbm_capacity.value,
-                "tp": workload.tp,
-                "weight_dtype": describe_weight_dtypes(workload),
-                "kv_dtype": workload.kv_dtype,
             }
         )
-    return pd.DataFrame(rows)[list(SERVING_COLUMNS)]
+    return pd.DataFrame(rows).reindex(columns=list(SERVING_COLUMNS))
 
 
 def largest_concurrency(
@@ -318,9 +351,12 @@ def largest_concurrency(
         raise ConfigError(f"--token-budget {token_budget}: leaves no token for prompts")
     first = at(1)
     if misses(first) is not None:
-        row = first.copy()
-        row[[c for c in SERVING_COLUMNS if c.endswith("_s") or c.endswith("per_s")]] = np.nan
-        row["concurrency"], row["limit"] = 0, misses(first)
+        row, why = first.copy(), misses(first)
+        # nothing is served: no measure of one sequence's run stands, except what it would hold
+        kept = {"fits", "memory_bytes"} if why == "memory" else set()
+        row[[c for c in SERVING_COLUMNS if c not in _IDENTITY and c not in kept]] = np.nan
+        row["keeps_up"] = why != "budget"
+        row["concurrency"], row["limit"] = 0, why
         return pd.DataFrame([row])
     good, good_row, bad, limit = 1, first, None, "none"
     while bad is None and good < most:  # double until one misses, then bisect
@@ -348,21 +384,23 @@ def serving_states(
     workload: Workload,
     prompt: int,
     generate: int,
-    token_budget: int,
+    token_budget: int | None = None,
     *,
     efficiency: Mapping[str, float] | None = None,
     overhead: Mapping[str, float] | None = None,
     tpot_s: float | None = None,
 ) -> pd.DataFrame:
     """`serving_steady_state` of model i on hardware[i], stacked; with `tpot_s`, each model's
-    `largest_concurrency` instead."""
+    `largest_concurrency` instead. `token_budget` None: each GPU's `default_token_budget`."""
     if len(models) != len(hardware):
         raise ConfigError(f"{len(models)} models but {len(hardware)} hardware descriptions")
     costs = {"efficiency": efficiency, "overhead": overhead}
-    frames = [
-        serving_steady_state(m, hw, workload, prompt, generate, token_budget, **costs)
-        if tpot_s is None
-        else largest_concurrency(m, hw, workload, prompt, generate, token_budget, tpot_s, **costs)
-        for m, hw in zip(models, hardware, strict=True)
-    ]
+    frames = []
+    for m, hw in zip(models, hardware, strict=True):
+        budget = token_budget if token_budget is not None else default_token_budget(hw)
+        frames.append(
+            serving_steady_state(m, hw, workload, prompt, generate, budget, **costs)
+            if tpot_s is None
+            else largest_concurrency(m, hw, workload, prompt, generate, budget, tpot_s, **costs)
+        )
     return pd.concat(frames, ignore_index=True)

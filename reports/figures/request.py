@@ -41,6 +41,14 @@ def _serving_hover(r: pd.Series) -> str:
     )
 
 
+def _budgets(steady: pd.DataFrame) -> str:
+    """ "8192 tokens" or "8192 tokens on h100-sxm, 2048 on l40s" where the GPUs' budgets differ."""
+    by_gpu = steady.drop_duplicates("hardware").set_index("hardware")["token_budget"].astype(int)
+    if by_gpu.nunique() == 1:
+        return f"{by_gpu.iloc[0]} tokens"
+    return ", ".join(f"{b} tokens on {hw}" for hw, b in by_gpu.items())
+
+
 def request_charts(
     req: pd.DataFrame | None, colors: dict[str, str], serving: pd.DataFrame | None = None
 ) -> list[Chart]:
@@ -138,9 +146,9 @@ def request_charts(
                 figure=tradeoff,
                 caption="Solid: one static batch, each point a batch size (its label). "
                 + (
-                    f"Dotted: continuous batching in steady state, each point a number of sequences "
-                    f"decoding while the prompts of the requests replacing them fill the rest of a "
-                    f"{int(steady['token_budget'].iloc[0])}-token step budget. "
+                    "Dotted: continuous batching in steady state, each point a number of sequences "
+                    "decoding while the prompts of the requests replacing them fill the rest of a "
+                    f"step's token budget ({_budgets(steady)}). "
                     if not steady.empty
                     else ""
                 )
