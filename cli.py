@@ -498,6 +498,7 @@ def serve(
     act_dtype: ActDtype = "bf16",
     kv_dtype: KvDtype = "bf16",
     tp: TensorParallel = 1,
+    ep: ExpertParallel = 1,
     routing: Routing = "uniform",
     calibration: Calibration = None,
 ) -> None:
@@ -522,7 +523,7 @@ def serve(
         vary,
         ("--concurrency", concurrency or "1,8,64,256"),
         (prompt, generate),
-        (weight_dtype, act_dtype, kv_dtype, tp, 1, routing),
+        (weight_dtype, act_dtype, kv_dtype, tp, ep, routing),
         calibration,
     )
     df = serving_states(

@@ -205,11 +205,11 @@ def _steady_states(
     cfgs: Sequence[ModelConfig], on: Sequence[HardwareConfig], wl: Workload, generate: int
 ) -> pd.DataFrame | None:
     """Continuous batching at the report's batch sizes as concurrencies, each GPU's default token
-    budget a step (`simulator.serving.default_token_budget`); None where it does not apply (one token
-    generated, expert parallelism)."""
+    budget a step (`simulator.serving.default_token_budget`); None with one token generated (no decode
+    step keeps a sequence decoding)."""
     from simulator.serving import serving_states
 
-    if generate < 2 or wl.ep > 1:
+    if generate < 2:
         return None
     return serving_states(list(cfgs), list(on), wl, wl.context[0], generate)
 

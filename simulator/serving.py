@@ -26,13 +26,15 @@ Each layer's roofline (calibrated where asked) then gives the step's time: one r
 as one variable-length attention kernel runs decode and prompt queries side by side; an engine that
 runs them as separate kernels takes up to the sum of the two. TPOT is the mean step time (every decoding
 sequence gets one token a step); TTFT is the time of the steps that carry a request's own prompt, with
-no wait in a queue. Arrival bursts, queueing delay, preemption and expert parallelism are not modelled.
+no wait in a queue. With expert parallelism (ep > 1) each data-parallel rank runs this schedule on its own
+share of the sequences and its own budget, in phase with the others (their MoE layers see every rank's
+tokens). Arrival bursts, queueing delay and preemption are not modelled.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -62,19 +64,22 @@ SERVING_COLUMNS: dict[str, str] = {
     "tokens_per_s": "tokens generated per second, all sequences",
     "bytes_per_step": "HBM bytes of the mean step (ideal level)",
     "weight_bytes_per_step": "weight bytes of the mean step: distinct experts / rows for all its tokens",
-    "bytes_per_token": "HBM bytes per generated token (mean step bytes over the tokens a step yields)",
+    "bytes_per_token": "HBM bytes per generated token on one device: its mean step bytes over the tokens its "
+    "sequences yield a step",
     "kv_share": "KV-cache share of the mean step's bytes",
     "routing_share": "share of the mean step's bytes that routing reads (routers, memory-layer retrieval)",
     "memory_bytes": "HBM held: weights, the decoding sequences' KV cache, the prompts being prefilled, and "
     "the largest step's activations",
     "fits": "memory_bytes within the GPU's capacity",
     "tp": "tensor-parallel degree",
+    "ep": "expert-parallel degree: the other layers data-parallel over ep ranks, each with its own "
+    "sequences, budget and prompts (concurrency and tokens/s are global; bytes and HBM per device)",
     "weight_dtype": "weight dtype (per layer kind where they differ)",
     "kv_dtype": "KV-cache dtype",
 }
 
 # the columns that say which steady state a row is, not what it costs
-_IDENTITY = ("model", "hardware", "concurrency", "prompt", "generate", "token_budget", "tp")
+_IDENTITY = ("model", "hardware", "concurrency", "prompt", "generate", "token_budget", "tp", "ep")
 _IDENTITY += ("weight_dtype", "kv_dtype")
 
 
@@ -233,6 +238,13 @@ def mixed_step(
     return StepCost(time, flops, traffic, weights, kv, routing, act_peak + residual)
 
 
+def _on_every_rank(pieces: Pieces, ep: int) -> Pieces:
+    """One rank's prompt pieces as the global step holds them: each on all ep data-parallel ranks."""
+    if ep == 1:
+        return pieces
+    return tuple((replace(piece, batch=piece.batch * ep), times) for piece, times in pieces)
+
+
 def serving_steady_state(
     model: ModelConfig,
     hardware: HardwareConfig,
@@ -251,10 +263,9 @@ def serving_steady_state(
     check_request(prompt, generate)
     if token_budget < 2:
         raise ConfigError(f"--token-budget {token_budget}: a step carries a decode token and a prompt token")
-    if workload.ep > 1:
-        raise ConfigError("--ep: expert-parallel serving is not modelled in the steady state (use `latency`)")
     check_parallelism(model, workload)
     contexts = list(range(prompt, prompt + generate - 1))
+    ep = workload.ep
     # one whole prompt's KV cache: what a decode step at that context reads
     one = workload.model_copy(update={"phase": "decode", "batch": [1], "context": [prompt], "prefix": 0})
     kv_per_prompt = float(simulate(model, hardware, one)["kv_read_bytes"].iloc[0])
@@ -262,16 +273,22 @@ def serving_steady_state(
     rows = []
     for n in sorted(set(workload.batch)):
         identity = {"model": model.name, "hardware": hardware.name, "concurrency": n, "prompt": prompt}
-        identity |= {"generate": generate, "token_budget": token_budget, "tp": workload.tp}
+        identity |= {"generate": generate, "token_budget": token_budget, "tp": workload.tp, "ep": ep}
         identity |= {"weight_dtype": describe_weight_dtypes(workload), "kv_dtype": workload.kv_dtype}
-        if n >= token_budget:  # no room for a prompt token: behind, whatever the arrivals
+        rank = -(-n // ep)  # the busiest data-parallel rank's sequences
+        if rank >= token_budget:  # no room for a prompt token: behind, whatever the arrivals
             alone = mixed_step(model, hardware, workload, n, contexts, **costs)
             rows.append(
                 {**identity, "decode_step_s": alone.time_s, "prefill_share": np.inf, "keeps_up": False}
             )
             continue
-        kinds = steady_schedule(n, prompt, generate, token_budget)
-        steps = [(k, mixed_step(model, hardware, workload, n, contexts, k.pieces, **costs)) for k in kinds]
+        # each rank schedules its own requests in its own budget; the ranks step together (their MoE
+        # layers exchange tokens), taken in phase: every rank's prompt piece in the same step
+        kinds = steady_schedule(rank, prompt, generate, token_budget)
+        steps = [
+            (k, mixed_step(model, hardware, workload, n, contexts, _on_every_rank(k.pieces, ep), **costs))
+            for k in kinds
+        ]
         mixed = steps[1:]
         phi = prefill_share(kinds)
         keeps_up = phi <= 1.0 + 1e-12
@@ -304,7 +321,8 @@ def serving_steady_state(
                 "tokens_per_s": tokens_per_step / tpot,
                 "bytes_per_step": step_bytes,
                 "weight_bytes_per_step": mean("weight_bytes"),
-                "bytes_per_token": step_bytes / tokens_per_step,
+                # one device's bytes over the tokens of the sequences it serves
+                "bytes_per_token": step_bytes / (rank * generate / (generate - 1)),
                 "kv_share": mean("kv_bytes") / step_bytes,
                 "routing_share": mean("routing_weight_bytes") / step_bytes,
                 "memory_bytes": held,
@@ -345,8 +363,8 @@ def largest_concurrency(
             return "tpot"
         return None if r["fits"] else "memory"
 
-    # every decode token needs a place in the budget beside at least one prompt token
-    most = token_budget - 1
+    # every decode token needs a place in its rank's budget beside at least one prompt token
+    most = (token_budget - 1) * workload.ep
     if most < 1:
         raise ConfigError(f"--token-budget {token_budget}: leaves no token for prompts")
     first = at(1)

@@ -344,3 +344,13 @@ def test_serve_prints_the_steady_state_and_finds_the_largest_concurrency() -> No
 )
 def test_serve_bad_input_is_one_line(args: tuple[str, ...], needles: tuple[str, ...]) -> None:
     assert_one_line_error(run("serve", "olmoe-1b-7b", *args), *needles)
+
+
+def test_serve_with_expert_parallelism_is_per_rank() -> None:
+    one = pd.read_csv(StringIO(run("serve", "olmoe-1b-7b", "-n", "16", "-f", "csv").stdout)).iloc[0]
+    four = run("serve", "olmoe-1b-7b", "-n", "64", "--ep", "4", "-f", "csv")
+    assert four.returncode == 0, four.stderr
+    r = pd.read_csv(StringIO(four.stdout)).iloc[0]
+    # 64 sequences over 4 ranks: each rank's 16 bring its prompts as one rank of 16 would
+    assert r["ep"] == 4 and r["prefill_share"] == pytest.approx(one["prefill_share"])
+    assert r["tokens_per_s"] == pytest.approx(64 * 256 / 255 / r["tpot_s"])

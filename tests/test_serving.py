@@ -279,3 +279,22 @@ def test_no_concurrency_meeting_the_target_shows_no_measure_of_one() -> None:
 def test_a_prompt_beyond_any_context_is_refused() -> None:
     with pytest.raises(ConfigError, match="--prompt 16777217: more than"):
         steady_schedule(8, 2**24 + 1, 256, 8192)
+
+
+def test_expert_parallel_ranks_each_schedule_their_own_share() -> None:
+    # DeepSeek-V2-Lite over 4 ranks: 32 sequences are 8 a rank; each rank takes its own prompts in its
+    # own budget, in phase with the others, so the steady state's step mix is a rank's of 8 sequences
+    model = load_model("deepseek-v2-lite")
+    ep4 = Workload(ep=4)
+    df = serving_steady_state(model, H100, ep4.model_copy(update={"batch": [32]}), 1000, 202, 8192).iloc[0]
+    assert df["prefill_share"] == pytest.approx(prefill_share(steady_schedule(8, 1000, 202, 8192)))
+    # decode alone: the global step of 32 sequences at contexts 1000..1200, as simulate costs it per device
+    # (MLA reads its latent cache linearly in the context, so the spread costs what context 1100 does)
+    alone = simulate(model, H100, Workload(ep=4, batch=[32], context=[1100])).iloc[0]
+    assert df["decode_step_s"] == pytest.approx(alone["time_s"], rel=1e-9)
+    # a mixed step: a 1000-token prompt on each of the 4 ranks beside the 32 decode tokens; the MoE
+    # layers read the experts of all 4032 tokens, as a decode step of 4032 tokens over 4 ranks does
+    on_every_rank = ((PrefillStep(1, 4, 1000, 0, "last", 0), 1.0),)
+    step = mixed_step(model, H100, ep4, 32, list(range(1000, 1201)), on_every_rank)
+    whole = simulate(model, H100, Workload(ep=4, batch=[4032], context=[1])).iloc[0]
+    assert step.weight_bytes == pytest.approx(whole["weight_bytes_ideal"], rel=1e-9)
