@@ -18,7 +18,7 @@ the keys still in reach, so their cache can shrink at a chunk boundary.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,6 +118,51 @@ def prefill_steps(batch: int, prompt: int, chunk: int) -> list[PrefillStep]:
     ]
 
 
+def prefill_workload(workload: Workload, step: PrefillStep, ranks: int = 1) -> Workload:
+    """`workload` as one prefill step of `step`, on each of `ranks` data-parallel ranks in lockstep
+    (the global batch is `ranks` times the step's)."""
+    update = {"batch": [step.batch * ranks], "context": [step.tokens], "prefix": step.prefix}
+    return workload.model_copy(update={**update, "phase": "prefill", "logits": step.logits})
+
+
+def prompt_kv_bytes(model: ModelConfig, hardware: HardwareConfig, workload: Workload, prompt: int) -> float:
+    """KV-cache bytes one whole prompt of `prompt` tokens holds on a device: what a decode step of one
+    sequence at that context reads."""
+    one = {"phase": "decode", "batch": [1], "context": [prompt], "prefix": 0, "logits": "last"}
+    return float(simulate(model, hardware, workload.model_copy(update=one))["kv_read_bytes"].iloc[0])
+
+
+def largest_passing(
+    at: Callable[[int], pd.Series], misses: Callable[[pd.Series], str | None], most: int
+) -> tuple[pd.Series, str | None]:
+    """The row of the largest n in 1..`most` that `misses` passes (returns None for), with what stops
+    n + 1 ("none" when `most` itself passes); (the row at 1, its miss) when 1 already misses. What
+    `misses` tests grows with n, so doubling until a miss and then bisecting finds the edge."""
+    first = at(1)
+    if misses(first) is not None:
+        return first, misses(first)
+    good, good_row, bad, limit = 1, first, None, "none"
+    while bad is None and good < most:
+        trial = min(good * 2, most)
+        r = at(trial)
+        why = misses(r)
+        if why is None:
+            good, good_row = trial, r
+        else:
+            bad, limit = trial, why
+    while bad is not None and bad - good > 1:
+        mid = (good + bad) // 2
+        r = at(mid)
+        why = misses(r)
+        if why is None:
+            good, good_row = mid, r
+        else:
+            bad, limit = mid, why
+    good_row = good_row.copy()
+    good_row["limit"] = limit
+    return good_row, None
+
+
 def chunked_prefill(
     model: ModelConfig,
     hardware: HardwareConfig,
@@ -134,23 +179,7 @@ def chunked_prefill(
     the ep data-parallel ranks prefills its own ceil(B / ep) sequences on that schedule, in lockstep (their
     MoE layers exchange tokens), so a step's global batch is ep times a rank's."""
     ep = workload.ep
-
-    def step_costs(batch: int, tokens: int, prefix: int, logits: str) -> pd.Series:
-        step = {
-            "phase": "prefill",
-            "batch": [batch * ep],
-            "context": [tokens],
-            "prefix": prefix,
-            "logits": logits,
-        }
-        wl = workload.model_copy(update=step)
-        return simulate(model, hardware, wl, efficiency=efficiency, overhead=overhead).iloc[0]
-
-    # KV bytes one whole prompt holds: what a decode step at that context reads
-    one = workload.model_copy(
-        update={"phase": "decode", "batch": [1], "context": [prompt], "prefix": 0, "logits": "last"}
-    )
-    kv_per_sequence = float(simulate(model, hardware, one)["kv_read_bytes"].iloc[0])
+    kv_per_sequence = prompt_kv_bytes(model, hardware, workload, prompt)
     cache: dict[tuple[int, int, int, str], pd.Series] = {}
     rows = []
     for b in batches:
@@ -158,7 +187,8 @@ def chunked_prefill(
         for st in prefill_steps(-(-int(b) // ep), prompt, chunk):
             key = (st.batch, st.tokens, st.prefix, st.logits)
             if key not in cache:
-                cache[key] = step_costs(*key)
+                wl = prefill_workload(workload, st, ranks=ep)
+                cache[key] = simulate(model, hardware, wl, efficiency=efficiency, overhead=overhead).iloc[0]
             c = cache[key]
             time += st.count * c["time_s"]
             traffic += st.count * c["bytes_ideal"]
@@ -354,10 +384,9 @@ def largest_batch(
             return "ttft"
         return None if r["fits"] else f"{r['peak_at']} memory"
 
-    first = at(1)
-    if misses(first) is not None:
-        row = first.copy()
-        why = misses(first)
+    row, why = largest_passing(at, misses, MAX_SEARCH_BATCH)
+    if why is not None:  # one sequence already misses
+        row = row.copy()
         measures = [c for c in REQUEST_COLUMNS if c not in _IDENTITY]
         if why.endswith("memory"):  # what one sequence would need stays in view
             measures = [c for c in measures if c not in ("memory_bytes", "peak_at", "fits")]
@@ -365,25 +394,4 @@ def largest_batch(
             row["peak_at"] = ""
         row[measures] = np.nan
         row["batch"], row["limit"] = 0, why
-        return pd.DataFrame([row])
-    good, good_row, bad, limit = 1, first, None, "none"
-    while bad is None:  # double until a batch misses, then bisect between the last good and it
-        trial = min(good * 2, MAX_SEARCH_BATCH)
-        r = at(trial)
-        if misses(r) is None:
-            good, good_row = trial, r
-            if trial == MAX_SEARCH_BATCH:
-                break
-        else:
-            bad, limit = trial, misses(r)
-    while bad is not None and bad - good > 1:
-        mid = (good + bad) // 2
-        r = at(mid)
-        why = misses(r)
-        if why is None:
-            good, good_row = mid, r
-        else:
-            bad, limit = mid, why
-    row = good_row.copy()
-    row["limit"] = limit
     return pd.DataFrame([row])

@@ -42,9 +42,16 @@ import pandas as pd
 from simulator.config import DTYPE_BYTES, HardwareConfig, ModelConfig, Workload, describe_weight_dtypes
 from simulator.costs import LayerCost, Points
 from simulator.errors import ConfigError
-from simulator.request import PrefillStep, check_request, prefill_steps
+from simulator.request import (
+    PrefillStep,
+    check_request,
+    largest_passing,
+    prefill_steps,
+    prefill_workload,
+    prompt_kv_bytes,
+)
 from simulator.roofline import roofline
-from simulator.sweep import check_parallelism, layer_entries, routing_model, simulate
+from simulator.sweep import LayerEntry, check_parallelism, layer_entries, routing_model, simulate
 
 SERVING_COLUMNS: dict[str, str] = {
     "model": "model name",
@@ -165,8 +172,16 @@ class StepCost:
     act_peak_bytes: float
 
 
-def _entries(model: ModelConfig, workload: Workload) -> list:
+def _entries(model: ModelConfig, workload: Workload) -> list[LayerEntry]:
     return layer_entries(model, Points.grid(workload, routing_model(workload)), workload)
+
+
+def _decode_part(
+    model: ModelConfig, workload: Workload, concurrency: int, contexts: list[int]
+) -> list[LayerEntry]:
+    """Every layer's cost for `concurrency` decode tokens, one point per context of `contexts`."""
+    step = {"phase": "decode", "batch": [concurrency], "context": contexts, "prefix": 0, "logits": "last"}
+    return _entries(model, workload.model_copy(update={**step, "tokens_per_step": 1}))
 
 
 def _mean(cost: LayerCost, name: str) -> float:
@@ -186,29 +201,14 @@ def mixed_step(
 ) -> StepCost:
     """A step of `concurrency` decode tokens, the sequences spread evenly over `contexts`, plus the
     prompt `pieces` (none: decode alone), costed per layer (module docstring)."""
-    base = {"tokens_per_step": 1, "prefix": 0, "logits": "last"}
-    decode = _entries(
-        model,
-        workload.model_copy(update={**base, "phase": "decode", "batch": [concurrency], "context": contexts}),
-    )
-    parts = [(decode, 1.0)]
+    parts = [(_decode_part(model, workload, concurrency, contexts), 1.0)]
     prompt_tokens = 0.0
     for piece, times in pieces:
-        step = {
-            "phase": "prefill",
-            "batch": [piece.batch],
-            "context": [piece.tokens],
-            "prefix": piece.prefix,
-            "logits": piece.logits,
-            "tokens_per_step": 1,
-        }
-        parts.append((_entries(model, workload.model_copy(update=step)), times))
+        parts.append((_entries(model, prefill_workload(workload, piece)), times))
         prompt_tokens += times * piece.batch * piece.tokens
     tokens = concurrency + round(prompt_tokens)
     # the weights of every layer at the step's whole token count (a decode step of that many tokens)
-    whole = _entries(
-        model, workload.model_copy(update={**base, "phase": "decode", "batch": [tokens], "context": [1]})
-    )
+    whole = _decode_part(model, workload, tokens, [1])
     eff, fixed = dict(efficiency or {}), dict(overhead or {})
     time = flops = traffic = weights = kv = routing = act_peak = 0.0
     for i, w in enumerate(whole):
@@ -266,9 +266,7 @@ def serving_steady_state(
     check_parallelism(model, workload)
     contexts = list(range(prompt, prompt + generate - 1))
     ep = workload.ep
-    # one whole prompt's KV cache: what a decode step at that context reads
-    one = workload.model_copy(update={"phase": "decode", "batch": [1], "context": [prompt], "prefix": 0})
-    kv_per_prompt = float(simulate(model, hardware, one)["kv_read_bytes"].iloc[0])
+    kv_per_prompt = prompt_kv_bytes(model, hardware, workload, prompt)
     costs = {"efficiency": efficiency, "overhead": overhead}
     rows = []
     for n in sorted(set(workload.batch)):
@@ -367,32 +365,14 @@ def largest_concurrency(
     most = (token_budget - 1) * workload.ep
     if most < 1:
         raise ConfigError(f"--token-budget {token_budget}: leaves no token for prompts")
-    first = at(1)
-    if misses(first) is not None:
-        row, why = first.copy(), misses(first)
+    row, why = largest_passing(at, misses, most)
+    if why is not None:  # one sequence already misses
+        row = row.copy()
         # nothing is served: no measure of one sequence's run stands, except what it would hold
         kept = {"fits", "memory_bytes"} if why == "memory" else set()
         row[[c for c in SERVING_COLUMNS if c not in _IDENTITY and c not in kept]] = np.nan
         row["keeps_up"] = why != "budget"
         row["concurrency"], row["limit"] = 0, why
-        return pd.DataFrame([row])
-    good, good_row, bad, limit = 1, first, None, "none"
-    while bad is None and good < most:  # double until one misses, then bisect
-        trial = min(good * 2, most)
-        r = at(trial)
-        if misses(r) is None:
-            good, good_row = trial, r
-        else:
-            bad, limit = trial, misses(r)
-    while bad is not None and bad - good > 1:
-        mid = (good + bad) // 2
-        r = at(mid)
-        if misses(r) is None:
-            good, good_row = mid, r
-        else:
-            bad, limit = mid, misses(r)
-    row = good_row.copy()
-    row["limit"] = limit
     return pd.DataFrame([row])
 
 

@@ -88,15 +88,15 @@ def test_deepseek_v3_total_is_the_main_model() -> None:
 @pytest.mark.parametrize("file", sorted(PUBLISHED))
 def test_hf_config_equals_hand_written_preset(file: str) -> None:
     ingested = from_hf_config(hf(file), file)
-    preset = load_model(PUBLISHED[file][0])
+    assert_same_model(ingested, load_model(PUBLISHED[file][0]))
+    assert ingested.max_positions == hf(file)["max_position_embeddings"]
+
+
+def assert_same_model(ingested: Any, preset: Any) -> None:
+    """An ingested config.json and the hand-written preset of it describe the same model."""
     assert ingested.blocks == preset.blocks
-    assert (ingested.d_model, ingested.vocab_size, ingested.tie_embeddings, ingested.embeddings) == (
-        preset.d_model,
-        preset.vocab_size,
-        preset.tie_embeddings,
-        preset.embeddings,
-    )
-    assert ingested.max_positions == preset.max_positions == hf(file)["max_position_embeddings"]
+    fields = ("d_model", "vocab_size", "tie_embeddings", "embeddings", "max_positions")
+    assert [getattr(ingested, f) for f in fields] == [getattr(preset, f) for f in fields]
 
 
 # the two dense presets whose config.json is not stored in tests/data/hf: the published values inline
@@ -504,14 +504,7 @@ def test_ernie45_moe_layer_range_and_shared_experts() -> None:
     ],
 )
 def test_newer_moe_presets_equal_their_configs(file: str, preset: str) -> None:
-    ingested, written = from_hf_config(hf(file), file), load_model(preset)
-    assert written.blocks == ingested.blocks
-    assert (written.d_model, written.vocab_size, written.tie_embeddings, written.max_positions) == (
-        ingested.d_model,
-        ingested.vocab_size,
-        ingested.tie_embeddings,
-        ingested.max_positions,
-    )
+    assert_same_model(from_hf_config(hf(file), file), load_model(preset))
 
 
 def test_max_positions_is_read_where_stated_and_unknown_where_absent() -> None:

@@ -8,9 +8,11 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -359,27 +361,20 @@ def test_ncu_pass_one_process_per_batch(tmp_path: Path, monkeypatch: pytest.Monk
     assert len(calls) == 1 and missing == ["ncu: no permission for GPU performance counters"]
 
 
+def profile_once(tmp_path: Path, **options: Any) -> Path:
+    """A one-batch CPU profile of the small MoE model: no op count, a short steady state."""
+    fast = {**FAST, "steady_seconds": 0.05}
+    return profile_model(moe_model(), [2], output=tmp_path / "b", opcount=False, **fast, **options)
+
+
 def test_ncu_requested_on_cpu_is_recorded_missing(tmp_path: Path) -> None:
-    out = profile_model(
-        moe_model(), [2], output=tmp_path / "b", ncu=True, opcount=False, **{**FAST, "steady_seconds": 0.05}
-    )
+    out = profile_once(tmp_path, ncu=True)
     missing = read_bundle(out).meta["missing"]
     assert "ncu: needs a CUDA device" in missing and "ncu: not requested (--ncu)" not in missing
 
 
 def test_ncu_pass_past_the_callers_deadline_is_skipped_and_recorded(tmp_path: Path) -> None:
-    import time
-
-    fast = {**FAST, "steady_seconds": 0.05}
-    out = profile_model(
-        moe_model(),
-        [2],
-        output=tmp_path / "b",
-        ncu=True,
-        opcount=False,
-        ncu_deadline=time.monotonic(),
-        **fast,
-    )
+    out = profile_once(tmp_path, ncu=True, ncu_deadline=time.monotonic())
     bundle = read_bundle(out)
     assert not bundle.partial  # the sweep itself is complete
     assert "ncu: skipped, 0 s left before the run's deadline" in bundle.meta["missing"]
@@ -389,14 +384,7 @@ def test_cuda_graphs_requested_on_cpu_are_recorded_missing(tmp_path: Path) -> No
     from profiler.graphs import graph_step_us
     from simulator.errors import MeasurementUnavailable
 
-    out = profile_model(
-        moe_model(),
-        [2],
-        output=tmp_path / "b",
-        cuda_graphs=True,
-        opcount=False,
-        **{**FAST, "steady_seconds": 0.05},
-    )
+    out = profile_once(tmp_path, cuda_graphs=True)
     b = read_bundle(out)
     assert "cuda graphs: need a CUDA device" in b.meta["missing"]
     assert "us_per_step_graph" not in b.runs
