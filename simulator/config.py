@@ -415,6 +415,23 @@ class ModelConfig(Strict):
             raise ValueError("vocab_size is required when embeddings is true")
         return self
 
+    @model_validator(mode="after")
+    def _ring_windows_hold_top_m(self) -> ModelConfig:
+        # a shared UltraMemV2 table gives each layer a ring window of n_l^2 rows, n_l from share_ratio and
+        # the layers sharing it: a window smaller than the rows a token picks cannot be served
+        for layer in (f for b in self.blocks for f in b.ffn):
+            if layer.kind != "ultramemv2" or layer.shared_table is None:
+                continue
+            sharing = max(1, self.memory_layer_count(layer.shared_table))
+            window = layer.window_rows(sharing)
+            if window < layer.top_m:
+                raise ValueError(
+                    f"an UltraMemV2 ring window of {window} rows (knum {layer.knum}, share_ratio "
+                    f"{layer.share_ratio}, {sharing} layers sharing the table) is smaller than top_m="
+                    f"{layer.top_m}"
+                )
+        return self
+
     @property
     def n_layers(self) -> int:
         return sum(b.repeat for b in self.blocks)

@@ -408,6 +408,12 @@ def memory_layers(draw: st.DrawFn) -> MemoryConfig:
 def test_bytes_rows_and_levels_properties(
     layer: MemoryConfig, d: int, blocks: int, batch: list[int], tp: int, phase: str
 ) -> None:
+    if isinstance(layer, UltraMemV2Config) and layer.shared_table is not None:
+        ring = layer.window_rows(blocks)  # every block's memory layer shares the table
+        if ring < layer.top_m:  # a window too small for the rows a token picks is refused up front
+            with pytest.raises(ValidationError, match=f"ring window of {ring} rows"):
+                model_with(layer, d, blocks)
+            return
     model = model_with(layer, d, blocks)
     pts = points(sorted(batch), tp=tp, phase=phase, context=3)
     c = run(layer, model, pts)
@@ -444,3 +450,12 @@ def test_bytes_rows_and_levels_properties(
     assert (c.kv_read_bytes == 0).all() and (c.kv_write_bytes == 0).all()
     if heads * m <= window:  # per-token rows are counted as H·m requests, as sections 5.2-9.3 do
         assert 0 < c.active_params <= c.params + c.table_params
+
+
+def test_a_ring_window_smaller_than_top_m_is_refused() -> None:
+    # knum 2, share_ratio 0.25, one layer: n_l = floor(sqrt(0.25 x 1) x 2) = 1, a window of 1 row for 2 picks
+    layer = UltraMemV2Config(knum=2, key_dim=1, top_m=2, value_dim=1, pre_value_dim=1, share_ratio=0.25)
+    with pytest.raises(ValidationError, match=r"ring window of 1 rows .* smaller than top_m=2"):
+        model_with(layer, 8, blocks=1)
+    # four layers share it: n_l = floor(sqrt(0.25 x 4) x 2) = 2, 4 rows, enough
+    assert model_with(layer, 8, blocks=4).n_layers == 4
