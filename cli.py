@@ -845,6 +845,7 @@ def report(
         generate=generate,
         prefill_chunk=prefill_chunk,
         scenario=_scenario_fields(weight_dtype, kv_dtype, tp, ep, routing),
+        warn=lambda line: print(f"memtraffic: warning: {line}", file=sys.stderr),
     )
     console.print(f"report: {path.resolve()}")
 
@@ -960,9 +961,11 @@ def _calibration(path: Path | None, gpus=(), cfgs=()) -> dict[str, float] | None
     if path is None:
         return None
     from reports.calibration import calibration_warnings, load_calibration
+    from simulator.sweep import mixer_kind
 
     cal = load_calibration(path)
-    kinds = {"attention"} | {layer.kind for cfg in cfgs for b in cfg.blocks for layer in b.ffn}
+    kinds = {layer.kind for cfg in cfgs for b in cfg.blocks for layer in b.ffn}
+    kinds |= {mixer_kind(b.attention) for cfg in cfgs for b in cfg.blocks if b.attention is not None}
     for warning in calibration_warnings(cal, f"--calibration {path}", [hw.name for hw in gpus], kinds):
         print(f"memtraffic: warning: {warning}", file=sys.stderr)
     return cal

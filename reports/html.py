@@ -7,7 +7,7 @@ around them, and `write_report` writes it atomically; `report_run` is `memtraffi
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -132,6 +132,7 @@ def report_run(
     generate: int = 256,
     prefill_chunk: int | None = None,
     scenario: Mapping[str, Any] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> Path:
     """`memtraffic report [MODEL...] [--batch ...] [RUN_DIR...] --output report.html` in one call.
 
@@ -142,12 +143,13 @@ def report_run(
     `hardware` may name several GPUs ("h100-sxm,b200") and `vary` holds "KEY=A,B" items. The models also
     get one request each (`simulator.request`): a prompt of `context` tokens, `generate` tokens out,
     prefilled `prefill_chunk` tokens a step (None: in one step). `scenario`: further Workload fields of the
-    simulated models (weight_dtype, weight_dtypes, kv_dtype, tp, ep, routing).
+    simulated models (weight_dtype, weight_dtypes, kv_dtype, tp, ep, routing). `warn` receives one line
+    for each model whose request reaches past its maximum positions (costed anyway).
     """
     from reports.measured import open_bundle
     from reports.model_match import device_preset
     from reports.validation import validate
-    from simulator.config import Workload
+    from simulator.config import Workload, positions_warning
     from simulator.loading import hardware_names, load_hardware, load_model, load_variants
     from simulator.request import check_request, request_latencies
     from simulator.sweep import compare
@@ -184,6 +186,11 @@ def report_run(
         else:
             cfgs = [load_model(m) for m in models]
             on = [load_hardware(hardware)] * len(cfgs)
+        asked = f"--context {wl.context[0]} --generate {generate}"
+        for cfg in {c.name: c for c in cfgs}.values():
+            line = positions_warning(cfg, wl.context[0] + generate - 1, asked)
+            if line and warn is not None:
+                warn(line)
         sim = compare(cfgs, on, wl, per_layer=True)
         request = request_latencies(cfgs, on, wl, wl.context[0], generate, prefill_chunk=prefill_chunk)
         serving = _steady_states(cfgs, on, wl, generate)

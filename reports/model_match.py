@@ -28,6 +28,7 @@ from reports.measured import bundle_label
 from simulator.config import (
     BUNDLE_DTYPES,
     MEMORY_KINDS,
+    AttentionConfig,
     HardwareConfig,
     ModelConfig,
     Quantity,
@@ -152,10 +153,12 @@ def _fingerprint(model: ModelConfig) -> dict[tuple[str, str], float]:
         ("model", "n_layers"): model.n_layers,
     }
     blocks = model.expanded_blocks()
-    a = blocks[0].attention
-    fp |= {("attention", "heads"): a.n_heads, ("attention", "kv_heads"): a.kv_heads}
-    if a.head_dim is not None:
-        fp[("attention", "head_dim")] = a.head_dim
+    attention = [b.attention for b in blocks if isinstance(b.attention, AttentionConfig)]
+    if attention:
+        a = attention[0]
+        fp |= {("attention", "heads"): a.n_heads, ("attention", "kv_heads"): a.kv_heads}
+        if a.head_dim is not None:
+            fp[("attention", "head_dim")] = a.head_dim
     for layer in (lay for b in blocks for lay in b.ffn):
         if layer.kind == "moe" and ("moe", "experts") not in fp:
             fp |= {

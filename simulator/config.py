@@ -56,7 +56,19 @@ DTYPE_BYTES: dict[str, float] = {
 }
 # layer kinds, as the simulator's `kind` column names them (per-kind weight dtypes are keyed by these)
 LayerKind = Literal[
-    "attention", "dense", "moe", "pkm", "peer", "memory_plus", "ultramem", "ultramemv2", "embedding", "head"
+    "attention",
+    "mamba",
+    "mamba2",
+    "gated_deltanet",
+    "dense",
+    "moe",
+    "pkm",
+    "peer",
+    "memory_plus",
+    "ultramem",
+    "ultramemv2",
+    "embedding",
+    "head",
 ]
 
 # datasheet/measured/derived for hardware; paper/code/derived/secondary/recalled mirror the tags
@@ -144,6 +156,10 @@ class AttentionConfig(Strict):
         None, description="chunked local attention (Llama 4): a query sees only the keys of its own chunk"
     )
     sinks: bool = Field(False, description="a learned logit per head in the softmax denominator (gpt-oss)")
+    output_gate: bool = Field(
+        False,
+        description="a sigmoid gate per output element, projected from x with the queries (Qwen3-Next)",
+    )
     # MLA (DeepSeek-V2/V3)
     q_lora_rank: PositiveInt | None = None
     kv_lora_rank: PositiveInt | None = None
@@ -156,8 +172,8 @@ class AttentionConfig(Strict):
         if self.sliding_window is not None and self.attention_chunk is not None:
             raise ValueError("sliding_window and attention_chunk exclude each other: choose one")
         if self.kind == "mla":
-            if self.sinks:
-                raise ValueError("attention sinks are modelled for mha/gqa/mqa, not mla")
+            if self.sinks or self.output_gate:
+                raise ValueError("attention sinks and output gates are modelled for mha/gqa/mqa, not mla")
             need = ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
             missing = [f for f in need if getattr(self, f) is None]
             if missing:
@@ -188,6 +204,114 @@ class AttentionConfig(Strict):
             return self.kv_lora_rank + self.qk_rope_head_dim
         assert self.head_dim is not None
         return 2 * self.kv_heads * self.head_dim
+
+
+class _Recurrent(Strict):
+    """A token mixer with a fixed-size state per sequence instead of a KV cache that grows: a decode step
+    reads and rewrites the whole state; a prefill writes it once at the end (and reads it first after a
+    cached prefix). The state also holds the last d_conv - 1 inputs of the short causal convolution."""
+
+    d_conv: PositiveInt = Field(4, description="kernel width of the depthwise causal convolution")
+    conv_bias: bool = True
+    proj_bias: bool = Field(False, description="biases on the input and output projections")
+    state_dtype: DType | None = Field(
+        None, description="dtype the recurrent state is cached in (None: the run's KV-cache dtype)"
+    )
+
+
+class MambaConfig(_Recurrent):
+    """Mamba (Gu & Dao 2023): selective scan over d_inner channels, each with a d_state state (Jamba,
+    Falcon-Mamba). x_proj gives the per-token step size (through a rank-dt_rank projection), B and C."""
+
+    kind: Literal["mamba"] = "mamba"
+    d_inner: PositiveInt = Field(description="expand x d_model")
+    d_state: PositiveInt = 16
+    dt_rank: PositiveInt
+
+    @property
+    def state_elements(self) -> int:
+        return self.d_inner * self.d_state
+
+    @property
+    def conv_channels(self) -> int:
+        return self.d_inner
+
+
+class Mamba2Config(_Recurrent):
+    """Mamba-2 (Dao & Gu 2024, state-space duality): n_heads heads of head_dim channels, a scalar decay
+    per head, B and C shared by the heads of each of n_groups groups; prefill runs the chunked (SSD) form."""
+
+    kind: Literal["mamba2"] = "mamba2"
+    n_heads: PositiveInt
+    head_dim: PositiveInt
+    d_state: PositiveInt = 128
+    n_groups: PositiveInt = 1
+    chunk_size: PositiveInt = Field(256, description="SSD chunk length of the prefill kernels")
+
+    @model_validator(mode="after")
+    def _groups_divide_heads(self) -> Mamba2Config:
+        if self.n_heads % self.n_groups:
+            raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_groups={self.n_groups}")
+        return self
+
+    @property
+    def d_inner(self) -> int:
+        return self.n_heads * self.head_dim
+
+    @property
+    def state_elements(self) -> int:
+        return self.n_heads * self.head_dim * self.d_state
+
+    @property
+    def conv_channels(self) -> int:
+        return self.d_inner + 2 * self.n_groups * self.d_state
+
+
+class GatedDeltaNetConfig(_Recurrent):
+    """Gated DeltaNet (Yang et al. 2025; Qwen3-Next's linear attention): per value head a head_k_dim x
+    head_v_dim state, decayed and corrected by the delta rule each token; key heads may be shared by
+    several value heads; prefill runs the chunked WY form."""
+
+    kind: Literal["gated_deltanet"] = "gated_deltanet"
+    n_k_heads: PositiveInt
+    n_v_heads: PositiveInt
+    head_k_dim: PositiveInt
+    head_v_dim: PositiveInt
+    chunk_size: PositiveInt = Field(64, description="chunk length of the prefill kernels")
+    conv_bias: bool = False
+
+    @model_validator(mode="after")
+    def _k_heads_divide_v_heads(self) -> GatedDeltaNetConfig:
+        if self.n_v_heads % self.n_k_heads:
+            raise ValueError(f"n_v_heads={self.n_v_heads} is not a multiple of n_k_heads={self.n_k_heads}")
+        return self
+
+    @property
+    def key_dim(self) -> int:
+        return self.n_k_heads * self.head_k_dim
+
+    @property
+    def value_dim(self) -> int:
+        return self.n_v_heads * self.head_v_dim
+
+    @property
+    def d_inner(self) -> int:
+        return self.value_dim
+
+    @property
+    def state_elements(self) -> int:
+        return self.n_v_heads * self.head_k_dim * self.head_v_dim
+
+    @property
+    def conv_channels(self) -> int:
+        return 2 * self.key_dim + self.value_dim
+
+
+RecurrentMixer = MambaConfig | Mamba2Config | GatedDeltaNetConfig
+RECURRENT_KINDS: frozenset[str] = frozenset({"mamba", "mamba2", "gated_deltanet"})
+Mixer = Annotated[
+    AttentionConfig | MambaConfig | Mamba2Config | GatedDeltaNetConfig, Field(discriminator="kind")
+]
 
 
 Activation = Literal["gelu", "relu", "silu", "swiglu", "geglu"]
@@ -379,15 +503,23 @@ MEMORY_KINDS: frozenset[str] = frozenset({"pkm", "peer", "memory_plus", "ultrame
 
 
 class BlockConfig(Strict):
-    """`repeat` identical transformer blocks: attention then one or more FFN-position layers."""
+    """`repeat` identical transformer blocks: a token mixer (attention, or a recurrent mixer such as
+    Mamba or Gated DeltaNet) then FFN-position layers. Hybrid stacks (Nemotron-H) also have blocks with
+    only a mixer or only an FFN; pure state-space models have no FFN."""
 
     repeat: PositiveInt = 1
-    attention: AttentionConfig
-    ffn: list[FFNLayer] = Field(min_length=1)
+    attention: Mixer | None = Field(None, description="the token mixer; None for an FFN-only block")
+    ffn: list[FFNLayer] = Field(default_factory=list)
     norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
     parallel_ffn: bool = Field(
         False, description="FFN-position layers run in parallel on the same input (UltraMemV2)"
     )
+
+    @model_validator(mode="after")
+    def _has_a_layer(self) -> BlockConfig:
+        if self.attention is None and not self.ffn:
+            raise ValueError("a block needs a token mixer (attention), an FFN-position layer, or both")
+        return self
 
 
 class ModelConfig(Strict):
@@ -546,6 +678,13 @@ def describe_validation_error(exc: Exception, what: str) -> str:
 def _is_union_tag(part: object) -> bool:
     # pydantic inserts the discriminator value into locations of tagged unions; keep indices and names
     return isinstance(part, str) and part in {
+        "mha",
+        "gqa",
+        "mqa",
+        "mla",
+        "mamba",
+        "mamba2",
+        "gated_deltanet",
         "dense",
         "moe",
         "pkm",
@@ -563,11 +702,12 @@ def weight_dtype_of(workload: Workload, kind: str) -> str:
 
 def describe_weight_dtypes(workload: Workload) -> str:
     """`bf16`, or `bf16, moe=mxfp4` when some layer kinds have their own (`memory=int4` when every
-    memory-layer kind has the same one)."""
+    memory-layer kind has the same one; `recurrent=fp8` likewise for the recurrent mixers)."""
     kinds = dict(workload.weight_dtypes)
-    memory = {kinds.get(k) for k in MEMORY_KINDS}
-    if len(memory) == 1 and None not in memory:
-        kinds = {k: v for k, v in kinds.items() if k not in MEMORY_KINDS} | {"memory": memory.pop()}
+    for group, members in (("memory", MEMORY_KINDS), ("recurrent", RECURRENT_KINDS)):
+        same = {kinds.get(k) for k in members}
+        if len(same) == 1 and None not in same:
+            kinds = {k: v for k, v in kinds.items() if k not in members} | {group: same.pop()}
     extra = ", ".join(f"{k}={v}" for k, v in sorted(kinds.items()))
     return workload.weight_dtype + (f", {extra}" if extra else "")
 
@@ -575,6 +715,7 @@ def describe_weight_dtypes(workload: Workload) -> str:
 # the per-layer names (block0.attn, block0.ffn, block0.memory, embed) as names of the kinds they hold
 KIND_ALIASES: dict[str, tuple[str, ...]] = {
     "attn": ("attention",),
+    "recurrent": ("mamba", "mamba2", "gated_deltanet"),
     "ffn": ("dense",),
     "mlp": ("dense",),
     "embed": ("embedding",),

@@ -124,6 +124,9 @@ class LayerCost:
     routing_flops: Array | float = 0.0
     routing_weight_bytes: Array | float = 0.0
     routing_params: float = 0.0  # routing weights one device stores (in the default weight dtype)
+    # the cache the step leaves behind, per device, where it is not what the step read and wrote (a
+    # recurrent state is read and rewritten in place: held once); None: see simulate
+    kv_held_bytes: Array | None = None
     notes: list[str] = field(default_factory=list)
 
     def peak_activations(self) -> Array:

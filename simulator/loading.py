@@ -27,7 +27,10 @@ from pydantic import BaseModel, ValidationError
 from simulator.config import (
     AttentionConfig,
     FFNLayer,
+    GatedDeltaNetConfig,
     HardwareConfig,
+    Mamba2Config,
+    MambaConfig,
     ModelConfig,
     describe_validation_error,
 )
@@ -380,8 +383,9 @@ def _set_everywhere(raw: dict[str, Any], field: str, value: Any) -> bool:
         for layer in block.get("ffn") or []:
             if isinstance(layer, dict) and field in (_fields_of(_layer_class(layer)) or {}):
                 targets.append(layer)
-    if not targets and field in _ATTENTION_FIELDS:
-        targets = [b["attention"] for b in block_dicts if isinstance(b.get("attention"), dict)]
+    if not targets:  # the token mixers whose class has the field (attention, Mamba, Gated DeltaNet)
+        mixers = [b["attention"] for b in block_dicts if isinstance(b.get("attention"), dict)]
+        targets = [m for m in mixers if field in _mixer_class(m).model_fields]
     if not targets and field in _BLOCK_FIELDS:
         targets = block_dicts
     for target in targets:
@@ -435,8 +439,15 @@ def _layer_classes() -> dict[str, type[BaseModel]]:
     return {cls.model_fields["kind"].default: cls for cls in typing.get_args(union)}
 
 
+def _mixer_class(mixer: dict[str, Any]) -> type[BaseModel]:
+    """The class of a token-mixer mapping: a recurrent mixer by its kind, else attention."""
+    return _RECURRENT_CLASSES.get(str(mixer.get("kind")), AttentionConfig)
+
+
 _LAYER_CLASSES = _layer_classes()
-_ATTENTION_FIELDS = frozenset(AttentionConfig.model_fields)
+_RECURRENT_CLASSES: dict[str, type[BaseModel]] = {
+    cls.model_fields["kind"].default: cls for cls in (MambaConfig, Mamba2Config, GatedDeltaNetConfig)
+}
 _BLOCK_FIELDS = frozenset({"repeat", "norm", "parallel_ffn"})
 
 

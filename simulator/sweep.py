@@ -15,7 +15,11 @@ import pandas as pd
 from simulator.config import (
     DTYPE_BYTES,
     MEMORY_KINDS,
+    AttentionConfig,
     HardwareConfig,
+    Mamba2Config,
+    MambaConfig,
+    Mixer,
     ModelConfig,
     Workload,
     describe_weight_dtypes,
@@ -23,7 +27,7 @@ from simulator.config import (
 )
 from simulator.costs import LayerCost, Points
 from simulator.errors import ConfigError
-from simulator.layers import attention, cost_function, embedding
+from simulator.layers import attention, cost_function, embedding, recurrent
 from simulator.roofline import roofline
 from simulator.routing import RoutingModel
 
@@ -35,9 +39,11 @@ COLUMNS: dict[str, str] = {
     "context": "decode: KV entries per sequence; prefill: prompt tokens per sequence",
     "prefix": "prefill: KV entries per sequence cached before the prompt tokens (0: a fresh prompt)",
     "tokens": "tokens in flight in one forward step (T)",
-    "layer": "layer name (block3.moe, block0.attn, embed, head) or 'total' for the whole model",
+    "layer": "layer name (block3.moe, block0.attn, block1.mamba, block2.linear_attn, embed, head) or 'total' "
+    "for the whole model",
     "block": "transformer block index (-1 for embed/head/total)",
-    "kind": "attention, dense, moe, pkm, peer, memory_plus, ultramem, ultramemv2, embedding, head, model",
+    "kind": "attention, mamba, mamba2, gated_deltanet, dense, moe, pkm, peer, memory_plus, ultramem, "
+    "ultramemv2, embedding, head, model",
     "params": "parameters stored (shared tables counted once, in the total)",
     "active_params": "parameters used per token",
     "flops": "FLOPs per step (2 per multiply-accumulate) on the busiest device",
@@ -46,8 +52,8 @@ COLUMNS: dict[str, str] = {
     "weight_bytes_naive": "weights read per step without reuse (all experts; every requested row)",
     "act_bytes_ideal": "activation bytes: layer input and output only",
     "act_bytes_naive": "activation bytes with unfused intermediates written and read back",
-    "kv_read_bytes": "KV-cache bytes read per step",
-    "kv_write_bytes": "KV-cache bytes written per step",
+    "kv_read_bytes": "KV-cache bytes read per step (recurrent mixers: their state, the same at any context)",
+    "kv_write_bytes": "KV-cache bytes written per step (recurrent mixers: the state written back)",
     "bytes_ideal": "weight + activation + KV bytes, ideal level",
     "bytes_naive": "weight + activation + KV bytes, naive level",
     "distinct_items": "expected distinct experts or memory rows touched per step (sum over layers)",
@@ -103,7 +109,26 @@ class LayerEntry:
     weight_dtype: str  # the dtype its weights are stored in
 
 
-_SUFFIX = {"dense": "ffn", "moe": "moe", "attention": "attn"}
+_SUFFIX = {
+    "dense": "ffn",
+    "moe": "moe",
+    "attention": "attn",
+    "mamba": "mamba",
+    "mamba2": "mamba",
+    "gated_deltanet": "linear_attn",
+}
+
+
+def mixer_cost(mixer: Mixer, model: ModelConfig, points: Points) -> LayerCost:
+    """The cost of a block's token mixer: attention or a recurrent mixer."""
+    if isinstance(mixer, AttentionConfig):
+        return attention.cost(mixer, model, points)
+    return recurrent.cost(mixer, model, points)
+
+
+def mixer_kind(mixer: Mixer) -> str:
+    """The layer kind of a token mixer (attention for every attention variant)."""
+    return "attention" if isinstance(mixer, AttentionConfig) else mixer.kind
 
 
 def layer_entries(model: ModelConfig, points: Points, workload: Workload | None = None) -> list[LayerEntry]:
@@ -129,7 +154,9 @@ def layer_entries(model: ModelConfig, points: Points, workload: Workload | None 
     for block in model.blocks:
         blocks = tuple(range(first, first + block.repeat))
         first += block.repeat
-        add("attn", blocks, "attention", lambda p, a=block.attention: attention.cost(a, model, p), rank)
+        if block.attention is not None:
+            kind = mixer_kind(block.attention)
+            add(_SUFFIX[kind], blocks, kind, lambda p, a=block.attention: mixer_cost(a, model, p), rank)
         seen: dict[str, int] = {}
         for layer in block.ffn:
             base = _SUFFIX.get(layer.kind, "memory" if layer.kind in MEMORY_KINDS else layer.kind)
@@ -169,17 +196,27 @@ def check_parallelism(model: ModelConfig, workload: Workload) -> None:
         raise ConfigError(f"--ep {workload.ep}: {model.name} has no MoE layer to split over devices")
     first = 0
     for block in model.blocks:
-        heads = block.attention.n_heads
-        if heads % workload.tp:
-            raise ConfigError(
-                f"--tp {workload.tp} does not divide the {heads} attention heads of block {first}"
-            )
+        if block.attention is not None:
+            count, what = mixer_split(block.attention)
+            if count % workload.tp:
+                raise ConfigError(f"--tp {workload.tp} does not divide the {count} {what} of block {first}")
         for layer in block.ffn:
             if layer.kind == "moe" and workload.ep > layer.n_experts:
                 raise ConfigError(
                     f"--ep {workload.ep} exceeds the {layer.n_experts} experts of block {first}"
                 )
         first += block.repeat
+
+
+def mixer_split(mixer: Mixer) -> tuple[int, str]:
+    """What tensor parallelism splits a token mixer along: (how many, their name)."""
+    if isinstance(mixer, AttentionConfig):
+        return mixer.n_heads, "attention heads"
+    if isinstance(mixer, MambaConfig):
+        return mixer.d_inner, "Mamba channels"
+    if isinstance(mixer, Mamba2Config):
+        return mixer.n_heads, "Mamba-2 heads"
+    return mixer.n_k_heads, "Gated DeltaNet key heads"
 
 
 def routing_model(workload: Workload) -> RoutingModel:
@@ -235,11 +272,12 @@ def simulate(
         resident_params = c.device_params if c.device_params is not None else c.params / workload.tp
         # the cache a step leaves: decode, what it read plus its new entry; prefill, its prompt's entries
         # and the cached ones they reach (its read, which counts both)
-        kv_resident = (
-            row["kv_read_bytes"] + row["kv_write_bytes"]
-            if workload.phase == "decode"
-            else np.maximum(row["kv_read_bytes"], row["kv_write_bytes"])
-        )
+        if c.kv_held_bytes is not None:
+            kv_resident = np.broadcast_to(np.asarray(c.kv_held_bytes, dtype=np.float64), (n,))
+        elif workload.phase == "decode":
+            kv_resident = row["kv_read_bytes"] + row["kv_write_bytes"]
+        else:
+            kv_resident = np.maximum(row["kv_read_bytes"], row["kv_write_bytes"])
         row["act_peak_bytes"] = np.broadcast_to(np.asarray(c.peak_activations(), dtype=np.float64), (n,))
         # routing weights stay in the default dtype (see Points.b_route)
         weights_held = (resident_params - c.routing_params) * DTYPE_BYTES[e.weight_dtype]

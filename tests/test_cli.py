@@ -88,9 +88,9 @@ def test_bad_input_malformed_json_and_yaml(tmp_path: Path) -> None:
 def test_bad_input_unsupported_hf_architecture(tmp_path: Path) -> None:
     cfg = tmp_path / "config.json"
     cfg.write_text(
-        json.dumps({"model_type": "mamba", "architectures": ["MambaForCausalLM"], "hidden_size": 768})
+        json.dumps({"model_type": "minimax", "architectures": ["MiniMaxForCausalLM"], "hidden_size": 768})
     )
-    assert_one_line_error(run("simulate", str(cfg)), "mamba")
+    assert_one_line_error(run("simulate", str(cfg)), "minimax")
 
 
 def test_bad_input_workload_and_format() -> None:
@@ -297,6 +297,16 @@ def test_past_the_models_max_positions_warns_and_still_costs() -> None:
         "memtraffic: warning: olmoe-1b-7b: --prompt 4000 --generate 98 needs 4097 positions, past the 4096 "
         "it is set up for (max_position_embeddings); costed as asked"
     ]
+
+
+def test_report_warns_past_the_models_max_positions(tmp_path: Path) -> None:
+    # the report's request: a prompt of --context tokens, then --generate tokens out
+    args = ("report", "olmoe-1b-7b", "-b", "1", "-o")
+    fits = run(*args, str(tmp_path / "a.html"), "--context", "4000", "--generate", "97")
+    assert fits.returncode == 0 and "warning" not in fits.stderr, fits.stderr
+    over = run(*args, str(tmp_path / "b.html"), "--context", "4000", "--generate", "98")
+    assert over.returncode == 0 and (tmp_path / "b.html").is_file(), over.stderr
+    assert "olmoe-1b-7b: --context 4000 --generate 98 needs 4097 positions, past the 4096" in over.stderr
 
 
 def test_serve_prints_the_steady_state_and_finds_the_largest_concurrency() -> None:

@@ -223,12 +223,12 @@ def test_duplicate_keys_are_errors(tmp_path: Path) -> None:
 
 def test_hf_unsupported_model_type(tmp_path: Path) -> None:
     cfg = json.loads((HF_DIR / "Llama-3.1-8B.json").read_text())
-    cfg["model_type"] = "falcon_mamba"  # a state-space model: no attention or KV cache to model
-    cfg["architectures"] = ["FalconMambaForCausalLM"]
+    cfg["model_type"] = "zamba2"  # Mamba-2 layers with shared attention blocks: not modelled
+    cfg["architectures"] = ["Zamba2ForCausalLM"]
     with pytest.raises(ConfigError) as exc:
         load_model(write(tmp_path, "config.json", json.dumps(cfg)))
     text = one_line(exc)
-    assert "unsupported model_type 'falcon_mamba'" in text and "llama" in text
+    assert "unsupported model_type 'zamba2'" in text and "llama" in text
 
 
 @pytest.mark.parametrize("text,needle", [("[1, 2]", "expected a mapping"), ("", "expected a mapping")])

@@ -18,6 +18,7 @@ MODEL_PRESETS = [
     "olmoe-227m-1.2b",
     "mixtral-8x7b",
     "qwen3-30b-a3b",
+    "qwen3-next-80b-a3b",
     "deepseek-v3",
     "deepseek-v2-lite",
     "llama-3.1-8b",

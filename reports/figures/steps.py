@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 STEP_CAPTION = (
     "Lines: predicted (thick: whole step; dotted: attention; dash-dot: MoE; long dash: memory layers; "
-    "dash: dense FFN)."
+    "dash: dense FFN; dash-dot-dot: recurrent mixers, Mamba or Gated DeltaNet)."
 )
 _SUMMED = [
     "bytes_ideal",

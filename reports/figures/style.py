@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from simulator.config import MEMORY_KINDS
+from simulator.config import MEMORY_KINDS, RECURRENT_KINDS
 
 PALETTE: tuple[str, ...] = (
     "#1f77b4",
@@ -25,10 +25,11 @@ PALETTE: tuple[str, ...] = (
     "#7f7f7f",
     "#bcbd22",
 )
-# layer groups drawn per model: the whole step, attention, and the FFN-position families
+# layer groups drawn per model: the whole step, the token mixers, and the FFN-position families
 GROUP_DASH: dict[str, str] = {
     "total": "solid",
     "attention": "dot",
+    "recurrent": "6px,2px,1px,2px",
     "dense": "dash",
     "moe": "dashdot",
     "memory": "longdash",
@@ -37,6 +38,7 @@ GROUP_DASH: dict[str, str] = {
 }
 KIND_SYMBOL: dict[str, str] = {
     "attention": "circle",
+    "recurrent": "hexagon",
     "dense": "square",
     "moe": "diamond",
     "memory": "star",
@@ -66,7 +68,10 @@ class Chart:
 
 
 def group_of(kind: str) -> str:
-    """Layer kind -> drawn group (all memory-layer families share one group)."""
+    """Layer kind -> drawn group (all memory-layer families share one group, and so do the recurrent
+    token mixers)."""
+    if kind in RECURRENT_KINDS:
+        return "recurrent"
     return "memory" if kind in MEMORY_KINDS else kind
 
 

@@ -42,6 +42,8 @@ def projection_params(attn: AttentionConfig, d_model: int) -> float:
         params += d_model
     if attn.sinks:  # one logit per head, read with the projections
         params += h
+    if attn.output_gate:  # the gate's projection, as wide as the attention output (biased with q)
+        params += (d_model + (1 if attn.qkv_bias else 0)) * h * v
     return float(params)
 
 
@@ -147,7 +149,7 @@ def cost(attn: AttentionConfig, model: ModelConfig, points: Points) -> LayerCost
     kv_write = tokens * kv_elems * points.b_kv / kv_split
 
     if attn.kind != "mla":
-        qkv_elems = h * qk + 2 * attn.kv_heads * qk
+        qkv_elems = h * qk + 2 * attn.kv_heads * qk + (h * v if attn.output_gate else 0)
     elif points.phase == "decode":  # absorbed: queries in latent space, the new latent written
         assert attn.kv_lora_rank and attn.qk_rope_head_dim
         qkv_elems = h * (attn.kv_lora_rank + attn.qk_rope_head_dim) + kv_elems

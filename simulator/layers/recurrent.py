@@ -1,0 +1,189 @@
+"""Recurrent token mixers: Mamba, Mamba-2 and Gated DeltaNet (docs/recurrent-mixers.md).
+
+They stand where attention stands, but each sequence carries a fixed-size state instead of a KV cache
+that grows with the context: a decode step reads the whole state and writes it back, whatever the
+context; a prefill writes the final state once (and first reads the state a cached prefix left). The
+state is reported in the KV columns (it is the cache of these layers), and held once per sequence.
+
+Counted per token:
+- the projections (2 FLOPs per weight) and the depthwise causal convolution (2 x channels x d_conv);
+- the recurrence, elementwise on the state (decode, and Mamba's sequential prefill scan), or the chunked
+  matmul form prefill kernels run (Mamba-2's SSD, Gated DeltaNet's WY form) over chunks of
+  min(chunk_size, prompt) tokens, upper triangles of the within-chunk products computed in full, as
+  tiled kernels do.
+Norm weights (Mamba-2's and Gated DeltaNet's gated RMSNorm, Jamba's dt/B/C norms) are left out, as for
+every other family.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from simulator.config import (
+    DTYPE_BYTES,
+    GatedDeltaNetConfig,
+    Mamba2Config,
+    MambaConfig,
+    ModelConfig,
+    RecurrentMixer,
+)
+from simulator.costs import LayerCost, Points, allreduce_bytes
+
+
+def projection_params(mixer: RecurrentMixer, d_model: int) -> float:
+    """Weights used as matmul operands (2 FLOPs each per token), biases included."""
+    d = d_model
+    if isinstance(mixer, MambaConfig):
+        di, n, r = mixer.d_inner, mixer.d_state, mixer.dt_rank
+        params = d * 2 * di + di * (r + 2 * n) + r * di + di * d
+        params += di  # dt_proj bias (always present)
+        if mixer.proj_bias:
+            params += 2 * di + d
+        return float(params)
+    if isinstance(mixer, Mamba2Config):
+        out = in_width(mixer)
+        return float(d * out + mixer.d_inner * d + ((out + d) if mixer.proj_bias else 0))
+    g = mixer
+    out = in_width(g)
+    return float(d * out + g.value_dim * d + ((out + d) if g.proj_bias else 0))
+
+
+def in_width(mixer: RecurrentMixer) -> int:
+    """Output width of the input projection(s)."""
+    if isinstance(mixer, MambaConfig):
+        return 2 * mixer.d_inner  # x and the gate z
+    if isinstance(mixer, Mamba2Config):
+        return mixer.d_inner + mixer.conv_channels + mixer.n_heads  # z, xBC, dt
+    return 2 * mixer.key_dim + 2 * mixer.value_dim + 2 * mixer.n_v_heads  # q, k, v, z; beta, decay
+
+
+def elementwise_params(mixer: RecurrentMixer) -> float:
+    """Convolution weights and the per-channel or per-head parameters (A, D, dt bias)."""
+    conv = mixer.conv_channels * mixer.d_conv + (mixer.conv_channels if mixer.conv_bias else 0)
+    if isinstance(mixer, MambaConfig):
+        return float(conv + mixer.d_inner * mixer.d_state + mixer.d_inner)  # A_log, D
+    if isinstance(mixer, Mamba2Config):
+        return float(conv + 3 * mixer.n_heads)  # A_log, D, dt_bias
+    return float(conv + 2 * mixer.n_v_heads)  # A_log, dt_bias
+
+
+def params(mixer: RecurrentMixer, d_model: int) -> float:
+    return projection_params(mixer, d_model) + elementwise_params(mixer)
+
+
+def replicated_params(mixer: RecurrentMixer, d_model: int, tp: int) -> float:
+    """Weights every tensor-parallel rank keeps whole: Mamba-2's B/C projections and convolution when
+    there are fewer groups than ranks (the groups' B and C are needed by every head on the rank)."""
+    if not isinstance(mixer, Mamba2Config) or tp == 1 or mixer.n_groups >= tp:
+        return 0.0
+    bc = 2 * mixer.n_groups * mixer.d_state
+    return float(
+        bc * (d_model + mixer.d_conv + (1 if mixer.conv_bias else 0) + (1 if mixer.proj_bias else 0))
+    )
+
+
+def device_params(mixer: RecurrentMixer, d_model: int, tp: int) -> float:
+    """Weights one tensor-parallel rank holds: heads (channels) split over ranks."""
+    total = params(mixer, d_model)
+    shared = replicated_params(mixer, d_model, tp)
+    return (total - shared) / tp + shared
+
+
+def state_bytes(mixer: RecurrentMixer, b_kv: float) -> float:
+    """Bytes of one sequence's state: the recurrent state (in the mixer's state dtype, else the cache's)
+    and the convolution's last d_conv - 1 inputs (in the cache dtype)."""
+    b_state = DTYPE_BYTES[mixer.state_dtype] if mixer.state_dtype is not None else b_kv
+    return mixer.state_elements * b_state + mixer.conv_channels * (mixer.d_conv - 1) * b_kv
+
+
+def recurrence_flops_per_token(mixer: RecurrentMixer) -> float:
+    """One token's step of the recurrence on the state, with its per-channel work.
+
+    Mamba: dA = exp(dt A) (2), dt B x (2), h = dA h + dBx (2), y = C h (2) per state element; Mamba-2: the
+    decay is one scalar per head, so the update is 3 and the read-out 2 per element; Gated DeltaNet: decay
+    (1), S^T k (2), the delta rank-1 update (2) and S^T q (2) per element.
+    """
+    if isinstance(mixer, MambaConfig):
+        return float(mixer.d_inner * (8 * mixer.d_state + 6))
+    if isinstance(mixer, Mamba2Config):
+        return float(mixer.d_inner * (5 * mixer.d_state + 8))
+    return float(7 * mixer.state_elements + 6 * mixer.value_dim + 4 * mixer.key_dim)
+
+
+def chunked_flops_per_token(mixer: RecurrentMixer, chunk: np.ndarray) -> np.ndarray:
+    """Prefill's chunked form per token, chunks of `chunk` tokens (Mamba: the sequential scan).
+
+    Mamba-2 (SSD): C B^T per group (2QN), its product with x per head (2QP), the chunk's state B^T x and
+    the read-out C h from the carried state (2NP each). Gated DeltaNet per value head: K K^T and Q K^T
+    (2Q dk each), the WY factors W = T K and U = T V (2Q dk, 2Q dv), the triangular solve for T
+    (2Q^2/3), W S and Q S and the state update K^T V' (2 dk dv each), and the within-chunk output (2Q dv).
+    """
+    q = np.asarray(chunk, dtype=np.float64)
+    if isinstance(mixer, MambaConfig):
+        return np.full_like(q, recurrence_flops_per_token(mixer))
+    if isinstance(mixer, Mamba2Config):
+        n, p, h = mixer.d_state, mixer.head_dim, mixer.n_heads
+        return 2 * q * n * mixer.n_groups + h * (2 * q * p + 4 * n * p) + mixer.d_inner * 8
+    g: GatedDeltaNetConfig = mixer
+    dk, dv = g.head_k_dim, g.head_v_dim
+    per_head = 6 * q * dk + 4 * q * dv + 6 * dk * dv + 2 * q * q / 3
+    return g.n_v_heads * per_head + 6 * g.value_dim + 4 * g.key_dim
+
+
+def cost(mixer: RecurrentMixer, model: ModelConfig, points: Points) -> LayerCost:
+    d = model.d_model
+    tokens, batch, tp = points.tokens, points.batch, points.tp
+    total = params(mixer, d)
+    on_device = device_params(mixer, d, tp)
+    share = on_device / total  # the heads (channels) this rank runs
+    per_sequence = state_bytes(mixer, points.b_kv) / tp
+    held = batch * per_sequence
+    conv_flops = 2.0 * mixer.conv_channels * mixer.d_conv
+    matmul = projection_params(mixer, d) * share
+
+    if points.phase == "decode":
+        kv_read = held
+        kv_write = held.copy()
+        mix = (recurrence_flops_per_token(mixer) + conv_flops) / tp * tokens
+        chunk_states = points.zeros()
+    else:
+        # a prompt shorter than a chunk is one chunk of its own length
+        chunk = np.minimum(points.context, getattr(mixer, "chunk_size", 1))
+        kv_read = held if points.prefix else points.zeros()
+        kv_write = held.copy()
+        mix = (chunked_flops_per_token(mixer, chunk) + conv_flops) / tp * tokens
+        if isinstance(mixer, MambaConfig):
+            chunk_states = points.zeros()
+        else:
+            # the SSD / WY kernels write each chunk's state to HBM and read it back to pass it on
+            chunks = np.ceil(points.context / mixer.chunk_size)
+            chunk_states = batch * chunks * mixer.state_elements / tp * 4.0  # fp32 chunk states
+    flops = 2.0 * matmul * tokens + mix
+
+    width = in_width(mixer) / tp
+    inner = mixer.d_inner / tp
+    conv = mixer.conv_channels / tp
+    # unfused: the projections' outputs, the convolution's output and the scan's output each written and
+    # read once, and the chunk states passed between prefill kernels
+    act_naive = tokens * (2 * d + 2 * width + 2 * conv + 2 * inner) * points.b_a + 2 * chunk_states
+    act_peak = tokens * (2 * d + width + inner) * points.b_a + chunk_states
+    weights = points.full(on_device * points.b_w)
+    nan = points.full(np.nan)
+    return LayerCost(
+        kind=mixer.kind,
+        params=total,
+        device_params=on_device,
+        active_params=total,
+        flops=flops,
+        weight_bytes_ideal=weights,
+        weight_bytes_naive=weights.copy(),
+        act_bytes_ideal=2.0 * tokens * d * points.b_a,
+        act_bytes_naive=act_naive,
+        kv_read_bytes=kv_read,
+        kv_write_bytes=kv_write,
+        distinct_items=nan,
+        items_requested=nan.copy(),
+        comm_bytes=allreduce_bytes(tokens, d, points.b_a, tp),
+        act_peak_bytes=act_peak,
+        kv_held_bytes=held,
+    )
