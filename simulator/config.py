@@ -215,7 +215,9 @@ class _Recurrent(Strict):
     conv_bias: bool = True
     proj_bias: bool = Field(False, description="biases on the input and output projections")
     state_dtype: DType | None = Field(
-        None, description="dtype the recurrent state is cached in (None: the run's KV-cache dtype)"
+        None,
+        description="dtype the recurrent state is cached in (None: the activation dtype, as vLLM's "
+        "mamba_ssm_cache_dtype auto keeps it in the model dtype)",
     )
 
 

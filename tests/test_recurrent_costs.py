@@ -104,6 +104,9 @@ def test_state_dtype_and_tensor_parallel_split() -> None:
     row = layer_row(stack(fp32, d=2048), batch=[1], context=[4096], tp=2)
     # fp32 recurrent state, bf16 conv state; half the heads on each of 2 ranks
     assert row["kv_read_bytes"] == (32 * 128 * 128 * 4 + 8192 * 3 * 2) / 2
+    # the state follows the model dtype, not an fp8 KV cache (vLLM's mamba cache dtypes "auto")
+    fp8_kv = layer_row(stack(QWEN3_NEXT_GDN, d=2048), batch=[1], context=[4096], kv_dtype="fp8")
+    assert fp8_kv["kv_read_bytes"] == (32 * 128 * 128 + 8192 * 3) * 2
     with pytest.raises(ConfigError, match="does not divide the 16 Gated DeltaNet key heads"):
         simulate(stack(QWEN3_NEXT_GDN, d=2048), H100, Workload(tp=32))
 

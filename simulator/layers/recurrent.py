@@ -89,11 +89,13 @@ def device_params(mixer: RecurrentMixer, d_model: int, tp: int) -> float:
     return (total - shared) / tp + shared
 
 
-def state_bytes(mixer: RecurrentMixer, b_kv: float) -> float:
-    """Bytes of one sequence's state: the recurrent state (in the mixer's state dtype, else the cache's)
-    and the convolution's last d_conv - 1 inputs (in the cache dtype)."""
-    b_state = DTYPE_BYTES[mixer.state_dtype] if mixer.state_dtype is not None else b_kv
-    return mixer.state_elements * b_state + mixer.conv_channels * (mixer.d_conv - 1) * b_kv
+def state_bytes(mixer: RecurrentMixer, b_a: float) -> float:
+    """Bytes of one sequence's state: the recurrent state (in the mixer's state dtype, else the model's
+    activation dtype) and the convolution's last d_conv - 1 inputs (activation dtype). vLLM keeps both in
+    the model dtype by default (`mamba_cache_dtype`, `mamba_ssm_cache_dtype` "auto"), whatever the KV
+    cache's dtype."""
+    b_state = DTYPE_BYTES[mixer.state_dtype] if mixer.state_dtype is not None else b_a
+    return mixer.state_elements * b_state + mixer.conv_channels * (mixer.d_conv - 1) * b_a
 
 
 def recurrence_flops_per_token(mixer: RecurrentMixer) -> float:
@@ -136,7 +138,7 @@ def cost(mixer: RecurrentMixer, model: ModelConfig, points: Points) -> LayerCost
     total = params(mixer, d)
     on_device = device_params(mixer, d, tp)
     share = on_device / total  # the heads (channels) this rank runs
-    per_sequence = state_bytes(mixer, points.b_kv) / tp
+    per_sequence = state_bytes(mixer, points.b_a) / tp
     held = batch * per_sequence
     conv_flops = 2.0 * mixer.conv_channels * mixer.d_conv
     matmul = projection_params(mixer, d) * share
