@@ -53,8 +53,9 @@ def count_model(
 
     Returns profiler.opcount's per-op rows (seq, module, op, flops, bytes_read, bytes_written, out_shape,
     dtype) plus `layer`: the range name (block3.moe, embed, head, ...) of the module that ran the op.
-    Decode runs one token per sequence over a KV cache of `context` entries; prefill runs `context`
-    prompt tokens per sequence. The returned frame's attrs carry the parameters and the routing note.
+    Decode runs one token per sequence over a KV cache of `context` entries (a recurrent mixer: over its
+    fixed-size state, read and written back); prefill runs `context` prompt tokens per sequence. The
+    returned frame's attrs carry the parameters and the routing note.
     """
     check_count_args(batch, context, phase, device)
     check_weights_fit(model_cfg, device, dtype)

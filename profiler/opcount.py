@@ -264,7 +264,25 @@ def _copy_(args: Sequence[Any], kwargs: dict[str, Any], out: Any) -> tuple[int, 
     return tensor_bytes(src), tensor_bytes(dst)
 
 
+def _filled_from_template(args: Sequence[Any], kwargs: dict[str, Any], out: Any) -> tuple[int, int]:
+    # zeros_like(x), x.new_full(...): x gives only the shape, dtype and device; its data is never read
+    return 0, _sum_bytes(out)
+
+
+_FILLS = (
+    aten.zeros_like,
+    aten.ones_like,
+    aten.full_like,
+    aten.rand_like,
+    aten.randn_like,
+    aten.randint_like,
+    aten.new_zeros,
+    aten.new_ones,
+    aten.new_full,
+)
+
 _BYTE_RULES: dict[Any, Rule] = {
+    **dict.fromkeys(_FILLS, _filled_from_template),
     aten.embedding: _embedding,
     aten.embedding_bag: _embedding_bag,
     aten._embedding_bag: _embedding_bag,

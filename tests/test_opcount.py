@@ -354,3 +354,14 @@ def test_live_bytes_follow_allocations_and_frees(device: str, inplace: bool) -> 
     else:
         assert list(compute["live_bytes"]) == [640, 1280, 640 + 160]
     assert summarize(df, depth=0)["peak_live_bytes"].iloc[0] == (800 if inplace else 1280)
+
+
+def test_fills_from_a_template_read_nothing() -> None:
+    # zeros_like(x) and x.new_full(...) take x's shape and dtype only: they write their output, read nothing
+    class Fills(nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return torch.zeros_like(x), x.new_full((10, 7), 2.0), torch.ones_like(x), x.new_zeros(3)
+
+    df = count_ops(Fills(), torch.randn(100, 8))
+    assert df["bytes_read"].tolist() == [0, 0, 0, 0]
+    assert df["bytes_written"].tolist() == [100 * 8 * 4, 70 * 4, 100 * 8 * 4, 3 * 4]

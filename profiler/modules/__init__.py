@@ -10,6 +10,7 @@ from profiler.modules.model import ReferenceModel, sublayer_base
 from profiler.modules.moe import MoE
 from profiler.modules.peer import PEER
 from profiler.modules.pkm import PKM
+from profiler.modules.recurrent import GatedDeltaNet, Mamba, Mamba2, build_recurrent
 from profiler.modules.retrieval import product_key_topk, tucker_topk
 from profiler.modules.tables import MemoryTable, TableRegistry
 from profiler.modules.ultramem import UltraMem
@@ -20,7 +21,10 @@ __all__ = [
     "PKM",
     "Attention",
     "DenseFFN",
+    "GatedDeltaNet",
     "MLAAttention",
+    "Mamba",
+    "Mamba2",
     "MemoryPlus",
     "MemoryTable",
     "MoE",
@@ -30,6 +34,7 @@ __all__ = [
     "UltraMem",
     "UltraMemV2",
     "build_attention",
+    "build_recurrent",
     "layer_range",
     "product_key_topk",
     "sublayer_base",

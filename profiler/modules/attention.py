@@ -14,6 +14,8 @@ min(context, W) entries, as in Mistral's reference code, and a step attends over
 Chunked attention of C positions (Llama 4) restarts at every multiple of C: in prefill, a block-diagonal
 causal mask; in decode, the cache holds the current chunk's context mod C entries (none at a chunk's
 first token, which then attends to itself alone). That is the KV reach the simulator charges.
+With `output_gate` (Qwen3-Next), q_proj also projects a gate per output element, and the attention
+output is multiplied by its sigmoid before o_proj.
 """
 
 from __future__ import annotations
@@ -145,7 +147,10 @@ class Attention(_CachedAttention):
             raise ConfigError("use MLAAttention for kind 'mla'")
         assert cfg.head_dim is not None
         self.n_heads, self.n_kv, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
-        self.q_proj = nn.Linear(d_model, self.n_heads * self.head_dim, bias=cfg.qkv_bias, **f)
+        # with an output gate (Qwen3-Next), q_proj also projects the gate: per head [query | gate]
+        self.output_gate = cfg.output_gate
+        q_width = self.n_heads * self.head_dim * (2 if cfg.output_gate else 1)
+        self.q_proj = nn.Linear(d_model, q_width, bias=cfg.qkv_bias, **f)
         self.k_proj = nn.Linear(d_model, self.n_kv * self.head_dim, bias=cfg.qkv_bias, **f)
         self.v_proj = nn.Linear(d_model, self.n_kv * self.head_dim, bias=cfg.qkv_bias, **f)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, d_model, bias=cfg.o_bias, **f)
@@ -159,7 +164,11 @@ class Attention(_CachedAttention):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        q = self.q_proj(x).view(b, t, self.n_heads, -1)
+        gate = None
+        if self.output_gate:
+            q, gate = q.split(self.head_dim, dim=-1)
+        q = q.transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         gqa = self.n_kv != self.n_heads
@@ -186,7 +195,10 @@ class Attention(_CachedAttention):
                 out = sink_attention(q, keys, values, self.sinks)
             else:
                 out = grouped_decode_attention(q, keys, values)
-        return self.o_proj(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+        out = out.transpose(1, 2)
+        if gate is not None:  # each output element scaled by sigmoid(its gate) before o_proj
+            out = out * torch.sigmoid(gate)
+        return self.o_proj(out.reshape(b, t, self.n_heads * self.head_dim))
 
 
 class MLAAttention(_CachedAttention):

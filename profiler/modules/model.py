@@ -2,7 +2,10 @@
 
 Every sublayer (norm + layer + residual add) runs inside a range named like the simulator's layers and
 the H100 recordings: `block{i}.attn`, `block{i}.ffn`, `block{i}.moe`, `block{i}.memory` (a second layer
-of the same family in one block gets `ffn1`, `memory1`, ...), plus `embed` and `head`. With
+of the same family in one block gets `ffn1`, `memory1`, ...), plus `embed` and `head`. A block's token
+mixer is attention (`block{i}.attn`) or a recurrent mixer (profiler.modules.recurrent: `block{i}.mamba`
+for Mamba and Mamba-2, `block{i}.linear_attn` for Gated DeltaNet); hybrid stacks also have blocks
+without a mixer (FFN only) or without FFN-position layers (mixer only). With
 `parallel_ffn` the FFN-position layers share one normalised input and their outputs are added to the
 residual together; otherwise each has its own norm and residual add, in order. An UltraMem layer with
 `skip_span` > 0 reads its block's input and adds its output after block i + skip_span.
@@ -30,10 +33,11 @@ from profiler.modules.memory_plus import MemoryPlus
 from profiler.modules.moe import MoE
 from profiler.modules.peer import PEER
 from profiler.modules.pkm import PKM
+from profiler.modules.recurrent import RECURRENT_RANGE, build_recurrent
 from profiler.modules.tables import TableRegistry
 from profiler.modules.ultramem import UltraMem
 from profiler.modules.ultramemv2 import UltraMemV2
-from simulator.config import MEMORY_KINDS, ModelConfig
+from simulator.config import MEMORY_KINDS, AttentionConfig, Mixer, ModelConfig
 
 _SUFFIX = {"dense": "ffn", "moe": "moe"}
 
@@ -41,6 +45,36 @@ _SUFFIX = {"dense": "ffn", "moe": "moe"}
 def sublayer_base(kind: str) -> str:
     """Range-name suffix of an FFN-position layer kind (the simulator's naming)."""
     return _SUFFIX.get(kind, "memory" if kind in MEMORY_KINDS else kind)
+
+
+def mixer_base(mixer: Mixer) -> str:
+    """Range-name suffix of a token mixer: attn, or mamba / linear_attn (the simulator's naming)."""
+    return "attn" if isinstance(mixer, AttentionConfig) else RECURRENT_RANGE[mixer.kind]
+
+
+def build_mixer(
+    mixer: Mixer,
+    d_model: int,
+    *,
+    phase: str,
+    kv_mode: str,
+    append_headroom: int,
+    device: torch.device | str | None,
+    dtype: torch.dtype,
+) -> nn.Module:
+    """The module of a block's token mixer; a recurrent state is always updated in place, so kv_mode
+    and the append headroom concern attention only."""
+    if isinstance(mixer, AttentionConfig):
+        return build_attention(
+            mixer,
+            d_model,
+            phase=phase,
+            kv_mode=kv_mode,
+            append_headroom=append_headroom,
+            device=device,
+            dtype=dtype,
+        )
+    return build_recurrent(mixer, d_model, phase=phase, device=device, dtype=dtype)
 
 
 class Sublayer(nn.Module):
@@ -68,14 +102,18 @@ class Sublayer(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, attn: Sublayer, ffn: list[Sublayer], parallel: bool) -> None:
+    """The token mixer's sublayer (`attn`, whatever the mixer; None in an FFN-only block), then the
+    FFN-position sublayers (none in a mixer-only block)."""
+
+    def __init__(self, attn: Sublayer | None, ffn: list[Sublayer], parallel: bool) -> None:
         super().__init__()
         self.attn = attn
         self.ffn = nn.ModuleList(ffn)
         self.parallel = parallel
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]:
-        h, _, _ = self.attn(h)
+        if self.attn is not None:
+            h, _, _ = self.attn(h)
         deferred: list[tuple[int, torch.Tensor]] = []
         u = None
         for sub in self.ffn:
@@ -114,10 +152,13 @@ class ReferenceModel(nn.Module):
         blocks: list[Block] = []
         table_layers: dict[str | None, int] = {}  # next layer index per shared table
         for i, bc in enumerate(config.expanded_blocks()):
-            attn = build_attention(
-                bc.attention, d, phase=phase, kv_mode=kv_mode, append_headroom=append_headroom, **f
-            )
-            attn_sub = Sublayer(f"block{i}.attn", make_norm(bc.norm, d, **f), attn)
+            attn_sub = None
+            if bc.attention is not None:
+                mixer = build_mixer(
+                    bc.attention, d, phase=phase, kv_mode=kv_mode, append_headroom=append_headroom, **f
+                )  # type: ignore[arg-type]
+                mixer_name = f"block{i}.{mixer_base(bc.attention)}"
+                attn_sub = Sublayer(mixer_name, make_norm(bc.norm, d, **f), mixer)
             subs: list[Sublayer] = []
             seen: dict[str, int] = {}
             for j, lc in enumerate(bc.ffn):
@@ -184,13 +225,16 @@ class ReferenceModel(nn.Module):
 
     # ------------------------------------------------------------------------------------ setup
     def setup_cache(self, batch: int, context: int, fill: str = "randn") -> None:
-        """(Re)allocate every attention cache for `batch` sequences of `context` entries (decode)."""
+        """(Re)allocate every token mixer's cache for `batch` sequences: attention's KV cache of `context`
+        entries (decode), a recurrent mixer's fixed-size state (decode, and prefill, which writes it)."""
         for block in self.blocks:
-            block.attn.layer.setup_cache(batch, context, fill)  # type: ignore[union-attr,operator]
+            if block.attn is not None:
+                block.attn.layer.setup_cache(batch, context, fill)  # type: ignore[union-attr,operator]
 
     def sublayers(self) -> Iterator[Sublayer]:
         for block in self.blocks:
-            yield block.attn  # type: ignore[misc]
+            if block.attn is not None:
+                yield block.attn  # type: ignore[misc]
             yield from block.ffn  # type: ignore[misc]
 
     def layer_names(self) -> list[str]:
@@ -202,7 +246,8 @@ class ReferenceModel(nn.Module):
         """Module path prefix -> layer name, for attributing op counts (longest prefix wins)."""
         out: dict[str, str] = {}
         for i, block in enumerate(self.blocks):
-            out[f"blocks.{i}.attn"] = block.attn.layer_name  # type: ignore[union-attr]
+            if block.attn is not None:
+                out[f"blocks.{i}.attn"] = block.attn.layer_name  # type: ignore[union-attr]
             for j, sub in enumerate(block.ffn):
                 out[f"blocks.{i}.ffn.{j}"] = sub.layer_name  # type: ignore[union-attr]
         if self.embed is not None:

@@ -1,0 +1,479 @@
+"""Recurrent token mixers: Mamba (selective scan), Mamba-2 (SSD) and Gated DeltaNet (Qwen3-Next's linear
+attention), built from the simulator's configs; simulator/layers/recurrent.py counts the same work.
+
+They stand where attention stands in a block, with the attention modules' cache interface. Instead of a
+KV cache that grows with the context, each sequence carries a fixed-size state (`setup_cache`): the
+recurrent state (in the config's state_dtype, else the module's dtype) and the last d_conv - 1 inputs of
+the short depthwise causal convolution (in the module's dtype).
+
+- decode: each token runs one step of the recurrence. The state buffers are read once and written back
+  once, in place (the same shapes every step, so a steady loop and CUDA graph replays work). The step
+  computes in the state's dtype.
+- prefill: the whole prompt from a zero state: Mamba by a sequential scan over the tokens, Mamba-2 by the
+  chunked SSD form and Gated DeltaNet by the chunked WY form, over chunks of min(chunk_size, prompt)
+  tokens (the prompt zero-padded to whole chunks; a padded token has no input and no decay, so it leaves
+  the state as it is). The final state is written to the buffers, so decode steps can follow (set
+  `phase = "decode"`). The scan and chunk math run in float32 (float64 for a float64 state), as the
+  fused kernels accumulate.
+
+Nothing branches on tensor values (loops run over token or chunk counts, which are shapes), so the
+modules run on CPU, CUDA and meta tensors (memtraffic count). Gated norms are nn.RMSNorm modules: the
+simulator leaves their weights out of parameter counts, and `count` charges each as one fused kernel.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from profiler.modules.common import factory_kwargs, torch_dtype
+from simulator.config import GatedDeltaNetConfig, Mamba2Config, MambaConfig, RecurrentMixer
+from simulator.errors import ConfigError
+
+# the range name suffix of each mixer kind, as simulator/sweep.py names the layers
+RECURRENT_RANGE = {"mamba": "mamba", "mamba2": "mamba", "gated_deltanet": "linear_attn"}
+
+
+def compute_dtype(state_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the prefill scan and chunk math: float32, or float64 when the state is float64."""
+    return torch.promote_types(state_dtype, torch.float32)
+
+
+def pad_tokens(x: torch.Tensor, tokens: int, dim: int = 1) -> torch.Tensor:
+    """`x` zero-padded at the end of `dim` to `tokens` entries (no copy when it already has them)."""
+    extra = tokens - x.shape[dim]
+    if extra == 0:
+        return x
+    pad = [0, 0] * (x.dim() - 1 - dim) + [0, extra]
+    return F.pad(x, pad)
+
+
+def stack_tokens(xs: list[torch.Tensor]) -> torch.Tensor:
+    """Per-token tensors (B, ...) as (B, T, ...); one token is a view, not a copy."""
+    return xs[0].unsqueeze(1) if len(xs) == 1 else torch.stack(xs, dim=1)
+
+
+def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """x / sqrt(|x|^2 + eps) over the last dim (Gated DeltaNet's query and key normalisation)."""
+    return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + eps)
+
+
+class GroupRMSNorm(nn.RMSNorm):
+    """RMSNorm over each of `groups` equal slices of the last dim, one weight over the whole: Mamba-2's
+    gated norm normalises each group of heads on its own. An nn.RMSNorm, so parameter counts and `count`
+    treat it as every other norm."""
+
+    def __init__(self, dim: int, groups: int, eps: float = 1e-5, **factory: object) -> None:
+        super().__init__(dim, eps=eps, **factory)  # type: ignore[arg-type]
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.groups == 1:
+            return super().forward(x)
+        shape = x.shape
+        grouped = x.reshape(*shape[:-1], self.groups, shape[-1] // self.groups)
+        y = F.rms_norm(grouped, (grouped.shape[-1],), eps=self.eps)
+        return y.reshape(shape) * self.weight
+
+
+class _RecurrentMixer(nn.Module):
+    """What the three mixers share: phase, the state buffers and the causal depthwise convolution."""
+
+    def __init__(
+        self,
+        cfg: RecurrentMixer,
+        d_model: int,
+        *,
+        phase: str = "decode",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        if phase not in ("decode", "prefill"):
+            raise ConfigError(f"phase must be decode or prefill, got {phase!r}")
+        self.phase = phase
+        self.d_model = d_model
+        self.d_conv = cfg.d_conv
+        self.conv_channels = cfg.conv_channels
+        self.state_dtype = torch_dtype(cfg.state_dtype) if cfg.state_dtype is not None else dtype
+        f = factory_kwargs(device, dtype)
+        # depthwise: one d_conv-tap filter per channel; the causal left padding is done by hand
+        self.conv1d = nn.Conv1d(
+            cfg.conv_channels,
+            cfg.conv_channels,
+            cfg.d_conv,
+            groups=cfg.conv_channels,
+            bias=cfg.conv_bias,
+            **f,  # type: ignore[arg-type]
+        )
+        self.state: torch.Tensor | None = None  # (batch, *state_shape), the recurrent state
+        self.conv_state: torch.Tensor | None = None  # (batch, channels, d_conv - 1), the last inputs
+        self.context = 0
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def setup_cache(self, batch: int, context: int, fill: str = "randn") -> None:
+        """Allocate the state of `batch` sequences; its size does not depend on `context`. Prefill
+        allocates it too: the prompt's final state is written there."""
+        p = self.conv1d.weight
+        self.context = int(context)
+        self.state = torch.empty((batch, *self.state_shape), device=p.device, dtype=self.state_dtype)
+        self.conv_state = torch.empty(
+            (batch, self.conv_channels, self.d_conv - 1), device=p.device, dtype=p.dtype
+        )
+        for buf in (self.state, self.conv_state):
+            if fill == "randn" and buf.device.type != "meta":
+                buf.normal_()
+            elif fill == "zeros":
+                buf.zero_()
+
+    def _check_state(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.state is None or self.conv_state is None:
+            raise RuntimeError(f"{type(self).__name__} needs setup_cache(batch, context) first")
+        if self.state.shape[0] != batch:
+            raise RuntimeError(
+                f"the recurrent state holds {self.state.shape[0]} sequences, input has {batch}"
+            )
+        return self.state, self.conv_state
+
+    def _conv_prompt(self, u: torch.Tensor) -> torch.Tensor:
+        """SiLU(causal conv) over a whole prompt u (B, T, C); keeps its last d_conv - 1 inputs."""
+        _, conv_state = self._check_state(u.shape[0])
+        padded = F.pad(u.transpose(1, 2), (self.d_conv - 1, 0))  # (B, C, d_conv - 1 + T): zeros before
+        conv_state.copy_(padded[..., padded.shape[-1] - (self.d_conv - 1) :])
+        return F.silu(self.conv1d(padded)).transpose(1, 2)
+
+    def _conv_token(self, u: torch.Tensor) -> torch.Tensor:
+        """SiLU(causal conv) of one token u (B, C) over the cached inputs, which it shifts by one."""
+        _, conv_state = self._check_state(u.shape[0])
+        window = torch.cat([conv_state, u.unsqueeze(-1)], dim=-1)  # (B, C, d_conv)
+        conv_state.copy_(window[..., 1:])
+        return F.silu(self.conv1d(window)[..., 0])
+
+    def _chunking(self, tokens: int, chunk_size: int) -> tuple[int, int]:
+        """(chunk length, chunks): a prompt shorter than a chunk is one chunk of its own length."""
+        q = min(chunk_size, tokens)
+        return q, math.ceil(tokens / q)
+
+
+class Mamba(_RecurrentMixer):
+    """Mamba-1 (Gu & Dao 2023; transformers' MambaMixer, Jamba's and Falcon-Mamba's mixer): per channel
+    a d_state state, decayed by exp(dt A) and fed dt B x each token; y = C h + D x, gated by SiLU(z).
+    Prefill scans the tokens one by one (the per-channel, per-state decay has no cheap chunked form)."""
+
+    def __init__(self, cfg: MambaConfig, d_model: int, **kwargs: object) -> None:
+        super().__init__(cfg, d_model, **kwargs)  # type: ignore[arg-type]
+        p = self.conv1d.weight
+        f = factory_kwargs(p.device, p.dtype)
+        di, n, r = cfg.d_inner, cfg.d_state, cfg.dt_rank
+        self.d_inner, self.d_state, self.dt_rank = di, n, r
+        self.in_proj = nn.Linear(d_model, 2 * di, bias=cfg.proj_bias, **f)
+        self.x_proj = nn.Linear(di, r + 2 * n, bias=False, **f)
+        self.dt_proj = nn.Linear(r, di, bias=True, **f)
+        self.A_log = nn.Parameter(torch.empty(di, n, **f))  # type: ignore[arg-type]
+        self.D = nn.Parameter(torch.empty(di, **f))  # type: ignore[arg-type]
+        self.out_proj = nn.Linear(di, d_model, bias=cfg.proj_bias, **f)
+        with torch.no_grad():  # S4D-real: A = -(1..n) per channel, a skip of 1
+            self.A_log.copy_(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).expand(di, n))
+            self.D.fill_(1.0)
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        return (self.d_inner, self.d_state)
+
+    def _ssm_inputs(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(dt, B, C) of the convolved inputs u (..., d_inner)."""
+        dt, b, c = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        return F.softplus(self.dt_proj(dt)), b, c
+
+    def _recur(
+        self,
+        h: torch.Tensor,
+        a: torch.Tensor,
+        u: torch.Tensor,
+        dt: torch.Tensor,
+        b: torch.Tensor,
+        c: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token: h (B, d_inner, d_state) -> (exp(dt A) h + dt u B, its read-out C h), in h's dtype
+        (A = a, the per-channel inputs cast to it). Reads h once."""
+        dt, u, b, c = (v.to(h.dtype) for v in (dt, u, b, c))
+        h = h * torch.exp(dt.unsqueeze(-1) * a) + (dt * u).unsqueeze(-1) * b.unsqueeze(1)
+        return h, (h @ c.unsqueeze(-1)).squeeze(-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bsz, t, _ = x.shape
+        state, _ = self._check_state(bsz)
+        u, z = self.in_proj(x).split(self.d_inner, dim=-1)
+        if self.phase == "prefill":
+            u = self._conv_prompt(u)
+            cd = compute_dtype(state.dtype)
+            dt, b, c = (v.to(cd) for v in self._ssm_inputs(u))
+            a, u_cd = -torch.exp(self.A_log.to(cd)), u.to(cd)
+            # torch.zeros, not state.new_zeros: the op counter charges new_* ops a read of their template
+            h = torch.zeros(state.shape, dtype=cd, device=state.device)
+            ys = []
+            for i in range(t):  # the sequential scan
+                h, y = self._recur(h, a, u_cd[:, i], dt[:, i], b[:, i], c[:, i])
+                ys.append(y)
+            state.copy_(h)
+        else:
+            a = -torch.exp(self.A_log.to(state.dtype))
+            us, ys = [], []
+            for i in range(t):
+                us.append(self._conv_token(u[:, i]))
+                h, y = self._recur(state, a, us[-1], *self._ssm_inputs(us[-1]))
+                state.copy_(h)
+                ys.append(y)
+            u = stack_tokens(us)
+        y = stack_tokens(ys).to(x.dtype) + u * self.D
+        return self.out_proj(y * F.silu(z))
+
+
+class Mamba2(_RecurrentMixer):
+    """Mamba-2 (Dao & Gu 2024; transformers' Mamba2Mixer, Nemotron-H's mixer): n_heads heads of head_dim
+    channels, each channel a d_state state, one scalar decay exp(dt A) per head and token, B and C shared
+    by the heads of each of n_groups groups; y + D x, then RMSNorm(y * SiLU(z)) per group.
+
+    Prefill runs the chunked SSD form. Within a chunk the output is attention-like: (C B^T masked by the
+    decays between tokens) times dt x, one C B^T per group; each chunk's own contribution to the state at
+    its end is B^T (dt x) with the decays to the end. Across chunks, a loop passes the state on, and the
+    state each chunk starts from is read out by C (decayed to each token)."""
+
+    def __init__(self, cfg: Mamba2Config, d_model: int, **kwargs: object) -> None:
+        super().__init__(cfg, d_model, **kwargs)  # type: ignore[arg-type]
+        p = self.conv1d.weight
+        f = factory_kwargs(p.device, p.dtype)
+        h = self.n_heads = cfg.n_heads
+        self.head_dim, self.d_state, self.n_groups = cfg.head_dim, cfg.d_state, cfg.n_groups
+        self.d_inner, self.chunk_size = cfg.d_inner, cfg.chunk_size
+        # one input projection: z (d_inner), then x, B, C (the convolved channels), then dt (n_heads)
+        width = self.d_inner + self.conv_channels + h
+        self.in_proj = nn.Linear(d_model, width, bias=cfg.proj_bias, **f)
+        self.dt_bias = nn.Parameter(torch.empty(h, **f))  # type: ignore[arg-type]
+        self.A_log = nn.Parameter(torch.empty(h, **f))  # type: ignore[arg-type]
+        self.D = nn.Parameter(torch.empty(h, **f))  # type: ignore[arg-type]
+        self.norm = GroupRMSNorm(self.d_inner, cfg.n_groups, eps=1e-5, **f)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=cfg.proj_bias, **f)
+        with torch.no_grad():  # A in [1, 16], dt in [1e-3, 1e-1] through softplus, a skip of 1
+            self.A_log.copy_(torch.log(torch.linspace(1.0, 16.0, h)))
+            dt = torch.exp(torch.linspace(math.log(1e-3), math.log(1e-1), h))
+            self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+            self.D.fill_(1.0)
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        return (self.n_heads, self.head_dim, self.d_state)
+
+    def _split(self, xbc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (..., heads, head_dim), B and C (..., groups, d_state) of the convolved channels."""
+        gn = self.n_groups * self.d_state
+        x, b, c = xbc.split([self.d_inner, gn, gn], dim=-1)
+        lead = xbc.shape[:-1]
+        return (
+            x.reshape(*lead, self.n_heads, self.head_dim),
+            b.reshape(*lead, self.n_groups, self.d_state),
+            c.reshape(*lead, self.n_groups, self.d_state),
+        )
+
+    def _step(self, state: torch.Tensor, xbc: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
+        """One token (xbc (B, channels), dt (B, heads)): h = exp(dt A) h + dt x B^T, y = h C (B, heads,
+        head_dim). The state is viewed per group (B, groups, heads/group, head_dim, d_state), so B and C
+        are never copied per head."""
+        bsz = xbc.shape[0]
+        g, r, p, n = self.n_groups, self.n_heads // self.n_groups, self.head_dim, self.d_state
+        x, b, c = self._split(xbc)
+        sd = state.dtype
+        decay = torch.exp(dt.to(sd) * -torch.exp(self.A_log.to(sd)))
+        dtx = (dt.unsqueeze(-1) * x).view(bsz, g, r, p, 1)
+        h = state.view(bsz, g, r, p, n) * decay.view(bsz, g, r, 1, 1) + dtx * b.view(bsz, g, 1, 1, n)
+        y = h.view(bsz, g, r * p, n) @ c.view(bsz, g, n, 1).to(sd)
+        state.copy_(h.view(state.shape))
+        return y.view(bsz, self.n_heads, p)
+
+    def _ssd(self, state: torch.Tensor, xbc: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
+        """A whole prompt (xbc (B, T, channels), dt (B, T, heads)) in chunks: y (B, T, heads, head_dim);
+        the final state written to `state`."""
+        bsz, t, _ = xbc.shape
+        g, r, p, n = self.n_groups, self.n_heads // self.n_groups, self.head_dim, self.d_state
+        cd = compute_dtype(state.dtype)
+        q, nc = self._chunking(t, self.chunk_size)
+        x, b, c = self._split(xbc.to(cd))
+        dt = dt.to(cd)
+        # (B, chunks, Q, groups, ...); dt folded into x once
+        x = pad_tokens(x * dt.unsqueeze(-1), nc * q).view(bsz, nc, q, g, r, p)
+        b = pad_tokens(b, nc * q).view(bsz, nc, q, g, n)
+        c = pad_tokens(c, nc * q).view(bsz, nc, q, g, n)
+        log_decay = pad_tokens(dt * -torch.exp(self.A_log.to(cd)), nc * q).view(bsz, nc, q, g, r)
+        acs = log_decay.cumsum(dim=2).permute(0, 1, 3, 4, 2)  # (B, nc, G, R, Q): since the chunk start
+        # decay from token j to token i within a chunk, exp(acs_i - acs_j) for j <= i, 0 above
+        causal = torch.ones(q, q, dtype=torch.bool, device=x.device).tril()
+        seg = (acs.unsqueeze(-1) - acs.unsqueeze(-2)).masked_fill(~causal, -math.inf).exp()
+        cb = torch.einsum("bcign,bcjgn->bcgij", c, b)  # one C B^T per group
+        y = torch.einsum("bcgrij,bcjgrp->bcigrp", cb.unsqueeze(3) * seg, x)
+        # each chunk's own state at its end: sum_j exp(acs_end - acs_j) dt_j x_j B_j^T
+        to_end = torch.exp(acs[..., -1:] - acs).permute(0, 1, 4, 2, 3).unsqueeze(-1)  # (B, nc, Q, G, R, 1)
+        chunk_states = torch.einsum("bcjgn,bcjgrp->bcgrpn", b, x * to_end)
+        # pass the state along the chunks; starts[i] is the state chunk i begins with
+        chunk_decay = torch.exp(acs[..., -1])  # (B, nc, G, R)
+        h = torch.zeros((bsz, g, r, p, n), dtype=cd, device=x.device)
+        starts = []
+        for i in range(nc):
+            starts.append(h)
+            h = h * chunk_decay[:, i, :, :, None, None] + chunk_states[:, i]
+        state.copy_(h.view(state.shape))
+        # the state each chunk began with, read out by C and decayed to each token
+        carried = torch.einsum("bcign,bcgrpn->bcigrp", c, torch.stack(starts, dim=1))
+        y = y + carried * acs.exp().permute(0, 1, 4, 2, 3).unsqueeze(-1)
+        return y.reshape(bsz, nc * q, self.n_heads, p)[:, :t]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bsz, t, _ = x.shape
+        state, _ = self._check_state(bsz)
+        z, xbc, dt = self.in_proj(x).split([self.d_inner, self.conv_channels, self.n_heads], dim=-1)
+        dt = F.softplus(dt + self.dt_bias)
+        if self.phase == "prefill":
+            xbc = self._conv_prompt(xbc)
+            y = self._ssd(state, xbc, dt)
+        else:
+            xbcs, ys = [], []
+            for i in range(t):
+                xbcs.append(self._conv_token(xbc[:, i]))
+                ys.append(self._step(state, xbcs[-1], dt[:, i]))
+            xbc, y = stack_tokens(xbcs), stack_tokens(ys)
+        y = y.to(x.dtype) + self._split(xbc)[0] * self.D.unsqueeze(-1)
+        return self.out_proj(self.norm(y.reshape(bsz, t, self.d_inner) * F.silu(z)))
+
+
+def to_chunks(u: torch.Tensor, chunks: int, q: int) -> torch.Tensor:
+    """(B, T, heads, *rest) zero-padded to chunks * q tokens, as (B, heads, chunks, q, *rest)."""
+    u = pad_tokens(u, chunks * q)
+    return u.view(u.shape[0], chunks, q, *u.shape[2:]).movedim(3, 1)
+
+
+class GatedDeltaNet(_RecurrentMixer):
+    """Gated DeltaNet (Yang et al. 2025; Qwen3-Next's linear attention, transformers'
+    Qwen3NextGatedDeltaNet). Per value head a head_k_dim x head_v_dim state S, each token:
+    S = exp(g) S; S += k (beta (v - S^T k))^T; o = S^T q, with q and k L2-normalised (q also scaled by
+    1/sqrt(head_k_dim)), key heads repeated over the value heads, beta = sigmoid(b) and the log decay
+    g = -exp(A_log) softplus(a + dt_bias); then RMSNorm(o) * SiLU(z) per head.
+
+    Prefill runs the chunked WY form. Within a chunk of Q tokens starting from state S0, with G_i the
+    decay from the chunk start to token i, the delta rule's corrections u satisfy (I + A) u = beta V -
+    beta G K S0, A_ij = beta_i (G_i / G_j) k_i.k_j (j < i), so u = U - W S0 with T = (I + A)^-1,
+    U = T (beta V) and W = T (beta G K); then o_i = G_i S0^T q_i + sum_{j<=i} (G_i / G_j) (q_i.k_j) u_j and
+    the chunk's final state is G_Q S0 + sum_j (G_Q / G_j) k_j u_j^T. Only the last two need the state, so a
+    loop over the chunks does just those."""
+
+    def __init__(self, cfg: GatedDeltaNetConfig, d_model: int, **kwargs: object) -> None:
+        super().__init__(cfg, d_model, **kwargs)  # type: ignore[arg-type]
+        p = self.conv1d.weight
+        f = factory_kwargs(p.device, p.dtype)
+        self.n_k_heads, self.n_v_heads = cfg.n_k_heads, cfg.n_v_heads
+        self.head_k_dim, self.head_v_dim = cfg.head_k_dim, cfg.head_v_dim
+        self.key_dim, self.value_dim, self.chunk_size = cfg.key_dim, cfg.value_dim, cfg.chunk_size
+        hv = cfg.n_v_heads
+        qkvz = 2 * self.key_dim + 2 * self.value_dim
+        self.in_proj_qkvz = nn.Linear(d_model, qkvz, bias=cfg.proj_bias, **f)
+        self.in_proj_ba = nn.Linear(d_model, 2 * hv, bias=cfg.proj_bias, **f)
+        self.dt_bias = nn.Parameter(torch.empty(hv, **f))  # type: ignore[arg-type]
+        self.A_log = nn.Parameter(torch.empty(hv, **f))  # type: ignore[arg-type]
+        self.norm = nn.RMSNorm(self.head_v_dim, eps=1e-6, **f)
+        self.out_proj = nn.Linear(self.value_dim, d_model, bias=cfg.proj_bias, **f)
+        with torch.no_grad():
+            self.A_log.copy_(torch.log(torch.linspace(1.0, 16.0, hv)))
+            self.dt_bias.fill_(1.0)
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        return (self.n_v_heads, self.head_k_dim, self.head_v_dim)
+
+    def _heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k (..., value heads, head_k_dim), normalised and repeated per value head; v (..., value
+        heads, head_v_dim)."""
+        lead = qkv.shape[:-1]
+        q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
+        q = l2_normalize(q.reshape(*lead, self.n_k_heads, self.head_k_dim)) * self.head_k_dim**-0.5
+        k = l2_normalize(k.reshape(*lead, self.n_k_heads, self.head_k_dim))
+        if self.n_v_heads != self.n_k_heads:  # value head j reads key head j // (value / key heads)
+            q = q.repeat_interleave(self.n_v_heads // self.n_k_heads, dim=-2)
+            k = k.repeat_interleave(self.n_v_heads // self.n_k_heads, dim=-2)
+        return q, k, v.reshape(*lead, self.n_v_heads, self.head_v_dim)
+
+    def _step(
+        self, state: torch.Tensor, qkv: torch.Tensor, beta: torch.Tensor, g: torch.Tensor
+    ) -> torch.Tensor:
+        """One token (qkv (B, channels), beta and g (B, value heads)): o (B, value heads, head_v_dim)."""
+        sd = state.dtype
+        q, k, v = (u.to(sd) for u in self._heads(qkv))
+        s = state * torch.exp(g.to(sd))[..., None, None]  # the one read of the state
+        delta = beta.to(sd).unsqueeze(-1) * (v - (k.unsqueeze(-2) @ s).squeeze(-2))
+        s = s + k.unsqueeze(-1) * delta.unsqueeze(-2)
+        state.copy_(s)
+        return (q.unsqueeze(-2) @ s).squeeze(-2)
+
+    def _chunked(
+        self, state: torch.Tensor, qkv: torch.Tensor, beta: torch.Tensor, g: torch.Tensor
+    ) -> torch.Tensor:
+        """A whole prompt (qkv (B, T, channels), beta and g (B, T, value heads)) in chunks: o (B, T,
+        value heads, head_v_dim); the final state written to `state`."""
+        bsz, t, _ = qkv.shape
+        cd = compute_dtype(state.dtype)
+        q_len, nc = self._chunking(t, self.chunk_size)
+        q, k, v = (to_chunks(u, nc, q_len) for u in self._heads(qkv.to(cd)))  # (B, H, nc, Q, dim)
+        beta = to_chunks(beta.to(cd), nc, q_len)  # (B, H, nc, Q)
+        gc = to_chunks(g.to(cd), nc, q_len).cumsum(-1)  # log decay from the chunk start
+        causal = torch.ones(q_len, q_len, dtype=torch.bool, device=qkv.device).tril()
+        decay = (gc.unsqueeze(-1) - gc.unsqueeze(-2)).masked_fill(~causal, -math.inf).exp()  # G_i / G_j
+        kb = k * beta.unsqueeze(-1)
+        a = (kb @ k.transpose(-1, -2) * decay).tril(-1)  # strictly below the diagonal
+        eye = torch.eye(q_len, dtype=cd, device=qkv.device).expand_as(a)
+        t_inv = torch.linalg.solve_triangular(a, eye, upper=False, unitriangular=True)  # (I + A)^-1
+        w = t_inv @ (kb * gc.exp().unsqueeze(-1))
+        u = t_inv @ (v * beta.unsqueeze(-1))
+        qk = q @ k.transpose(-1, -2) * decay
+        q_decayed = q * gc.exp().unsqueeze(-1)
+        k_to_end = k * (gc[..., -1:] - gc).exp().unsqueeze(-1)
+        chunk_decay = gc[..., -1].exp()  # (B, H, nc)
+        s = torch.zeros(state.shape, dtype=cd, device=qkv.device)
+        outs = []
+        for i in range(nc):  # only these need the state the chunk starts from
+            ui = u[:, :, i] - w[:, :, i] @ s
+            outs.append(q_decayed[:, :, i] @ s + qk[:, :, i] @ ui)
+            s = s * chunk_decay[:, :, i, None, None] + k_to_end[:, :, i].transpose(-1, -2) @ ui
+        state.copy_(s)
+        o = torch.stack(outs, dim=2).reshape(bsz, self.n_v_heads, nc * q_len, self.head_v_dim)
+        return o[:, :, :t].transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bsz, t, _ = x.shape
+        state, _ = self._check_state(bsz)
+        conv_width = 2 * self.key_dim + self.value_dim
+        qkv, z = self.in_proj_qkvz(x).split([conv_width, self.value_dim], dim=-1)
+        b, a = self.in_proj_ba(x).split(self.n_v_heads, dim=-1)
+        beta = torch.sigmoid(b)
+        g = -torch.exp(self.A_log) * F.softplus(a + self.dt_bias)  # log decay per value head, < 0
+        if self.phase == "prefill":
+            o = self._chunked(state, self._conv_prompt(qkv), beta, g)
+        else:
+            steps = [self._step(state, self._conv_token(qkv[:, i]), beta[:, i], g[:, i]) for i in range(t)]
+            o = stack_tokens(steps)
+        o = self.norm(o.to(x.dtype)) * F.silu(z.reshape(bsz, t, self.n_v_heads, self.head_v_dim))
+        return self.out_proj(o.reshape(bsz, t, self.value_dim))
+
+
+_RECURRENT_CLASSES: dict[str, type[_RecurrentMixer]] = {
+    "mamba": Mamba,
+    "mamba2": Mamba2,
+    "gated_deltanet": GatedDeltaNet,
+}
+
+
+def build_recurrent(cfg: RecurrentMixer, d_model: int, **kwargs: object) -> _RecurrentMixer:
+    """The module of a recurrent mixer config (kwargs: phase, device, dtype)."""
+    return _RECURRENT_CLASSES[cfg.kind](cfg, d_model, **kwargs)  # type: ignore[arg-type]
