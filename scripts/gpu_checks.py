@@ -2,7 +2,7 @@
 
 Stages, each a child process with its own time budget (a hang or crash costs only that stage):
   device   device facts (NVML, torch), read-only nvidia-smi query
-  parity   every reference-module family on CUDA (fp32 vs the CPU, bf16 runs) before the big sweeps
+  parity   every reference-module family on CUDA, recurrent mixers too (fp32 vs the CPU, bf16 runs)
   gpm      GPM calibration: a 2 GiB device copy loop for 1 s, bytes counted vs GPM DRAM bytes
   moe      profile an OLMoE-like model (d 2048, 8 blocks, 64 experts top-8) at batch 1..4096, ncu pass
   umv2     profile an UltraMemV2-like model (d 2048, 8 blocks, shared 2.2 M-row table), ncu pass
@@ -186,6 +186,9 @@ def stage_parity(out: Path) -> None:
         AttentionConfig,
         BlockConfig,
         DenseFFNConfig,
+        GatedDeltaNetConfig,
+        Mamba2Config,
+        MambaConfig,
         MemoryPlusConfig,
         ModelConfig,
         MoEConfig,
@@ -231,10 +234,19 @@ def stage_parity(out: Path) -> None:
             qk_rope_head_dim=8,
             v_head_dim=16,
         ),
+        # the recurrent mixers, prefill over two chunks of 8 (Mamba: a token-by-token scan)
+        "gated_deltanet": GatedDeltaNetConfig(
+            n_k_heads=2, n_v_heads=4, head_k_dim=16, head_v_dim=16, chunk_size=8
+        ),
+        "mamba2": Mamba2Config(n_heads=4, head_dim=16, d_state=16, n_groups=2, chunk_size=8),
+        "mamba": MambaConfig(d_inner=256, d_state=8, dt_rank=8),
     }
+    mixer_families = ("dense", "moe")  # the recurrent mixers beside these FFNs only: the budget is 40 s
     results = []
     for fam, ffn in families.items():
         for aname, attn in attns.items():
+            if aname not in ("gqa", "mla") and fam not in mixer_families:
+                continue
             for phase in ("decode", "prefill"):
                 cfg = ModelConfig(
                     name=f"{fam}-{aname}",
@@ -249,12 +261,7 @@ def stage_parity(out: Path) -> None:
                     cpu.setup_cache(4, 16)
                     ids = cpu.make_input(4, 16)
                     with torch.no_grad():
-                        want = cpu(ids)
-                        gpu = ReferenceModel(cfg, phase=phase, device="cuda")
-                        gpu.load_state_dict(cpu.state_dict())
-                        gpu.setup_cache(4, 16)
-                        _copy_caches(cpu, gpu)
-                        got = gpu(ids.cuda()).cpu()
+                        want, got = parity_outputs(cpu, ids, "cuda", 16)
                         row["max_abs_err_fp32"] = float((got - want).abs().max())
                         row["rel_err_fp32"] = float((got - want).norm() / want.norm())
                         half = ReferenceModel(cfg, phase=phase, device="cuda", dtype="bf16")
@@ -274,11 +281,27 @@ def stage_parity(out: Path) -> None:
         raise SystemExit(1)
 
 
+def parity_outputs(cpu: Any, ids: Any, device: str, context: int) -> tuple[Any, Any]:
+    """(CPU output, `device` output) of one step of the reference model `cpu` (its caches set up for
+    `context`) and of a copy on `device` with the same weights and caches. The copy is made before the
+    CPU step runs: a decode step of a recurrent mixer updates its state in place."""
+    from profiler.modules import ReferenceModel
+
+    other = ReferenceModel(cpu.config, phase=cpu.phase, device=device)
+    other.load_state_dict(cpu.state_dict())
+    other.setup_cache(int(ids.shape[0]), context)
+    _copy_caches(cpu, other)
+    return cpu(ids), other(ids.to(device)).cpu()
+
+
 def _copy_caches(src: Any, dst: Any) -> None:
-    """KV caches are plain attributes (not buffers): copy them so both models attend over the same."""
+    """KV caches and recurrent states are plain attributes (not buffers): copy them so both models start
+    from the same."""
     for s_block, d_block in zip(src.blocks, dst.blocks, strict=True):
+        if s_block.attn is None:  # an FFN-only block
+            continue
         s_attn, d_attn = s_block.attn.layer, d_block.attn.layer
-        for name in ("k_cache", "v_cache", "kv_cache"):
+        for name in ("k_cache", "v_cache", "kv_cache", "state", "conv_state"):
             s = getattr(s_attn, name, None)
             if s is not None:
                 getattr(d_attn, name).copy_(s)

@@ -96,3 +96,44 @@ def test_a_stage_gets_only_what_is_left_of_the_run(tmp_path: Path) -> None:
     if left < gpu_checks.MIN_STAGE_SECONDS:
         assert stages["nvml"]["rc"] == "skipped" and rc == 1
     assert [p.name for p in out.iterdir()] == ["gpu-checks.tar.gz"]  # no packing.tmp left behind
+
+
+@pytest.mark.parametrize("mixer", ["gated_deltanet", "mamba2", "gqa"])
+@pytest.mark.parametrize("phase", ["decode", "prefill"])
+def test_parity_copy_starts_from_the_same_state(mixer: str, phase: str) -> None:
+    # the GPU parity stage compares a CPU step with a copy's step; run here with the copy on the CPU too,
+    # the two must agree exactly, also where a decode step updates a recurrent state in place
+    import torch
+
+    from profiler.modules import ReferenceModel
+    from simulator.config import BlockConfig, DenseFFNConfig, ModelConfig
+
+    mixers = {
+        "gated_deltanet": {
+            "kind": "gated_deltanet",
+            "n_k_heads": 2,
+            "n_v_heads": 4,
+            "head_k_dim": 8,
+            "head_v_dim": 8,
+            "chunk_size": 8,
+        },
+        "mamba2": {
+            "kind": "mamba2",
+            "n_heads": 4,
+            "head_dim": 8,
+            "d_state": 8,
+            "n_groups": 2,
+            "chunk_size": 8,
+        },
+        "gqa": {"kind": "gqa", "n_heads": 4, "n_kv_heads": 2, "head_dim": 8},
+    }
+    block = BlockConfig.model_validate({"repeat": 2, "attention": mixers[mixer]})
+    block = block.model_copy(update={"ffn": [DenseFFNConfig(d_ff=64)]})
+    cfg = ModelConfig(name=mixer, d_model=32, vocab_size=50, blocks=[block])
+    torch.manual_seed(0)
+    cpu = ReferenceModel(cfg, phase=phase)
+    cpu.setup_cache(3, 16)
+    ids = cpu.make_input(3, 16)
+    with torch.no_grad():
+        want, got = gpu_checks.parity_outputs(cpu, ids, "cpu", 16)
+    assert torch.equal(want, got)
