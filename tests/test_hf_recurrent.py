@@ -638,3 +638,10 @@ def test_qwen3_next_config_equals_its_preset() -> None:
     assert ingested.blocks == preset.blocks
     fields = ("d_model", "vocab_size", "tie_embeddings", "max_positions")
     assert [getattr(ingested, f) for f in fields] == [getattr(preset, f) for f in fields]
+
+
+def test_falcon_mamba_config_equals_its_preset() -> None:
+    ingested, preset = load("falcon-mamba-7b"), load_model("falcon-mamba-7b")
+    assert ingested.blocks == preset.blocks
+    fields = ("d_model", "vocab_size", "tie_embeddings")
+    assert [getattr(ingested, f) for f in fields] == [getattr(preset, f) for f in fields]

@@ -19,6 +19,7 @@ MODEL_PRESETS = [
     "mixtral-8x7b",
     "qwen3-30b-a3b",
     "qwen3-next-80b-a3b",
+    "falcon-mamba-7b",
     "deepseek-v3",
     "deepseek-v2-lite",
     "llama-3.1-8b",
