@@ -718,6 +718,9 @@ def describe_weight_dtypes(workload: Workload) -> str:
 KIND_ALIASES: dict[str, tuple[str, ...]] = {
     "attn": ("attention",),
     "recurrent": ("mamba", "mamba2", "gated_deltanet"),
+    # Mamba and Mamba-2 layers are both named block{i}.mamba
+    "mamba": ("mamba", "mamba2"),
+    "linear_attn": ("gated_deltanet",),
     "ffn": ("dense",),
     "mlp": ("dense",),
     "embed": ("embedding",),

@@ -318,7 +318,7 @@ def _apply_overrides(raw: dict[str, Any], overrides: Sequence[str], root: type[B
         parts = key.split(".")
         if len(parts) > 1 or parts[0] in root.model_fields or root is not ModelConfig:
             _set_path(raw, parts, value, root, what, item)
-        elif not _set_everywhere(raw, parts[0], value):
+        elif not _set_everywhere(raw, parts[0], value, f"{what}: override {item!r}"):
             raise ConfigError(f"{what}: override {item!r} names no field of the model, its blocks or layers")
 
 
@@ -372,8 +372,9 @@ def _set_path(
         walked.append(part)
 
 
-def _set_everywhere(raw: dict[str, Any], field: str, value: Any) -> bool:
-    """Set `field` on every FFN layer, else attention, else block that has it; False when none has it."""
+def _set_everywhere(raw: dict[str, Any], field: str, value: Any, what: str) -> bool:
+    """Set `field` on every FFN layer, else token mixer, else block that has it; False when none has it.
+    A name two kinds of mixer share (n_heads of attention and Mamba-2) is refused as ambiguous."""
     blocks = raw.get("blocks")
     if not isinstance(blocks, list):
         return False
@@ -386,6 +387,15 @@ def _set_everywhere(raw: dict[str, Any], field: str, value: Any) -> bool:
     if not targets:  # the token mixers whose class has the field (attention, Mamba, Gated DeltaNet)
         mixers = [b["attention"] for b in block_dicts if isinstance(b.get("attention"), dict)]
         targets = [m for m in mixers if field in _mixer_class(m).model_fields]
+        kinds = sorted(
+            {"attention" if _mixer_class(m) is AttentionConfig else str(m["kind"]) for m in targets}
+        )
+        if len(kinds) > 1:
+            index = next(i for i, b in enumerate(block_dicts) if b.get("attention") is targets[0])
+            raise ConfigError(
+                f"{what}: {' and '.join(kinds)} layers both have {field!r}; name one with a dotted path "
+                f"(blocks.{index}.attention.{field}=...)"
+            )
     if not targets and field in _BLOCK_FIELDS:
         targets = block_dicts
     for target in targets:

@@ -200,6 +200,12 @@ def check_parallelism(model: ModelConfig, workload: Workload) -> None:
             count, what = mixer_split(block.attention)
             if count % workload.tp:
                 raise ConfigError(f"--tp {workload.tp} does not divide the {count} {what} of block {first}")
+            groups = getattr(block.attention, "n_groups", 1) if block.attention.kind == "mamba2" else 1
+            if groups > 1 and groups % workload.tp:
+                # one group is kept whole on every rank; several must split evenly (as vLLM requires)
+                raise ConfigError(
+                    f"--tp {workload.tp} does not divide the {groups} Mamba-2 groups of block {first}"
+                )
         for layer in block.ffn:
             if layer.kind == "moe" and workload.ep > layer.n_experts:
                 raise ConfigError(

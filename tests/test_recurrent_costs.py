@@ -120,6 +120,25 @@ def test_mamba2_groups_fewer_than_ranks_are_replicated() -> None:
     assert row["weight_bytes_ideal"] == pytest.approx(((whole - replicated) / 2 + replicated) * 2)
 
 
+def test_one_mamba2_group_is_widened_to_every_rank_and_uneven_groups_are_refused() -> None:
+    # vLLM keeps a lone group's B and C whole on each rank: one rank's conv state is
+    # (d_inner / tp + 2 N) x (d_conv - 1), its recurrent state a quarter of the heads' (Granite-4.0-H-Tiny)
+    granite = Mamba2Config(n_heads=48, head_dim=64, d_state=128, n_groups=1)
+    row = layer_row(stack(granite, d=1536), batch=[1], context=[100], tp=4)
+    assert row["kv_read_bytes"] == (48 * 64 * 128 / 4 + (3072 / 4 + 2 * 128) * 3) * 2 == 202_752
+    # 8 groups split over 8 ranks; over 16 they cannot be (vLLM refuses it too)
+    assert layer_row(stack(CODESTRAL), tp=8)["kv_read_bytes"] == (128 * 64 * 128 / 8 + (1024 + 256) * 3) * 2
+    with pytest.raises(ConfigError, match="does not divide the 8 Mamba-2 groups"):
+        simulate(stack(CODESTRAL), H100, Workload(tp=16))
+
+
+def test_mamba1_all_reduces_x_proj_under_tensor_parallelism() -> None:
+    # row-parallel out_proj (d 4096) and x_proj (dt rank 256 + 2 x 16): a ring all-reduce moves
+    # 2 (tp - 1) / tp of each per token, bf16
+    row = layer_row(stack(FALCON), batch=[64], context=[100], tp=2)
+    assert row["comm_bytes"] == 64 * (4096 + 288) * 2
+
+
 def test_prefill_writes_the_final_state_and_reads_it_after_a_prefix() -> None:
     model = stack(CODESTRAL)
     per_sequence = (128 * 64 * 128 + 10240 * 3) * 2
@@ -279,6 +298,11 @@ blocks:
 """
 
 
+HYBRID_TAIL = """  - attention: {kind: gqa, n_heads: 8, n_kv_heads: 2, head_dim: 128}
+    ffn: [{kind: dense, d_ff: 4096}]
+"""
+
+
 def test_cli_takes_a_recurrent_model_file_with_overrides_and_refuses_bad_ones(tmp_path: Path) -> None:
     path = tmp_path / "m.yaml"
     path.write_text(MAMBA2_YAML)
@@ -288,6 +312,19 @@ def test_cli_takes_a_recurrent_model_file_with_overrides_and_refuses_bad_ones(tm
     # 4 layers x 2 sequences x (32 x 64 x 128 state + (2048 + 2 x 2 x 128) x 3 conv) x 2 bytes, at any context
     assert df["kv_read_bytes"].tolist() == [4 * 2 * (32 * 64 * 128 + 2560 * 3) * 2] * 2
     assert_one_line_error(run("simulate", str(path), "--tp", "3"), "does not divide the 32 Mamba-2 heads")
+    # the layer name `mamba` sets Mamba and Mamba-2 weights alike
+    fp8 = run(
+        "simulate", str(path), "-b", "1", "--weight-dtype", "bf16,mamba=fp8", "--per-layer", "-f", "csv"
+    )
+    assert fp8.returncode == 0, fp8.stderr
+    layer = pd.read_csv(StringIO(fp8.stdout)).set_index("layer").loc["block0.mamba"]
+    assert layer["weight_dtype"] == "fp8" and layer["weight_bytes_ideal"] == layer["params"]
+    # a field attention and Mamba-2 share is ambiguous where both are in the model
+    path.write_text(MAMBA2_YAML + HYBRID_TAIL)
+    assert_one_line_error(
+        run("simulate", str(path), "--set", "n_heads=64"), "attention and mamba2 layers both have 'n_heads'"
+    )
+    assert run("simulate", str(path), "--set", "blocks.1.attention.n_heads=16").returncode == 0
     path.write_text(MAMBA2_YAML.replace("n_groups: 2", "n_groups: 5"))
     assert_one_line_error(run("simulate", str(path)), "not a multiple of n_groups=5")
     path.write_text(MAMBA2_YAML.replace("kind: mamba2", "kind: mamba3"))

@@ -487,8 +487,8 @@ def _granitemoehybrid(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
 
 
 def _bamba(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
-    """Bamba: Mamba-2 layers with attention (Llama-shaped, no biases) on `attn_layer_indices`, every layer
-    then a SwiGLU MLP of `intermediate_size`."""
+    """Bamba: Mamba-2 layers with attention (Llama-shaped; biases where `attention_bias`) on
+    `attn_layer_indices`, every layer then a SwiGLU MLP of `intermediate_size` (biases where `mlp_bias`)."""
     indices = set(r.int_list("attn_layer_indices"))
     outside = sorted(i for i in indices if not 0 <= i < n_layers)
     if outside:
@@ -496,8 +496,9 @@ def _bamba(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
             f"{r.what}: attn_layer_indices {outside} are not layers of a {n_layers}-layer model"
         )
     mamba = _granite_mamba(r, d) if len(indices) < n_layers else None
-    attn = attention_config(r, d, qkv_bias=False, o_bias=False) if indices else None
-    ffn = dense_ffn(r)
+    bias = r.opt_bool("attention_bias", False)
+    attn = attention_config(r, d, qkv_bias=bias, o_bias=bias) if indices else None
+    ffn = dense_ffn(r, bias=r.opt_bool("mlp_bias", False))
     return [BlockConfig(attention=attn if i in indices else mamba, ffn=[ffn]) for i in range(n_layers)]
 
 

@@ -109,7 +109,10 @@ class Reader:
 
     def int_list(self, key: str) -> list[int]:
         value = self.cfg.get(key) or []
-        if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
+        # bools are ints in Python: `[true]` is not a list of layer indices
+        if not isinstance(value, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
             raise ConfigError(f"{self.what}: '{key}' must be a list of layer indices, got {value!r}")
         return value
 

@@ -71,15 +71,29 @@ def params(mixer: RecurrentMixer, d_model: int) -> float:
     return projection_params(mixer, d_model) + elementwise_params(mixer)
 
 
-def replicated_params(mixer: RecurrentMixer, d_model: int, tp: int) -> float:
-    """Weights every tensor-parallel rank keeps whole: Mamba-2's B/C projections and convolution when
-    there are fewer groups than ranks (the groups' B and C are needed by every head on the rank)."""
-    if not isinstance(mixer, Mamba2Config) or tp == 1 or mixer.n_groups >= tp:
+def groups_per_rank(mixer: Mamba2Config, tp: int) -> int:
+    """Mamba-2 groups of B and C one tensor-parallel rank holds: its share when the groups divide over the
+    ranks, else the one group whole on every rank (vLLM's two cases; `check_parallelism` refuses others)."""
+    return mixer.n_groups // tp if mixer.n_groups % tp == 0 else mixer.n_groups
+
+
+def replicated_projection_params(mixer: RecurrentMixer, d_model: int, tp: int) -> float:
+    """Input-projection weights every tensor-parallel rank keeps whole: Mamba-2's B/C columns when one
+    group serves the heads of every rank."""
+    if not isinstance(mixer, Mamba2Config) or tp == 1 or mixer.n_groups % tp == 0:
         return 0.0
-    bc = 2 * mixer.n_groups * mixer.d_state
-    return float(
-        bc * (d_model + mixer.d_conv + (1 if mixer.conv_bias else 0) + (1 if mixer.proj_bias else 0))
-    )
+    return float(2 * mixer.n_groups * mixer.d_state * (d_model + (1 if mixer.proj_bias else 0)))
+
+
+def replicated_params(mixer: RecurrentMixer, d_model: int, tp: int) -> float:
+    """Weights every tensor-parallel rank keeps whole: those B/C projection columns and their channels of
+    the convolution."""
+    projections = replicated_projection_params(mixer, d_model, tp)
+    if not projections:
+        return 0.0
+    assert isinstance(mixer, Mamba2Config)
+    channels = 2 * mixer.n_groups * mixer.d_state
+    return projections + channels * (mixer.d_conv + (1 if mixer.conv_bias else 0))
 
 
 def device_params(mixer: RecurrentMixer, d_model: int, tp: int) -> float:
@@ -89,13 +103,20 @@ def device_params(mixer: RecurrentMixer, d_model: int, tp: int) -> float:
     return (total - shared) / tp + shared
 
 
-def state_bytes(mixer: RecurrentMixer, b_a: float) -> float:
-    """Bytes of one sequence's state: the recurrent state (in the mixer's state dtype, else the model's
-    activation dtype) and the convolution's last d_conv - 1 inputs (activation dtype). vLLM keeps both in
-    the model dtype by default (`mamba_cache_dtype`, `mamba_ssm_cache_dtype` "auto"), whatever the KV
-    cache's dtype."""
+def rank_conv_channels(mixer: RecurrentMixer, tp: int = 1) -> float:
+    """Convolution channels one tensor-parallel rank runs (and keeps d_conv - 1 inputs of)."""
+    if isinstance(mixer, Mamba2Config):
+        return mixer.d_inner / tp + 2 * groups_per_rank(mixer, tp) * mixer.d_state
+    return mixer.conv_channels / tp
+
+
+def state_bytes(mixer: RecurrentMixer, b_a: float, tp: int = 1) -> float:
+    """Bytes of one sequence's state on one tensor-parallel rank: the recurrent state (in the mixer's
+    state dtype, else the model's activation dtype; split by heads) and the convolution's last d_conv - 1
+    inputs (activation dtype). vLLM keeps both in the model dtype by default (`mamba_cache_dtype`,
+    `mamba_ssm_cache_dtype` "auto"), whatever the KV cache's dtype."""
     b_state = DTYPE_BYTES[mixer.state_dtype] if mixer.state_dtype is not None else b_a
-    return mixer.state_elements * b_state + mixer.conv_channels * (mixer.d_conv - 1) * b_a
+    return mixer.state_elements / tp * b_state + rank_conv_channels(mixer, tp) * (mixer.d_conv - 1) * b_a
 
 
 def recurrence_flops_per_token(mixer: RecurrentMixer) -> float:
@@ -112,24 +133,26 @@ def recurrence_flops_per_token(mixer: RecurrentMixer) -> float:
     return float(7 * mixer.state_elements + 6 * mixer.value_dim + 4 * mixer.key_dim)
 
 
-def chunked_flops_per_token(mixer: RecurrentMixer, chunk: np.ndarray) -> np.ndarray:
-    """Prefill's chunked form per token, chunks of `chunk` tokens (Mamba: the sequential scan).
+def chunked_flops_per_token(mixer: RecurrentMixer, chunk: np.ndarray, tp: int = 1) -> np.ndarray:
+    """Prefill's chunked form per token on one tensor-parallel rank, chunks of `chunk` tokens (Mamba: the
+    sequential scan).
 
-    Mamba-2 (SSD): C B^T per group (2QN), its product with x per head (2QP), the chunk's state B^T x and
-    the read-out C h from the carried state (2NP each). Gated DeltaNet per value head: K K^T and Q K^T
-    (2Q dk each), the WY factors W = T K and U = T V (2Q dk, 2Q dv), the triangular solve for T
+    Mamba-2 (SSD): C B^T per group the rank holds (2QN), its product with x per head (2QP), the chunk's
+    state B^T x and the read-out C h from the carried state (2NP each). Gated DeltaNet per value head: K K^T
+    and Q K^T (2Q dk each), the WY factors W = T K and U = T V (2Q dk, 2Q dv), the triangular solve for T
     (2Q^2/3), W S and Q S and the state update K^T V' (2 dk dv each), and the within-chunk output (2Q dv).
     """
     q = np.asarray(chunk, dtype=np.float64)
     if isinstance(mixer, MambaConfig):
-        return np.full_like(q, recurrence_flops_per_token(mixer))
+        return np.full_like(q, recurrence_flops_per_token(mixer) / tp)
     if isinstance(mixer, Mamba2Config):
         n, p, h = mixer.d_state, mixer.head_dim, mixer.n_heads
-        return 2 * q * n * mixer.n_groups + h * (2 * q * p + 4 * n * p) + mixer.d_inner * 8
+        groups = groups_per_rank(mixer, tp)
+        return 2 * q * n * groups + (h * (2 * q * p + 4 * n * p) + mixer.d_inner * 8) / tp
     g: GatedDeltaNetConfig = mixer
     dk, dv = g.head_k_dim, g.head_v_dim
     per_head = 6 * q * dk + 4 * q * dv + 6 * dk * dv + 2 * q * q / 3
-    return g.n_v_heads * per_head + 6 * g.value_dim + 4 * g.key_dim
+    return (g.n_v_heads * per_head + 6 * g.value_dim + 4 * g.key_dim) / tp
 
 
 def cost(mixer: RecurrentMixer, model: ModelConfig, points: Points) -> LayerCost:
@@ -137,37 +160,47 @@ def cost(mixer: RecurrentMixer, model: ModelConfig, points: Points) -> LayerCost
     tokens, batch, tp = points.tokens, points.batch, points.tp
     total = params(mixer, d)
     on_device = device_params(mixer, d, tp)
-    share = on_device / total  # the heads (channels) this rank runs
-    per_sequence = state_bytes(mixer, points.b_a) / tp
+    per_sequence = state_bytes(mixer, points.b_a, tp)
     held = batch * per_sequence
-    conv_flops = 2.0 * mixer.conv_channels * mixer.d_conv
-    matmul = projection_params(mixer, d) * share
+    conv = rank_conv_channels(mixer, tp)
+    conv_flops = 2.0 * conv * mixer.d_conv
+    shared = replicated_projection_params(mixer, d, tp)
+    matmul = (projection_params(mixer, d) - shared) / tp + shared
 
     if points.phase == "decode":
         kv_read = held
         kv_write = held.copy()
-        mix = (recurrence_flops_per_token(mixer) + conv_flops) / tp * tokens
+        mix = (recurrence_flops_per_token(mixer) / tp + conv_flops) * tokens
         chunk_states = points.zeros()
     else:
         # a prompt shorter than a chunk is one chunk of its own length
         chunk = np.minimum(points.context, getattr(mixer, "chunk_size", 1))
         kv_read = held if points.prefix else points.zeros()
         kv_write = held.copy()
-        mix = (chunked_flops_per_token(mixer, chunk) + conv_flops) / tp * tokens
+        mix = (chunked_flops_per_token(mixer, chunk, tp) + conv_flops) * tokens
         if isinstance(mixer, MambaConfig):
             chunk_states = points.zeros()
         else:
-            # the SSD / WY kernels write each chunk's state to HBM and read it back to pass it on
+            # the prefill kernels write each chunk's state to HBM and read it back to pass it on: Mamba-2's
+            # SSD kernels in fp32, Gated DeltaNet's in the activation dtype
             chunks = np.ceil(points.context / mixer.chunk_size)
-            chunk_states = batch * chunks * mixer.state_elements / tp * 4.0  # fp32 chunk states
+            b_chunk = 4.0 if isinstance(mixer, Mamba2Config) else points.b_a
+            chunk_states = batch * chunks * mixer.state_elements / tp * b_chunk
     flops = 2.0 * matmul * tokens + mix
 
     width = in_width(mixer) / tp
     inner = mixer.d_inner / tp
-    conv = mixer.conv_channels / tp
     # unfused: the projections' outputs, the convolution's output and the scan's output each written and
-    # read once, and the chunk states passed between prefill kernels
-    act_naive = tokens * (2 * d + 2 * width + 2 * conv + 2 * inner) * points.b_a + 2 * chunk_states
+    # read once (Mamba also x_proj's dt/B/C and dt_proj's per-channel step), and the chunk states passed
+    # between prefill kernels
+    extra = 0.0
+    comm = allreduce_bytes(tokens, d, points.b_a, tp)
+    if isinstance(mixer, MambaConfig):
+        x_proj = mixer.dt_rank + 2 * mixer.d_state
+        extra = 2 * x_proj + 2 * inner
+        # x_proj is row-parallel: its dt/B/C are summed over the ranks
+        comm = comm + allreduce_bytes(tokens, x_proj, points.b_a, tp)
+    act_naive = tokens * (2 * d + 2 * width + 2 * conv + 2 * inner + extra) * points.b_a + 2 * chunk_states
     act_peak = tokens * (2 * d + width + inner) * points.b_a + chunk_states
     weights = points.full(on_device * points.b_w)
     nan = points.full(np.nan)
@@ -185,7 +218,7 @@ def cost(mixer: RecurrentMixer, model: ModelConfig, points: Points) -> LayerCost
         kv_write_bytes=kv_write,
         distinct_items=nan,
         items_requested=nan.copy(),
-        comm_bytes=allreduce_bytes(tokens, d, points.b_a, tp),
+        comm_bytes=comm,
         act_peak_bytes=act_peak,
         kv_held_bytes=held,
     )
