@@ -89,6 +89,20 @@ def parse_seconds(text: str | None, flag: str) -> float | None:
     return value
 
 
+def parse_rates(text: str) -> list[float]:
+    """'1,4,16.5' -> [1.0, 4.0, 16.5] requests per second, each positive, order kept, repeats dropped."""
+    rates: list[float] = []
+    for part in text.split(","):
+        try:
+            value = float(part.strip())
+        except ValueError:
+            raise ConfigError(f"--rate {text!r}: expected requests per second like 1,4,16") from None
+        if not (value > 0 and value < float("inf")):
+            raise ConfigError(f"--rate {part.strip()}: a rate is a positive number of requests per second")
+        rates.append(value)
+    return list(dict.fromkeys(rates))
+
+
 def _ordered_sizes(text: str) -> list[int]:
     """'8,1,64' -> [8, 1, 64], order kept (one per trace)."""
     try:
@@ -490,6 +504,25 @@ def serve(
         str | None,
         typer.Option("--tpot", help="find the largest concurrency whose TPOT is at most this (5ms)"),
     ] = None,
+    rate: Annotated[
+        str | None,
+        typer.Option(
+            "--rate",
+            help="requests arriving per second, 1,4,16: simulate the engine request by request under that "
+            "load (queueing, latency percentiles, saturation) instead of the steady state",
+        ),
+    ] = None,
+    requests: Annotated[
+        int, typer.Option("--requests", help="with --rate: requests simulated (the first 10 % warm-up)")
+    ] = 2000,
+    arrivals: Annotated[
+        str, typer.Option("--arrivals", help="with --rate: poisson (seeded by --seed) or even")
+    ] = "poisson",
+    seed: Annotated[int, typer.Option("--seed", help="with --rate: seed of the Poisson arrivals")] = 0,
+    max_seqs: Annotated[
+        int,
+        typer.Option("--max-seqs", help="with --rate: running requests a step may hold (vLLM max_num_seqs)"),
+    ] = 256,
     fmt: Fmt = "table",
     output: Output = None,
     sets: Sets = None,
@@ -504,7 +537,9 @@ def serve(
 ) -> None:
     """Continuous batching in steady state: N sequences decoding while the prompts of the requests
     that replace them fill each step's leftover token budget. TPOT, TTFT, tokens/s and bytes per token
-    with the prefill work mixed in; with --tpot, each model's largest N that meets it and fits."""
+    with the prefill work mixed in; with --tpot, each model's largest N that meets it and fits. With
+    --rate, the engine run request by request under Poisson (or even) arrivals: TTFT with the queueing,
+    TPOT and end-to-end percentiles, throughput, and whether it keeps up."""
     from reports.tables import serving_table
     from simulator.request import check_request
     from simulator.serving import serving_states
@@ -515,6 +550,15 @@ def serve(
         raise ConfigError(
             "--concurrency and --tpot together: a TPOT target searches for it; drop --concurrency"
         )
+    if rate is not None:
+        for flag, given in (("--concurrency", concurrency), ("--tpot", tpot)):
+            if given is not None:
+                raise ConfigError(f"--rate and {flag} together: --rate simulates arrivals; drop {flag}")
+        options = {"requests": requests, "arrivals": arrivals, "seed": seed, "max_seqs": max_seqs}
+        request = (prompt, generate, token_budget)
+        scenario = (weight_dtype, act_dtype, kv_dtype, tp, ep, routing)
+        _serve_rates(models, hardware, sets, vary, rate, request, scenario, calibration, options, fmt, output)
+        return
     cfgs, gpus, wl, cal = _request_setup(
         "serve",
         models,
@@ -544,6 +588,55 @@ def serve(
     if tpot_s is not None:
         title += f"; the largest concurrency with TPOT <= {tpot} that keeps up and fits in memory"
     _emit(df, fmt, output, lambda: serving_table(df, title))
+
+
+def _serve_rates(
+    models: list[str],
+    hardware: str,
+    sets: list[str] | None,
+    vary: list[str] | None,
+    rate: str,
+    request: tuple[int, int, int | None],
+    scenario: tuple[str, str, str, int, int, str],
+    calibration: Path | None,
+    options: dict,
+    fmt: str,
+    output: Path | None,
+) -> None:
+    """`serve --rate`: the request-level simulation (simulator.traffic) of each model at each rate."""
+    from reports.tables import traffic_table
+    from simulator.traffic import check_traffic, traffic_states
+
+    prompt, generate, token_budget = request
+    rates = parse_rates(rate)
+    cfgs, gpus, wl, cal = _request_setup(
+        "serve", models, hardware, sets, vary, ("--rate", "1"), (prompt, generate), scenario, calibration
+    )
+    # the options alone, before any model is costed (the token budget is checked per GPU when defaulted)
+    budget = token_budget if token_budget is not None else max(options["max_seqs"], 1)
+    check_traffic(rates[0], options["requests"], options["arrivals"], budget, options["max_seqs"], wl)
+    df = traffic_states(
+        cfgs,
+        gpus,
+        wl,
+        prompt,
+        generate,
+        rates,
+        token_budget,
+        options["max_seqs"],
+        requests=options["requests"],
+        arrivals=options["arrivals"],
+        seed=options["seed"],
+        efficiency=cal,
+        overhead=getattr(cal, "overhead_s", None),
+    )
+    on = " and ".join(dict.fromkeys(hw.name for hw in gpus))
+    budgets = ", ".join(f"{b:g} tokens a step" for b in dict.fromkeys(df["token_budget"]))
+    stream = options["arrivals"] + (f" (seed {options['seed']})" if options["arrivals"] == "poisson" else "")
+    step = f"prompt {prompt}, generate {generate}, {budgets}, max {options['max_seqs']} running"
+    title = f"{_names(cfgs)} on {on}, {options['requests']} requests arriving {stream}: "
+    title += _scenario(wl, calibration, step=step)
+    _emit(df, fmt, output, lambda: traffic_table(df, title))
 
 
 def _request_setup(

@@ -336,6 +336,51 @@ def serving_table(df: pd.DataFrame, title: str) -> Table:
     return table
 
 
+def traffic_table(df: pd.DataFrame, title: str) -> Table:
+    """Per model and arrival rate, the engine run request by request (simulator.traffic): throughput,
+    TTFT percentiles with the queueing, TPOT and end-to-end percentiles, the sequences decoding and
+    the queue, and whether the engine keeps up. With several models, throughput ratios to the first
+    (this / first) at the same rate."""
+    table = Table(title=title, title_justify="left")
+    models = list(dict.fromkeys(df["model"]))
+    cols = ["model"] if len(models) > 1 else []
+    cols += ["rate/s", "req/s", "tokens/s", "TTFT p50", "TTFT p90", "TTFT p99", "TPOT p50", "TPOT p99"]
+    cols += ["E2E p50", "E2E p99", "decoding", "queue mean", "queue max", "prefill steps"]
+    if len(models) > 1:
+        cols.append("tokens/s\nvs first")
+    cols += ["keeps up", "HBM held"]
+    for c in cols:
+        left = c == "model"
+        table.add_column(c, justify="left" if left else "right", no_wrap=left, overflow="fold")
+    first = df[df["model"] == models[0]].set_index("rate")["tokens_per_s"]
+    for r in df.sort_values("rate", kind="stable").itertuples(index=False):
+        row = [r.model] if len(models) > 1 else []
+        row += [f"{r.rate:g}", _rate(r.requests_per_s), _rate(r.tokens_per_s)]
+        row += [seconds(r.ttft_p50_s), seconds(r.ttft_p90_s), seconds(r.ttft_p99_s)]
+        row += [seconds(r.tpot_p50_s), seconds(r.tpot_p99_s), seconds(r.e2e_p50_s), seconds(r.e2e_p99_s)]
+        queue = f"{r.mean_queue:.2f}" if r.mean_queue < 99.5 else f"{r.mean_queue:,.0f}"
+        row += [f"{r.mean_decoding:.3g}", queue, str(int(r.max_queue))]
+        row.append(_share(r.prefill_share))
+        if len(models) > 1:
+            ratio = r.tokens_per_s / first.get(r.rate, np.nan)
+            row.append(f"{ratio:.2f}x" if np.isfinite(ratio) else "-")
+        row.append("no (saturated)" if r.saturated else "yes")
+        row.append(si(r.memory_bytes))
+        table.add_row(*row)
+    notes = [
+        "req/s, tokens/s: completed within the measured window (after the first 10 % of requests); "
+        "TTFT: arrival to first token, the wait in the queue included; TPOT: per request, (last token - "
+        "first) / (G - 1); decoding: sequences decoding, mean per step; queue: requests waiting to be "
+        "admitted; prefill steps: share of steps carrying prompt tokens; keeps up: the queue does not "
+        "grow (over the second half of the window it gains under 5 % of the requests arriving); HBM "
+        "held: at the busiest step, with every running request's KV cache reserved at P + G"
+    ]
+    if len(models) > 1:
+        notes.append(f"tokens/s vs first: this one's throughput over {models[0]}'s at the same rate")
+    table.caption = "; ".join(notes)
+    return table
+
+
 def write_frame(df: pd.DataFrame, path: Path, fmt: str) -> Path:
     """Write csv/json/parquet to `path` atomically (temp file in the same folder, then rename)."""
     if fmt not in FRAME_WRITERS:

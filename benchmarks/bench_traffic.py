@@ -1,0 +1,53 @@
+"""Speed of the request-level serving simulation (`serve --rate`, simulator/traffic.py).
+
+Simulates N requests (20,000 by default; prompt 2048, generate 256) of OLMoE-1B-7B on the H100 SXM
+preset at a light, a busy and an overloaded rate, and prints, per rate, the wall time and the requests
+simulated per second (the step tables built once per model, and timed apart). Not a test: numbers depend
+on the machine and its load.
+
+Run:  python benchmarks/bench_traffic.py [--requests N] [--model NAME] [--rates 1,20,60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+from simulator.config import Workload
+from simulator.loading import load_hardware, load_model
+from simulator.traffic import Engine, StepCoster, arrival_times, engine_memory, run_engine, summarize
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--model", default="olmoe-1b-7b")
+    parser.add_argument("--rates", default="1,20,60", help="requests per second, comma-separated")
+    args = parser.parse_args()
+    model, hardware, workload = load_model(args.model), load_hardware("h100-sxm"), Workload()
+    prompt, generate, engine = 2048, 256, Engine(8192)
+
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; {args.model} on h100-sxm")
+    start = time.perf_counter()
+    resident, per_request = engine_memory(model, hardware, workload, prompt, generate, engine.token_budget)
+    seq_limit = min(engine.max_seqs, int((hardware.hbm_capacity.value - resident) // per_request))
+    coster = StepCoster(model, hardware, workload, prompt, prompt, prompt + generate - 2, engine.token_budget)
+    print(f"tables (decode contexts, weights by step size, memory): {time.perf_counter() - start:.2f} s")
+    heads = ("rate/s", 7), ("requests", 9), ("steps", 10), ("wall s", 7), ("requests/s simulated", 21)
+    print(" ".join(f"{h:>{w}s}" for h, w in heads), "saturated")
+    for rate in (float(r) for r in args.rates.split(",")):
+        arrival = arrival_times(rate, args.requests, "poisson", 0)
+        start = time.perf_counter()
+        trace = run_engine(coster, arrival, generate, engine.token_budget, seq_limit)
+        wall = time.perf_counter() - start
+        saturated = summarize(trace, generate)["saturated"]
+        print(
+            f"{rate:7g} {args.requests:9,d} {trace.total_steps:10,d} {wall:7.2f} "
+            f"{args.requests / wall:21,.0f} {saturated!s:>9s}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,618 @@
+"""A serving engine under load, request by request: arrivals, a queue, continuous batching with chunked
+prefill, and the latency percentiles and throughput that follow (`serve --rate`).
+
+Where `serving.py` costs the steady state of N sequences decoding with requests arriving evenly, this
+module runs the engine step by step on a stream of requests, so that time to first token includes the
+wait in the queue, bursts of a Poisson stream show in the tails, and a rate beyond what the engine
+serves shows as a queue that grows.
+
+The engine, as vLLM V1's scheduler with chunked prefill, simplified:
+- Requests arrive at `rate` per second, as a Poisson process (seeded) or evenly spaced; each brings P
+  prompt tokens and generates G (the first by the step that ends its prefill, then G - 1 decode steps).
+- A step carries at most `token_budget` tokens (max_num_batched_tokens) and `max_seqs` running requests
+  (max_num_seqs). Running requests come first: every decoding sequence gets its one token, then each
+  request still prefilling (in the order admitted) gets min(prompt left, budget left) tokens. Waiting
+  requests are then admitted first come first served while budget, max_seqs and memory allow, each
+  taking min(P, budget left) of its prompt; the rest of a prompt follows in later steps after the part
+  already cached (chunked prefill).
+- A request is admitted only if the HBM the device holds stays within its capacity: what the engine holds
+  besides the requests (weights and the activations of a step of `token_budget` tokens) plus the KV cache
+  (or recurrent state) of every admitted request at its full P + G, reserved at admission. With one size
+  of request that is a cap on the running requests (`seq_limit`).
+- Each step is costed as `serving.mixed_step` costs it: per layer, the FLOPs, activation and KV bytes of
+  its decode sequences (each at its own context) and of its prompt pieces add up, the weights are read
+  once for all the step's tokens, and the layer's roofline (calibrated where asked) times its repeats
+  gives the time. To be fast, the per-sequence decode costs are tabulated over the contexts a request
+  reaches, the weights over the step's token count, and prompt pieces on first use (`StepCoster`).
+
+Simplifications (what vLLM does that this does not):
+- no preemption: the KV cache is reserved whole at admission, so a running request is never evicted and
+  recomputed (vLLM allocates blocks as it goes and preempts the newest request when they run out);
+- decode tokens go before the prompt pieces in a step, whatever the order the requests were admitted in
+  (vLLM walks its running list in order; with the budget at least max_seqs every decode token fits
+  either way, so only which prompt piece is cut short can differ);
+- no prefix caching, no speculative decoding, every request of the same P and G, no host time
+  between steps (scheduling, sampling, detokenisation): steps follow each other back to back;
+- the scheduler runs at step boundaries only: a request arriving during a step waits for the next;
+- no expert parallelism: the data-parallel ranks of `--ep` would each run their own queue, which this
+  does not model, so it is refused; tensor parallelism is costed as `simulate` costs it.
+
+Statistics leave out a warm-up, the first 10 % of requests by arrival. The measured window runs from the
+first measured request's arrival to the last request's; throughput is what the engine completes within
+it. `saturated` (see `SATURATION_GROWTH`) flags an engine that cannot keep up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from simulator.config import HardwareConfig, ModelConfig, Workload, describe_weight_dtypes
+from simulator.costs import Points
+from simulator.errors import ConfigError
+from simulator.request import PrefillStep, check_request, prefill_workload, prompt_kv_bytes
+from simulator.routing import RoutingModel
+from simulator.sweep import LayerEntry, check_parallelism, layer_entries, routing_model, simulate
+
+ARRIVALS = ("poisson", "even")
+WARMUP_SHARE = 0.1  # the first 10 % of requests, by arrival, are left out of the statistics
+MIN_REQUESTS = 10  # fewer leave no measured window worth a percentile
+# saturated: the mean queue over the second half of the measured window exceeds that over the first by
+# more than this share of the requests arriving in the second half. An engine that completes a share x
+# fewer requests than arrive has a queue growing at x times the rate: the means of the two halves lie
+# half a window apart, x times the arrivals of a half. A stable engine's queue only fluctuates (a request
+# waiting for the next step boundary is a tiny share), whatever the request count
+SATURATION_GROWTH = 0.05
+DEFAULT_MAX_SEQS = 256  # vLLM's max_num_seqs
+
+TRAFFIC_COLUMNS: dict[str, str] = {
+    "model": "model name",
+    "hardware": "hardware name",
+    "rate": "requests arriving per second",
+    "arrivals": "poisson (seeded) or even",
+    "seed": "seed of the Poisson stream",
+    "requests": "requests simulated (the first 10 % by arrival are warm-up, left out of the statistics)",
+    "prompt": "prompt tokens per request (P)",
+    "generate": "tokens generated per request (G; the first by the step that ends its prefill)",
+    "token_budget": "tokens a step may carry (decode tokens first, then prompts)",
+    "max_seqs": "running requests a step may hold (vLLM max_num_seqs)",
+    "seq_limit": "running requests the engine admits: max_seqs, or fewer where their reserved KV cache "
+    "would not fit in HBM",
+    "requests_per_s": "requests completed per second within the measured window",
+    "tokens_per_s": "tokens generated per second within the measured window, all sequences",
+    "ttft_p50_s": "time to first token, median: arrival to the end of the step that ends its prefill, "
+    "the wait in the queue included",
+    "ttft_p90_s": "time to first token, 90th percentile",
+    "ttft_p99_s": "time to first token, 99th percentile",
+    "tpot_p50_s": "time per output token after the first, median over requests: (finish - first token) / "
+    "(G - 1)",
+    "tpot_p99_s": "time per output token, 99th percentile over requests",
+    "e2e_p50_s": "arrival to last token, median",
+    "e2e_p99_s": "arrival to last token, 99th percentile",
+    "mean_step_s": "mean time of the steps that end within the measured window",
+    "mean_decoding": "sequences decoding, mean over the steps that end within the measured window",
+    "mean_queue": "requests waiting to be admitted, time average over the measured window",
+    "max_queue": "requests waiting to be admitted, most at once within the measured window",
+    "mean_in_system": "requests waiting or running, time average over the measured window",
+    "prefill_share": "share of the steps within the measured window that carry prompt tokens",
+    "queue_growth": "mean queue over the second half of the measured window less that over the first, "
+    "over the requests arriving in the second half (about the share of arrivals the engine leaves "
+    "uncompleted)",
+    "saturated": f"queue_growth above {SATURATION_GROWTH}: the queue grows, the engine does not keep up "
+    "with the rate (it completes about 5 % fewer requests than arrive, or worse)",
+    "kv_per_request_bytes": "KV cache (or recurrent state) one request reserves, at P + G",
+    "memory_bytes": "HBM held at the busiest step: weights, a full step's activations and the reserved "
+    "KV cache of the requests running",
+    "tp": "tensor-parallel degree",
+    "weight_dtype": "weight dtype (per layer kind where they differ)",
+    "kv_dtype": "KV-cache dtype",
+}
+
+
+def _grid_entries(model: ModelConfig, workload: Workload, routing: RoutingModel) -> list[LayerEntry]:
+    return layer_entries(model, Points.grid(workload, routing), workload)
+
+
+def _decode_workload(workload: Workload, batch: list[int], contexts: list[int]) -> Workload:
+    step = {"phase": "decode", "batch": batch, "context": contexts, "prefix": 0, "logits": "last"}
+    return workload.model_copy(update={**step, "tokens_per_step": 1})
+
+
+def _per_point(entries: list[LayerEntry], name: str, size: int) -> np.ndarray:
+    """(points, layers): one LayerCost array of every layer, broadcast over the points."""
+    return np.stack(
+        [np.broadcast_to(np.asarray(getattr(e.cost, name), dtype=np.float64), (size,)) for e in entries],
+        axis=1,
+    )
+
+
+@dataclass
+class StepCoster:
+    """The time of an engine step from its composition, as `serving.mixed_step` costs it, from tables:
+    per layer, the decode FLOPs and bytes (activations + KV read and written) of one sequence at each
+    context `first_context` .. `last_context` (a decode step of n sequences costs the sum of n such:
+    `tests/test_traffic.py` checks it), the weight bytes at every step size 1 .. `max_tokens`, and prompt
+    pieces (tokens, prefix) costed on first use."""
+
+    model: ModelConfig
+    hardware: HardwareConfig
+    workload: Workload
+    prompt: int
+    first_context: int
+    last_context: int
+    max_tokens: int
+    efficiency: Mapping[str, float] | None = None
+    overhead: Mapping[str, float] | None = None
+    _pieces: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._routing = routing_model(self.workload)
+        contexts = list(range(self.first_context, self.last_context + 1))
+        one = _grid_entries(self.model, _decode_workload(self.workload, [1], contexts), self._routing)
+        n = len(contexts)
+        # (contexts, layers): what one decoding sequence adds to each layer's step
+        self.decode_flops = _per_point(one, "flops", n)
+        self.decode_bytes = (
+            _per_point(one, "act_bytes_ideal", n)
+            + _per_point(one, "kv_read_bytes", n)
+            + _per_point(one, "kv_write_bytes", n)
+        )
+        sizes = list(range(1, self.max_tokens + 1))
+        whole = _grid_entries(self.model, _decode_workload(self.workload, sizes, [1]), self._routing)
+        # (tokens, layers): weights read once for all of a step's tokens, as a decode step of that many
+        self.weight_bytes = _per_point(whole, "weight_bytes_ideal", len(sizes))
+        eff, fixed = dict(self.efficiency or {}), dict(self.overhead or {})
+        kinds = [e.cost.kind for e in one]
+        self.bandwidth = self.hardware.hbm_bandwidth.value * np.array([eff.get(k, 1.0) for k in kinds])
+        self.fixed = np.array([fixed.get(k, 0.0) for k in kinds])
+        self.repeats = np.array([max(len(e.blocks), 1) for e in one], dtype=np.float64)
+        self.peak = self.hardware.flops_for(self.workload.activation_dtype)
+        # the LM head: a step of prompt chunks alone, none the last of its prompt, computes no logits and
+        # reads no head weights (as `simulate` costs such a prefill); any step with a decode token does
+        self._head = [i for i, e in enumerate(one) if e.name == "head"]
+
+    def piece(self, tokens: int, prefix: int) -> tuple[np.ndarray, np.ndarray]:
+        """(flops, activation + KV bytes) per layer of `tokens` prompt tokens after `prefix` cached ones
+        of one request; the piece that ends the prompt computes its last position's logits."""
+        key = (tokens, prefix)
+        if key not in self._pieces:
+            logits = "last" if tokens + prefix >= self.prompt else "none"
+            step = PrefillStep(1, 1, tokens, prefix, logits, 0)
+            entries = _grid_entries(self.model, prefill_workload(self.workload, step), self._routing)
+            flops = _per_point(entries, "flops", 1)[0]
+            moved = (
+                _per_point(entries, "act_bytes_ideal", 1)
+                + _per_point(entries, "kv_read_bytes", 1)
+                + _per_point(entries, "kv_write_bytes", 1)
+            )[0]
+            self._pieces[key] = (flops, moved)
+        return self._pieces[key]
+
+    def times(
+        self, flops: np.ndarray, moved: np.ndarray, tokens: np.ndarray, logits: bool = True
+    ) -> np.ndarray:
+        """Step times from each step's per-layer additive FLOPs and bytes (steps, layers) and its token
+        count (steps,): per layer the roofline over both, plus its fixed time, times its repeats.
+        `logits` False: no token of the steps computes logits (the head reads nothing)."""
+        weights = self.weight_bytes[tokens - 1]
+        if not logits:
+            weights = weights.copy()
+            weights[:, self._head] = 0.0
+        total = weights + moved
+        t = np.maximum(flops / self.peak, total / self.bandwidth) + self.fixed
+        return t @ self.repeats
+
+    def decode_sums(self, contexts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-layer FLOPs and bytes of decode sequences at `contexts` (any shape (n, ...)), summed over
+        the first axis."""
+        i = contexts - self.first_context
+        return self.decode_flops[i].sum(axis=0), self.decode_bytes[i].sum(axis=0)
+
+    def step_time(self, contexts: list[int] | np.ndarray, pieces: list[tuple[int, int]]) -> float:
+        """One step of decode sequences at `contexts` and prompt `pieces` ((tokens, prefix), ...)."""
+        ctx = np.asarray(contexts, dtype=np.int64)
+        flops, moved = self.decode_sums(ctx.reshape(-1, 1))
+        flops, moved = flops.reshape(-1).copy(), moved.reshape(-1).copy()
+        for tokens, prefix in pieces:
+            f, m = self.piece(tokens, prefix)
+            flops += f
+            moved += m
+        tokens = np.array([len(ctx) + sum(t for t, _ in pieces)])
+        logits = len(ctx) > 0 or any(t + p >= self.prompt for t, p in pieces)
+        return float(self.times(flops[None, :], moved[None, :], tokens, logits)[0])
+
+
+def arrival_times(rate: float, requests: int, arrivals: str, seed: int) -> np.ndarray:
+    """When each request arrives, in seconds from 0: Poisson (exponential gaps, seeded) or even."""
+    if arrivals == "even":
+        return np.arange(requests, dtype=np.float64) / rate
+    gaps = np.random.default_rng(seed).exponential(1.0 / rate, requests)
+    return np.cumsum(gaps) - gaps[0]  # the first request at 0, as with even arrivals
+
+
+@dataclass
+class Trace:
+    """Per request: when it arrived, was admitted, got its first token and finished; and the engine's
+    own tallies over the steps that end within the measured window [t0, t1]."""
+
+    arrival: np.ndarray
+    admitted: np.ndarray
+    first_token: np.ndarray
+    finish: np.ndarray
+    t0: float
+    t1: float
+    steps: int = 0  # steps ending within the window
+    step_time: float = 0.0  # their summed time
+    decoding: float = 0.0  # their summed decoding sequences
+    prompt_steps: int = 0  # those carrying prompt tokens
+    tokens: float = 0.0  # tokens generated by them
+    running_area: float = 0.0  # integral of the running requests over the window (request-seconds)
+    most_running: int = 0  # the most requests running at once, over the whole run
+    total_steps: int = 0
+    last_step_s: float = 0.0  # the mean step of the last decode stretch: how far to cost ahead
+
+    def tally(
+        self,
+        start: np.ndarray,
+        end: np.ndarray,
+        decoding: int,
+        tokens: np.ndarray,
+        prompt: bool,
+        running: int,
+    ) -> None:
+        """Add steps [start, end) that ran `decoding` sequences and `running` requests."""
+        inside = (end > self.t0) & (end <= self.t1)
+        k = int(inside.sum())
+        self.steps += k
+        self.step_time += float((end - start)[inside].sum())
+        self.decoding += decoding * k
+        self.prompt_steps += k if prompt else 0
+        self.tokens += float(tokens[inside].sum())
+        overlap = np.clip(end, self.t0, self.t1) - np.clip(start, self.t0, self.t1)
+        self.running_area += running * float(overlap.sum())
+        self.most_running = max(self.most_running, running)
+        self.total_steps += len(end)
+
+
+@dataclass
+class _Running:
+    """The running requests: those decoding (their ids, context offsets and last decode steps) and those
+    still prefilling (ids and prompt tokens cached so far), in the order admitted."""
+
+    ids: list[int] = field(default_factory=list)
+    offset: list[int] = field(default_factory=list)  # context at global step s is s - offset
+    last_step: list[int] = field(default_factory=list)  # the global step of its last decode token
+    prefilling: list[list[int]] = field(default_factory=list)  # [id, tokens cached]
+
+    def count(self) -> int:
+        return len(self.ids) + len(self.prefilling)
+
+
+# a decode run gathers (sequences x steps x layers) table entries: this many at most per slice
+_RUN_SLICE = 1 << 18
+
+
+def run_engine(
+    coster: StepCoster,
+    arrival: np.ndarray,
+    generate: int,
+    token_budget: int,
+    seq_limit: int,
+) -> Trace:
+    """Simulate the engine (module docstring) on requests arriving at `arrival` (sorted) until every one
+    has finished. Steps that only decode, with nothing to admit, run as one vectorised stretch until the
+    next finish or arrival, so a quiet engine costs little."""
+    prompt = coster.prompt
+    n = len(arrival)
+    nan = np.full(n, np.nan)
+    warm = int(np.ceil(WARMUP_SHARE * n))
+    trace = Trace(arrival, nan.copy(), nan.copy(), nan.copy(), float(arrival[warm]), float(arrival[-1]))
+    run = _Running()
+    t, step, arrived, head, done = 0.0, 0, 0, 0, 0
+    while done < n:
+        arrived = int(np.searchsorted(arrival, t, side="right"))
+        if run.count() == 0 and head == arrived:  # idle until the next request
+            t = float(arrival[arrived])
+            continue
+        # compose the step: decode tokens, running prefills, then admissions
+        left = token_budget - len(run.ids)
+        pieces: list[tuple[int, int]] = []
+        ends: list[int] = []  # ids whose prefill ends this step
+        for entry in run.prefilling:
+            take = min(prompt - entry[1], left)
+            if take > 0:
+                pieces.append((take, entry[1]))
+                entry[1] += take
+                left -= take
+                if entry[1] == prompt:
+                    ends.append(entry[0])
+        while left > 0 and head < arrived and run.count() < seq_limit:
+            take = min(prompt, left)
+            trace.admitted[head] = t
+            run.prefilling.append([head, take])
+            pieces.append((take, 0))
+            left -= take
+            if take == prompt:
+                ends.append(head)
+            head += 1
+        decoding = len(run.ids)
+        running = run.count()
+        if pieces:
+            contexts = step - np.asarray(run.offset, dtype=np.int64)
+            dt = coster.step_time(contexts, pieces)
+            end = t + dt
+            produced = decoding + len(ends)
+            trace.tally(np.array([t]), np.array([end]), decoding, np.array([float(produced)]), True, running)
+            for rid in ends:
+                trace.first_token[rid] = end
+                if generate == 1:
+                    trace.finish[rid] = end
+                    done += 1
+                else:
+                    run.ids.append(rid)
+                    run.offset.append(step + 1 - prompt)
+                    run.last_step.append(step + generate - 1)
+            run.prefilling = [e for e in run.prefilling if e[1] < prompt]
+            steps, t = 1, end
+        else:
+            # decode only: until the first sequence finishes, or, with the queue empty (nothing blocked
+            # waits), until the step during which the next request arrives
+            most = min(run.last_step) - step + 1
+            waiting = head < arrived
+            next_arrival = float(arrival[arrived]) if arrived < n else np.inf
+            offsets = np.asarray(run.offset, dtype=np.int64)
+            steps, t = _decode_run(coster, trace, offsets, step, most, t, next_arrival, waiting, running)
+        step += steps
+        # sequences whose last decode token was in these steps finish at their end
+        if run.ids:
+            last = np.asarray(run.last_step)
+            gone = last < step
+            for i in np.flatnonzero(gone):
+                trace.finish[run.ids[i]] = t
+                done += 1
+            keep = np.flatnonzero(~gone)
+            run.ids = [run.ids[i] for i in keep]
+            run.offset = [run.offset[i] for i in keep]
+            run.last_step = [run.last_step[i] for i in keep]
+    return trace
+
+
+def _steps_until(gap: float, step_s: float, most: int, waiting: bool) -> int:
+    """Decode steps to cost at once: all `most` when nothing can interrupt them, else enough steps of
+    `step_s` to cover `gap` to the next arrival (5 % spare), one when no step time is known yet."""
+    if waiting or not np.isfinite(gap):
+        return most
+    return int(np.ceil(gap / step_s * 1.05)) + 1 if step_s > 0 else 1
+
+
+def _decode_run(
+    coster: StepCoster,
+    trace: Trace,
+    offsets: np.ndarray,
+    step: int,
+    most: int,
+    t: float,
+    next_arrival: float,
+    waiting: bool,
+    running: int,
+) -> tuple[int, float]:
+    """Run up to `most` decode-only steps from global step `step` at time `t`; stop after the step during
+    which `next_arrival` falls unless requests are already `waiting` (they are blocked until a sequence
+    finishes, and a new one would wait behind them). Returns (steps run, time after them)."""
+    per_slice = max(1, _RUN_SLICE // max(1, len(offsets) * coster.decode_flops.shape[1]))
+    # as many steps as the next arrival is away at the last stretch's step time (one to start with)
+    ran, guess = 0, _steps_until(next_arrival - t, trace.last_step_s, most, waiting)
+    while ran < most:
+        k = min(per_slice, most - ran, guess)
+        s = step + ran + np.arange(k)
+        contexts = s[None, :] - offsets[:, None]  # (sequences, steps)
+        flops, moved = coster.decode_sums(contexts)
+        tokens = np.full(k, len(offsets))
+        dt = coster.times(flops, moved, tokens)
+        end = t + np.cumsum(dt)
+        if not waiting:
+            cut = int(np.searchsorted(end, next_arrival, side="left"))
+            if cut < k:
+                end, dt, k = end[: cut + 1], dt[: cut + 1], cut + 1
+        start = end - dt
+        trace.tally(start, end, len(offsets), tokens[:k].astype(np.float64), False, running)
+        ran += k
+        t = float(end[-1])
+        if not waiting and t >= next_arrival:
+            break
+        trace.last_step_s = float(dt.mean())
+        guess = _steps_until(next_arrival - t, trace.last_step_s, most, waiting)
+    return ran, t
+
+
+def engine_memory(
+    model: ModelConfig, hardware: HardwareConfig, workload: Workload, prompt: int, generate: int, budget: int
+) -> tuple[float, float]:
+    """(bytes the engine holds besides its requests' KV, KV bytes one request reserves). The first is
+    `simulate`'s HBM for a prefill step of `budget` tokens (weights, that step's activations and the
+    residual stream: the largest step the engine runs) less that prompt's own cache; the second a decode
+    step's KV read of one sequence at P + G (`prompt_kv_bytes`)."""
+    per_request = prompt_kv_bytes(model, hardware, workload, prompt + generate)
+    full = {"phase": "prefill", "batch": [1], "context": [budget], "prefix": 0, "logits": "last"}
+    held = float(simulate(model, hardware, workload.model_copy(update=full))["memory_bytes"].iloc[0])
+    return held - prompt_kv_bytes(model, hardware, workload, budget), per_request
+
+
+def check_traffic(
+    rate: float, requests: int, arrivals: str, token_budget: int, max_seqs: int, workload: Workload
+) -> None:
+    """ConfigError, naming the option, unless the engine can be run as asked."""
+    if not (rate > 0 and np.isfinite(rate)):
+        raise ConfigError(f"--rate {rate}: a rate is a positive number of requests per second")
+    if requests < MIN_REQUESTS:
+        raise ConfigError(f"--requests {requests}: at least {MIN_REQUESTS}, the first 10 % being warm-up")
+    if arrivals not in ARRIVALS:
+        raise ConfigError(f"--arrivals {arrivals}: choose one of {', '.join(ARRIVALS)}")
+    if max_seqs < 1:
+        raise ConfigError(f"--max-seqs {max_seqs}: at least one running request")
+    if token_budget < max_seqs:
+        # as vLLM requires max_num_batched_tokens >= max_num_seqs: every decode token fits in a step
+        raise ConfigError(f"--token-budget {token_budget}: below --max-seqs {max_seqs}")
+    if workload.ep > 1:
+        raise ConfigError(
+            f"--ep {workload.ep} with --rate: each data-parallel rank would run its own queue, which the "
+            "request-level simulation does not model; use --tp, or --concurrency for the steady state"
+        )
+
+
+def _time_in_queue(trace: Trace, start: float, end: float) -> float:
+    """Request-seconds spent waiting for admission within [start, end]: the queue's time integral."""
+    wait = np.clip(trace.admitted, start, end) - np.clip(trace.arrival, start, end)
+    return float(wait.sum())
+
+
+def _percentile(values: np.ndarray, q: float) -> float:
+    values = values[np.isfinite(values)]
+    return float(np.percentile(values, q)) if values.size else np.nan
+
+
+def summarize(trace: Trace, generate: int) -> dict[str, float]:
+    """The statistics of a run over its measured requests and window (module docstring)."""
+    n = len(trace.arrival)
+    measured = slice(int(np.ceil(WARMUP_SHARE * n)), n)
+    arrival, finish = trace.arrival, trace.finish
+    ttft = (trace.first_token - arrival)[measured]
+    e2e = (finish - arrival)[measured]
+    tpot = (finish - trace.first_token)[measured] / (generate - 1) if generate > 1 else np.full(1, np.nan)
+    t0, t1 = trace.t0, trace.t1
+    span = t1 - t0
+    completed = int(np.count_nonzero((finish > t0) & (finish <= t1)))
+    mean_queue = _time_in_queue(trace, t0, t1) / span if span > 0 else np.nan
+    events = np.concatenate([arrival, trace.admitted])
+    change = np.concatenate([np.ones(n), -np.ones(n)])
+    order = np.lexsort((change, events))  # at equal times the admission first: no spurious peak
+    queue = np.cumsum(change[order])
+    within = (events[order] >= t0) & (events[order] <= t1)
+    max_queue = int(queue[within].max()) if within.any() else 0
+    half = (t0 + t1) / 2
+    early, late = _time_in_queue(trace, t0, half), _time_in_queue(trace, half, t1)
+    came = np.count_nonzero((arrival > half) & (arrival <= t1))
+    # how much the mean queue grew from the first half of the window to the second, per request arriving
+    # in the second: about the share of the arrivals left uncompleted (SATURATION_GROWTH)
+    growth = (late / (t1 - half) - early / (half - t0)) / came if came and half > t0 else np.nan
+    steps = max(trace.steps, 1)
+    return {
+        "requests_per_s": completed / span if span > 0 else np.nan,
+        "tokens_per_s": trace.tokens / span if span > 0 else np.nan,
+        "ttft_p50_s": _percentile(ttft, 50),
+        "ttft_p90_s": _percentile(ttft, 90),
+        "ttft_p99_s": _percentile(ttft, 99),
+        "tpot_p50_s": _percentile(tpot, 50),
+        "tpot_p99_s": _percentile(tpot, 99),
+        "e2e_p50_s": _percentile(e2e, 50),
+        "e2e_p99_s": _percentile(e2e, 99),
+        "mean_step_s": trace.step_time / steps if trace.steps else np.nan,
+        "mean_decoding": trace.decoding / steps if trace.steps else np.nan,
+        "mean_queue": mean_queue,
+        "max_queue": max_queue,
+        "mean_in_system": mean_queue + trace.running_area / span if span > 0 else np.nan,
+        "prefill_share": trace.prompt_steps / steps if trace.steps else np.nan,
+        "queue_growth": growth,
+        "saturated": bool(growth > SATURATION_GROWTH) if np.isfinite(growth) else False,
+    }
+
+
+@dataclass(frozen=True)
+class Engine:
+    """A serving engine's settings: `token_budget` tokens and `max_seqs` running requests a step."""
+
+    token_budget: int
+    max_seqs: int = DEFAULT_MAX_SEQS
+
+
+def simulate_traffic(
+    model: ModelConfig,
+    hardware: HardwareConfig,
+    workload: Workload,
+    prompt: int,
+    generate: int,
+    rates: list[float],
+    engine: Engine,
+    *,
+    requests: int = 2000,
+    arrivals: str = "poisson",
+    seed: int = 0,
+    efficiency: Mapping[str, float] | None = None,
+    overhead: Mapping[str, float] | None = None,
+    keep_traces: list[Trace] | None = None,
+) -> pd.DataFrame:
+    """Per rate: the engine run on `requests` requests of `prompt` tokens in and `generate` out (module
+    docstring). The workload's phase, batch and contexts are ignored; its dtypes, tp and routing apply.
+    `keep_traces`: a list the runs' traces are appended to. Columns: `TRAFFIC_COLUMNS`."""
+    check_request(prompt, generate)
+    for rate in rates:
+        check_traffic(rate, requests, arrivals, engine.token_budget, engine.max_seqs, workload)
+    check_parallelism(model, workload)
+    resident, per_request = engine_memory(model, hardware, workload, prompt, generate, engine.token_budget)
+    room = hardware.hbm_capacity.value - resident
+    fit = int(room // per_request) if per_request > 0 else engine.max_seqs
+    if fit < 1:
+        raise ConfigError(
+            f"--prompt {prompt} --generate {generate}: one request's KV cache ({per_request / 1e9:.3g} GB) "
+            f"does not fit beside the weights and a step's activations in {hardware.name}'s memory"
+        )
+    seq_limit = min(engine.max_seqs, fit)
+    last_context = prompt + max(generate - 2, 0)
+    coster = StepCoster(
+        model, hardware, workload, prompt, prompt, last_context, engine.token_budget, efficiency, overhead
+    )
+    rows = []
+    for rate in rates:
+        arrival = arrival_times(rate, requests, arrivals, seed)
+        trace = run_engine(coster, arrival, generate, engine.token_budget, seq_limit)
+        if keep_traces is not None:
+            keep_traces.append(trace)
+        rows.append(
+            {
+                "model": model.name,
+                "hardware": hardware.name,
+                "rate": rate,
+                "arrivals": arrivals,
+                "seed": seed,
+                "requests": requests,
+                "prompt": prompt,
+                "generate": generate,
+                "token_budget": engine.token_budget,
+                "max_seqs": engine.max_seqs,
+                "seq_limit": seq_limit,
+                **summarize(trace, generate),
+                "kv_per_request_bytes": per_request,
+                "memory_bytes": resident + trace.most_running * per_request,
+                "tp": workload.tp,
+                "weight_dtype": describe_weight_dtypes(workload),
+                "kv_dtype": workload.kv_dtype,
+            }
+        )
+    return pd.DataFrame(rows).reindex(columns=list(TRAFFIC_COLUMNS))
+
+
+def traffic_states(
+    models: list[ModelConfig],
+    hardware: list[HardwareConfig],
+    workload: Workload,
+    prompt: int,
+    generate: int,
+    rates: list[float],
+    token_budget: int | None = None,
+    max_seqs: int = DEFAULT_MAX_SEQS,
+    **options,
+) -> pd.DataFrame:
+    """`simulate_traffic` of model i on hardware[i], stacked. `token_budget` None: each GPU's
+    `serving.default_token_budget`."""
+    from simulator.serving import default_token_budget
+
+    if len(models) != len(hardware):
+        raise ConfigError(f"{len(models)} models but {len(hardware)} hardware descriptions")
+    frames = []
+    for m, hw in zip(models, hardware, strict=True):
+        engine = Engine(token_budget if token_budget is not None else default_token_budget(hw), max_seqs)
+        frames.append(simulate_traffic(m, hw, workload, prompt, generate, rates, engine, **options))
+    return pd.concat(frames, ignore_index=True)
