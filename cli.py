@@ -153,7 +153,8 @@ WeightDtype = Annotated[
     typer.Option(
         "--weight-dtype",
         help="bf16, fp8, int4, mxfp4, nvfp4, ...; per layer kind after a comma, e.g. bf16,moe=mxfp4 "
-        "(kinds: attention|attn, dense|ffn, moe, memory (all memory layers) or pkm, peer, memory_plus, "
+        "(kinds: attention|attn, recurrent (all recurrent mixers) or mamba (Mamba and Mamba-2), mamba2, "
+        "gated_deltanet|linear_attn, dense|ffn, moe, memory (all memory layers) or pkm, peer, memory_plus, "
         "ultramem, ultramemv2, embedding|embed, head)",
     ),
 ]
