@@ -5,7 +5,8 @@ preset at a light, a busy and an overloaded rate, and prints, per rate, the wall
 simulated per second (the step tables built once per model, and timed apart). Not a test: numbers depend
 on the machine and its load.
 
-Run:  python benchmarks/bench_traffic.py [--requests N] [--model NAME] [--rates 1,20,60]
+Run:  python benchmarks/bench_traffic.py [--requests N] [--model NAME] [--hardware HW] [--weight-dtype D]
+      [--rates 1,20,60]
 """
 
 from __future__ import annotations
@@ -24,12 +25,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--model", default="olmoe-1b-7b")
+    parser.add_argument("--hardware", default="h100-sxm")
+    parser.add_argument("--weight-dtype", default="bf16")
     parser.add_argument("--rates", default="1,20,60", help="requests per second, comma-separated")
     args = parser.parse_args()
-    model, hardware, workload = load_model(args.model), load_hardware("h100-sxm"), Workload()
+    model, hardware = load_model(args.model), load_hardware(args.hardware)
+    workload = Workload(weight_dtype=args.weight_dtype)
     prompt, generate, engine = 2048, 256, Engine(8192)
 
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; {args.model} on h100-sxm")
+    cpu = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    print(f"{cpu}; {args.model} on {args.hardware}, weights {args.weight_dtype}")
     start = time.perf_counter()
     resident, per_request = engine_memory(model, hardware, workload, prompt, generate, engine.token_budget)
     seq_limit = min(engine.max_seqs, int((hardware.hbm_capacity.value - resident) // per_request))

@@ -305,6 +305,8 @@ def run_engine(
     """Simulate the engine (module docstring) on requests arriving at `arrival` (sorted) until every one
     has finished. Steps that only decode, with nothing to admit, run as one vectorised stretch until the
     next finish or arrival, so a quiet engine costs little."""
+    if seq_limit < 1:
+        raise ConfigError("the engine holds no request: not one request's KV cache fits in memory")
     prompt = coster.prompt
     n = len(arrival)
     nan = np.full(n, np.nan)
@@ -554,6 +556,12 @@ def simulate_traffic(
     resident, per_request = engine_memory(model, hardware, workload, prompt, generate, engine.token_budget)
     room = hardware.hbm_capacity.value - resident
     fit = int(room // per_request) if per_request > 0 else engine.max_seqs
+    if room <= 0:
+        raise ConfigError(
+            f"{model.name}: the weights and a step's activations ({resident / 1e9:.3g} GB) exceed "
+            f"{hardware.name}'s memory ({hardware.hbm_capacity.value / 1e9:.3g} GB); try --tp, a lower "
+            "--weight-dtype or another --hardware"
+        )
     if fit < 1:
         raise ConfigError(
             f"--prompt {prompt} --generate {generate}: one request's KV cache ({per_request / 1e9:.3g} GB) "

@@ -196,6 +196,9 @@ def test_traffic_rejects_what_it_cannot_run() -> None:
             )
     with pytest.raises(ConfigError, match="--ep 2"):
         simulate_traffic(model, H100, Workload(ep=2), 2048, 64, [1.0], Engine(8192))
+    # 80 B parameters in bf16 (160 GB) leave no room at all on an 80 GB H100
+    with pytest.raises(ConfigError, match=r"weights and a step's activations \(1\d\d GB\) exceed h100-sxm"):
+        simulate_traffic(load_model("qwen3-next-80b-a3b"), H100, Workload(), 2048, 64, [1.0], Engine(8192))
 
 
 def test_serve_rate_on_the_command_line() -> None:
