@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 
@@ -59,6 +60,7 @@ def build_report(
     batches: Sequence[int] | None = None,
     request: pd.DataFrame | None = None,
     serving: pd.DataFrame | None = None,
+    traffic: pd.DataFrame | None = None,
 ) -> str:
     """The report as one HTML string.
 
@@ -67,7 +69,8 @@ def build_report(
     measured charts. `command` defaults to this process's command line; `hardware` (for the roofline)
     to the validations' hardware, else the presets named in `sim`; `batches` limits the per-layer charts;
     `request` is a `simulator.request` frame (one request's latency and throughput per model and batch);
-    `serving` a `simulator.serving` frame (continuous batching, drawn beside it).
+    `serving` a `simulator.serving` frame (continuous batching, drawn beside it); `traffic` a
+    `simulator.traffic` frame (latency against the arrival rate).
     """
     validations = list(validations)
     bundles = list(bundles)
@@ -96,7 +99,7 @@ def build_report(
 
     charts = {
         "step": figures.step_charts(sim, colors, validations),
-        "request": figures.request_charts(request, colors, serving),
+        "request": figures.request_charts(request, colors, serving) + figures.load_charts(traffic, colors),
         "roofline": figures.roofline_chart(sim, hw, colors, validations),
         "layers": figures.layer_bytes_charts(sim, batches),
         "timeline": figures.timeline_charts(bundles, names, colors),
@@ -167,7 +170,7 @@ def report_run(
         )
         for b in bundles
     ]
-    sim = request = serving = None
+    sim = request = serving = traffic = None
     if models:
         run_batches = sorted({int(b) for v in validations for b in v.steps["batch"]})
         run_ctx = sorted({int(c) for v in validations for c in v.prediction["context"].unique()})
@@ -194,6 +197,7 @@ def report_run(
         sim = compare(cfgs, on, wl, per_layer=True)
         request = request_latencies(cfgs, on, wl, wl.context[0], generate, prefill_chunk=prefill_chunk)
         serving = _steady_states(cfgs, on, wl, generate)
+        traffic = _under_load(cfgs, on, wl, generate, serving, warn)
     names = [str(m) for m in models] + [str(d) for d in run_dirs]
     text = build_report(
         sim,
@@ -204,6 +208,7 @@ def report_run(
         batches=batches,
         request=request,
         serving=serving,
+        traffic=traffic,
     )
     return write_report(output, text)
 
@@ -219,6 +224,53 @@ def _steady_states(
     if generate < 2:
         return None
     return serving_states(list(cfgs), list(on), wl, wl.context[0], generate)
+
+
+# requests a rate for the report's load chart: enough for p99 of the measured 90 %, quick to run
+LOAD_REQUESTS = 600
+
+
+def load_rates(steady: pd.DataFrame, most: int = 8) -> list[float]:
+    """Arrival rates for the load chart, the same for every model so that they compare at equal load: the
+    request rates of the steady states that keep up and fit (one per model and concurrency; at most
+    `most`, spread over their range), and a third beyond the fastest, where queues start to grow."""
+    ok = steady[steady["tpot_s"].notna() & steady["keeps_up"].astype(bool) & steady["fits"].astype(bool)]
+    rates = sorted({float(f"{r:.2g}") for r in ok["requests_per_s"] if r > 0})  # 2 digits: no near twins
+    if len(rates) > most - 1:
+        rates = [rates[int(i)] for i in np.unique(np.linspace(0, len(rates) - 1, most - 1).round())]
+    return [*rates, float(f"{rates[-1] * 4 / 3:.2g}")] if rates else []
+
+
+def _under_load(
+    cfgs: Sequence[ModelConfig],
+    on: Sequence[HardwareConfig],
+    wl: Workload,
+    generate: int,
+    serving: pd.DataFrame | None,
+    warn: Callable[[str], None] | None,
+) -> pd.DataFrame | None:
+    """Each model's engine under Poisson arrivals at the `load_rates` of the steady states (prompt: the
+    report's context); None without them or with expert parallelism (its ranks' queues are not modelled).
+    A model the engine cannot run (no room for one request) is left out with a warning."""
+    from simulator.serving import default_token_budget
+    from simulator.traffic import Engine, simulate_traffic
+
+    if serving is None or wl.ep > 1:
+        return None
+    rates = load_rates(serving)
+    if not rates:
+        return None
+    frames = []
+    for cfg, hw in zip(cfgs, on, strict=True):
+        try:
+            engine = Engine(default_token_budget(hw))
+            frames.append(
+                simulate_traffic(cfg, hw, wl, wl.context[0], generate, rates, engine, requests=LOAD_REQUESTS)
+            )
+        except ConfigError as exc:
+            if warn is not None:
+                warn(f"latency under load left out: {exc}")
+    return pd.concat(frames, ignore_index=True) if frames else None
 
 
 def _bundle_model_names(bundles: Sequence[Bundle], validations: Sequence[ValidationResult]) -> list[str]:

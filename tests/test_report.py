@@ -242,3 +242,32 @@ def test_report_simulates_the_scenario_it_is_given(tmp_path: Path) -> None:
     experts = 64 * 16 * 3 * 2048 * 1024
     saved = held() - held(weight_dtypes={"moe": "mxfp4"})
     assert saved == pytest.approx(experts * (2 - 4.25 / 8) / 1e9, abs=0.15)
+
+
+def test_report_draws_latency_under_load(tmp_path: Path) -> None:
+    from reports.html import LOAD_REQUESTS, report_run
+    from simulator.loading import load_hardware, load_model
+    from simulator.serving import serving_states
+    from simulator.traffic import Engine, simulate_traffic
+
+    models = ["olmoe-1b-7b", "ultramemv2-1b-7b"]
+    out = report_run(models, [], tmp_path / "r.html", batches=[1, 16, 64])
+    traces = chart_specs(out.read_text())["chart-load-latency"]["data"]
+    # the rates: each model's steady states at 1, 16 and 64 sequences (requests/s, two digits), the same
+    # for both models, and a third beyond the fastest
+    cfgs, h100 = [load_model(m) for m in models], load_hardware("h100-sxm")
+    wl = Workload(batch=[1, 16, 64], context=[2048])
+    steady = serving_states(cfgs, [h100, h100], wl, 2048, 256)
+    rates = sorted({float(f"{r:.2g}") for r in steady["requests_per_s"]})
+    rates.append(float(f"{rates[-1] * 4 / 3:.2g}"))
+    assert len(traces) == 6  # per model: TPOT p50, TTFT p50, TTFT p99
+    for tr in traces:
+        assert list(values(tr["x"]).astype(float)) == rates
+    # each TTFT p99 line is the engine's own result at those rates (seeded: the same stream)
+    got = {tr["name"]: values(tr["y"]).astype(float) for tr in traces}
+    for cfg in cfgs:
+        want = simulate_traffic(cfg, h100, wl, 2048, 256, rates, Engine(8192), requests=LOAD_REQUESTS)
+        assert np.allclose(got[f"{cfg.name} · TTFT p99"], want["ttft_p99_s"])
+    # expert parallelism: the ranks' own queues are not modelled, so no load chart
+    ep = report_run(["olmoe-1b-7b"], [], tmp_path / "e.html", batches=[8], scenario={"ep": 2})
+    assert "chart-load-latency" not in chart_specs(ep.read_text())

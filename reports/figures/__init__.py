@@ -5,13 +5,15 @@ empty list when its data is absent; html.py lays them out. Bytes, bandwidth and 
 (d3 "~s" format, decimal units as HBM bandwidths are quoted).
 
 One module per chart family: `steps` (bytes and time per step vs batch size), `request` (one request's
-latency and throughput), `roofline`, `layers` (bytes per layer), `timeline` (HBM bandwidth over a
-recording), `accuracy` (predicted vs measured), `routing` (distinct experts / memory rows); `style`
-holds colours, symbols, layout and log axes, `marks` the trace builders they share.
+latency and throughput), `load` (latency against the arrival rate), `roofline`, `layers` (bytes per
+layer), `timeline` (HBM bandwidth over a recording), `accuracy` (predicted vs measured), `routing`
+(distinct experts / memory rows); `style` holds colours, symbols, layout and log axes, `marks` the trace
+builders they share.
 """
 
 from reports.figures.accuracy import pred_vs_meas_charts
 from reports.figures.layers import layer_bytes_charts
+from reports.figures.load import load_charts
 from reports.figures.request import request_charts
 from reports.figures.roofline import roofline_chart
 from reports.figures.routing import distinct_chart, routing_cost_chart
@@ -24,6 +26,7 @@ __all__ = [
     "distinct_chart",
     "group_of",
     "layer_bytes_charts",
+    "load_charts",
     "log_ticks",
     "model_colors",
     "pred_vs_meas_charts",
