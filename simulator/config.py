@@ -342,6 +342,10 @@ class MoEConfig(Strict):
         False, description="per-expert selection bias (DeepSeek-V3) or logit bias (gpt-oss)"
     )
     expert_bias: bool = Field(False, description="biases on the experts' projections (gpt-oss)")
+    shared_gate: bool = Field(
+        False,
+        description="a sigmoid gate (one d-vector) scales the shared experts' output (Qwen2-MoE, Qwen3-Next)",
+    )
     n_groups: PositiveInt | None = Field(None, description="node-limited routing groups (DeepSeek-V3)")
     topk_groups: PositiveInt | None = None
 
@@ -354,6 +358,8 @@ class MoEConfig(Strict):
     def _check(self) -> MoEConfig:
         if (self.n_shared_experts == 0) != (self.shared_ffn == 0):
             raise ValueError("n_shared_experts and shared_ffn must both be zero or both positive")
+        if self.shared_gate and not self.shared_ffn:
+            raise ValueError("shared_gate needs shared experts (shared_ffn > 0)")
         if self.n_groups is not None and self.n_experts % self.n_groups:
             raise ValueError(f"n_experts={self.n_experts} is not a multiple of n_groups={self.n_groups}")
         if self.topk_groups is not None and self.topk_groups > (self.n_groups or 1):

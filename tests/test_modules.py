@@ -469,13 +469,20 @@ def _moe_reference(moe: MoE, cfg: MoEConfig, x: torch.Tensor) -> tuple[torch.Ten
         gates = [sig[e] / total for e in chosen]
     out = sum(g * _expert(moe, e, cfg.activation, x) for g, e in zip(gates, chosen, strict=True))
     if moe.shared is not None:
-        out = out + _ffn_reference(moe.shared, cfg.activation, x)
+        shared = _ffn_reference(moe.shared, cfg.activation, x)
+        if cfg.shared_gate:  # Qwen2-MoE: the shared expert scaled by sigmoid(g . x)
+            assert moe.shared_gate is not None
+            shared = shared / (1 + math.exp(-float(w64(moe.shared_gate.weight[0]) @ x)))
+        out = out + shared
     return out, chosen
 
 
 MOE_CONFIGS = {
     "gpt-oss": MoEConfig(n_experts=8, top_k=2, expert_ffn=12, router_bias=True, expert_bias=True),
     "softmax+shared": MoEConfig(n_experts=8, top_k=2, expert_ffn=12, n_shared_experts=1, shared_ffn=20),
+    "qwen2-moe": MoEConfig(
+        n_experts=8, top_k=2, expert_ffn=12, n_shared_experts=1, shared_ffn=20, shared_gate=True
+    ),
     "gelu": MoEConfig(n_experts=6, top_k=3, expert_ffn=12, activation="gelu"),
     "deepseek-v3": MoEConfig(
         n_experts=8,

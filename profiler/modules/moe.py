@@ -61,6 +61,8 @@ class MoE(nn.Module):
             if cfg.shared_ffn
             else None
         )
+        # Qwen2-MoE / Qwen3-Next: sigmoid(x . g) scales the shared experts' output, per token
+        self.shared_gate = nn.Linear(d_model, 1, bias=False, **f) if cfg.shared_gate else None
         self.recorder = RoutingRecorder(n)
         self._meta_routing = np.random.default_rng(0)
 
@@ -133,7 +135,10 @@ class MoE(nn.Module):
         y_sorted = torch.cat(outs) * gates.reshape(-1, 1).index_select(0, order)
         out = torch.zeros_like(x).index_add_(0, token, y_sorted)
         if self.shared is not None:
-            out = out + self.shared(x)
+            shared = self.shared(x)
+            if self.shared_gate is not None:
+                shared = shared * torch.sigmoid(self.shared_gate(x))
+            out = out + shared
         return out.view(shape)
 
 

@@ -127,8 +127,14 @@ def _qwen2_moe(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
         attention_config(r, d, qkv_bias=bias, o_bias=False, window=w) for w in _qwen_windows(r, n_layers)
     ]
     shared = r.opt_int("shared_expert_intermediate_size", 0) or 0
+    # Qwen2MoeSparseMoeBlock scales its shared expert by sigmoid(shared_expert_gate(x))
     moe = _moe(
-        r, "num_experts", "moe_intermediate_size", n_shared_experts=1 if shared else 0, shared_ffn=shared
+        r,
+        "num_experts",
+        "moe_intermediate_size",
+        n_shared_experts=1 if shared else 0,
+        shared_ffn=shared,
+        shared_gate=bool(shared),
     )
     return _mixed_blocks(r, attns, _qwen_sparse_layers(r, n_layers), moe)
 

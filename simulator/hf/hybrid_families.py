@@ -80,6 +80,7 @@ def _qwen3_next(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
                 expert_ffn=r.opt_size("moe_intermediate_size", 512),
                 n_shared_experts=1 if shared else 0,
                 shared_ffn=shared,
+                shared_gate=bool(shared),  # as Qwen2-MoE: sigmoid(shared_expert_gate(x)) scales it
                 activation=act,
             ),
         )

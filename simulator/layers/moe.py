@@ -18,6 +18,7 @@ def cost(layer: MoEConfig, model: ModelConfig, points: Points) -> LayerCost:
     tokens = points.tokens
     expert = ffn_params(d, layer.expert_ffn, layer.activation, layer.expert_bias)
     shared = ffn_params(d, layer.shared_ffn, layer.activation) if layer.shared_ffn else 0.0
+    shared += d if layer.shared_gate else 0  # its gate's d-vector, read and multiplied with the shared
     router = float(d * layer.n_experts + (layer.n_experts if layer.router_bias else 0))
     params = layer.n_experts * expert + shared + router
     active = layer.top_k * expert + shared + router
