@@ -615,7 +615,9 @@ def _serve_rates(
     )
     # the options alone, before any model is costed (the token budget is checked per GPU when defaulted)
     budget = token_budget if token_budget is not None else max(options["max_seqs"], 1)
-    check_traffic(rates[0], options["requests"], options["arrivals"], budget, options["max_seqs"], wl)
+    check_traffic(
+        rates[0], options["requests"], options["arrivals"], budget, options["max_seqs"], wl, options["seed"]
+    )
     df = traffic_states(
         cfgs,
         gpus,

@@ -364,15 +364,19 @@ def traffic_table(df: pd.DataFrame, title: str) -> Table:
         if len(models) > 1:
             ratio = r.tokens_per_s / first.get(r.rate, np.nan)
             row.append(f"{ratio:.2f}x" if np.isfinite(ratio) else "-")
-        row.append("no (saturated)" if r.saturated else "yes")
+        if r.saturated:
+            row.append("no (saturated)")
+        else:
+            row.append("yes" if np.isfinite(r.queue_growth) else "-")  # no window to tell
         row.append(si(r.memory_bytes))
         table.add_row(*row)
     notes = [
         "req/s, tokens/s: completed within the measured window (after the first 10 % of requests); "
         "TTFT: arrival to first token, the wait in the queue included; TPOT: per request, (last token - "
         "first) / (G - 1); decoding: sequences decoding, mean per step; queue: requests waiting to be "
-        "admitted; prefill steps: share of steps carrying prompt tokens; keeps up: the queue does not "
-        "grow (over the second half of the window it gains under 5 % of the requests arriving); HBM "
+        "admitted; prefill steps: share of steps carrying prompt tokens; keeps up: the rate is within the "
+        "engine's capacity (its best steady state, up to the running requests memory allows) and the queue "
+        "does not grow (over the second half of the window it gains under 5 % of the requests arriving); HBM "
         "held: at the busiest step, with every running request's KV cache reserved at P + G"
     ]
     if len(models) > 1:

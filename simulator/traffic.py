@@ -60,6 +60,8 @@ from simulator.sweep import LayerEntry, check_parallelism, layer_entries, routin
 ARRIVALS = ("poisson", "even")
 WARMUP_SHARE = 0.1  # the first 10 % of requests, by arrival, are left out of the statistics
 MIN_REQUESTS = 10  # fewer leave no measured window worth a percentile
+MAX_REQUESTS = 1_000_000  # a minute or more of simulation per rate on a laptop; arrays of a few hundred MB
+MIN_RATE = 1e-6  # requests/s: slower streams put arrivals so far out that step times vanish beside them
 # saturated: the mean queue over the second half of the measured window exceeds that over the first by
 # more than this share of the requests arriving in the second half. An engine that completes a share x
 # fewer requests than arrive has a queue growing at x times the rate: the means of the two halves lie
@@ -81,7 +83,8 @@ TRAFFIC_COLUMNS: dict[str, str] = {
     "max_seqs": "running requests a step may hold (vLLM max_num_seqs)",
     "seq_limit": "running requests the engine admits: max_seqs, or fewer where their reserved KV cache "
     "would not fit in HBM",
-    "requests_per_s": "requests completed per second within the measured window",
+    "requests_per_s": "requests completed per second within the measured window (below the rate while the "
+    "engine is still filling up: a run shorter than a few end-to-end times)",
     "tokens_per_s": "tokens generated per second within the measured window, all sequences",
     "ttft_p50_s": "time to first token, median: arrival to the end of the step that ends its prefill, "
     "the wait in the queue included",
@@ -101,8 +104,10 @@ TRAFFIC_COLUMNS: dict[str, str] = {
     "queue_growth": "mean queue over the second half of the measured window less that over the first, "
     "over the requests arriving in the second half (about the share of arrivals the engine leaves "
     "uncompleted)",
-    "saturated": f"queue_growth above {SATURATION_GROWTH}: the queue grows, the engine does not keep up "
-    "with the rate (it completes about 5 % fewer requests than arrive, or worse)",
+    "capacity_rps": "requests per second the engine sustains at most: the best steady state of continuous "
+    "batching (simulator.serving) that keeps up, with up to seq_limit sequences decoding (NaN with G = 1)",
+    "saturated": f"the rate exceeds capacity_rps, or queue_growth is above {SATURATION_GROWTH}: the engine "
+    "does not keep up (a short run may end before its queue starts to grow, so the capacity decides too)",
     "kv_per_request_bytes": "KV cache (or recurrent state) one request reserves, at P + G",
     "memory_bytes": "HBM held at the busiest step: weights, a full step's activations and the reserved "
     "KV cache of the requests running",
@@ -443,14 +448,58 @@ def engine_memory(
     return held - prompt_kv_bytes(model, hardware, workload, budget), per_request
 
 
+def engine_capacity(
+    model: ModelConfig,
+    hardware: HardwareConfig,
+    workload: Workload,
+    prompt: int,
+    generate: int,
+    token_budget: int,
+    seq_limit: int,
+    efficiency: Mapping[str, float] | None = None,
+    overhead: Mapping[str, float] | None = None,
+) -> float:
+    """Requests per second the engine sustains at most: the best steady state of continuous batching
+    (`serving.serving_steady_state`) that keeps up, over powers of two up to `seq_limit` sequences and
+    `seq_limit` itself; NaN with one token generated (no sequence stays to decode). A stream faster than
+    this saturates the engine however short a run is to show it."""
+    from simulator.serving import serving_steady_state
+
+    if generate < 2:
+        return float("nan")
+    grid = sorted({1 << i for i in range(seq_limit.bit_length()) if 1 << i < seq_limit} | {seq_limit})
+    steady = serving_steady_state(
+        model,
+        hardware,
+        workload.model_copy(update={"batch": grid}),
+        prompt,
+        generate,
+        token_budget,
+        efficiency=efficiency,
+        overhead=overhead,
+    )
+    ok = steady[steady["keeps_up"].astype(bool) & steady["requests_per_s"].notna()]
+    return float(ok["requests_per_s"].max()) if not ok.empty else float("nan")
+
+
 def check_traffic(
-    rate: float, requests: int, arrivals: str, token_budget: int, max_seqs: int, workload: Workload
+    rate: float,
+    requests: int,
+    arrivals: str,
+    token_budget: int,
+    max_seqs: int,
+    workload: Workload,
+    seed: int = 0,
 ) -> None:
     """ConfigError, naming the option, unless the engine can be run as asked."""
-    if not (rate > 0 and np.isfinite(rate)):
-        raise ConfigError(f"--rate {rate}: a rate is a positive number of requests per second")
-    if requests < MIN_REQUESTS:
-        raise ConfigError(f"--requests {requests}: at least {MIN_REQUESTS}, the first 10 % being warm-up")
+    if not (rate >= MIN_RATE and np.isfinite(rate)):
+        raise ConfigError(f"--rate {rate}: a rate is a number of requests per second, at least {MIN_RATE:g}")
+    if not MIN_REQUESTS <= requests <= MAX_REQUESTS:
+        raise ConfigError(
+            f"--requests {requests}: from {MIN_REQUESTS} (the first 10 % are warm-up) to {MAX_REQUESTS:,}"
+        )
+    if seed < 0:
+        raise ConfigError(f"--seed {seed}: a seed is a non-negative integer")
     if arrivals not in ARRIVALS:
         raise ConfigError(f"--arrivals {arrivals}: choose one of {', '.join(ARRIVALS)}")
     if max_seqs < 1:
@@ -551,16 +600,17 @@ def simulate_traffic(
     `keep_traces`: a list the runs' traces are appended to. Columns: `TRAFFIC_COLUMNS`."""
     check_request(prompt, generate)
     for rate in rates:
-        check_traffic(rate, requests, arrivals, engine.token_budget, engine.max_seqs, workload)
+        check_traffic(rate, requests, arrivals, engine.token_budget, engine.max_seqs, workload, seed)
     check_parallelism(model, workload)
     resident, per_request = engine_memory(model, hardware, workload, prompt, generate, engine.token_budget)
     room = hardware.hbm_capacity.value - resident
     fit = int(room // per_request) if per_request > 0 else engine.max_seqs
     if room <= 0:
         raise ConfigError(
-            f"{model.name}: the weights and a step's activations ({resident / 1e9:.3g} GB) exceed "
-            f"{hardware.name}'s memory ({hardware.hbm_capacity.value / 1e9:.3g} GB); try --tp, a lower "
-            "--weight-dtype or another --hardware"
+            f"{model.name}: the weights and the activations of a step of --token-budget "
+            f"{engine.token_budget} tokens ({resident / 1e9:.3g} GB) exceed {hardware.name}'s memory "
+            f"({hardware.hbm_capacity.value / 1e9:.3g} GB); try --tp, a lower --weight-dtype, a smaller "
+            "budget or another --hardware"
         )
     if fit < 1:
         raise ConfigError(
@@ -572,10 +622,15 @@ def simulate_traffic(
     coster = StepCoster(
         model, hardware, workload, prompt, prompt, last_context, engine.token_budget, efficiency, overhead
     )
+    capacity = engine_capacity(
+        model, hardware, workload, prompt, generate, engine.token_budget, seq_limit, efficiency, overhead
+    )
     rows = []
     for rate in rates:
         arrival = arrival_times(rate, requests, arrivals, seed)
         trace = run_engine(coster, arrival, generate, engine.token_budget, seq_limit)
+        stats = summarize(trace, generate)
+        stats["saturated"] = bool(stats["saturated"] or rate > capacity)
         if keep_traces is not None:
             keep_traces.append(trace)
         rows.append(
@@ -591,7 +646,8 @@ def simulate_traffic(
                 "token_budget": engine.token_budget,
                 "max_seqs": engine.max_seqs,
                 "seq_limit": seq_limit,
-                **summarize(trace, generate),
+                **stats,
+                "capacity_rps": capacity,
                 "kv_per_request_bytes": per_request,
                 "memory_bytes": resident + trace.most_running * per_request,
                 "tp": workload.tp,

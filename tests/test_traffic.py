@@ -197,7 +197,7 @@ def test_traffic_rejects_what_it_cannot_run() -> None:
     with pytest.raises(ConfigError, match="--ep 2"):
         simulate_traffic(model, H100, Workload(ep=2), 2048, 64, [1.0], Engine(8192))
     # 80 B parameters in bf16 (160 GB) leave no room at all on an 80 GB H100
-    with pytest.raises(ConfigError, match=r"weights and a step's activations \(1\d\d GB\) exceed h100-sxm"):
+    with pytest.raises(ConfigError, match=r"budget 8192 tokens \(1\d\d GB\) exceed h100-sxm"):
         simulate_traffic(load_model("qwen3-next-80b-a3b"), H100, Workload(), 2048, 64, [1.0], Engine(8192))
 
 
@@ -230,3 +230,25 @@ def test_serve_rate_on_the_command_line() -> None:
 )
 def test_serve_rate_bad_input_is_one_line(args: list[str], needles: list[str]) -> None:
     assert_one_line_error(run("serve", "olmoe-1b-7b", *args), *needles)
+
+
+def test_a_short_run_beyond_capacity_is_saturated() -> None:
+    # 600 requests at 43/s end before OLMoE's queue starts to grow (its engine is still filling up to the
+    # 215 requests memory allows), but 43/s is beyond what 215 sequences decoding can serve in the steady
+    # state, so the run is flagged all the same; 20/s is well within it
+    model = load_model("olmoe-1b-7b")
+    df = simulate_traffic(model, H100, Workload(), 2048, 256, [20.0, 43.0], Engine(8192), requests=600)
+    seq_limit = int(df["seq_limit"].iloc[0])
+    steady = serving_steady_state(model, H100, Workload(batch=[seq_limit]), 2048, 256, 8192).iloc[0]
+    assert bool(steady["keeps_up"]) and df["capacity_rps"].iloc[0] >= steady["requests_per_s"]
+    assert 20.0 < df["capacity_rps"].iloc[0] < 43.0
+    assert df["queue_growth"].iloc[1] < 0.05  # the queue alone would not tell
+    assert df["saturated"].tolist() == [False, True]
+
+
+def test_seed_and_request_bounds() -> None:
+    model = load_model("olmoe-1b-7b")
+    with pytest.raises(ConfigError, match="--seed -1"):
+        simulate_traffic(model, H100, Workload(), 2048, 64, [1.0], Engine(8192), seed=-1)
+    with pytest.raises(ConfigError, match="--requests 100000000000"):
+        simulate_traffic(model, H100, Workload(), 2048, 64, [1.0], Engine(8192), requests=10**11)
