@@ -484,8 +484,12 @@ def latency(
 @app.command()
 def serve(
     models: Annotated[list[str], typer.Argument(help="models (presets, files, Hub ids)")],
-    prompt: Annotated[int, typer.Option("--prompt", "-p", help="prompt tokens per request")] = 2048,
-    generate: Annotated[int, typer.Option("--generate", "-g", help="tokens generated per request")] = 256,
+    prompt: Annotated[
+        int | None, typer.Option("--prompt", "-p", help="prompt tokens per request (default 2048)")
+    ] = None,
+    generate: Annotated[
+        int | None, typer.Option("--generate", "-g", help="tokens generated per request (default 256)")
+    ] = None,
     hardware: Hardwares = DEFAULT_HARDWARE,
     concurrency: Annotated[
         str | None,
@@ -522,8 +526,27 @@ def serve(
     seed: Annotated[int, typer.Option("--seed", help="with --rate: seed of the Poisson arrivals")] = 0,
     max_seqs: Annotated[
         int,
-        typer.Option("--max-seqs", help="with --rate: running requests a step may hold (vLLM max_num_seqs)"),
+        typer.Option(
+            "--max-seqs",
+            help="with --rate or --requests-file: running requests a step may hold (vLLM max_num_seqs)",
+        ),
     ] = 256,
+    requests_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--requests-file",
+            help="replay a request trace (each request its own arrival, prompt and output length): Azure "
+            "LLM inference CSV, BurstGPT CSV, Mooncake JSONL, or CSV/Parquet with arrival_s,prompt,generate",
+        ),
+    ] = None,
+    trace_speed: Annotated[
+        float,
+        typer.Option("--trace-speed", help="with --requests-file: compress the arrivals this many times"),
+    ] = 1.0,
+    trace_requests: Annotated[
+        int | None,
+        typer.Option("--trace-requests", help="with --requests-file: the first N requests by arrival"),
+    ] = None,
     fmt: Fmt = "table",
     output: Output = None,
     sets: Sets = None,
@@ -540,11 +563,28 @@ def serve(
     that replace them fill each step's leftover token budget. TPOT, TTFT, tokens/s and bytes per token
     with the prefill work mixed in; with --tpot, each model's largest N that meets it and fits. With
     --rate, the engine run request by request under Poisson (or even) arrivals: TTFT with the queueing,
-    TPOT and end-to-end percentiles, throughput, and whether it keeps up."""
+    TPOT and end-to-end percentiles, throughput, and whether it keeps up. With --requests-file, the
+    same engine on a recorded trace's arrivals and request sizes."""
     from reports.tables import serving_table
     from simulator.request import check_request
     from simulator.serving import serving_states
 
+    scenario = (weight_dtype, act_dtype, kv_dtype, tp, ep, routing)
+    if requests_file is not None:
+        given = {"--rate": rate, "--prompt": prompt, "--generate": generate}
+        given |= {"--concurrency": concurrency, "--tpot": tpot}
+        for flag, value in given.items():
+            if value is not None:
+                raise ConfigError(
+                    f"--requests-file and {flag} together: the trace gives the arrivals and request sizes; "
+                    f"drop {flag}"
+                )
+        trace = (requests_file, trace_speed, trace_requests)
+        engine = (token_budget, max_seqs)
+        _serve_trace(models, hardware, sets, vary, trace, engine, scenario, calibration, fmt, output)
+        return
+    prompt = 2048 if prompt is None else prompt
+    generate = 256 if generate is None else generate
     check_request(prompt, generate)
     tpot_s = parse_seconds(tpot, "--tpot")
     if tpot_s is not None and concurrency is not None:
@@ -642,6 +682,66 @@ def _serve_rates(
     _emit(df, fmt, output, lambda: traffic_table(df, title))
 
 
+def _serve_trace(
+    models: list[str],
+    hardware: str,
+    sets: list[str] | None,
+    vary: list[str] | None,
+    trace: tuple[Path, float, int | None],
+    engine: tuple[int | None, int],
+    scenario: tuple[str, str, str, int, int, str],
+    calibration: Path | None,
+    fmt: str,
+    output: Path | None,
+) -> None:
+    """`serve --requests-file`: the request-level simulation of each model on a recorded trace."""
+    from reports.tables import traffic_table
+    from simulator.request_trace import load_request_trace
+    from simulator.traffic import check_trace, trace_states
+
+    path, speed, first = trace
+    token_budget, max_seqs = engine
+    requests = load_request_trace(path, speed, first)
+    # the trace and options alone, before any model is costed (the budget is checked per GPU when defaulted)
+    budget = token_budget if token_budget is not None else max(max_seqs, 1)
+    # the longest request's context for the max-positions warning: the largest P, and G to its P + G
+    most_prompt = int(requests.prompt.max())
+    longest = most_prompt, int((requests.prompt + requests.generate).max()) - most_prompt
+    cfgs, gpus, wl, cal = _request_setup(
+        "serve",
+        models,
+        hardware,
+        sets,
+        vary,
+        ("--requests-file", "1"),
+        longest,
+        scenario,
+        calibration,
+        asked=f"the longest request of {path.name}",
+    )
+    check_trace(requests, budget, max_seqs, wl)
+    df = trace_states(
+        cfgs,
+        gpus,
+        wl,
+        requests,
+        token_budget,
+        max_seqs,
+        speed=speed,
+        efficiency=cal,
+        overhead=getattr(cal, "overhead_s", None),
+    )
+    on = " and ".join(dict.fromkeys(hw.name for hw in gpus))
+    budgets = ", ".join(f"{b:g} tokens a step" for b in dict.fromkeys(df["token_budget"]))
+    sizes = f"prompt {requests.prompt.mean():.0f} and generate {requests.generate.mean():.0f} on average"
+    step = f"{sizes}, {budgets}, max {max_seqs} running"
+    replay = f" at {speed:g}x" if speed != 1 else ""
+    dropped = f", {requests.dropped} with no output tokens left out" if requests.dropped else ""
+    title = f"{_names(cfgs)} on {on}, {len(requests)} requests of {path.name} ({requests.layout}{replay}"
+    title += f"{dropped}): {_scenario(wl, calibration, step=step)}"
+    _emit(df, fmt, output, lambda: traffic_table(df, title))
+
+
 def _request_setup(
     command: str,
     models: list[str],
@@ -652,9 +752,11 @@ def _request_setup(
     request: tuple[int, int],
     scenario: tuple[str, str, str, int, int, str],
     calibration: Path | None,
+    asked: str | None = None,
 ):
     """What `latency` and `serve` share: the variants, the workload (its batch sizes from the flag and
-    text in `sizes`, its context the prompt), the max-positions warning and the calibration."""
+    text in `sizes`, its context the prompt), the max-positions warning (naming `asked`, by default the
+    --prompt and --generate) and the calibration."""
     from simulator.loading import hardware_names, load_variants
 
     prompt, generate = request
@@ -678,7 +780,7 @@ def _request_setup(
     )
     cfgs, gpus = [m for m, _ in variants], [hw for _, hw in variants]
     # the last decode step feeds generated token G - 1 at position prompt + G - 1
-    _warn_positions(cfgs, prompt + generate - 1, f"--prompt {prompt} --generate {generate}")
+    _warn_positions(cfgs, prompt + generate - 1, asked or f"--prompt {prompt} --generate {generate}")
     return cfgs, gpus, wl, _calibration(calibration, gpus, cfgs)
 
 

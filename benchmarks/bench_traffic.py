@@ -5,8 +5,11 @@ preset at a light, a busy and an overloaded rate, and prints, per rate, the wall
 simulated per second (the step tables built once per model, and timed apart). Not a test: numbers depend
 on the machine and its load.
 
+With --requests-file TRACE (any layout `serve --requests-file` reads), replays that trace instead, at each
+of --speeds, and prints the same numbers.
+
 Run:  python benchmarks/bench_traffic.py [--requests N] [--model NAME] [--hardware HW] [--weight-dtype D]
-      [--rates 1,20,60]
+      [--rates 1,20,60] [--requests-file TRACE --speeds 1,4]
 """
 
 from __future__ import annotations
@@ -18,7 +21,36 @@ import time
 
 from simulator.config import Workload
 from simulator.loading import load_hardware, load_model
-from simulator.traffic import Engine, StepCoster, arrival_times, engine_memory, run_engine, summarize
+from simulator.request_trace import load_request_trace
+from simulator.traffic import (
+    Engine,
+    StepCoster,
+    Trace,
+    arrival_times,
+    engine_memory,
+    run_engine,
+    simulate_trace,
+    summarize,
+)
+
+
+def bench_trace(args: argparse.Namespace) -> None:
+    """Replay --requests-file at each of --speeds: the whole `simulate_trace` (tables, KV per request,
+    capacity and the run) timed together."""
+    model, hardware = load_model(args.model), load_hardware(args.hardware)
+    workload = Workload(weight_dtype=args.weight_dtype)
+    heads = ("speed", 7), ("requests", 9), ("steps", 10), ("wall s", 7), ("requests/s simulated", 21)
+    print(" ".join(f"{h:>{w}s}" for h, w in heads), "saturated")
+    for speed in (float(x) for x in args.speeds.split(",")):
+        requests = load_request_trace(args.requests_file, speed, args.requests)
+        traces: list[Trace] = []
+        start = time.perf_counter()
+        row = simulate_trace(model, hardware, workload, requests, Engine(8192), keep_traces=traces).iloc[0]
+        wall = time.perf_counter() - start
+        print(
+            f"{speed:7g} {len(requests):9,d} {traces[0].total_steps:10,d} {wall:7.2f} "
+            f"{len(requests) / wall:21,.0f} {row['saturated']!s:>9s}"
+        )
 
 
 def main() -> None:
@@ -28,7 +60,16 @@ def main() -> None:
     parser.add_argument("--hardware", default="h100-sxm")
     parser.add_argument("--weight-dtype", default="bf16")
     parser.add_argument("--rates", default="1,20,60", help="requests per second, comma-separated")
+    parser.add_argument("--requests-file", default=None, help="a request trace to replay instead")
+    parser.add_argument("--speeds", default="1", help="with --requests-file: --trace-speed values")
     args = parser.parse_args()
+    if args.requests_file is not None:
+        print(
+            f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; {args.model} on "
+            f"{args.hardware}, weights {args.weight_dtype}; replaying {args.requests_file}"
+        )
+        bench_trace(args)
+        return
     model, hardware = load_model(args.model), load_hardware(args.hardware)
     workload = Workload(weight_dtype=args.weight_dtype)
     prompt, generate, engine = 2048, 256, Engine(8192)

@@ -343,8 +343,12 @@ def traffic_table(df: pd.DataFrame, title: str) -> Table:
     (this / first) at the same rate."""
     table = Table(title=title, title_justify="left")
     models = list(dict.fromkeys(df["model"]))
+    # a replayed trace: requests of many sizes, so TTFT per prompt token too; its rate is a mean
+    replay = "requests_file" in df and bool(df["requests_file"].notna().any())
     cols = ["model"] if len(models) > 1 else []
-    cols += ["rate/s", "req/s", "tokens/s", "TTFT p50", "TTFT p90", "TTFT p99", "TPOT p50", "TPOT p99"]
+    cols += ["rate/s", "req/s", "tokens/s", "TTFT p50", "TTFT p90", "TTFT p99"]
+    cols += ["TTFT/token p50", "TTFT/token p99"] if replay else []
+    cols += ["TPOT p50", "TPOT p99"]
     cols += ["E2E p50", "E2E p99", "decoding", "queue mean", "queue max", "prefill steps"]
     if len(models) > 1:
         cols.append("tokens/s\nvs first")
@@ -355,8 +359,9 @@ def traffic_table(df: pd.DataFrame, title: str) -> Table:
     first = df[df["model"] == models[0]].set_index("rate")["tokens_per_s"]
     for r in df.sort_values("rate", kind="stable").itertuples(index=False):
         row = [r.model] if len(models) > 1 else []
-        row += [f"{r.rate:g}", _rate(r.requests_per_s), _rate(r.tokens_per_s)]
+        row += [f"{r.rate:.3g}" if replay else f"{r.rate:g}", _rate(r.requests_per_s), _rate(r.tokens_per_s)]
         row += [seconds(r.ttft_p50_s), seconds(r.ttft_p90_s), seconds(r.ttft_p99_s)]
+        row += [seconds(r.ttft_per_token_p50_s), seconds(r.ttft_per_token_p99_s)] if replay else []
         row += [seconds(r.tpot_p50_s), seconds(r.tpot_p99_s), seconds(r.e2e_p50_s), seconds(r.e2e_p99_s)]
         queue = f"{r.mean_queue:.2f}" if r.mean_queue < 99.5 else f"{r.mean_queue:,.0f}"
         row += [f"{r.mean_decoding:.3g}", queue, str(int(r.max_queue))]
@@ -379,6 +384,11 @@ def traffic_table(df: pd.DataFrame, title: str) -> Table:
         "does not grow (over the second half of the window it gains under 5 % of the requests arriving); HBM "
         "held: at the busiest step, with every running request's KV cache reserved at P + G"
     ]
+    if replay:
+        notes.append(
+            "a replayed trace: rate/s its mean arrival rate; TTFT/token: TTFT over the request's prompt "
+            "tokens; percentiles count each request once; capacity at the trace's mean P and G"
+        )
     if len(models) > 1:
         notes.append(f"tokens/s vs first: this one's throughput over {models[0]}'s at the same rate")
     table.caption = "; ".join(notes)

@@ -7,8 +7,9 @@ wait in the queue, bursts of a Poisson stream show in the tails, and a rate beyo
 serves shows as a queue that grows.
 
 The engine, as vLLM V1's scheduler with chunked prefill, simplified:
-- Requests arrive at `rate` per second, as a Poisson process (seeded) or evenly spaced; each brings P
-  prompt tokens and generates G (the first by the step that ends its prefill, then G - 1 decode steps).
+- Requests arrive at `rate` per second, as a Poisson process (seeded) or evenly spaced, or as a recorded
+  trace has them (`simulate_trace`, each request its own P and G); each brings P prompt tokens and
+  generates G (the first by the step that ends its prefill, then G - 1 decode steps).
 - A step carries at most `token_budget` tokens (max_num_batched_tokens) and `max_seqs` running requests
   (max_num_seqs). Running requests come first: every decoding sequence gets its one token, then each
   request still prefilling (in the order admitted) gets min(prompt left, budget left) tokens. Waiting
@@ -18,7 +19,7 @@ The engine, as vLLM V1's scheduler with chunked prefill, simplified:
 - A request is admitted only if the HBM the device holds stays within its capacity: what the engine holds
   besides the requests (weights and the activations of a step of `token_budget` tokens) plus the KV cache
   (or recurrent state) of every admitted request at its full P + G, reserved at admission. With one size
-  of request that is a cap on the running requests (`seq_limit`).
+  of request that is a cap on the running requests (`seq_limit`); with a trace, a byte budget.
 - Each step is costed as `serving.mixed_step` costs it: per layer, the FLOPs, activation and KV bytes of
   its decode sequences (each at its own context) and of its prompt pieces add up, the weights are read
   once for all the step's tokens, and the layer's roofline (calibrated where asked) times its repeats
@@ -31,7 +32,7 @@ Simplifications (what vLLM does that this does not):
 - decode tokens go before the prompt pieces in a step, whatever the order the requests were admitted in
   (vLLM walks its running list in order; with the budget at least max_seqs every decode token fits
   either way, so only which prompt piece is cut short can differ);
-- no prefix caching, no speculative decoding, every request of the same P and G, no host time
+- no prefix caching, no speculative decoding, no host time
   between steps (scheduling, sampling, detokenisation): steps follow each other back to back;
 - the scheduler runs at step boundaries only: a request arriving during a step waits for the next;
 - no expert parallelism: the data-parallel ranks of `--ep` would each run their own queue, which this
@@ -44,7 +45,7 @@ it. `saturated` (see `SATURATION_GROWTH`) flags an engine that cannot keep up.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,7 +54,15 @@ import pandas as pd
 from simulator.config import HardwareConfig, ModelConfig, Workload, describe_weight_dtypes
 from simulator.costs import Points
 from simulator.errors import ConfigError
-from simulator.request import PrefillStep, check_request, prefill_workload, prompt_kv_bytes
+from simulator.request import (
+    MAX_GENERATE,
+    MAX_PROMPT,
+    PrefillStep,
+    check_request,
+    prefill_workload,
+    prompt_kv_bytes,
+)
+from simulator.request_trace import RequestTrace
 from simulator.routing import RoutingModel
 from simulator.sweep import LayerEntry, check_parallelism, layer_entries, routing_model, simulate
 
@@ -74,15 +83,19 @@ TRAFFIC_COLUMNS: dict[str, str] = {
     "model": "model name",
     "hardware": "hardware name",
     "rate": "requests arriving per second",
-    "arrivals": "poisson (seeded) or even",
+    "arrivals": "poisson (seeded), even, or trace (its layout: memtraffic, azure, burstgpt, mooncake)",
     "seed": "seed of the Poisson stream",
+    "requests_file": "the request trace replayed (--requests-file); empty with --rate",
+    "trace_speed": "the trace's arrivals compressed this many times (--trace-speed)",
     "requests": "requests simulated (the first 10 % by arrival are warm-up, left out of the statistics)",
-    "prompt": "prompt tokens per request (P)",
-    "generate": "tokens generated per request (G; the first by the step that ends its prefill)",
+    "prompt": "prompt tokens per request (P; with a trace, its mean)",
+    "generate": "tokens generated per request (G, the first by the step that ends its prefill; with a "
+    "trace, its mean)",
     "token_budget": "tokens a step may carry (decode tokens first, then prompts)",
     "max_seqs": "running requests a step may hold (vLLM max_num_seqs)",
     "seq_limit": "running requests the engine admits: max_seqs, or fewer where their reserved KV cache "
-    "would not fit in HBM",
+    "would not fit in HBM (with a trace, requests of its mean P and G: the engine itself admits while the "
+    "reserved bytes of the requests running and the newcomer fit)",
     "requests_per_s": "requests completed per second within the measured window (below the rate while the "
     "engine is still filling up: a run shorter than a few end-to-end times)",
     "tokens_per_s": "tokens generated per second within the measured window, all sequences",
@@ -90,8 +103,10 @@ TRAFFIC_COLUMNS: dict[str, str] = {
     "the wait in the queue included",
     "ttft_p90_s": "time to first token, 90th percentile",
     "ttft_p99_s": "time to first token, 99th percentile",
-    "tpot_p50_s": "time per output token after the first, median over requests: (finish - first token) / "
-    "(G - 1)",
+    "ttft_per_token_p50_s": "time to first token over the request's prompt tokens, median",
+    "ttft_per_token_p99_s": "time to first token over the request's prompt tokens, 99th percentile",
+    "tpot_p50_s": "time per output token after the first, median over requests (each counts once, "
+    "whatever its G): (finish - first token) / (G - 1)",
     "tpot_p99_s": "time per output token, 99th percentile over requests",
     "e2e_p50_s": "arrival to last token, median",
     "e2e_p99_s": "arrival to last token, 99th percentile",
@@ -105,12 +120,14 @@ TRAFFIC_COLUMNS: dict[str, str] = {
     "over the requests arriving in the second half (about the share of arrivals the engine leaves "
     "uncompleted)",
     "capacity_rps": "requests per second the engine sustains at most: the best steady state of continuous "
-    "batching (simulator.serving) that keeps up, with up to seq_limit sequences decoding (NaN with G = 1)",
+    "batching (simulator.serving) that keeps up, with up to seq_limit sequences decoding (NaN with G = 1; "
+    "with a trace, for requests of its mean P and G, rounded)",
     "saturated": f"the rate exceeds capacity_rps, or queue_growth is above {SATURATION_GROWTH}: the engine "
     "does not keep up (a short run may end before its queue starts to grow, so the capacity decides too)",
-    "kv_per_request_bytes": "KV cache (or recurrent state) one request reserves, at P + G",
+    "kv_per_request_bytes": "KV cache (or recurrent state) one request reserves, at P + G (with a trace, "
+    "at its mean P and G)",
     "memory_bytes": "HBM held at the busiest step: weights, a full step's activations and the reserved "
-    "KV cache of the requests running",
+    "KV cache of the requests running (with a trace, the most reserved at once)",
     "tp": "tensor-parallel degree",
     "weight_dtype": "weight dtype (per layer kind where they differ)",
     "kv_dtype": "KV-cache dtype",
@@ -124,6 +141,11 @@ def _grid_entries(model: ModelConfig, workload: Workload, routing: RoutingModel)
 def _decode_workload(workload: Workload, batch: list[int], contexts: list[int]) -> Workload:
     step = {"phase": "decode", "batch": batch, "context": contexts, "prefix": 0, "logits": "last"}
     return workload.model_copy(update={**step, "tokens_per_step": 1})
+
+
+# a prompt piece: (tokens, cached prefix), and whether it ends its prompt (then it computes the last
+# position's logits); without the flag, whether tokens + prefix reach StepCoster.prompt
+Piece = tuple[int, int] | tuple[int, int, bool]
 
 
 def _per_point(entries: list[LayerEntry], name: str, size: int) -> np.ndarray:
@@ -151,7 +173,8 @@ class StepCoster:
     max_tokens: int
     efficiency: Mapping[str, float] | None = None
     overhead: Mapping[str, float] | None = None
-    _pieces: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    _pieces: dict[tuple[int, int, bool], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    _first: dict[bool, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._routing = routing_model(self.workload)
@@ -179,13 +202,35 @@ class StepCoster:
         # reads no head weights (as `simulate` costs such a prefill); any step with a decode token does
         self._head = [i for i, e in enumerate(one) if e.name == "head"]
 
-    def piece(self, tokens: int, prefix: int) -> tuple[np.ndarray, np.ndarray]:
+    def _first_pieces(self, last: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(flops, activation + KV bytes) (tokens, layers) of every piece with no cached prefix, 1 ..
+        `max_tokens` tokens, in one grid: a trace of many prompt lengths would otherwise cost each apart."""
+        if last not in self._first:
+            sizes = list(range(1, self.max_tokens + 1))
+            update = {"batch": [1], "context": sizes, "prefix": 0, "phase": "prefill"}
+            wl = self.workload.model_copy(update={**update, "logits": "last" if last else "none"})
+            entries = _grid_entries(self.model, wl, self._routing)
+            n = len(sizes)
+            moved = (
+                _per_point(entries, "act_bytes_ideal", n)
+                + _per_point(entries, "kv_read_bytes", n)
+                + _per_point(entries, "kv_write_bytes", n)
+            )
+            self._first[last] = (_per_point(entries, "flops", n), moved)
+        return self._first[last]
+
+    def piece(self, tokens: int, prefix: int, last: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(flops, activation + KV bytes) per layer of `tokens` prompt tokens after `prefix` cached ones
-        of one request; the piece that ends the prompt computes its last position's logits."""
-        key = (tokens, prefix)
+        of one request; the piece that ends the prompt (`last`; None: tokens + prefix reach `prompt`)
+        computes its last position's logits."""
+        if last is None:
+            last = tokens + prefix >= self.prompt
+        if prefix == 0 and tokens <= self.max_tokens:
+            flops, moved = self._first_pieces(last)
+            return flops[tokens - 1], moved[tokens - 1]
+        key = (tokens, prefix, last)
         if key not in self._pieces:
-            logits = "last" if tokens + prefix >= self.prompt else "none"
-            step = PrefillStep(1, 1, tokens, prefix, logits, 0)
+            step = PrefillStep(1, 1, tokens, prefix, "last" if last else "none", 0)
             entries = _grid_entries(self.model, prefill_workload(self.workload, step), self._routing)
             flops = _per_point(entries, "flops", 1)[0]
             moved = (
@@ -195,6 +240,9 @@ class StepCoster:
             )[0]
             self._pieces[key] = (flops, moved)
         return self._pieces[key]
+
+    def ends_prompt(self, piece: Piece) -> bool:
+        return bool(piece[2]) if len(piece) > 2 else piece[0] + piece[1] >= self.prompt
 
     def times(
         self, flops: np.ndarray, moved: np.ndarray, tokens: np.ndarray, logits: bool = True
@@ -216,17 +264,17 @@ class StepCoster:
         i = contexts - self.first_context
         return self.decode_flops[i].sum(axis=0), self.decode_bytes[i].sum(axis=0)
 
-    def step_time(self, contexts: list[int] | np.ndarray, pieces: list[tuple[int, int]]) -> float:
-        """One step of decode sequences at `contexts` and prompt `pieces` ((tokens, prefix), ...)."""
+    def step_time(self, contexts: list[int] | np.ndarray, pieces: Sequence[Piece]) -> float:
+        """One step of decode sequences at `contexts` and prompt `pieces` ((tokens, prefix[, last]), ...)."""
         ctx = np.asarray(contexts, dtype=np.int64)
         flops, moved = self.decode_sums(ctx.reshape(-1, 1))
         flops, moved = flops.reshape(-1).copy(), moved.reshape(-1).copy()
-        for tokens, prefix in pieces:
-            f, m = self.piece(tokens, prefix)
+        for p in pieces:
+            f, m = self.piece(p[0], p[1], self.ends_prompt(p))
             flops += f
             moved += m
-        tokens = np.array([len(ctx) + sum(t for t, _ in pieces)])
-        logits = len(ctx) > 0 or any(t + p >= self.prompt for t, p in pieces)
+        tokens = np.array([len(ctx) + sum(p[0] for p in pieces)])
+        logits = len(ctx) > 0 or any(self.ends_prompt(p) for p in pieces)
         return float(self.times(flops[None, :], moved[None, :], tokens, logits)[0])
 
 
@@ -256,6 +304,7 @@ class Trace:
     tokens: float = 0.0  # tokens generated by them
     running_area: float = 0.0  # integral of the running requests over the window (request-seconds)
     most_running: int = 0  # the most requests running at once, over the whole run
+    most_reserved: int = 0  # the most KV bytes reserved at once (with per-request reservations)
     total_steps: int = 0
     last_step_s: float = 0.0  # the mean step of the last decode stretch: how far to cost ahead
 
@@ -300,25 +349,59 @@ class _Running:
 _RUN_SLICE = 1 << 18
 
 
+@dataclass
+class _Sizes:
+    """Per request, as Python lists (the step loop reads them one at a time): prompt and output tokens,
+    and the KV bytes reserved at admission."""
+
+    prompt: list[int]
+    generate: list[int]
+    reserve: list[int]
+
+
+def _sizes(
+    coster: StepCoster,
+    n: int,
+    generate: int | np.ndarray,
+    prompt: np.ndarray | None,
+    reserve: np.ndarray | None,
+) -> _Sizes:
+    prompts = [coster.prompt] * n if prompt is None else np.asarray(prompt, dtype=np.int64).tolist()
+    gens = np.broadcast_to(np.asarray(generate, dtype=np.int64), (n,)).tolist()
+    held = [0] * n if reserve is None else np.asarray(reserve, dtype=np.int64).tolist()
+    return _Sizes(prompts, gens, held)
+
+
 def run_engine(
     coster: StepCoster,
     arrival: np.ndarray,
-    generate: int,
+    generate: int | np.ndarray,
     token_budget: int,
     seq_limit: int,
+    *,
+    prompt: np.ndarray | None = None,
+    reserve: np.ndarray | None = None,
+    room: int | None = None,
 ) -> Trace:
     """Simulate the engine (module docstring) on requests arriving at `arrival` (sorted) until every one
     has finished. Steps that only decode, with nothing to admit, run as one vectorised stretch until the
-    next finish or arrival, so a quiet engine costs little."""
+    next finish or arrival, so a quiet engine costs little.
+
+    Request sizes: `generate` one count for all or one per request; `prompt` one per request (None:
+    `coster.prompt` for all). Admission: at most `seq_limit` running requests and, where `room` (bytes)
+    is given, the `reserve` bytes (one per request, whole numbers so that they add up exactly) of the
+    running requests and the newcomer within it."""
     if seq_limit < 1:
         raise ConfigError("the engine holds no request: not one request's KV cache fits in memory")
-    prompt = coster.prompt
     n = len(arrival)
+    size = _sizes(coster, n, generate, prompt, reserve)
+    if room is not None and max(size.reserve) > room:
+        raise ConfigError("a request's KV cache does not fit in the memory left for requests")
     nan = np.full(n, np.nan)
     warm = int(np.ceil(WARMUP_SHARE * n))
     trace = Trace(arrival, nan.copy(), nan.copy(), nan.copy(), float(arrival[warm]), float(arrival[-1]))
     run = _Running()
-    t, step, arrived, head, done = 0.0, 0, 0, 0, 0
+    t, step, arrived, head, done, reserved = 0.0, 0, 0, 0, 0, 0
     while done < n:
         arrived = int(np.searchsorted(arrival, t, side="right"))
         if run.count() == 0 and head == arrived:  # idle until the next request
@@ -326,23 +409,27 @@ def run_engine(
             continue
         # compose the step: decode tokens, running prefills, then admissions
         left = token_budget - len(run.ids)
-        pieces: list[tuple[int, int]] = []
+        pieces: list[Piece] = []
         ends: list[int] = []  # ids whose prefill ends this step
         for entry in run.prefilling:
-            take = min(prompt - entry[1], left)
+            take = min(size.prompt[entry[0]] - entry[1], left)
             if take > 0:
-                pieces.append((take, entry[1]))
+                pieces.append((take, entry[1], entry[1] + take == size.prompt[entry[0]]))
                 entry[1] += take
                 left -= take
-                if entry[1] == prompt:
+                if entry[1] == size.prompt[entry[0]]:
                     ends.append(entry[0])
         while left > 0 and head < arrived and run.count() < seq_limit:
-            take = min(prompt, left)
+            if room is not None and reserved + size.reserve[head] > room:
+                break  # first come first served: the head of the queue waits for room, and all behind it
+            take = min(size.prompt[head], left)
             trace.admitted[head] = t
+            reserved += size.reserve[head]
+            trace.most_reserved = max(trace.most_reserved, reserved)
             run.prefilling.append([head, take])
-            pieces.append((take, 0))
+            pieces.append((take, 0, take == size.prompt[head]))
             left -= take
-            if take == prompt:
+            if take == size.prompt[head]:
                 ends.append(head)
             head += 1
         decoding = len(run.ids)
@@ -355,14 +442,15 @@ def run_engine(
             trace.tally(np.array([t]), np.array([end]), decoding, np.array([float(produced)]), True, running)
             for rid in ends:
                 trace.first_token[rid] = end
-                if generate == 1:
+                if size.generate[rid] == 1:
                     trace.finish[rid] = end
+                    reserved -= size.reserve[rid]
                     done += 1
                 else:
                     run.ids.append(rid)
-                    run.offset.append(step + 1 - prompt)
-                    run.last_step.append(step + generate - 1)
-            run.prefilling = [e for e in run.prefilling if e[1] < prompt]
+                    run.offset.append(step + 1 - size.prompt[rid])
+                    run.last_step.append(step + size.generate[rid] - 1)
+            run.prefilling = [e for e in run.prefilling if e[1] < size.prompt[e[0]]]
             steps, t = 1, end
         else:
             # decode only: until the first sequence finishes, or, with the queue empty (nothing blocked
@@ -379,6 +467,7 @@ def run_engine(
             gone = last < step
             for i in np.flatnonzero(gone):
                 trace.finish[run.ids[i]] = t
+                reserved -= size.reserve[run.ids[i]]
                 done += 1
             keep = np.flatnonzero(~gone)
             run.ids = [run.ids[i] for i in keep]
@@ -502,6 +591,11 @@ def check_traffic(
         raise ConfigError(f"--seed {seed}: a seed is a non-negative integer")
     if arrivals not in ARRIVALS:
         raise ConfigError(f"--arrivals {arrivals}: choose one of {', '.join(ARRIVALS)}")
+    check_engine(token_budget, max_seqs, workload, "--rate")
+
+
+def check_engine(token_budget: int, max_seqs: int, workload: Workload, flag: str) -> None:
+    """ConfigError unless the engine's settings can be run, with arrivals given by `flag`."""
     if max_seqs < 1:
         raise ConfigError(f"--max-seqs {max_seqs}: at least one running request")
     if token_budget < max_seqs:
@@ -509,9 +603,28 @@ def check_traffic(
         raise ConfigError(f"--token-budget {token_budget}: below --max-seqs {max_seqs}")
     if workload.ep > 1:
         raise ConfigError(
-            f"--ep {workload.ep} with --rate: each data-parallel rank would run its own queue, which the "
+            f"--ep {workload.ep} with {flag}: each data-parallel rank would run its own queue, which the "
             "request-level simulation does not model; use --tp, or --concurrency for the steady state"
         )
+
+
+def check_trace(requests: RequestTrace, token_budget: int, max_seqs: int, workload: Workload) -> None:
+    """ConfigError, naming the file, unless its requests can be replayed on the engine."""
+    if not MIN_REQUESTS <= len(requests) <= MAX_REQUESTS:
+        raise ConfigError(
+            f"{requests.path}: {len(requests)} requests; from {MIN_REQUESTS} (the first 10 % are warm-up) "
+            f"to {MAX_REQUESTS:,} (--trace-requests takes the first N)"
+        )
+    for what, values, most in (
+        ("prompt", requests.prompt, MAX_PROMPT),
+        ("output", requests.generate, MAX_GENERATE),
+    ):
+        if values.max() > most:
+            i = int(np.argmax(values))
+            raise ConfigError(
+                f"{requests.path}: request {i + 1} by arrival has {values[i]} {what} tokens, over {most}"
+            )
+    check_engine(token_budget, max_seqs, workload, "--requests-file")
 
 
 def _time_in_queue(trace: Trace, start: float, end: float) -> float:
@@ -525,14 +638,27 @@ def _percentile(values: np.ndarray, q: float) -> float:
     return float(np.percentile(values, q)) if values.size else np.nan
 
 
-def summarize(trace: Trace, generate: int) -> dict[str, float]:
-    """The statistics of a run over its measured requests and window (module docstring)."""
+def _per_output_token(trace: Trace, generate: int | np.ndarray) -> np.ndarray:
+    """Each request's TPOT, (finish - first token) / (G - 1); NaN where G = 1 (no decode step)."""
+    n = len(trace.arrival)
+    decodes = np.broadcast_to(np.asarray(generate, dtype=np.float64), (n,)) - 1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(decodes > 0, (trace.finish - trace.first_token) / decodes, np.nan)
+
+
+def summarize(
+    trace: Trace, generate: int | np.ndarray, prompt: int | np.ndarray | None = None
+) -> dict[str, float]:
+    """The statistics of a run over its measured requests and window (module docstring); `generate`
+    and `prompt` one count for all requests or one per request. Percentiles count each request once."""
     n = len(trace.arrival)
     measured = slice(int(np.ceil(WARMUP_SHARE * n)), n)
     arrival, finish = trace.arrival, trace.finish
     ttft = (trace.first_token - arrival)[measured]
     e2e = (finish - arrival)[measured]
-    tpot = (finish - trace.first_token)[measured] / (generate - 1) if generate > 1 else np.full(1, np.nan)
+    tpot = _per_output_token(trace, generate)[measured]
+    prompts = np.broadcast_to(np.asarray(prompt if prompt is not None else np.nan, dtype=np.float64), (n,))
+    ttft_per_token = ttft / prompts[measured]
     t0, t1 = trace.t0, trace.t1
     span = t1 - t0
     completed = int(np.count_nonzero((finish > t0) & (finish <= t1)))
@@ -556,6 +682,8 @@ def summarize(trace: Trace, generate: int) -> dict[str, float]:
         "ttft_p50_s": _percentile(ttft, 50),
         "ttft_p90_s": _percentile(ttft, 90),
         "ttft_p99_s": _percentile(ttft, 99),
+        "ttft_per_token_p50_s": _percentile(ttft_per_token, 50),
+        "ttft_per_token_p99_s": _percentile(ttft_per_token, 99),
         "tpot_p50_s": _percentile(tpot, 50),
         "tpot_p99_s": _percentile(tpot, 99),
         "e2e_p50_s": _percentile(e2e, 50),
@@ -577,6 +705,47 @@ class Engine:
 
     token_budget: int
     max_seqs: int = DEFAULT_MAX_SEQS
+
+
+def _engine_room(
+    model: ModelConfig,
+    hardware: HardwareConfig,
+    workload: Workload,
+    engine: Engine,
+    prompt: int,
+    generate: int,
+) -> tuple[float, float, float]:
+    """(bytes held besides the requests, KV bytes of one request of P + G, bytes left for requests),
+    refused where the engine holds no request of that size."""
+    resident, per_request = engine_memory(model, hardware, workload, prompt, generate, engine.token_budget)
+    room = hardware.hbm_capacity.value - resident
+    if room <= 0:
+        raise ConfigError(
+            f"{model.name}: the weights and the activations of a step of --token-budget "
+            f"{engine.token_budget} tokens ({resident / 1e9:.3g} GB) exceed {hardware.name}'s memory "
+            f"({hardware.hbm_capacity.value / 1e9:.3g} GB); try --tp, a lower --weight-dtype, a smaller "
+            "budget or another --hardware"
+        )
+    return resident, per_request, room
+
+
+def _seq_limit(room: float, per_request: float, max_seqs: int) -> int:
+    """Requests of `per_request` KV bytes the engine runs at once: max_seqs, or as many as fit."""
+    return min(max_seqs, int(room // per_request) if per_request > 0 else max_seqs)
+
+
+def _setting_columns(
+    model: ModelConfig, hardware: HardwareConfig, workload: Workload, engine: Engine
+) -> dict[str, object]:
+    return {
+        "model": model.name,
+        "hardware": hardware.name,
+        "token_budget": engine.token_budget,
+        "max_seqs": engine.max_seqs,
+        "tp": workload.tp,
+        "weight_dtype": describe_weight_dtypes(workload),
+        "kv_dtype": workload.kv_dtype,
+    }
 
 
 def simulate_traffic(
@@ -602,22 +771,13 @@ def simulate_traffic(
     for rate in rates:
         check_traffic(rate, requests, arrivals, engine.token_budget, engine.max_seqs, workload, seed)
     check_parallelism(model, workload)
-    resident, per_request = engine_memory(model, hardware, workload, prompt, generate, engine.token_budget)
-    room = hardware.hbm_capacity.value - resident
-    fit = int(room // per_request) if per_request > 0 else engine.max_seqs
-    if room <= 0:
-        raise ConfigError(
-            f"{model.name}: the weights and the activations of a step of --token-budget "
-            f"{engine.token_budget} tokens ({resident / 1e9:.3g} GB) exceed {hardware.name}'s memory "
-            f"({hardware.hbm_capacity.value / 1e9:.3g} GB); try --tp, a lower --weight-dtype, a smaller "
-            "budget or another --hardware"
-        )
-    if fit < 1:
+    resident, per_request, room = _engine_room(model, hardware, workload, engine, prompt, generate)
+    seq_limit = _seq_limit(room, per_request, engine.max_seqs)
+    if seq_limit < 1:
         raise ConfigError(
             f"--prompt {prompt} --generate {generate}: one request's KV cache ({per_request / 1e9:.3g} GB) "
             f"does not fit beside the weights and a step's activations in {hardware.name}'s memory"
         )
-    seq_limit = min(engine.max_seqs, fit)
     last_context = prompt + max(generate - 2, 0)
     coster = StepCoster(
         model, hardware, workload, prompt, prompt, last_context, engine.token_budget, efficiency, overhead
@@ -629,33 +789,111 @@ def simulate_traffic(
     for rate in rates:
         arrival = arrival_times(rate, requests, arrivals, seed)
         trace = run_engine(coster, arrival, generate, engine.token_budget, seq_limit)
-        stats = summarize(trace, generate)
+        stats = summarize(trace, generate, prompt)
         stats["saturated"] = bool(stats["saturated"] or rate > capacity)
         if keep_traces is not None:
             keep_traces.append(trace)
         rows.append(
             {
-                "model": model.name,
-                "hardware": hardware.name,
+                **_setting_columns(model, hardware, workload, engine),
                 "rate": rate,
                 "arrivals": arrivals,
                 "seed": seed,
                 "requests": requests,
                 "prompt": prompt,
                 "generate": generate,
-                "token_budget": engine.token_budget,
-                "max_seqs": engine.max_seqs,
                 "seq_limit": seq_limit,
                 **stats,
                 "capacity_rps": capacity,
                 "kv_per_request_bytes": per_request,
                 "memory_bytes": resident + trace.most_running * per_request,
-                "tp": workload.tp,
-                "weight_dtype": describe_weight_dtypes(workload),
-                "kv_dtype": workload.kv_dtype,
             }
         )
     return pd.DataFrame(rows).reindex(columns=list(TRAFFIC_COLUMNS))
+
+
+def request_kv_bytes(
+    model: ModelConfig, hardware: HardwareConfig, workload: Workload, tokens: np.ndarray
+) -> np.ndarray:
+    """`prompt_kv_bytes` at each of `tokens` (P + G per request), costed once per distinct count in one
+    sweep, rounded up to whole bytes so that the engine's reservations add up exactly."""
+    distinct, index = np.unique(np.asarray(tokens, dtype=np.int64), return_inverse=True)
+    one = {"phase": "decode", "batch": [1], "context": distinct.tolist(), "prefix": 0, "logits": "last"}
+    df = simulate(model, hardware, workload.model_copy(update=one))
+    kv = df.groupby("context", sort=False)["kv_read_bytes"].first().reindex(distinct).to_numpy()
+    return np.ceil(kv[index]).astype(np.int64)
+
+
+def simulate_trace(
+    model: ModelConfig,
+    hardware: HardwareConfig,
+    workload: Workload,
+    requests: RequestTrace,
+    engine: Engine,
+    *,
+    speed: float = 1.0,
+    efficiency: Mapping[str, float] | None = None,
+    overhead: Mapping[str, float] | None = None,
+    keep_traces: list[Trace] | None = None,
+) -> pd.DataFrame:
+    """The engine run on a recorded stream of requests, each with its own prompt and output length
+    (`serve --requests-file`; `speed` only labels the row: the trace is already scaled). One row,
+    columns `TRAFFIC_COLUMNS`: `rate` the trace's mean arrival rate, `prompt` and `generate` its mean
+    P and G, at which `seq_limit`, `capacity_rps` and `kv_per_request_bytes` are taken."""
+    check_trace(requests, engine.token_budget, engine.max_seqs, workload)
+    check_parallelism(model, workload)
+    mean_p, mean_g = float(requests.prompt.mean()), float(requests.generate.mean())
+    typical = max(round(mean_p), 1), max(round(mean_g), 1)
+    resident, per_request, room = _engine_room(model, hardware, workload, engine, *typical)
+    reserve = request_kv_bytes(model, hardware, workload, requests.prompt + requests.generate)
+    if reserve.max() > room:
+        i = int(np.argmax(reserve))
+        raise ConfigError(
+            f"{requests.path}: request {i + 1} by arrival (prompt {requests.prompt[i]}, generate "
+            f"{requests.generate[i]}): its KV cache ({reserve[i] / 1e9:.3g} GB) does not fit beside the "
+            f"weights and a step's activations in {hardware.name}'s memory"
+        )
+    decodes = requests.generate > 1
+    first = int(requests.prompt[decodes].min()) if decodes.any() else 1
+    last = max(int((requests.prompt + requests.generate - 2).max()), first)
+    coster = StepCoster(
+        model, hardware, workload, typical[0], first, last, engine.token_budget, efficiency, overhead
+    )
+    trace = run_engine(
+        coster,
+        requests.arrival,
+        requests.generate,
+        engine.token_budget,
+        engine.max_seqs,
+        prompt=requests.prompt,
+        reserve=reserve,
+        room=int(room),
+    )
+    seq_limit = max(_seq_limit(room, per_request, engine.max_seqs), 1)
+    capacity = engine_capacity(
+        model, hardware, workload, *typical, engine.token_budget, seq_limit, efficiency, overhead
+    )
+    rate = requests.mean_rate
+    stats = summarize(trace, requests.generate, requests.prompt)
+    stats["saturated"] = bool(stats["saturated"] or rate > capacity)
+    if keep_traces is not None:
+        keep_traces.append(trace)
+    row = {
+        **_setting_columns(model, hardware, workload, engine),
+        "rate": rate,
+        "arrivals": f"trace ({requests.layout})",
+        "requests_file": requests.path,
+        "trace_speed": speed,
+        "requests": len(requests),
+        "prompt": mean_p,
+        "generate": mean_g,
+        "seq_limit": seq_limit,
+        **stats,
+        "capacity_rps": capacity,
+        "kv_per_request_bytes": per_request,
+        "memory_bytes": resident + trace.most_reserved,
+    }
+    return pd.DataFrame([row]).reindex(columns=list(TRAFFIC_COLUMNS))
 
 
 def traffic_states(
@@ -679,4 +917,25 @@ def traffic_states(
     for m, hw in zip(models, hardware, strict=True):
         engine = Engine(token_budget if token_budget is not None else default_token_budget(hw), max_seqs)
         frames.append(simulate_traffic(m, hw, workload, prompt, generate, rates, engine, **options))
+    return pd.concat(frames, ignore_index=True)
+
+
+def trace_states(
+    models: list[ModelConfig],
+    hardware: list[HardwareConfig],
+    workload: Workload,
+    requests: RequestTrace,
+    token_budget: int | None = None,
+    max_seqs: int = DEFAULT_MAX_SEQS,
+    **options,
+) -> pd.DataFrame:
+    """`simulate_trace` of model i on hardware[i], stacked (`traffic_states` for a recorded trace)."""
+    from simulator.serving import default_token_budget
+
+    if len(models) != len(hardware):
+        raise ConfigError(f"{len(models)} models but {len(hardware)} hardware descriptions")
+    frames = []
+    for m, hw in zip(models, hardware, strict=True):
+        engine = Engine(token_budget if token_budget is not None else default_token_budget(hw), max_seqs)
+        frames.append(simulate_trace(m, hw, workload, requests, engine, **options))
     return pd.concat(frames, ignore_index=True)
