@@ -39,6 +39,10 @@ class TraceLayout:
     seconds_per_unit: float | None  # None: the arrival column holds dates and times
 
 
+MAX_TOKENS = 1 << 40  # beyond any model's positions; larger values would overflow the integer cast
+# a replay factor beyond these puts arrivals so far apart (or close) that step times vanish beside them
+MIN_SPEED, MAX_SPEED = 1e-6, 1e6
+
 LAYOUTS = (
     TraceLayout("memtraffic", "arrival_s", "prompt", "generate", 1.0),
     TraceLayout("azure", "timestamp", "contexttokens", "generatedtokens", None),
@@ -71,7 +75,7 @@ class RequestTrace:
 def _read_jsonl(path: Path) -> pd.DataFrame:
     """One JSON object a line; a line that does not parse (a truncated download) is refused by number."""
     rows = []
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:  # a byte-order mark is no part of the first object
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -87,8 +91,10 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
 
 def _read_frame(path: Path) -> pd.DataFrame:
     """The file as a table, by its suffix: .parquet, .jsonl/.json, anything else CSV."""
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"--requests-file {path}: no such file")
+    if not path.is_file():
+        raise ConfigError(f"--requests-file {path}: not a file")
     suffix = path.suffix.lower()
     try:
         if suffix == ".parquet":
@@ -124,11 +130,14 @@ def _row(frame: pd.DataFrame, i: int, jsonl: bool) -> str:
 def _tokens(path: Path, frame: pd.DataFrame, column: str, jsonl: bool) -> np.ndarray:
     """A token column as whole non-negative numbers, or the first bad value refused."""
     raw = frame[column]
-    values = pd.to_numeric(raw, errors="coerce")
+    # true/false are no token counts, though Python counts them as 1 and 0
+    flags = raw.map(lambda v: isinstance(v, bool | np.bool_)).to_numpy(dtype=bool)
+    values = pd.to_numeric(raw.mask(flags), errors="coerce").astype(np.float64)
     for bad, why in (
-        (values.isna(), "is not a number"),
+        (values.isna() | ~np.isfinite(values), "is not a number"),
         (values < 0, "is negative"),
         (values.notna() & (values != np.floor(values)), "is not a whole number of tokens"),
+        (values > MAX_TOKENS, f"is more than {MAX_TOKENS:,} tokens"),
     ):
         if bad.any():
             i = int(np.flatnonzero(bad.to_numpy())[0])
@@ -151,6 +160,13 @@ def _arrivals(path: Path, frame: pd.DataFrame, column: str, layout: TraceLayout,
             )
         nanos = stamps.dt.tz_localize(None).to_numpy().astype("datetime64[ns]").astype(np.int64)
         return (nanos - nanos.min()) / 1e9
+    if pd.api.types.is_timedelta64_dtype(raw):
+        return raw.dt.total_seconds().to_numpy(dtype=np.float64)
+    if pd.api.types.is_datetime64_any_dtype(raw) or pd.api.types.is_bool_dtype(raw):
+        # a date column where the layout counts seconds (or ms) would be read as its raw ticks
+        raise ConfigError(
+            f"{path}: {column} holds {raw.dtype} values where the {layout.name} layout counts seconds"
+        )
     values = pd.to_numeric(raw, errors="coerce")
     bad = (values.isna() | ~np.isfinite(values.astype(np.float64))).to_numpy()
     if bad.any():
@@ -163,8 +179,11 @@ def load_request_trace(path: str | Path, speed: float = 1.0, requests: int | Non
     """The requests of `path` (module docstring), arrivals divided by `speed` (2: the same requests in
     half the time, twice the rate), the first `requests` of them by arrival where given."""
     path = Path(path)
-    if not (speed > 0 and np.isfinite(speed)):
-        raise ConfigError(f"--trace-speed {speed}: a positive factor (2 replays the trace twice as fast)")
+    if not (MIN_SPEED <= speed <= MAX_SPEED):
+        raise ConfigError(
+            f"--trace-speed {speed}: a factor from {MIN_SPEED:g} to {MAX_SPEED:g} (2 replays the trace twice "
+            "as fast)"
+        )
     if requests is not None and requests < 1:
         raise ConfigError(f"--trace-requests {requests}: at least one request")
     frame = _read_frame(path)
@@ -175,18 +194,18 @@ def load_request_trace(path: str | Path, speed: float = 1.0, requests: int | Non
     arrival = _arrivals(path, frame, names[layout.arrival], layout, jsonl)
     prompt = _tokens(path, frame, names[layout.prompt], jsonl)
     generate = _tokens(path, frame, names[layout.generate], jsonl)
-    empty = prompt == 0
-    if empty.any():
-        i = int(np.flatnonzero(empty)[0])
-        raise ConfigError(
-            f"{path}: {names[layout.prompt]} 0 at {_row(frame, i, jsonl)}: a request needs a prompt token"
-        )
-    served = generate > 0
-    if not served.any():
+    # in arrival order; the first `requests` of them where asked; then the failed ones (nothing generated,
+    # BurstGPT's failures) left out and counted, before a prompt of no tokens is refused
+    order = np.argsort(arrival, kind="stable")[:requests]
+    served = order[generate[order] > 0]
+    if not served.size:
         raise ConfigError(f"{path}: every request has 0 {names[layout.generate]}: nothing to generate")
-    order = np.argsort(arrival[served], kind="stable")
-    arrival, prompt, generate = arrival[served][order], prompt[served][order], generate[served][order]
-    if requests is not None:
-        arrival, prompt, generate = arrival[:requests], prompt[:requests], generate[:requests]
+    empty = served[prompt[served] == 0]
+    if empty.size:
+        raise ConfigError(
+            f"{path}: {names[layout.prompt]} 0 at {_row(frame, int(empty[0]), jsonl)}: a request needs a "
+            "prompt token"
+        )
+    arrival, prompt, generate = arrival[served], prompt[served], generate[served]
     arrival = (arrival - arrival[0]) / speed
-    return RequestTrace(arrival, prompt, generate, layout.name, str(path), int((~served).sum()))
+    return RequestTrace(arrival, prompt, generate, layout.name, str(path), int(order.size - served.size))

@@ -84,6 +84,13 @@ def test_each_layout_is_recognised(tmp_path: Path, azure: Path) -> None:
             "line 2",
         ),
         ("a.csv", "arrival_s,prompt,generate\n0,5,0\n", "nothing to generate"),
+        ("a.csv", "arrival_s,prompt,generate\n0,inf,3\n", "inf at row 1 is not a number"),
+        ("a.csv", "arrival_s,prompt,generate\n0,100000000000000000000000,3\n", "is more than"),
+        (
+            "a.jsonl",
+            '{"timestamp": 0, "input_length": true, "output_length": 3}\n',
+            "True at line 1 is not a",
+        ),
     ],
 )
 def test_bad_traces_are_refused_naming_the_file(tmp_path: Path, name: str, text: str, needle: str) -> None:
@@ -93,9 +100,35 @@ def test_bad_traces_are_refused_naming_the_file(tmp_path: Path, name: str, text:
     assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 
-def test_bad_options_and_a_missing_file() -> None:
+def test_bad_options_and_a_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such file"):
         load_request_trace("/nonexistent/trace.csv")
+    with pytest.raises(ConfigError, match="not a file"):
+        load_request_trace(tmp_path)
+    with pytest.raises(ConfigError, match="--trace-speed 1e-300"):
+        load_request_trace("/nonexistent/trace.csv", speed=1e-300)
+    # a date column where our layout counts seconds would be read as raw ticks: refused; a timedelta is
+    # taken in seconds
+    stamps = pd.date_range("2024-01-01", periods=3, freq="s")
+    frame = pd.DataFrame({"arrival_s": stamps, "prompt": [5, 6, 7], "generate": [1, 2, 3]})
+    frame.to_parquet(tmp_path / "dates.parquet")
+    with pytest.raises(ConfigError, match="holds datetime64"):
+        load_request_trace(tmp_path / "dates.parquet")
+    frame.assign(arrival_s=pd.to_timedelta([0.0, 1.5, 3.0], unit="s")).to_parquet(tmp_path / "td.parquet")
+    assert load_request_trace(tmp_path / "td.parquet").arrival.tolist() == [0.0, 1.5, 3.0]
+
+
+def test_burstgpt_failures_are_counted_within_the_requests_taken(tmp_path: Path) -> None:
+    # failed requests (0 response tokens) are left out and counted among the first N taken; a failure
+    # with 0 request tokens is dropped, not refused
+    rows = ["Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type"]
+    sizes = [(5, 3), (0, 0), (7, 0), (4, 2), (6, 1), (9, 0)]
+    rows += [f"{i},ChatGPT,{p},{g},{p + g},Conversation log" for i, (p, g) in enumerate(sizes)]
+    path = write(tmp_path, "b.csv", "\n".join(rows) + "\n")
+    first4 = load_request_trace(path, requests=4)
+    assert (first4.dropped, first4.prompt.tolist()) == (2, [5, 4])
+    whole = load_request_trace(path)
+    assert (whole.dropped, whole.prompt.tolist()) == (3, [5, 4, 6])
     with pytest.raises(ConfigError, match="--trace-speed 0"):
         load_request_trace("/nonexistent/trace.csv", speed=0.0)
     with pytest.raises(ConfigError, match="--trace-requests 0"):
