@@ -622,13 +622,20 @@ def serve(
         overhead=getattr(cal, "overhead_s", None),
         tpot_s=tpot_s,
     )
-    on = " and ".join(dict.fromkeys(hw.name for hw in gpus))
-    budgets = ", ".join(f"{b:g} tokens a step" for b in dict.fromkeys(df["token_budget"].dropna()))
+    on, budgets = _gpus_and_budgets(gpus, df)
     request = f"prompt {prompt}, generate {generate}, {budgets}"
     title = f"{_names(cfgs)} on {on}, continuous batching: {_scenario(wl, calibration, step=request)}"
     if tpot_s is not None:
         title += f"; the largest concurrency with TPOT <= {tpot} that keeps up and fits in memory"
     _emit(df, fmt, output, lambda: serving_table(df, title))
+
+
+def _gpus_and_budgets(gpus, df) -> tuple[str, str]:
+    """ "h100-sxm and b200", "8192 tokens a step, 2048 tokens a step": the GPUs of a serve run and the
+    token budgets its rows ran with, for its title."""
+    on = " and ".join(dict.fromkeys(hw.name for hw in gpus))
+    budgets = ", ".join(f"{b:g} tokens a step" for b in dict.fromkeys(df["token_budget"].dropna()))
+    return on, budgets
 
 
 def _serve_rates(
@@ -673,8 +680,7 @@ def _serve_rates(
         efficiency=cal,
         overhead=getattr(cal, "overhead_s", None),
     )
-    on = " and ".join(dict.fromkeys(hw.name for hw in gpus))
-    budgets = ", ".join(f"{b:g} tokens a step" for b in dict.fromkeys(df["token_budget"]))
+    on, budgets = _gpus_and_budgets(gpus, df)
     stream = options["arrivals"] + (f" (seed {options['seed']})" if options["arrivals"] == "poisson" else "")
     step = f"prompt {prompt}, generate {generate}, {budgets}, max {options['max_seqs']} running"
     title = f"{_names(cfgs)} on {on}, {options['requests']} requests arriving {stream}: "
@@ -731,8 +737,7 @@ def _serve_trace(
         efficiency=cal,
         overhead=getattr(cal, "overhead_s", None),
     )
-    on = " and ".join(dict.fromkeys(hw.name for hw in gpus))
-    budgets = ", ".join(f"{b:g} tokens a step" for b in dict.fromkeys(df["token_budget"]))
+    on, budgets = _gpus_and_budgets(gpus, df)
     sizes = f"prompt {requests.prompt.mean():.0f} and generate {requests.generate.mean():.0f} on average"
     step = f"{sizes}, {budgets}, max {max_seqs} running"
     replay = f" at {speed:g}x" if speed != 1 else ""

@@ -119,6 +119,12 @@ _SUFFIX = {
 }
 
 
+def layer_suffix(kind: str) -> str:
+    """The name of a layer kind after `block{i}.` (every memory-layer family is `memory`); the reference
+    modules' ranges carry the same names."""
+    return _SUFFIX.get(kind, "memory" if kind in MEMORY_KINDS else kind)
+
+
 def mixer_cost(mixer: Mixer, model: ModelConfig, points: Points) -> LayerCost:
     """The cost of a block's token mixer: attention or a recurrent mixer."""
     if isinstance(mixer, AttentionConfig):
@@ -156,10 +162,10 @@ def layer_entries(model: ModelConfig, points: Points, workload: Workload | None 
         first += block.repeat
         if block.attention is not None:
             kind = mixer_kind(block.attention)
-            add(_SUFFIX[kind], blocks, kind, lambda p, a=block.attention: mixer_cost(a, model, p), rank)
+            add(layer_suffix(kind), blocks, kind, lambda p, a=block.attention: mixer_cost(a, model, p), rank)
         seen: dict[str, int] = {}
         for layer in block.ffn:
-            base = _SUFFIX.get(layer.kind, "memory" if layer.kind in MEMORY_KINDS else layer.kind)
+            base = layer_suffix(layer.kind)
             seen[base] = seen.get(base, 0) + 1
             name = base if seen[base] == 1 else f"{base}{seen[base] - 1}"
             cost = cost_function(layer.kind)
@@ -200,7 +206,7 @@ def check_parallelism(model: ModelConfig, workload: Workload) -> None:
             count, what = mixer_split(block.attention)
             if count % workload.tp:
                 raise ConfigError(f"--tp {workload.tp} does not divide the {count} {what} of block {first}")
-            groups = getattr(block.attention, "n_groups", 1) if block.attention.kind == "mamba2" else 1
+            groups = block.attention.n_groups if isinstance(block.attention, Mamba2Config) else 1
             if groups > 1 and groups % workload.tp:
                 # one group is kept whole on every rank; several must split evenly (as vLLM requires)
                 raise ConfigError(

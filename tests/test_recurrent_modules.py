@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,24 +40,14 @@ from simulator.layers import attention as sim_attention
 from simulator.layers import recurrent as sim_recurrent
 from simulator.loading import load_hardware
 from simulator.sweep import simulate
+from tests.test_modules import _seed_and_one_thread, w64  # noqa: F401  (the fixture applies here too)
 
 D = 16
 TOL = {"atol": 1e-10, "rtol": 1e-10}
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread() -> Iterator[None]:
-    torch.manual_seed(0)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops on a busy 2-core machine: extra threads only add barrier waits
-    yield
-    torch.set_num_threads(n)
-
-
 # ----------------------------------------------------------------------------------------- loop helpers
-def w64(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().to(F64)
 
 
 def lin(layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:

@@ -33,23 +33,22 @@ from profiler.modules.memory_plus import MemoryPlus
 from profiler.modules.moe import MoE
 from profiler.modules.peer import PEER
 from profiler.modules.pkm import PKM
-from profiler.modules.recurrent import RECURRENT_RANGE, build_recurrent
+from profiler.modules.recurrent import build_recurrent
 from profiler.modules.tables import TableRegistry
 from profiler.modules.ultramem import UltraMem
 from profiler.modules.ultramemv2 import UltraMemV2
-from simulator.config import MEMORY_KINDS, AttentionConfig, Mixer, ModelConfig
-
-_SUFFIX = {"dense": "ffn", "moe": "moe"}
+from simulator.config import AttentionConfig, Mixer, ModelConfig
+from simulator.sweep import layer_suffix, mixer_kind
 
 
 def sublayer_base(kind: str) -> str:
-    """Range-name suffix of an FFN-position layer kind (the simulator's naming)."""
-    return _SUFFIX.get(kind, "memory" if kind in MEMORY_KINDS else kind)
+    """Range-name suffix of an FFN-position layer kind: the simulator's layer name."""
+    return layer_suffix(kind)
 
 
 def mixer_base(mixer: Mixer) -> str:
-    """Range-name suffix of a token mixer: attn, or mamba / linear_attn (the simulator's naming)."""
-    return "attn" if isinstance(mixer, AttentionConfig) else RECURRENT_RANGE[mixer.kind]
+    """Range-name suffix of a token mixer: attn, or mamba / linear_attn (the simulator's layer name)."""
+    return layer_suffix(mixer_kind(mixer))
 
 
 def build_mixer(

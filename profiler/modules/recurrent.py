@@ -33,9 +33,6 @@ from profiler.modules.common import factory_kwargs, torch_dtype
 from simulator.config import GatedDeltaNetConfig, Mamba2Config, MambaConfig, RecurrentMixer
 from simulator.errors import ConfigError
 
-# the range name suffix of each mixer kind, as simulator/sweep.py names the layers
-RECURRENT_RANGE = {"mamba": "mamba", "mamba2": "mamba", "gated_deltanet": "linear_attn"}
-
 
 def compute_dtype(state_dtype: torch.dtype) -> torch.dtype:
     """The dtype of the prefill scan and chunk math: float32, or float64 when the state is float64."""
