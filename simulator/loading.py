@@ -27,10 +27,8 @@ from pydantic import BaseModel, ValidationError
 from simulator.config import (
     AttentionConfig,
     FFNLayer,
-    GatedDeltaNetConfig,
     HardwareConfig,
-    Mamba2Config,
-    MambaConfig,
+    Mixer,
     ModelConfig,
     describe_validation_error,
 )
@@ -444,9 +442,12 @@ def _layer_class(layer: dict[str, Any]) -> type[BaseModel] | None:
     return _LAYER_CLASSES.get(str(layer.get("kind")))
 
 
-def _layer_classes() -> dict[str, type[BaseModel]]:
-    union = typing.get_args(FFNLayer)[0]  # Annotated[Union[...], discriminator] -> the Union
-    return {cls.model_fields["kind"].default: cls for cls in typing.get_args(union)}
+def _kind_classes(annotated: Any) -> dict[str, type[BaseModel]]:
+    """`kind` -> class of a discriminated union, for the classes whose kind has one value (attention's
+    mha/gqa/mqa/mla is left to the caller)."""
+    union = typing.get_args(annotated)[0]  # Annotated[Union[...], discriminator] -> the Union
+    classes = (cls for cls in typing.get_args(union) if isinstance(cls.model_fields["kind"].default, str))
+    return {cls.model_fields["kind"].default: cls for cls in classes}
 
 
 def _mixer_class(mixer: dict[str, Any]) -> type[BaseModel]:
@@ -454,10 +455,8 @@ def _mixer_class(mixer: dict[str, Any]) -> type[BaseModel]:
     return _RECURRENT_CLASSES.get(str(mixer.get("kind")), AttentionConfig)
 
 
-_LAYER_CLASSES = _layer_classes()
-_RECURRENT_CLASSES: dict[str, type[BaseModel]] = {
-    cls.model_fields["kind"].default: cls for cls in (MambaConfig, Mamba2Config, GatedDeltaNetConfig)
-}
+_LAYER_CLASSES = _kind_classes(FFNLayer)
+_RECURRENT_CLASSES = _kind_classes(Mixer)
 _BLOCK_FIELDS = frozenset({"repeat", "norm", "parallel_ffn"})
 
 
