@@ -547,6 +547,22 @@ def serve(
         int | None,
         typer.Option("--trace-requests", help="with --requests-file: the first N requests by arrival"),
     ] = None,
+    shared_prefix: Annotated[
+        int,
+        typer.Option(
+            "--shared-prefix",
+            help="with --rate: prompt tokens every request begins with (a system prompt), found in the "
+            "prefix cache after the first",
+        ),
+    ] = 0,
+    prefix_caching: Annotated[
+        bool,
+        typer.Option(
+            "--prefix-caching/--no-prefix-caching",
+            help="with --rate or --requests-file: reuse the KV of prompt blocks already computed (vLLM's "
+            "automatic prefix caching, on by default; a trace's blocks: Mooncake hash_ids)",
+        ),
+    ] = True,
     fmt: Fmt = "table",
     output: Output = None,
     sets: Sets = None,
@@ -572,7 +588,7 @@ def serve(
     scenario = (weight_dtype, act_dtype, kv_dtype, tp, ep, routing)
     if requests_file is not None:
         given = {"--rate": rate, "--prompt": prompt, "--generate": generate}
-        given |= {"--concurrency": concurrency, "--tpot": tpot}
+        given |= {"--concurrency": concurrency, "--tpot": tpot, "--shared-prefix": shared_prefix or None}
         for flag, value in given.items():
             if value is not None:
                 raise ConfigError(
@@ -580,7 +596,7 @@ def serve(
                     f"drop {flag}"
                 )
         trace = (requests_file, trace_speed, trace_requests)
-        engine = (token_budget, max_seqs)
+        engine = (token_budget, max_seqs, prefix_caching)
         _serve_trace(models, hardware, sets, vary, trace, engine, scenario, calibration, fmt, output)
         return
     prompt = 2048 if prompt is None else prompt
@@ -591,11 +607,14 @@ def serve(
         raise ConfigError(
             "--concurrency and --tpot together: a TPOT target searches for it; drop --concurrency"
         )
+    if rate is None and shared_prefix:
+        raise ConfigError("--shared-prefix without --rate: the prefix cache is simulated request by request")
     if rate is not None:
         for flag, given in (("--concurrency", concurrency), ("--tpot", tpot)):
             if given is not None:
                 raise ConfigError(f"--rate and {flag} together: --rate simulates arrivals; drop {flag}")
         options = {"requests": requests, "arrivals": arrivals, "seed": seed, "max_seqs": max_seqs}
+        options |= {"shared_prefix": shared_prefix, "caching": prefix_caching}
         request = (prompt, generate, token_budget)
         scenario = (weight_dtype, act_dtype, kv_dtype, tp, ep, routing)
         _serve_rates(models, hardware, sets, vary, rate, request, scenario, calibration, options, fmt, output)
@@ -679,10 +698,13 @@ def _serve_rates(
         seed=options["seed"],
         efficiency=cal,
         overhead=getattr(cal, "overhead_s", None),
+        shared_prefix=options["shared_prefix"],
+        caching=options["caching"],
     )
     on, budgets = _gpus_and_budgets(gpus, df)
     stream = options["arrivals"] + (f" (seed {options['seed']})" if options["arrivals"] == "poisson" else "")
-    step = f"prompt {prompt}, generate {generate}, {budgets}, max {options['max_seqs']} running"
+    shared = f" ({options['shared_prefix']} shared)" if options["shared_prefix"] else ""
+    step = f"prompt {prompt}{shared}, generate {generate}, {budgets}, max {options['max_seqs']} running"
     title = f"{_names(cfgs)} on {on}, {options['requests']} requests arriving {stream}: "
     title += _scenario(wl, calibration, step=step)
     _emit(df, fmt, output, lambda: traffic_table(df, title))
@@ -694,7 +716,7 @@ def _serve_trace(
     sets: list[str] | None,
     vary: list[str] | None,
     trace: tuple[Path, float, int | None],
-    engine: tuple[int | None, int],
+    engine: tuple[int | None, int, bool],
     scenario: tuple[str, str, str, int, int, str],
     calibration: Path | None,
     fmt: str,
@@ -706,7 +728,7 @@ def _serve_trace(
     from simulator.traffic import check_trace, trace_states
 
     path, speed, first = trace
-    token_budget, max_seqs = engine
+    token_budget, max_seqs, caching = engine
     requests = load_request_trace(path, speed, first)
     # the trace and options alone, before any model is costed (the budget is checked per GPU when defaulted)
     budget = token_budget if token_budget is not None else max(max_seqs, 1)
@@ -736,6 +758,7 @@ def _serve_trace(
         speed=speed,
         efficiency=cal,
         overhead=getattr(cal, "overhead_s", None),
+        caching=caching,
     )
     on, budgets = _gpus_and_budgets(gpus, df)
     sizes = f"prompt {requests.prompt.mean():.0f} and generate {requests.generate.mean():.0f} on average"

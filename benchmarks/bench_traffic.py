@@ -5,11 +5,14 @@ preset at a light, a busy and an overloaded rate, and prints, per rate, the wall
 simulated per second (the step tables built once per model, and timed apart). Not a test: numbers depend
 on the machine and its load.
 
+With --shared-prefix N, every prompt begins with the same N tokens and the engine caches prompt blocks
+(`serve --shared-prefix`): the block pool's cost shows beside the run without it.
+
 With --requests-file TRACE (any layout `serve --requests-file` reads), replays that trace instead, at each
 of --speeds, and prints the same numbers.
 
 Run:  python benchmarks/bench_traffic.py [--requests N] [--model NAME] [--hardware HW] [--weight-dtype D]
-      [--rates 1,20,60] [--requests-file TRACE --speeds 1,4]
+      [--rates 1,20,60] [--shared-prefix N] [--requests-file TRACE --speeds 1,4]
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ import os
 import platform
 import time
 
+import numpy as np
+
 from simulator.config import Workload
 from simulator.loading import load_hardware, load_model
+from simulator.prefix_cache import VLLM_BLOCK_TOKENS, SharedPrefixBlocks
 from simulator.request_trace import load_request_trace
 from simulator.traffic import (
     Engine,
@@ -28,6 +34,7 @@ from simulator.traffic import (
     Trace,
     arrival_times,
     engine_memory,
+    request_kv_bytes,
     run_engine,
     simulate_trace,
     summarize,
@@ -60,6 +67,7 @@ def main() -> None:
     parser.add_argument("--hardware", default="h100-sxm")
     parser.add_argument("--weight-dtype", default="bf16")
     parser.add_argument("--rates", default="1,20,60", help="requests per second, comma-separated")
+    parser.add_argument("--shared-prefix", type=int, default=0, help="prompt tokens all requests share")
     parser.add_argument("--requests-file", default=None, help="a request trace to replay instead")
     parser.add_argument("--speeds", default="1", help="with --requests-file: --trace-speed values")
     args = parser.parse_args()
@@ -80,13 +88,25 @@ def main() -> None:
     resident, per_request = engine_memory(model, hardware, workload, prompt, generate, engine.token_budget)
     seq_limit = min(engine.max_seqs, int((hardware.hbm_capacity.value - resident) // per_request))
     coster = StepCoster(model, hardware, workload, prompt, prompt, prompt + generate - 2, engine.token_budget)
+    caching = {}
+    if args.shared_prefix:
+        blocks = SharedPrefixBlocks(VLLM_BLOCK_TOKENS, args.requests, prompt, args.shared_prefix)
+        room = int(hardware.hbm_capacity.value - resident)
+        block_bytes = int(request_kv_bytes(model, hardware, workload, np.array([VLLM_BLOCK_TOKENS]))[0])
+        reserve = np.full(args.requests, int(np.ceil(per_request)))
+        caching = {"reserve": reserve, "room": room, "blocks": blocks, "block_bytes": block_bytes}
+        seq_limit = engine.max_seqs  # admission by bytes
+        print(
+            f"prefix caching: {args.shared_prefix} of {prompt} prompt tokens shared, "
+            f"{VLLM_BLOCK_TOKENS}-token blocks"
+        )
     print(f"tables (decode contexts, weights by step size, memory): {time.perf_counter() - start:.2f} s")
     heads = ("rate/s", 7), ("requests", 9), ("steps", 10), ("wall s", 7), ("requests/s simulated", 21)
     print(" ".join(f"{h:>{w}s}" for h, w in heads), "saturated")
     for rate in (float(r) for r in args.rates.split(",")):
         arrival = arrival_times(rate, args.requests, "poisson", 0)
         start = time.perf_counter()
-        trace = run_engine(coster, arrival, generate, engine.token_budget, seq_limit)
+        trace = run_engine(coster, arrival, generate, engine.token_budget, seq_limit, **caching)
         wall = time.perf_counter() - start
         saturated = summarize(trace, generate)["saturated"]
         print(

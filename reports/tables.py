@@ -350,6 +350,9 @@ def traffic_table(df: pd.DataFrame, title: str) -> Table:
     cols += ["TTFT/token p50", "TTFT/token p99"] if replay else []
     cols += ["TPOT p50", "TPOT p99"]
     cols += ["E2E p50", "E2E p99", "decoding", "queue mean", "queue max", "prefill steps"]
+    # prefix caching where some run had blocks to find: the share of prompt tokens it found
+    caching = "prefix_caching" in df and bool(df["prefix_caching"].str.endswith("blocks").any())
+    cols += ["prompt cached"] if caching else []
     if len(models) > 1:
         cols.append("tokens/s\nvs first")
     cols += ["keeps up", "HBM held"]
@@ -366,6 +369,9 @@ def traffic_table(df: pd.DataFrame, title: str) -> Table:
         queue = f"{r.mean_queue:.2f}" if r.mean_queue < 99.5 else f"{r.mean_queue:,.0f}"
         row += [f"{r.mean_decoding:.3g}", queue, str(int(r.max_queue))]
         row.append(_share(r.prefill_share))
+        if caching:
+            cached = r.prefix_caching.endswith("blocks")
+            row.append(_share(r.cached_prompt_share) if cached else r.prefix_caching)
         if len(models) > 1:
             ratio = r.tokens_per_s / first.get(r.rate, np.nan)
             row.append(f"{ratio:.2f}x" if np.isfinite(ratio) else "-")
@@ -388,6 +394,12 @@ def traffic_table(df: pd.DataFrame, title: str) -> Table:
         notes.append(
             "a replayed trace: rate/s its mean arrival rate; TTFT/token: TTFT over the request's prompt "
             "tokens; percentiles count each request once; capacity at the trace's mean P and G"
+        )
+    if caching:
+        labels = ", ".join(dict.fromkeys(df["prefix_caching"]))
+        notes.append(
+            f"prompt cached: share of the prompt tokens found in the prefix cache ({labels}; capacity "
+            "without it); HBM held: a block shared by running requests counted once"
         )
     if len(models) > 1:
         notes.append(f"tokens/s vs first: this one's throughput over {models[0]}'s at the same rate")

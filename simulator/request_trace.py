@@ -10,6 +10,11 @@ by their column (or JSON key) names, case-insensitively and whatever the other c
 | BurstGPT | CSV | `Timestamp` (seconds) | `Request tokens` | `Response tokens` |
 | Mooncake | JSON lines | `timestamp` (milliseconds) | `input_length` | `output_length` |
 
+A Mooncake trace also names each prompt's blocks of 512 tokens (`hash_ids`: two requests share a block
+where they share the whole prompt up to its end), which the engine's prefix cache reads
+(simulator/prefix_cache.py); a request whose `hash_ids` is missing or is not a list of whole numbers is
+refused.
+
 Arrivals are counted from the earliest request; requests are sorted by arrival (stable, so requests
 arriving together keep the file's order). A request with no output tokens (BurstGPT logs a failed
 request so) generates nothing to serve: it is left out and counted in `RequestTrace.dropped`.
@@ -26,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from simulator.errors import ConfigError
+from simulator.prefix_cache import MOONCAKE_BLOCK_TOKENS, ListedBlocks
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,8 @@ class TraceLayout:
     prompt: str
     generate: str
     seconds_per_unit: float | None  # None: the arrival column holds dates and times
+    blocks: str | None = None  # the column naming each prompt's blocks, where the layout has one
+    block_tokens: int = 0
 
 
 MAX_TOKENS = 1 << 40  # beyond any model's positions; larger values would overflow the integer cast
@@ -47,7 +55,9 @@ LAYOUTS = (
     TraceLayout("memtraffic", "arrival_s", "prompt", "generate", 1.0),
     TraceLayout("azure", "timestamp", "contexttokens", "generatedtokens", None),
     TraceLayout("burstgpt", "timestamp", "request tokens", "response tokens", 1.0),
-    TraceLayout("mooncake", "timestamp", "input_length", "output_length", 1e-3),
+    TraceLayout(
+        "mooncake", "timestamp", "input_length", "output_length", 1e-3, "hash_ids", MOONCAKE_BLOCK_TOKENS
+    ),
 )
 
 
@@ -61,6 +71,7 @@ class RequestTrace:
     layout: str
     path: str
     dropped: int = 0  # requests with no output tokens, left out
+    blocks: ListedBlocks | None = None  # each prompt's full blocks, where the trace names them
 
     def __len__(self) -> int:
         return len(self.arrival)
@@ -175,6 +186,17 @@ def _arrivals(path: Path, frame: pd.DataFrame, column: str, layout: TraceLayout,
     return values.to_numpy(dtype=np.float64) * layout.seconds_per_unit
 
 
+def _block_lists(path: Path, frame: pd.DataFrame, column: str, jsonl: bool) -> list[list[int]]:
+    """Each request's block hashes, or the first that is not a list of whole numbers refused."""
+    lists = []
+    for i, value in enumerate(frame[column].tolist()):
+        ok = isinstance(value, list) and all(isinstance(h, int) and not isinstance(h, bool) for h in value)
+        if not ok:
+            raise ConfigError(f"{path}: {column} at {_row(frame, i, jsonl)} is not a list of block hashes")
+        lists.append(value)
+    return lists
+
+
 def load_request_trace(path: str | Path, speed: float = 1.0, requests: int | None = None) -> RequestTrace:
     """The requests of `path` (module docstring), arrivals divided by `speed` (2: the same requests in
     half the time, twice the rate), the first `requests` of them by arrival where given."""
@@ -206,6 +228,11 @@ def load_request_trace(path: str | Path, speed: float = 1.0, requests: int | Non
             f"{path}: {names[layout.prompt]} 0 at {_row(frame, int(empty[0]), jsonl)}: a request needs a "
             "prompt token"
         )
+    blocks = None
+    if layout.blocks is not None and layout.blocks in names:
+        lists = _block_lists(path, frame, names[layout.blocks], jsonl)
+        blocks = ListedBlocks.from_lists(layout.block_tokens, [lists[i] for i in served], prompt[served])
     arrival, prompt, generate = arrival[served], prompt[served], generate[served]
     arrival = (arrival - arrival[0]) / speed
-    return RequestTrace(arrival, prompt, generate, layout.name, str(path), int(order.size - served.size))
+    dropped = int(order.size - served.size)
+    return RequestTrace(arrival, prompt, generate, layout.name, str(path), dropped, blocks)

@@ -20,6 +20,9 @@ The engine, as vLLM V1's scheduler with chunked prefill, simplified:
   besides the requests (weights and the activations of a step of `token_budget` tokens) plus the KV cache
   (or recurrent state) of every admitted request at its full P + G, reserved at admission. With one size
   of request that is a cap on the running requests (`seq_limit`); with a trace, a byte budget.
+- Prefix caching (simulator/prefix_cache.py), where prompts name their blocks (a shared prefix, a
+  Mooncake trace): a request computes its prompt from the first block not cached, and a block running
+  requests share is reserved once (admission by bytes then, whatever the request sizes).
 - Each step is costed as `serving.mixed_step` costs it: per layer, the FLOPs, activation and KV bytes of
   its decode sequences (each at its own context) and of its prompt pieces add up, the weights are read
   once for all the step's tokens, and the layer's roofline (calibrated where asked) times its repeats
@@ -32,8 +35,8 @@ Simplifications (what vLLM does that this does not):
 - decode tokens go before the prompt pieces in a step, whatever the order the requests were admitted in
   (vLLM walks its running list in order; with the budget at least max_seqs every decode token fits
   either way, so only which prompt piece is cut short can differ);
-- no prefix caching, no speculative decoding, no host time
-  between steps (scheduling, sampling, detokenisation): steps follow each other back to back;
+- no speculative decoding, no host time between steps (scheduling, sampling, detokenisation): steps
+  follow each other back to back;
 - the scheduler runs at step boundaries only: a request arriving during a step waits for the next;
 - no expert parallelism: the data-parallel ranks of `--ep` would each run their own queue, which this
   does not model, so it is refused; tensor parallelism is costed as `simulate` costs it.
@@ -54,6 +57,13 @@ import pandas as pd
 from simulator.config import HardwareConfig, ModelConfig, Workload, describe_weight_dtypes
 from simulator.costs import Points
 from simulator.errors import ConfigError
+from simulator.prefix_cache import (
+    VLLM_BLOCK_TOKENS,
+    PrefixCache,
+    PromptBlocks,
+    SharedPrefixBlocks,
+    prefix_cacheable,
+)
 from simulator.request import (
     MAX_GENERATE,
     MAX_PROMPT,
@@ -121,17 +131,53 @@ TRAFFIC_COLUMNS: dict[str, str] = {
     "uncompleted)",
     "capacity_rps": "requests per second the engine sustains at most: the best steady state of continuous "
     "batching (simulator.serving) that keeps up, with up to seq_limit sequences decoding (NaN with G = 1; "
-    "with a trace, for requests of its mean P and G, rounded)",
-    "saturated": f"the rate exceeds capacity_rps, or queue_growth is above {SATURATION_GROWTH}: the engine "
-    "does not keep up (a short run may end before its queue starts to grow, so the capacity decides too)",
+    "with a trace, for requests of its mean P and G, rounded; without prefix caching, so a lower bound "
+    "where prompts hit the cache)",
+    "saturated": f"the rate exceeds capacity_rps (unless prompts hit the prefix cache), or queue_growth is "
+    f"above {SATURATION_GROWTH}: the engine does not keep up (a short run may end before its queue starts "
+    "to grow, so the capacity decides too)",
+    "prefix_caching": "automatic prefix caching: its block size, or why it is off (--no-prefix-caching; no "
+    "shared prefix or block hashes to find; a recurrent mixer's state is not per token)",
+    "shared_prefix": "prompt tokens every request of --rate shares (a system prompt, --shared-prefix)",
+    "cached_prompt_share": "share of the measured requests' prompt tokens found in the prefix cache, not "
+    "computed",
     "kv_per_request_bytes": "KV cache (or recurrent state) one request reserves, at P + G (with a trace, "
     "at its mean P and G)",
     "memory_bytes": "HBM held at the busiest step: weights, a full step's activations and the reserved "
-    "KV cache of the requests running (with a trace, the most reserved at once)",
+    "KV cache of the requests running (with a trace or prefix caching, the most reserved at once, a shared "
+    "block once; unused cached blocks, evicted as needed, left out)",
     "tp": "tensor-parallel degree",
     "weight_dtype": "weight dtype (per layer kind where they differ)",
     "kv_dtype": "KV-cache dtype",
 }
+
+
+@dataclass(frozen=True)
+class Caching:
+    """Prefix caching as a run uses it: the prompts' blocks (None: off), the KV bytes of one block,
+    and what the table says of it."""
+
+    blocks: PromptBlocks | None
+    block_bytes: int
+    label: str
+
+
+def prefix_caching(
+    model: ModelConfig,
+    hardware: HardwareConfig,
+    workload: Workload,
+    blocks: PromptBlocks | None,
+    enabled: bool,
+) -> Caching:
+    """How a run caches prompt prefixes: `blocks` where `enabled` and the model can use them."""
+    if not enabled:
+        return Caching(None, 0, "off")
+    if blocks is None:
+        return Caching(None, 0, "nothing shared")
+    if not prefix_cacheable(model):
+        return Caching(None, 0, "off: recurrent state")
+    one = request_kv_bytes(model, hardware, workload, np.array([blocks.block_tokens]))
+    return Caching(blocks, int(one[0]), f"{blocks.block_tokens}-token blocks")
 
 
 def _grid_entries(model: ModelConfig, workload: Workload, routing: RoutingModel) -> list[LayerEntry]:
@@ -307,6 +353,7 @@ class Trace:
     most_reserved: int = 0  # the most KV bytes reserved at once (with per-request reservations)
     total_steps: int = 0
     last_step_s: float = 0.0  # the mean step of the last decode stretch: how far to cost ahead
+    cached: np.ndarray | None = None  # prompt tokens each request found in the prefix cache
 
     def tally(
         self,
@@ -382,6 +429,8 @@ def run_engine(
     prompt: np.ndarray | None = None,
     reserve: np.ndarray | None = None,
     room: int | None = None,
+    blocks: PromptBlocks | None = None,
+    block_bytes: int = 0,
 ) -> Trace:
     """Simulate the engine (module docstring) on requests arriving at `arrival` (sorted) until every one
     has finished. Steps that only decode, with nothing to admit, run as one vectorised stretch until the
@@ -390,18 +439,34 @@ def run_engine(
     Request sizes: `generate` one count for all or one per request; `prompt` one per request (None:
     `coster.prompt` for all). Admission: at most `seq_limit` running requests and, where `room` (bytes)
     is given, the `reserve` bytes (one per request, whole numbers so that they add up exactly) of the
-    running requests and the newcomer within it."""
+    running requests and the newcomer within it.
+
+    Prefix caching (simulator.prefix_cache), where `blocks` names each prompt's full blocks of
+    `block_bytes` KV bytes each (`room` required): a request reserves its `reserve` less its blocks, and
+    each of its blocks no running request holds; it computes its prompt from the first block not
+    cached."""
     if seq_limit < 1:
         raise ConfigError("the engine holds no request: not one request's KV cache fits in memory")
     n = len(arrival)
-    size = _sizes(coster, n, generate, prompt, reserve)
-    if room is not None and max(size.reserve) > room:
+    if room is not None and reserve is not None and int(np.max(reserve)) > room:
         raise ConfigError("a request's KV cache does not fit in the memory left for requests")
+    if blocks is not None and reserve is not None:  # a request reserves its blocks apart
+        reserve = np.maximum(np.asarray(reserve) - blocks.counts() * block_bytes, 0)
+    size = _sizes(coster, n, generate, prompt, reserve)
     nan = np.full(n, np.nan)
     warm = int(np.ceil(WARMUP_SHARE * n))
     trace = Trace(arrival, nan.copy(), nan.copy(), nan.copy(), float(arrival[warm]), float(arrival[-1]))
+    trace.cached = np.zeros(n, dtype=np.int64)
     run = _Running()
+    cache = _RequestBlocks(blocks, block_bytes, n, room)
     t, step, arrived, head, done, reserved = 0.0, 0, 0, 0, 0, 0
+
+    def finish(rid: int) -> None:
+        nonlocal reserved, done
+        trace.finish[rid] = t
+        reserved -= size.reserve[rid] + cache.release(rid)
+        done += 1
+
     while done < n:
         arrived = int(np.searchsorted(arrival, t, side="right"))
         if run.count() == 0 and head == arrived:  # idle until the next request
@@ -420,16 +485,19 @@ def run_engine(
                 if entry[1] == size.prompt[entry[0]]:
                     ends.append(entry[0])
         while left > 0 and head < arrived and run.count() < seq_limit:
-            if room is not None and reserved + size.reserve[head] > room:
+            need = size.reserve[head] + cache.new_bytes(head)
+            if room is not None and reserved + need > room:
                 break  # first come first served: the head of the queue waits for room, and all behind it
-            take = min(size.prompt[head], left)
+            hit = cache.admit(head, size.prompt[head], room - reserved - need if room is not None else 0)
+            take = min(size.prompt[head] - hit, left)
             trace.admitted[head] = t
-            reserved += size.reserve[head]
+            trace.cached[head] = hit
+            reserved += need
             trace.most_reserved = max(trace.most_reserved, reserved)
-            run.prefilling.append([head, take])
-            pieces.append((take, 0, take == size.prompt[head]))
+            run.prefilling.append([head, hit + take])
+            pieces.append((take, hit, hit + take == size.prompt[head]))
             left -= take
-            if take == size.prompt[head]:
+            if hit + take == size.prompt[head]:
                 ends.append(head)
             head += 1
         decoding = len(run.ids)
@@ -440,18 +508,16 @@ def run_engine(
             end = t + dt
             produced = decoding + len(ends)
             trace.tally(np.array([t]), np.array([end]), decoding, np.array([float(produced)]), True, running)
+            steps, t = 1, end
             for rid in ends:
                 trace.first_token[rid] = end
                 if size.generate[rid] == 1:
-                    trace.finish[rid] = end
-                    reserved -= size.reserve[rid]
-                    done += 1
+                    finish(rid)
                 else:
                     run.ids.append(rid)
                     run.offset.append(step + 1 - size.prompt[rid])
                     run.last_step.append(step + size.generate[rid] - 1)
             run.prefilling = [e for e in run.prefilling if e[1] < size.prompt[e[0]]]
-            steps, t = 1, end
         else:
             # decode only: until the first sequence finishes, or, with the queue empty (nothing blocked
             # waits), until the step during which the next request arrives
@@ -466,14 +532,47 @@ def run_engine(
             last = np.asarray(run.last_step)
             gone = last < step
             for i in np.flatnonzero(gone):
-                trace.finish[run.ids[i]] = t
-                reserved -= size.reserve[run.ids[i]]
-                done += 1
+                finish(run.ids[i])
             keep = np.flatnonzero(~gone)
             run.ids = [run.ids[i] for i in keep]
             run.offset = [run.offset[i] for i in keep]
             run.last_step = [run.last_step[i] for i in keep]
     return trace
+
+
+class _RequestBlocks:
+    """The engine's view of prefix caching: per request, its prompt blocks and the bytes it reserves
+    besides them; with no blocks, nothing is cached and nothing changes."""
+
+    def __init__(
+        self, blocks: PromptBlocks | None, block_bytes: int, requests: int, room: int | None
+    ) -> None:
+        self.blocks = blocks
+        if blocks is None:
+            return
+        if room is None:
+            raise ConfigError("prefix caching needs the engine's memory for requests (room)")
+        if len(blocks) != requests:
+            raise ConfigError(f"{len(blocks)} requests' prompt blocks for {requests} requests")
+        self.cache = PrefixCache(blocks.block_tokens, block_bytes)
+
+    def new_bytes(self, rid: int) -> int:
+        return self.cache.new_bytes(self.blocks.of(rid)) if self.blocks is not None else 0
+
+    def admit(self, rid: int, prompt: int, free_room: int) -> int:
+        """Prompt tokens request `rid` finds cached; its blocks are then in use, and the unused ones
+        evicted down to `free_room` bytes."""
+        if self.blocks is None:
+            return 0
+        mine = self.blocks.of(rid)
+        hit = self.cache.hit_tokens(mine, prompt)
+        self.cache.take(mine)
+        self.cache.evict_to(free_room)
+        return hit
+
+    def release(self, rid: int) -> int:
+        """Bytes of request `rid`'s blocks that no running request uses any more."""
+        return self.cache.give_back(self.blocks.of(rid)) if self.blocks is not None else 0
 
 
 def _steps_until(gap: float, step_s: float, most: int, waiting: bool) -> int:
@@ -676,7 +775,10 @@ def summarize(
     # in the second: about the share of the arrivals left uncompleted (SATURATION_GROWTH)
     growth = (late / (t1 - half) - early / (half - t0)) / came if came and half > t0 else np.nan
     steps = max(trace.steps, 1)
+    cached = trace.cached if trace.cached is not None else np.zeros(n)
+    prompt_tokens = float(prompts[measured].sum())
     return {
+        "cached_prompt_share": float(cached[measured].sum()) / prompt_tokens if prompt_tokens else np.nan,
         "requests_per_s": completed / span if span > 0 else np.nan,
         "tokens_per_s": trace.tokens / span if span > 0 else np.nan,
         "ttft_p50_s": _percentile(ttft, 50),
@@ -763,11 +865,16 @@ def simulate_traffic(
     efficiency: Mapping[str, float] | None = None,
     overhead: Mapping[str, float] | None = None,
     keep_traces: list[Trace] | None = None,
+    shared_prefix: int = 0,
+    caching: bool = True,
 ) -> pd.DataFrame:
     """Per rate: the engine run on `requests` requests of `prompt` tokens in and `generate` out (module
-    docstring). The workload's phase, batch and contexts are ignored; its dtypes, tp and routing apply.
-    `keep_traces`: a list the runs' traces are appended to. Columns: `TRAFFIC_COLUMNS`."""
+    docstring), the first `shared_prefix` tokens of every prompt the same (found in the prefix cache
+    where `caching`: simulator.prefix_cache). The workload's phase, batch and contexts are ignored; its
+    dtypes, tp and routing apply. `keep_traces`: a list the runs' traces are appended to. Columns:
+    `TRAFFIC_COLUMNS`."""
     check_request(prompt, generate)
+    shared = SharedPrefixBlocks(VLLM_BLOCK_TOKENS, requests, prompt, shared_prefix) if shared_prefix else None
     for rate in rates:
         check_traffic(rate, requests, arrivals, engine.token_budget, engine.max_seqs, workload, seed)
     check_parallelism(model, workload)
@@ -785,12 +892,27 @@ def simulate_traffic(
     capacity = engine_capacity(
         model, hardware, workload, prompt, generate, engine.token_budget, seq_limit, efficiency, overhead
     )
+    cache = prefix_caching(model, hardware, workload, shared, caching)
+    by_bytes = {}  # with shared blocks, admission counts bytes: a shared block is held once
+    if cache.blocks is not None:
+        by_bytes = {"reserve": np.full(requests, int(np.ceil(per_request))), "room": int(room)}
     rows = []
     for rate in rates:
         arrival = arrival_times(rate, requests, arrivals, seed)
-        trace = run_engine(coster, arrival, generate, engine.token_budget, seq_limit)
+        trace = run_engine(
+            coster,
+            arrival,
+            generate,
+            engine.token_budget,
+            seq_limit if cache.blocks is None else engine.max_seqs,
+            blocks=cache.blocks,
+            block_bytes=cache.block_bytes,
+            **by_bytes,
+        )
         stats = summarize(trace, generate, prompt)
-        stats["saturated"] = bool(stats["saturated"] or rate > capacity)
+        stats["saturated"] = bool(
+            stats["saturated"] or (rate > capacity and not stats["cached_prompt_share"])
+        )
         if keep_traces is not None:
             keep_traces.append(trace)
         rows.append(
@@ -806,7 +928,10 @@ def simulate_traffic(
                 **stats,
                 "capacity_rps": capacity,
                 "kv_per_request_bytes": per_request,
-                "memory_bytes": resident + trace.most_running * per_request,
+                "memory_bytes": resident
+                + (trace.most_reserved if by_bytes else trace.most_running * per_request),
+                "prefix_caching": cache.label,
+                "shared_prefix": shared_prefix,
             }
         )
     return pd.DataFrame(rows).reindex(columns=list(TRAFFIC_COLUMNS))
@@ -835,9 +960,11 @@ def simulate_trace(
     efficiency: Mapping[str, float] | None = None,
     overhead: Mapping[str, float] | None = None,
     keep_traces: list[Trace] | None = None,
+    caching: bool = True,
 ) -> pd.DataFrame:
     """The engine run on a recorded stream of requests, each with its own prompt and output length
-    (`serve --requests-file`; `speed` only labels the row: the trace is already scaled). One row,
+    (`serve --requests-file`; `speed` only labels the row: the trace is already scaled), prompt blocks
+    the trace names found in the prefix cache where `caching`. One row,
     columns `TRAFFIC_COLUMNS`: `rate` the trace's mean arrival rate, `prompt` and `generate` its mean
     P and G, at which `seq_limit`, `capacity_rps` and `kv_per_request_bytes` are taken."""
     check_trace(requests, engine.token_budget, engine.max_seqs, workload)
@@ -859,6 +986,7 @@ def simulate_trace(
     coster = StepCoster(
         model, hardware, workload, typical[0], first, last, engine.token_budget, efficiency, overhead
     )
+    cache = prefix_caching(model, hardware, workload, requests.blocks, caching)
     trace = run_engine(
         coster,
         requests.arrival,
@@ -868,6 +996,8 @@ def simulate_trace(
         prompt=requests.prompt,
         reserve=reserve,
         room=int(room),
+        blocks=cache.blocks,
+        block_bytes=cache.block_bytes,
     )
     seq_limit = max(_seq_limit(room, per_request, engine.max_seqs), 1)
     capacity = engine_capacity(
@@ -875,7 +1005,7 @@ def simulate_trace(
     )
     rate = requests.mean_rate
     stats = summarize(trace, requests.generate, requests.prompt)
-    stats["saturated"] = bool(stats["saturated"] or rate > capacity)
+    stats["saturated"] = bool(stats["saturated"] or (rate > capacity and not stats["cached_prompt_share"]))
     if keep_traces is not None:
         keep_traces.append(trace)
     row = {
@@ -892,6 +1022,8 @@ def simulate_trace(
         "capacity_rps": capacity,
         "kv_per_request_bytes": per_request,
         "memory_bytes": resident + trace.most_reserved,
+        "prefix_caching": cache.label,
+        "shared_prefix": 0,
     }
     return pd.DataFrame([row]).reindex(columns=list(TRAFFIC_COLUMNS))
 

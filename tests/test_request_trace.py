@@ -205,14 +205,40 @@ def test_littles_law_holds_on_a_replayed_trace() -> None:
 
 
 def reference_engine(
-    coster: StepCoster, requests: RequestTrace, budget: int, max_seqs: int, reserve: np.ndarray, room: int
+    coster: StepCoster,
+    requests: RequestTrace,
+    budget: int,
+    max_seqs: int,
+    reserve: np.ndarray,
+    room: int,
+    blocks: list[list[int]] | None = None,
+    block: tuple[int, int] = (16, 0),
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The engine one step at a time, every step costed by `step_time`: (first token, finish) times."""
+    """The engine one step at a time, every step costed by `step_time`: (first token, finish) times.
+    With `blocks` (each request's full prompt blocks; `block` their tokens and bytes), prefix caching as
+    simulator/prefix_cache.py describes it, kept in plain lists: users per block in use, and the free
+    blocks oldest first."""
     n = len(requests)
     first, finish = np.full(n, np.nan), np.full(n, np.nan)
     cached = {}  # id -> prompt tokens cached, while prefilling
     decoding = {}  # id -> (context, decode steps left)
     t, head, held = 0.0, 0, 0
+    blocks = blocks if blocks is not None else [[] for _ in range(n)]
+    tokens_per_block, block_bytes = block
+    own = [max(int(r) - len(b) * block_bytes, 0) for r, b in zip(reserve, blocks, strict=True)]
+    users: dict[int, int] = {}
+    free: list[int] = []
+
+    def release(rid: int) -> int:
+        gone = 0
+        for h in blocks[rid][::-1]:
+            users[h] -= 1
+            if users[h] == 0:
+                del users[h]
+                free.append(h)
+                gone += block_bytes
+        return own[rid] + gone
+
     while np.isnan(finish).any():
         arrived = int(np.searchsorted(requests.arrival, t, side="right"))
         if not cached and not decoding and head == arrived:
@@ -229,25 +255,39 @@ def reference_engine(
                 left -= take
                 ends += [rid] if last else []
         while left > 0 and head < arrived and len(cached) + len(decoding) < max_seqs:
-            if held + reserve[head] > room:
+            mine = blocks[head]
+            need = own[head] + block_bytes * len([h for h in mine if h not in users])
+            if held + need > room:
                 break
-            take = min(int(requests.prompt[head]), left)
-            pieces.append((take, 0, take == requests.prompt[head]))
-            cached[head], held, left = take, held + int(reserve[head]), left - take
-            ends += [head] if take == requests.prompt[head] else []
+            hit = 0
+            most = min(len(mine), (int(requests.prompt[head]) - 1) // tokens_per_block)
+            while hit < most and (mine[hit] in users or mine[hit] in free):
+                hit += 1
+            for h in mine:
+                if h in free:
+                    free.remove(h)
+                users[h] = users.get(h, 0) + 1
+            held += need
+            while free and len(free) * block_bytes > room - held:
+                free.pop(0)
+            hit *= tokens_per_block
+            take = min(int(requests.prompt[head]) - hit, left)
+            pieces.append((take, hit, hit + take == requests.prompt[head]))
+            cached[head], left = hit + take, left - take
+            ends += [head] if hit + take == requests.prompt[head] else []
             head += 1
         t += coster.step_time([c for c, _ in decoding.values()], pieces)
         for rid in list(decoding):
             context, steps = decoding[rid]
             decoding[rid] = (context + 1, steps - 1)
             if steps == 1:
-                finish[rid], held = t, held - int(reserve[rid])
+                finish[rid], held = t, held - release(rid)
                 del decoding[rid]
         for rid in ends:
             del cached[rid]
             first[rid] = t
             if requests.generate[rid] == 1:
-                finish[rid], held = t, held - int(reserve[rid])
+                finish[rid], held = t, held - release(rid)
             else:
                 decoding[rid] = (int(requests.prompt[rid]), int(requests.generate[rid]) - 1)
     return first, finish
