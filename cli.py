@@ -556,13 +556,13 @@ def serve(
         ),
     ] = 0,
     prefix_caching: Annotated[
-        bool,
+        bool | None,
         typer.Option(
             "--prefix-caching/--no-prefix-caching",
             help="with --rate or --requests-file: reuse the KV of prompt blocks already computed (vLLM's "
             "automatic prefix caching, on by default; a trace's blocks: Mooncake hash_ids)",
         ),
-    ] = True,
+    ] = None,
     fmt: Fmt = "table",
     output: Output = None,
     sets: Sets = None,
@@ -596,7 +596,7 @@ def serve(
                     f"drop {flag}"
                 )
         trace = (requests_file, trace_speed, trace_requests)
-        engine = (token_budget, max_seqs, prefix_caching)
+        engine = (token_budget, max_seqs, prefix_caching is not False)
         _serve_trace(models, hardware, sets, vary, trace, engine, scenario, calibration, fmt, output)
         return
     prompt = 2048 if prompt is None else prompt
@@ -609,12 +609,15 @@ def serve(
         )
     if rate is None and shared_prefix:
         raise ConfigError("--shared-prefix without --rate: the prefix cache is simulated request by request")
+    if rate is None and prefix_caching is not None:
+        flag = "--prefix-caching" if prefix_caching else "--no-prefix-caching"
+        raise ConfigError(f"{flag} without --rate or --requests-file: the steady state has no prefix cache")
     if rate is not None:
         for flag, given in (("--concurrency", concurrency), ("--tpot", tpot)):
             if given is not None:
                 raise ConfigError(f"--rate and {flag} together: --rate simulates arrivals; drop {flag}")
         options = {"requests": requests, "arrivals": arrivals, "seed": seed, "max_seqs": max_seqs}
-        options |= {"shared_prefix": shared_prefix, "caching": prefix_caching}
+        options |= {"shared_prefix": shared_prefix, "caching": prefix_caching is not False}
         request = (prompt, generate, token_budget)
         scenario = (weight_dtype, act_dtype, kv_dtype, tp, ep, routing)
         _serve_rates(models, hardware, sets, vary, rate, request, scenario, calibration, options, fmt, output)

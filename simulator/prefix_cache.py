@@ -13,12 +13,15 @@ keeps, as vLLM V1's block pool does:
 
 What the engine charges a request at admission is its own part of the KV cache (its output, the tail of
 its prompt past the last full block) reserved whole, plus each prompt block no running request holds
-yet. Simplifications: one block of any request holds `block_bytes` (the KV of `block_tokens` tokens at
-the full context: a sliding-window layer holds less), blocks are cached when their request is admitted
-(vLLM caches them as their tokens are scheduled; a newcomer may hit a block computed in the same step,
-which vLLM allows too), and blocks of generated tokens are not cached (a trace names prompt blocks
-only). Models with a recurrent mixer keep no per-token state to share, so they run
-without it (`prefix_cacheable`).
+yet. Simplifications:
+- one block of any request holds `block_bytes`: what its tokens add to the KV of the longest request
+  (`traffic.block_kv_bytes`), so a sliding-window layer keeps its KV with its request;
+- blocks are cached when their request is admitted, where vLLM caches them as their tokens are
+  scheduled: the same, since a request is admitted only while budget is left, when every prompt before
+  it has been scheduled whole;
+- blocks of generated tokens are not cached (a trace names prompt blocks only).
+Models with a recurrent mixer keep no per-token state to share, so they run without it
+(`prefix_cacheable`).
 """
 
 from __future__ import annotations

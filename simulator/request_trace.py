@@ -186,13 +186,23 @@ def _arrivals(path: Path, frame: pd.DataFrame, column: str, layout: TraceLayout,
     return values.to_numpy(dtype=np.float64) * layout.seconds_per_unit
 
 
+HASH_RANGE = (-(1 << 63), 1 << 63)  # block hashes are kept as 64-bit integers
+
+
 def _block_lists(path: Path, frame: pd.DataFrame, column: str, jsonl: bool) -> list[list[int]]:
-    """Each request's block hashes, or the first that is not a list of whole numbers refused."""
+    """Each request's block hashes, or the first list that is not one refused: whole numbers of 64 bits,
+    none twice (a block's hash covers the whole prefix up to it, so one prompt cannot repeat one)."""
     lists = []
+    low, high = HASH_RANGE
     for i, value in enumerate(frame[column].tolist()):
+        where = f"{path}: {column} at {_row(frame, i, jsonl)}"
         ok = isinstance(value, list) and all(isinstance(h, int) and not isinstance(h, bool) for h in value)
         if not ok:
-            raise ConfigError(f"{path}: {column} at {_row(frame, i, jsonl)} is not a list of block hashes")
+            raise ConfigError(f"{where} is not a list of block hashes")
+        if any(not low <= h < high for h in value):
+            raise ConfigError(f"{where} has a hash outside 64-bit integers")
+        if len(set(value)) < len(value):
+            raise ConfigError(f"{where} names a block twice: a hash stands for the whole prefix up to it")
         lists.append(value)
     return lists
 

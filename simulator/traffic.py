@@ -133,9 +133,10 @@ TRAFFIC_COLUMNS: dict[str, str] = {
     "batching (simulator.serving) that keeps up, with up to seq_limit sequences decoding (NaN with G = 1; "
     "with a trace, for requests of its mean P and G, rounded; without prefix caching, so a lower bound "
     "where prompts hit the cache)",
-    "saturated": f"the rate exceeds capacity_rps (unless prompts hit the prefix cache), or queue_growth is "
-    f"above {SATURATION_GROWTH}: the engine does not keep up (a short run may end before its queue starts "
-    "to grow, so the capacity decides too)",
+    "saturated": f"the rate exceeds capacity_rps, or queue_growth is above {SATURATION_GROWTH}: the engine "
+    "does not keep up (a short run may end before its queue starts to grow, so the capacity decides too; "
+    "where prompts hit the prefix cache, the capacity of requests whose prompts are only the part computed, "
+    "an upper bound, decides instead)",
     "prefix_caching": "automatic prefix caching: its block size, or why it is off (--no-prefix-caching; no "
     "shared prefix or block hashes to find; a recurrent mixer's state is not per token)",
     "shared_prefix": "prompt tokens every request of --rate shares (a system prompt, --shared-prefix)",
@@ -162,22 +163,36 @@ class Caching:
     label: str
 
 
+def block_kv_bytes(model: ModelConfig, workload: Workload, block_tokens: int, longest: int) -> int:
+    """KV bytes one prompt block holds on a device: per layer, what `block_tokens` more tokens add to a
+    sequence of `longest` tokens (the longest request), so a sliding-window or chunked layer whose
+    cache no longer grows there adds nothing: its KV stays with its request, unshared."""
+    end = max(longest, 2 * block_tokens)
+    wl = _decode_workload(workload, [1], [end - block_tokens, end])
+    total = 0.0
+    for e in _grid_entries(model, wl, routing_model(workload)):
+        before, after = np.broadcast_to(np.asarray(e.cost.kv_read_bytes, dtype=np.float64), (2,))
+        total += max(after - before, 0.0) * max(len(e.blocks), 1)
+    return int(np.ceil(total))
+
+
 def prefix_caching(
     model: ModelConfig,
-    hardware: HardwareConfig,
     workload: Workload,
     blocks: PromptBlocks | None,
     enabled: bool,
+    longest: int,
 ) -> Caching:
-    """How a run caches prompt prefixes: `blocks` where `enabled` and the model can use them."""
+    """How a run caches prompt prefixes: `blocks` where `enabled` and the model can use them;
+    `longest` the longest request's tokens (`block_kv_bytes`)."""
     if not enabled:
         return Caching(None, 0, "off")
     if blocks is None:
         return Caching(None, 0, "nothing shared")
     if not prefix_cacheable(model):
         return Caching(None, 0, "off: recurrent state")
-    one = request_kv_bytes(model, hardware, workload, np.array([blocks.block_tokens]))
-    return Caching(blocks, int(one[0]), f"{blocks.block_tokens}-token blocks")
+    block_bytes = block_kv_bytes(model, workload, blocks.block_tokens, longest)
+    return Caching(blocks, block_bytes, f"{blocks.block_tokens}-token blocks")
 
 
 def _grid_entries(model: ModelConfig, workload: Workload, routing: RoutingModel) -> list[LayerEntry]:
@@ -487,6 +502,11 @@ def run_engine(
         while left > 0 and head < arrived and run.count() < seq_limit:
             need = size.reserve[head] + cache.new_bytes(head)
             if room is not None and reserved + need > room:
+                if run.count() == 0:  # nothing runs that could make room
+                    raise ConfigError(
+                        f"request {head + 1} by arrival: its KV cache does not fit in the memory left for "
+                        "requests"
+                    )
                 break  # first come first served: the head of the queue waits for room, and all behind it
             hit = cache.admit(head, size.prompt[head], room - reserved - need if room is not None else 0)
             take = min(size.prompt[head] - hit, left)
@@ -836,6 +856,26 @@ def _seq_limit(room: float, per_request: float, max_seqs: int) -> int:
     return min(max_seqs, int(room // per_request) if per_request > 0 else max_seqs)
 
 
+def _capacity_bound(
+    model: ModelConfig,
+    hardware: HardwareConfig,
+    workload: Workload,
+    engine: Engine,
+    request: tuple[int, int, int],
+    room: float,
+    costs: dict,
+) -> float:
+    """Where prompts of P tokens find `hit` of them cached ((P, G, hit)): an upper bound on the
+    engine's capacity, that of requests whose prompts are only the part computed (the same work but
+    for the cached prefix's attention reads, shorter decode contexts, a smaller cache each). A rate
+    beyond it saturates the engine however short the run."""
+    prompt, generate, hit = request
+    rest = max(prompt - hit, 1)
+    per_request = prompt_kv_bytes(model, hardware, workload, rest + generate)
+    limit = max(_seq_limit(room, per_request, engine.max_seqs), 1)
+    return engine_capacity(model, hardware, workload, rest, generate, engine.token_budget, limit, **costs)
+
+
 def _setting_columns(
     model: ModelConfig, hardware: HardwareConfig, workload: Workload, engine: Engine
 ) -> dict[str, object]:
@@ -892,7 +932,9 @@ def simulate_traffic(
     capacity = engine_capacity(
         model, hardware, workload, prompt, generate, engine.token_budget, seq_limit, efficiency, overhead
     )
-    cache = prefix_caching(model, hardware, workload, shared, caching)
+    costs = {"efficiency": efficiency, "overhead": overhead}
+    cache = prefix_caching(model, workload, shared, caching, prompt + generate)
+    bounds: dict[int, float] = {}  # capacity with the prompts' cached tokens left out, per hit
     by_bytes = {}  # with shared blocks, admission counts bytes: a shared block is held once
     if cache.blocks is not None:
         by_bytes = {"reserve": np.full(requests, int(np.ceil(per_request))), "room": int(room)}
@@ -910,9 +952,12 @@ def simulate_traffic(
             **by_bytes,
         )
         stats = summarize(trace, generate, prompt)
-        stats["saturated"] = bool(
-            stats["saturated"] or (rate > capacity and not stats["cached_prompt_share"])
-        )
+        hit = round(stats["cached_prompt_share"] * prompt)
+        if hit and hit not in bounds:
+            bounds[hit] = _capacity_bound(
+                model, hardware, workload, engine, (prompt, generate, hit), room, costs
+            )
+        stats["saturated"] = bool(stats["saturated"] or rate > (bounds[hit] if hit else capacity))
         if keep_traces is not None:
             keep_traces.append(trace)
         rows.append(
@@ -986,7 +1031,8 @@ def simulate_trace(
     coster = StepCoster(
         model, hardware, workload, typical[0], first, last, engine.token_budget, efficiency, overhead
     )
-    cache = prefix_caching(model, hardware, workload, requests.blocks, caching)
+    longest = int((requests.prompt + requests.generate).max())
+    cache = prefix_caching(model, workload, requests.blocks, caching, longest)
     trace = run_engine(
         coster,
         requests.arrival,
@@ -1003,9 +1049,13 @@ def simulate_trace(
     capacity = engine_capacity(
         model, hardware, workload, *typical, engine.token_budget, seq_limit, efficiency, overhead
     )
+    costs = {"efficiency": efficiency, "overhead": overhead}
     rate = requests.mean_rate
     stats = summarize(trace, requests.generate, requests.prompt)
-    stats["saturated"] = bool(stats["saturated"] or (rate > capacity and not stats["cached_prompt_share"]))
+    hit = round(stats["cached_prompt_share"] * typical[0])
+    if hit:  # with cache hits, only a rate beyond what even the uncached work allows saturates for sure
+        capacity_bound = _capacity_bound(model, hardware, workload, engine, (*typical, hit), room, costs)
+    stats["saturated"] = bool(stats["saturated"] or rate > (capacity_bound if hit else capacity))
     if keep_traces is not None:
         keep_traces.append(trace)
     row = {

@@ -13,15 +13,23 @@ import pandas as pd
 import pytest
 
 from simulator.config import Workload
+from simulator.errors import ConfigError
 from simulator.loading import load_hardware, load_model
 from simulator.prefix_cache import ListedBlocks, PrefixCache, SharedPrefixBlocks, prefix_cacheable
 from simulator.request import PrefillStep
 from simulator.request_trace import RequestTrace, load_request_trace
 from simulator.serving import mixed_step
 from simulator.sweep import simulate
-from simulator.traffic import Engine, StepCoster, run_engine, simulate_trace, simulate_traffic
+from simulator.traffic import (
+    Engine,
+    StepCoster,
+    block_kv_bytes,
+    run_engine,
+    simulate_trace,
+    simulate_traffic,
+)
 from tests.test_cli import assert_one_line_error, run
-from tests.test_request_trace import random_trace, reference_engine
+from tests.test_request_trace import binding_room, random_trace, reference_engine
 
 H100 = load_hardware("h100-sxm")
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,10 +121,8 @@ def test_caching_agrees_with_a_step_by_step_reference(name: str) -> None:
         coster = StepCoster(
             model, H100, Workload(), 1, 1, int((requests.prompt + requests.generate).max()), budget
         )
-        # one "byte" a token: a block holds 64; a room of about six requests, so blocks are evicted
-        reserve = (requests.prompt + requests.generate).astype(np.int64)
-        room = int(6 * reserve.mean())
-        reserve = np.minimum(reserve, room)
+        # one "byte" a token, so a block holds 64; a room of about six requests, so blocks are evicted
+        reserve, room = binding_room(requests)
         blocks = ListedBlocks.from_lists(block, lists, requests.prompt)
         kwargs = {"prompt": requests.prompt, "reserve": reserve, "room": room}
         trace = run_engine(
@@ -282,3 +288,57 @@ def test_a_mooncake_line_without_block_hashes_is_refused(tmp_path: Path) -> None
     )
     proc = run("serve", "olmoe-1b-7b", "--requests-file", str(path))
     assert_one_line_error(proc, "hash_ids at line 2 is not a list of block hashes")
+
+
+def test_a_block_holds_the_kv_of_the_layers_that_grow() -> None:
+    # OLMoE: 16 layers of 16 KV heads of 128, bf16, K and V: 16 x 2 x 16 x 128 x 2 bytes a token
+    assert block_kv_bytes(load_model("olmoe-1b-7b"), Workload(), 16, 20_000) == 16 * 2 * 16 * 128 * 2 * 16
+    # Gemma-3-1B: 26 layers of one KV head of 256, every sixth global, the others a window of 512. Past
+    # the window only the 4 global layers grow; below it all 26 do
+    gemma = load_model(str(ROOT / "tests" / "data" / "hf" / "Gemma-3-1B.json"))
+    per_layer = 2 * 1 * 256 * 2 * 16
+    assert block_kv_bytes(gemma, Workload(), 16, 20_000) == 4 * per_layer
+    assert block_kv_bytes(gemma, Workload(), 16, 300) == 26 * per_layer
+
+
+def test_an_engine_that_cannot_admit_anything_says_so() -> None:
+    model = load_model("olmoe-1b-7b")
+    coster = StepCoster(model, H100, Workload(), 64, 64, 70, 128)
+    # a block list naming block 5 twice (the trace reader refuses it) needs 2 x 60 bytes in a room of 100
+    twice = ListedBlocks(32, np.array([5, 5, 6, 6]), np.array([0, 2, 4]))
+    with pytest.raises(ConfigError, match="request 1 by arrival: its KV cache does not fit"):
+        run_engine(
+            coster,
+            np.zeros(2),
+            4,
+            128,
+            8,
+            prompt=np.array([64, 64]),
+            reserve=np.array([100, 100]),
+            room=100,
+            blocks=twice,
+            block_bytes=60,
+        )
+
+
+def test_a_few_cached_tokens_do_not_hide_saturation() -> None:
+    # 16 of 2048 prompt tokens shared: the engine's capacity hardly moves (37 requests/s without the
+    # cache, tests/test_traffic.py), so 45 requests/s saturates it however short the run
+    model = load_model("olmoe-1b-7b")
+    row = simulate_traffic(
+        model, H100, Workload(), 2048, 256, [45.0], Engine(8192), requests=300, shared_prefix=16
+    ).iloc[0]
+    assert 0 < row["cached_prompt_share"] < 0.01 and row["saturated"]
+
+
+def test_bad_block_hashes_and_a_stray_caching_flag_are_one_line(tmp_path: Path) -> None:
+    line = '{{"timestamp": 0, "input_length": 4000, "output_length": 5, "hash_ids": {}}}\n'
+    for hashes, needle in (
+        ("[1, 2, 1]", "names a block twice"),
+        ("[18446744073709551615]", "outside 64-bit integers"),
+    ):
+        path = tmp_path / "m.jsonl"
+        path.write_text(line.format(hashes))
+        assert_one_line_error(run("serve", "olmoe-1b-7b", "--requests-file", str(path)), needle)
+    proc = run("serve", "olmoe-1b-7b", "--no-prefix-caching")
+    assert_one_line_error(proc, "--no-prefix-caching without --rate or --requests-file")

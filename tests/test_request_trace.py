@@ -293,6 +293,13 @@ def reference_engine(
     return first, finish
 
 
+def binding_room(requests: RequestTrace) -> tuple[np.ndarray, int]:
+    """Reservations of one "byte" a token of P + G, and a room that binds: about six requests' worth."""
+    reserve = (requests.prompt + requests.generate).astype(np.int64)
+    room = int(6 * reserve.mean())
+    return np.minimum(reserve, room), room
+
+
 @pytest.mark.parametrize("name", ["olmoe-1b-7b", "ultramemv2-1b-7b", GEMMA3])
 def test_the_engine_agrees_with_a_step_by_step_reference(name: str) -> None:
     model, budget, max_seqs = load_model(name), 1024, 16
@@ -300,10 +307,7 @@ def test_the_engine_agrees_with_a_step_by_step_reference(name: str) -> None:
         requests = random_trace(seed, 150, rate, longest=2500)
         last = int((requests.prompt + requests.generate).max())
         coster = StepCoster(model, H100, Workload(), 1, 1, last, budget)
-        # a room that binds: about six requests' worth of whole numbers
-        reserve = (requests.prompt + requests.generate).astype(np.int64)
-        room = int(6 * reserve.mean())
-        reserve = np.minimum(reserve, room)
+        reserve, room = binding_room(requests)
         trace = run_engine(
             coster,
             requests.arrival,
