@@ -222,8 +222,9 @@ class StepCoster:
     """The time of an engine step from its composition, as `serving.mixed_step` costs it, from tables:
     per layer, the decode FLOPs and bytes (activations + KV read and written) of one sequence at each
     context `first_context` .. `last_context` (a decode step of n sequences costs the sum of n such:
-    `tests/test_traffic.py` checks it), the weight bytes at every step size 1 .. `max_tokens`, and prompt
-    pieces (tokens, prefix) costed on first use."""
+    `tests/test_traffic.py` checks it; `contexts`, where given, the only ones of that range tabulated: a
+    trace's requests reach a few stretches of it), the weight bytes at every step size 1 ..
+    `max_tokens`, and prompt pieces (tokens, prefix) costed on first use."""
 
     model: ModelConfig
     hardware: HardwareConfig
@@ -234,12 +235,21 @@ class StepCoster:
     max_tokens: int
     efficiency: Mapping[str, float] | None = None
     overhead: Mapping[str, float] | None = None
+    contexts: np.ndarray | None = None
     _pieces: dict[tuple[int, int, bool], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     _first: dict[bool, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._routing = routing_model(self.workload)
-        contexts = list(range(self.first_context, self.last_context + 1))
+        span = self.last_context - self.first_context + 1
+        if self.contexts is None:
+            contexts = list(range(self.first_context, self.last_context + 1))
+            self._row = np.arange(span, dtype=np.int64)
+        else:
+            contexts = np.asarray(self.contexts, dtype=np.int64).tolist()
+            # context c's row of the tables: _row[c - first_context] (-1: never reached)
+            self._row = np.full(span, -1, dtype=np.int64)
+            self._row[np.asarray(contexts) - self.first_context] = np.arange(len(contexts))
         one = _grid_entries(self.model, _decode_workload(self.workload, [1], contexts), self._routing)
         n = len(contexts)
         # (contexts, layers): what one decoding sequence adds to each layer's step
@@ -322,7 +332,7 @@ class StepCoster:
     def decode_sums(self, contexts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-layer FLOPs and bytes of decode sequences at `contexts` (any shape (n, ...)), summed over
         the first axis."""
-        i = contexts - self.first_context
+        i = self._row[contexts - self.first_context]
         return self.decode_flops[i].sum(axis=0), self.decode_bytes[i].sum(axis=0)
 
     def step_time(self, contexts: list[int] | np.ndarray, pieces: Sequence[Piece]) -> float:
@@ -994,6 +1004,21 @@ def request_kv_bytes(
     return np.ceil(kv[index]).astype(np.int64)
 
 
+def decode_contexts(prompt: np.ndarray, generate: np.ndarray) -> tuple[int, int, np.ndarray]:
+    """(first, last, every context between them some decode step reaches): request i decodes at
+    contexts P_i .. P_i + G_i - 2 (none where G_i = 1)."""
+    decodes = generate > 1
+    if not decodes.any():
+        return 1, 1, np.array([1])
+    start, stop = prompt[decodes], prompt[decodes] + generate[decodes] - 1  # contexts [start, stop)
+    first, last = int(start.min()), int(stop.max()) - 1
+    # the union of the stretches: +1 where one begins, -1 after it ends, summed along
+    edges = np.zeros(last - first + 2, dtype=np.int64)
+    np.add.at(edges, start - first, 1)
+    np.add.at(edges, stop - first, -1)
+    return first, last, first + np.flatnonzero(np.cumsum(edges)[:-1] > 0)
+
+
 def simulate_trace(
     model: ModelConfig,
     hardware: HardwareConfig,
@@ -1025,11 +1050,18 @@ def simulate_trace(
             f"{requests.generate[i]}): its KV cache ({reserve[i] / 1e9:.3g} GB) does not fit beside the "
             f"weights and a step's activations in {hardware.name}'s memory"
         )
-    decodes = requests.generate > 1
-    first = int(requests.prompt[decodes].min()) if decodes.any() else 1
-    last = max(int((requests.prompt + requests.generate - 2).max()), first)
+    first, last, reached = decode_contexts(requests.prompt, requests.generate)
     coster = StepCoster(
-        model, hardware, workload, typical[0], first, last, engine.token_budget, efficiency, overhead
+        model,
+        hardware,
+        workload,
+        typical[0],
+        first,
+        last,
+        engine.token_budget,
+        efficiency,
+        overhead,
+        contexts=reached,
     )
     longest = int((requests.prompt + requests.generate).max())
     cache = prefix_caching(model, workload, requests.blocks, caching, longest)

@@ -19,7 +19,7 @@ from simulator.request import PrefillStep
 from simulator.request_trace import RequestTrace, load_request_trace
 from simulator.serving import mixed_step
 from simulator.sweep import simulate
-from simulator.traffic import Engine, StepCoster, Trace, run_engine, simulate_trace
+from simulator.traffic import Engine, StepCoster, Trace, decode_contexts, run_engine, simulate_trace
 from tests.test_cli import assert_one_line_error, run
 
 H100 = load_hardware("h100-sxm")
@@ -402,3 +402,39 @@ def test_the_recorded_azure_sample_reads_as_recorded() -> None:
     # at the recorded pace an H100 keeps up with it
     df = simulate_trace(load_model("olmoe-1b-7b"), load_hardware("h100-sxm"), Workload(), trace, Engine(8192))
     assert not df["saturated"].iloc[0]
+
+
+def test_decode_contexts_are_the_stretches_requests_reach() -> None:
+    # prompts 10, 12, 30 generating 4, 1, 3: contexts 10 .. 12 and 30 .. 31 (the second never decodes)
+    first, last, reached = decode_contexts(np.array([10, 12, 30]), np.array([4, 1, 3]))
+    assert (first, last, reached.tolist()) == (10, 31, [10, 11, 12, 30, 31])
+    assert decode_contexts(np.array([5, 9]), np.array([1, 1]))[2].tolist() == [1]
+
+
+def test_a_compact_decode_table_costs_as_the_dense_one() -> None:
+    model, budget = load_model("olmoe-1b-7b"), 2048
+    requests = random_trace(8, 60, 30.0)
+    first, last, reached = decode_contexts(requests.prompt, requests.generate)
+    assert len(reached) < last - first + 1  # the stretches leave gaps
+    dense = StepCoster(model, H100, Workload(), 1, first, last, budget)
+    compact = StepCoster(model, H100, Workload(), 1, first, last, budget, contexts=reached)
+    runs = [
+        run_engine(c, requests.arrival, requests.generate, budget, 64, prompt=requests.prompt)
+        for c in (dense, compact)
+    ]
+    for name in ("admitted", "first_token", "finish"):
+        assert np.array_equal(getattr(runs[0], name), getattr(runs[1], name)), name
+    assert compact.decode_flops.shape[0] == len(reached)
+
+
+def test_one_very_long_request_tabulates_only_its_own_decode_steps() -> None:
+    # a 300,000-token prompt among short ones: its 8 decode contexts are tabulated, not the 300,000
+    # between the short prompts and it (a dense table took gigabytes)
+    requests = random_trace(9, 40, 2.0, longest=2000)
+    prompt = np.r_[requests.prompt[:-1], 300_000]
+    generate = np.r_[requests.generate[:-1], 9]
+    long = RequestTrace(requests.arrival, prompt, generate, "memtraffic", "long")
+    traces: list[Trace] = []
+    simulate_trace(load_model("olmoe-1b-7b"), H100, Workload(), long, Engine(8192), keep_traces=traces)
+    reached = decode_contexts(prompt, generate)[2]
+    assert reached.size <= int(generate.sum()) and np.isfinite(traces[0].finish).all()
