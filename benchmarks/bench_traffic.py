@@ -11,8 +11,11 @@ With --shared-prefix N, every prompt begins with the same N tokens and the engin
 With --requests-file TRACE (any layout `serve --requests-file` reads), replays that trace instead, at each
 of --speeds, and prints the same numbers.
 
+With --long-prompt N, replays 39 short requests (seeded) and one of N prompt tokens, and prints the wall
+time and the process's peak memory: the decode table's size when one request is far longer than the rest.
+
 Run:  python benchmarks/bench_traffic.py [--requests N] [--model NAME] [--hardware HW] [--weight-dtype D]
-      [--rates 1,20,60] [--shared-prefix N] [--requests-file TRACE --speeds 1,4]
+      [--rates 1,20,60] [--shared-prefix N] [--requests-file TRACE --speeds 1,4] [--long-prompt N]
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import time
 
 import numpy as np
@@ -27,7 +31,7 @@ import numpy as np
 from simulator.config import Workload
 from simulator.loading import load_hardware, load_model
 from simulator.prefix_cache import VLLM_BLOCK_TOKENS, SharedPrefixBlocks
-from simulator.request_trace import load_request_trace
+from simulator.request_trace import RequestTrace, load_request_trace
 from simulator.traffic import (
     Engine,
     StepCoster,
@@ -60,6 +64,24 @@ def bench_trace(args: argparse.Namespace) -> None:
         )
 
 
+def bench_long_prompt(args: argparse.Namespace) -> None:
+    """39 short requests and one of --long-prompt tokens: `simulate_trace` timed, and the peak memory."""
+    rng = np.random.default_rng(9)
+    arrival = np.cumsum(rng.exponential(0.5, 40))
+    prompt = np.r_[rng.integers(1, 2000, 39), args.long_prompt]
+    generate = np.r_[rng.integers(1, 300, 39), 9]
+    requests = RequestTrace(arrival - arrival[0], prompt, generate, "memtraffic", "long-prompt")
+    model, hardware = load_model(args.model), load_hardware(args.hardware)
+    start = time.perf_counter()
+    simulate_trace(model, hardware, Workload(weight_dtype=args.weight_dtype), requests, Engine(8192))
+    wall = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(
+        f"one request of {args.long_prompt:,} prompt tokens among 39 short: {wall:.2f} s, "
+        f"peak {peak:,.0f} MiB"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=20_000)
@@ -70,7 +92,11 @@ def main() -> None:
     parser.add_argument("--shared-prefix", type=int, default=0, help="prompt tokens all requests share")
     parser.add_argument("--requests-file", default=None, help="a request trace to replay instead")
     parser.add_argument("--speeds", default="1", help="with --requests-file: --trace-speed values")
+    parser.add_argument("--long-prompt", type=int, default=0, help="one request of this many prompt tokens")
     args = parser.parse_args()
+    if args.long_prompt:
+        bench_long_prompt(args)
+        return
     if args.requests_file is not None:
         print(
             f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; {args.model} on "
