@@ -89,16 +89,18 @@ def parse_seconds(text: str | None, flag: str) -> float | None:
     return value
 
 
-def parse_rates(text: str) -> list[float]:
-    """'1,4,16.5' -> [1.0, 4.0, 16.5] requests per second, each positive, order kept, repeats dropped."""
+def parse_rates(text: str, flag: str = "--rate") -> list[float]:
+    """'1,4,16.5' -> [1.0, 4.0, 16.5] (requests per second, or replay speeds), each positive, order kept,
+    repeats dropped."""
+    what = "requests per second" if flag == "--rate" else "speeds"
     rates: list[float] = []
     for part in text.split(","):
         try:
             value = float(part.strip())
         except ValueError:
-            raise ConfigError(f"--rate {text!r}: expected requests per second like 1,4,16") from None
+            raise ConfigError(f"{flag} {text!r}: expected {what} like 1,4,16") from None
         if not (value > 0 and value < float("inf")):
-            raise ConfigError(f"--rate {part.strip()}: a rate is a positive number of requests per second")
+            raise ConfigError(f"{flag} {part.strip()}: each is a positive number ({what})")
         rates.append(value)
     return list(dict.fromkeys(rates))
 
@@ -1047,6 +1049,18 @@ def report(
     prefill_chunk: Annotated[
         int | None, typer.Option("--prefill-chunk", help="prompt tokens a prefill step, request charts")
     ] = None,
+    requests_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--requests-file",
+            help="also replay this request trace (as serve --requests-file reads) on each model, drawn "
+            "against its mean rate at each --trace-speeds",
+        ),
+    ] = None,
+    trace_speeds: Annotated[
+        str,
+        typer.Option("--trace-speeds", help="with --requests-file: replay speeds, 1,2,4 (its pace x that)"),
+    ] = "1,2,4,8",
     weight_dtype: WeightDtype = "bf16",
     kv_dtype: KvDtype = "bf16",
     tp: TensorParallel = 1,
@@ -1054,7 +1068,8 @@ def report(
     routing: Routing = "uniform",
 ) -> None:
     """One self-contained interactive HTML page (works offline) from simulations and runs; with
-    --vary or several --hardware, of what-if variants side by side."""
+    --vary or several --hardware, of what-if variants side by side; with --requests-file, a recorded
+    trace replayed on each model too."""
     import shlex
 
     from reports.html import report_run
@@ -1075,6 +1090,8 @@ def report(
         prefill_chunk=prefill_chunk,
         scenario=_scenario_fields(weight_dtype, kv_dtype, tp, ep, routing),
         warn=lambda line: print(f"memtraffic: warning: {line}", file=sys.stderr),
+        requests_file=requests_file,
+        trace_speeds=parse_rates(trace_speeds, "--trace-speeds") if requests_file is not None else (1.0,),
     )
     console.print(f"report: {path.resolve()}")
 

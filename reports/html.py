@@ -23,6 +23,7 @@ from simulator.errors import ConfigError, MemtrafficError
 
 if TYPE_CHECKING:
     from reports.validation import ValidationResult
+    from simulator.request_trace import RequestTrace
     from traces.bundle import Bundle
 
 # section key -> (heading, why it is empty when nothing could be drawn)
@@ -61,6 +62,7 @@ def build_report(
     request: pd.DataFrame | None = None,
     serving: pd.DataFrame | None = None,
     traffic: pd.DataFrame | None = None,
+    replay: pd.DataFrame | None = None,
 ) -> str:
     """The report as one HTML string.
 
@@ -70,7 +72,8 @@ def build_report(
     to the validations' hardware, else the presets named in `sim`; `batches` limits the per-layer charts;
     `request` is a `simulator.request` frame (one request's latency and throughput per model and batch);
     `serving` a `simulator.serving` frame (continuous batching, drawn beside it); `traffic` a
-    `simulator.traffic` frame (latency against the arrival rate).
+    `simulator.traffic` frame (latency against the arrival rate); `replay` one of a recorded trace at
+    several speeds (`simulator.traffic.trace_states` rows).
     """
     validations = list(validations)
     bundles = list(bundles)
@@ -99,7 +102,9 @@ def build_report(
 
     charts = {
         "step": figures.step_charts(sim, colors, validations),
-        "request": figures.request_charts(request, colors, serving) + figures.load_charts(traffic, colors),
+        "request": figures.request_charts(request, colors, serving)
+        + figures.load_charts(traffic, colors)
+        + figures.trace_charts(replay, colors),
         "roofline": figures.roofline_chart(sim, hw, colors, validations),
         "layers": figures.layer_bytes_charts(sim, batches),
         "timeline": figures.timeline_charts(bundles, names, colors),
@@ -136,6 +141,8 @@ def report_run(
     prefill_chunk: int | None = None,
     scenario: Mapping[str, Any] | None = None,
     warn: Callable[[str], None] | None = None,
+    requests_file: str | Path | None = None,
+    trace_speeds: Sequence[float] = (1.0,),
 ) -> Path:
     """`memtraffic report [MODEL...] [--batch ...] [RUN_DIR...] --output report.html` in one call.
 
@@ -170,7 +177,14 @@ def report_run(
         )
         for b in bundles
     ]
-    sim = request = serving = traffic = None
+    from simulator.request_trace import load_request_trace
+
+    sim = request = serving = traffic = replay = None
+    trace = None
+    if requests_file is not None:
+        if not models:
+            raise ConfigError("--requests-file without a model: the trace is replayed on the models named")
+        trace = [load_request_trace(requests_file, speed) for speed in trace_speeds]
     if models:
         run_batches = sorted({int(b) for v in validations for b in v.steps["batch"]})
         run_ctx = sorted({int(c) for v in validations for c in v.prediction["context"].unique()})
@@ -189,15 +203,20 @@ def report_run(
         else:
             cfgs = [load_model(m) for m in models]
             on = [load_hardware(hardware)] * len(cfgs)
-        asked = f"--context {wl.context[0]} --generate {generate}"
+        asked = [(wl.context[0] + generate - 1, f"--context {wl.context[0]} --generate {generate}")]
+        if trace:
+            longest = int((trace[0].prompt + trace[0].generate).max()) - 1
+            asked.append((longest, f"the longest request of {Path(requests_file).name}"))
         for cfg in {c.name: c for c in cfgs}.values():
-            line = positions_warning(cfg, wl.context[0] + generate - 1, asked)
-            if line and warn is not None:
-                warn(line)
+            for positions, what in asked:
+                line = positions_warning(cfg, positions, what)
+                if line and warn is not None:
+                    warn(line)
         sim = compare(cfgs, on, wl, per_layer=True)
         request = request_latencies(cfgs, on, wl, wl.context[0], generate, prefill_chunk=prefill_chunk)
         serving = _steady_states(cfgs, on, wl, generate)
         traffic = _under_load(cfgs, on, wl, generate, serving, warn)
+        replay = _on_trace(cfgs, on, wl, trace, warn) if trace else None
     names = [str(m) for m in models] + [str(d) for d in run_dirs]
     text = build_report(
         sim,
@@ -209,6 +228,7 @@ def report_run(
         request=request,
         serving=serving,
         traffic=traffic,
+        replay=replay,
     )
     return write_report(output, text)
 
@@ -270,6 +290,32 @@ def _under_load(
         except ConfigError as exc:
             if warn is not None:
                 warn(f"latency under load left out: {exc}")
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
+def _on_trace(
+    cfgs: Sequence[ModelConfig],
+    on: Sequence[HardwareConfig],
+    wl: Workload,
+    traces: Sequence[RequestTrace],
+    warn: Callable[[str], None] | None,
+) -> pd.DataFrame | None:
+    """Each model's engine on a recorded trace at each of its speeds (prefix caching on, as `serve`
+    runs it); None with expert parallelism. A model the engine cannot run is left out with a warning."""
+    from simulator.traffic import trace_states
+
+    if wl.ep > 1:
+        if warn is not None:
+            warn("the trace replay left out: --ep ranks would each run their own queue")
+        return None
+    frames = []
+    for cfg, hw in zip(cfgs, on, strict=True):
+        try:
+            for requests in traces:
+                frames.append(trace_states([cfg], [hw], wl, requests, speed=requests.speed))
+        except ConfigError as exc:
+            if warn is not None:
+                warn(f"the trace replay of {cfg.name} left out: {exc}")
     return pd.concat(frames, ignore_index=True) if frames else None
 
 

@@ -72,6 +72,7 @@ class RequestTrace:
     path: str
     dropped: int = 0  # requests with no output tokens, left out
     blocks: ListedBlocks | None = None  # each prompt's full blocks, where the trace names them
+    speed: float = 1.0  # the arrivals as recorded, divided by this (--trace-speed)
 
     def __len__(self) -> int:
         return len(self.arrival)
@@ -245,4 +246,4 @@ def load_request_trace(path: str | Path, speed: float = 1.0, requests: int | Non
     arrival, prompt, generate = arrival[served], prompt[served], generate[served]
     arrival = (arrival - arrival[0]) / speed
     dropped = int(order.size - served.size)
-    return RequestTrace(arrival, prompt, generate, layout.name, str(path), dropped, blocks)
+    return RequestTrace(arrival, prompt, generate, layout.name, str(path), dropped, blocks, speed)

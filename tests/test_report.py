@@ -271,3 +271,49 @@ def test_report_draws_latency_under_load(tmp_path: Path) -> None:
     # expert parallelism: the ranks' own queues are not modelled, so no load chart
     ep = report_run(["olmoe-1b-7b"], [], tmp_path / "e.html", batches=[8], scenario={"ep": 2})
     assert "chart-load-latency" not in chart_specs(ep.read_text())
+
+
+MOONCAKE_SAMPLE = Path(__file__).resolve().parents[1] / "traces" / "samples" / "mooncake-2024" / "head.jsonl"
+
+
+def test_report_draws_a_recorded_trace_replayed(tmp_path: Path) -> None:
+    from reports.html import report_run
+    from simulator.request_trace import load_request_trace
+    from simulator.traffic import Engine, simulate_trace
+
+    out = report_run(
+        ["olmoe-1b-7b"],
+        [],
+        tmp_path / "r.html",
+        batches=[1, 16],
+        requests_file=MOONCAKE_SAMPLE,
+        trace_speeds=[1.0, 3.0],
+    )
+    traces = chart_specs(out.read_text())["chart-trace-latency"]["data"]
+    assert len(traces) == 3  # TPOT p50, TTFT p50, TTFT p99
+    # x: the trace's mean rate, 189 gaps over 1,206.104 - 1,178.625 s, at 1x and 3x
+    mean = 189 / (1206.104 - 1178.625)
+    for tr in traces:
+        assert values(tr["x"]).astype(float) == pytest.approx([mean, 3 * mean])
+    # y: the engine's own result on the trace, prefix caching on
+    got = {tr["name"]: values(tr["y"]).astype(float) for tr in traces}
+    olmoe, h100 = load_model("olmoe-1b-7b"), load_hardware("h100-sxm")
+    want = [
+        simulate_trace(olmoe, h100, Workload(), load_request_trace(MOONCAKE_SAMPLE, s), Engine(8192))
+        for s in (1.0, 3.0)
+    ]
+    assert got["olmoe-1b-7b · TTFT p99"] == pytest.approx([w["ttft_p99_s"].iloc[0] for w in want])
+    assert want[0]["prefix_caching"].iloc[0] == "512-token blocks"
+
+
+def test_report_trace_mistakes_are_one_line(tmp_path: Path) -> None:
+    from tests.test_cli import assert_one_line_error, run
+
+    out = str(tmp_path / "r.html")
+    missing = run("report", "olmoe-1b-7b", "--requests-file", str(tmp_path / "none.csv"), "-o", out)
+    assert_one_line_error(missing, "no such file")
+    speeds = run(
+        "report", "olmoe-1b-7b", "--requests-file", str(MOONCAKE_SAMPLE), "--trace-speeds", "0", "-o", out
+    )
+    assert_one_line_error(speeds, "--trace-speeds 0")
+    assert not Path(out).exists()

@@ -13,7 +13,7 @@ builders they share.
 
 from reports.figures.accuracy import pred_vs_meas_charts
 from reports.figures.layers import layer_bytes_charts
-from reports.figures.load import load_charts
+from reports.figures.load import load_charts, trace_charts
 from reports.figures.request import request_charts
 from reports.figures.roofline import roofline_chart
 from reports.figures.routing import distinct_chart, routing_cost_chart
@@ -27,6 +27,7 @@ __all__ = [
     "group_of",
     "layer_bytes_charts",
     "load_charts",
+    "trace_charts",
     "log_ticks",
     "model_colors",
     "pred_vs_meas_charts",
