@@ -565,6 +565,15 @@ def serve(
             "automatic prefix caching, on by default; a trace's blocks: Mooncake hash_ids)",
         ),
     ] = None,
+    allocation: Annotated[
+        str | None,
+        typer.Option(
+            "--allocation",
+            help="with --rate or --requests-file: reserved (each request's KV at P + G on admission, the "
+            "default) or paged (vLLM: the tokens computed so far; the request admitted last preempted and "
+            "recomputed when the next step does not fit)",
+        ),
+    ] = None,
     fmt: Fmt = "table",
     output: Output = None,
     sets: Sets = None,
@@ -588,6 +597,10 @@ def serve(
     from simulator.serving import serving_states
 
     scenario = (weight_dtype, act_dtype, kv_dtype, tp, ep, routing)
+    if allocation is not None:
+        from simulator.traffic import Engine
+
+        Engine(1, 1, allocation)  # refused in one line when it is none of the allocations
     if requests_file is not None:
         given = {"--rate": rate, "--prompt": prompt, "--generate": generate}
         given |= {"--concurrency": concurrency, "--tpot": tpot, "--shared-prefix": shared_prefix or None}
@@ -598,7 +611,7 @@ def serve(
                     f"drop {flag}"
                 )
         trace = (requests_file, trace_speed, trace_requests)
-        engine = (token_budget, max_seqs, prefix_caching is not False)
+        engine = (token_budget, max_seqs, prefix_caching is not False, allocation or "reserved")
         _serve_trace(models, hardware, sets, vary, trace, engine, scenario, calibration, fmt, output)
         return
     prompt = 2048 if prompt is None else prompt
@@ -614,12 +627,17 @@ def serve(
     if rate is None and prefix_caching is not None:
         flag = "--prefix-caching" if prefix_caching else "--no-prefix-caching"
         raise ConfigError(f"{flag} without --rate or --requests-file: the steady state has no prefix cache")
+    if rate is None and allocation is not None:
+        raise ConfigError(
+            f"--allocation {allocation} without --rate or --requests-file: the steady state reserves no KV"
+        )
     if rate is not None:
         for flag, given in (("--concurrency", concurrency), ("--tpot", tpot)):
             if given is not None:
                 raise ConfigError(f"--rate and {flag} together: --rate simulates arrivals; drop {flag}")
         options = {"requests": requests, "arrivals": arrivals, "seed": seed, "max_seqs": max_seqs}
         options |= {"shared_prefix": shared_prefix, "caching": prefix_caching is not False}
+        options["allocation"] = allocation or "reserved"
         request = (prompt, generate, token_budget)
         scenario = (weight_dtype, act_dtype, kv_dtype, tp, ep, routing)
         _serve_rates(models, hardware, sets, vary, rate, request, scenario, calibration, options, fmt, output)
@@ -705,6 +723,7 @@ def _serve_rates(
         overhead=getattr(cal, "overhead_s", None),
         shared_prefix=options["shared_prefix"],
         caching=options["caching"],
+        allocation=options["allocation"],
     )
     on, budgets = _gpus_and_budgets(gpus, df)
     stream = options["arrivals"] + (f" (seed {options['seed']})" if options["arrivals"] == "poisson" else "")
@@ -721,7 +740,7 @@ def _serve_trace(
     sets: list[str] | None,
     vary: list[str] | None,
     trace: tuple[Path, float, int | None],
-    engine: tuple[int | None, int, bool],
+    engine: tuple[int | None, int, bool, str],
     scenario: tuple[str, str, str, int, int, str],
     calibration: Path | None,
     fmt: str,
@@ -733,7 +752,7 @@ def _serve_trace(
     from simulator.traffic import check_trace, trace_states
 
     path, speed, first = trace
-    token_budget, max_seqs, caching = engine
+    token_budget, max_seqs, caching, allocation = engine
     requests = load_request_trace(path, speed, first)
     # the trace and options alone, before any model is costed (the budget is checked per GPU when defaulted)
     budget = token_budget if token_budget is not None else max(max_seqs, 1)
@@ -764,6 +783,7 @@ def _serve_trace(
         efficiency=cal,
         overhead=getattr(cal, "overhead_s", None),
         caching=caching,
+        allocation=allocation,
     )
     on, budgets = _gpus_and_budgets(gpus, df)
     sizes = f"prompt {requests.prompt.mean():.0f} and generate {requests.generate.mean():.0f} on average"

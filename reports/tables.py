@@ -353,6 +353,8 @@ def traffic_table(df: pd.DataFrame, title: str) -> Table:
     # prefix caching where some run had blocks to find: the share of prompt tokens it found
     caching = "prefix_caching" in df and bool(df["prefix_caching"].str.endswith("blocks").any())
     cols += ["prompt cached"] if caching else []
+    paged = "allocation" in df and bool((df["allocation"] == "paged").any())
+    cols += ["preempted"] if paged else []
     if len(models) > 1:
         cols.append("tokens/s\nvs first")
     cols += ["keeps up", "HBM held"]
@@ -372,6 +374,8 @@ def traffic_table(df: pd.DataFrame, title: str) -> Table:
         if caching:
             cached = r.prefix_caching.endswith("blocks")
             row.append(_share(r.cached_prompt_share) if cached else r.prefix_caching)
+        if paged:
+            row.append(f"{int(r.preemptions):,}" if r.allocation == "paged" else "-")
         if len(models) > 1:
             ratio = r.tokens_per_s / first.get(r.rate, np.nan)
             row.append(f"{ratio:.2f}x" if np.isfinite(ratio) else "-")
@@ -394,6 +398,12 @@ def traffic_table(df: pd.DataFrame, title: str) -> Table:
         notes.append(
             "a replayed trace: rate/s its mean arrival rate; TTFT/token: TTFT over the request's prompt "
             "tokens; percentiles count each request once; capacity at the trace's mean P and G"
+        )
+    if paged:
+        notes.append(
+            "paged KV (vLLM's allocation): a request holds the KV of the tokens computed so far; preempted: "
+            "requests freed for the next step's tokens and recomputed later, over the whole run; HBM held: "
+            "the KV held at the busiest step"
         )
     if caching:
         labels = ", ".join(dict.fromkeys(df["prefix_caching"]))

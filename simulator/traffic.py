@@ -31,7 +31,8 @@ The engine, as vLLM V1's scheduler with chunked prefill, simplified:
 
 Simplifications (what vLLM does that this does not):
 - no preemption: the KV cache is reserved whole at admission, so a running request is never evicted and
-  recomputed (vLLM allocates blocks as it goes and preempts the newest request when they run out);
+  recomputed (vLLM allocates blocks as it goes and preempts the newest request when they run out; that
+  engine is simulator/paged_engine.py, `--allocation paged`);
 - decode tokens go before the prompt pieces in a step, whatever the order the requests were admitted in
   (vLLM walks its running list in order; with the budget at least max_seqs every decode token fits
   either way, so only which prompt piece is cut short can differ);
@@ -77,6 +78,9 @@ from simulator.routing import RoutingModel
 from simulator.sweep import LayerEntry, check_parallelism, layer_entries, routing_model, simulate
 
 ARRIVALS = ("poisson", "even")
+# KV allocation: each request's P + G reserved at admission, or vLLM's blocks as tokens are computed with
+# preemption by recompute (simulator/paged_engine.py)
+ALLOCATIONS = ("reserved", "paged")
 WARMUP_SHARE = 0.1  # the first 10 % of requests, by arrival, are left out of the statistics
 MIN_REQUESTS = 10  # fewer leave no measured window worth a percentile
 MAX_REQUESTS = 1_000_000  # a minute or more of simulation per rate on a laptop; arrays of a few hundred MB
@@ -131,15 +135,19 @@ TRAFFIC_COLUMNS: dict[str, str] = {
     "uncompleted)",
     "capacity_rps": "requests per second the engine sustains at most: the best steady state of continuous "
     "batching (simulator.serving) that keeps up, with up to seq_limit sequences decoding (NaN with G = 1; "
-    "with a trace, for requests of its mean P and G, rounded; without prefix caching, so a lower bound "
-    "where prompts hit the cache)",
+    "with a trace, for requests of its mean P and G, rounded; without prefix caching and with KV reserved "
+    "at P + G, so a lower bound where prompts hit the cache or KV is paged)",
     "saturated": f"the rate exceeds capacity_rps, or queue_growth is above {SATURATION_GROWTH}: the engine "
     "does not keep up (a short run may end before its queue starts to grow, so the capacity decides too; "
-    "where prompts hit the prefix cache, the capacity of requests whose prompts are only the part computed, "
-    "an upper bound, decides instead)",
+    "where prompts hit the prefix cache or KV is paged, an upper bound decides instead: the capacity of "
+    "requests whose prompts are only the part computed, each holding only its prompt's KV where paged)",
     "prefix_caching": "automatic prefix caching: its block size, or why it is off (--no-prefix-caching; no "
     "shared prefix or block hashes to find; a recurrent mixer's state is not per token)",
     "shared_prefix": "prompt tokens every request of --rate shares (a system prompt, --shared-prefix)",
+    "allocation": "KV allocation: reserved (each request's P + G at admission, never preempted) or paged "
+    "(the tokens computed so far; the request admitted last preempted and recomputed when they do not fit)",
+    "preemptions": "requests preempted over the whole run (paged allocation; one request may count more "
+    "than once)",
     "cached_prompt_share": "share of the measured requests' prompt tokens found in the prefix cache, not "
     "computed",
     "kv_per_request_bytes": "KV cache (or recurrent state) one request reserves, at P + G (with a trace, "
@@ -379,6 +387,7 @@ class Trace:
     total_steps: int = 0
     last_step_s: float = 0.0  # the mean step of the last decode stretch: how far to cost ahead
     cached: np.ndarray | None = None  # prompt tokens each request found in the prefix cache
+    preemptions: int = 0  # requests preempted (paged allocation), over the whole run
 
     def tally(
         self,
@@ -444,6 +453,16 @@ def _sizes(
     return _Sizes(prompts, gens, held)
 
 
+def new_trace(arrival: np.ndarray) -> Trace:
+    """An empty trace of requests arriving at `arrival`, its measured window after the warm-up."""
+    n = len(arrival)
+    nan = np.full(n, np.nan)
+    warm = int(np.ceil(WARMUP_SHARE * n))
+    trace = Trace(arrival, nan.copy(), nan.copy(), nan.copy(), float(arrival[warm]), float(arrival[-1]))
+    trace.cached = np.zeros(n, dtype=np.int64)
+    return trace
+
+
 def run_engine(
     coster: StepCoster,
     arrival: np.ndarray,
@@ -478,10 +497,7 @@ def run_engine(
     if blocks is not None and reserve is not None:  # a request reserves its blocks apart
         reserve = np.maximum(np.asarray(reserve) - blocks.counts() * block_bytes, 0)
     size = _sizes(coster, n, generate, prompt, reserve)
-    nan = np.full(n, np.nan)
-    warm = int(np.ceil(WARMUP_SHARE * n))
-    trace = Trace(arrival, nan.copy(), nan.copy(), nan.copy(), float(arrival[warm]), float(arrival[-1]))
-    trace.cached = np.zeros(n, dtype=np.int64)
+    trace = new_trace(arrival)
     run = _Running()
     cache = _RequestBlocks(blocks, block_bytes, n, room)
     t, step, arrived, head, done, reserved = 0.0, 0, 0, 0, 0, 0
@@ -589,6 +605,10 @@ class _RequestBlocks:
     def new_bytes(self, rid: int) -> int:
         return self.cache.new_bytes(self.blocks.of(rid)) if self.blocks is not None else 0
 
+    def hit(self, rid: int, prompt: int) -> int:
+        """Prompt tokens request `rid` (of `prompt` tokens now) would find cached."""
+        return self.cache.hit_tokens(self.blocks.of(rid), prompt) if self.blocks is not None else 0
+
     def admit(self, rid: int, prompt: int, free_room: int) -> int:
         """Prompt tokens request `rid` finds cached; its blocks are then in use, and the unused ones
         evicted down to `free_room` bytes."""
@@ -599,6 +619,10 @@ class _RequestBlocks:
         self.cache.take(mine)
         self.cache.evict_to(free_room)
         return hit
+
+    def evict_to(self, free_room: int) -> None:
+        if self.blocks is not None:
+            self.cache.evict_to(free_room)
 
     def release(self, rid: int) -> int:
         """Bytes of request `rid`'s blocks that no running request uses any more."""
@@ -833,10 +857,65 @@ def summarize(
 
 @dataclass(frozen=True)
 class Engine:
-    """A serving engine's settings: `token_budget` tokens and `max_seqs` running requests a step."""
+    """A serving engine's settings: `token_budget` tokens and `max_seqs` running requests a step, and
+    how it allocates KV (`ALLOCATIONS`)."""
 
     token_budget: int
     max_seqs: int = DEFAULT_MAX_SEQS
+    allocation: str = "reserved"
+
+    def __post_init__(self) -> None:
+        if self.allocation not in ALLOCATIONS:
+            raise ConfigError(f"--allocation {self.allocation}: choose one of {', '.join(ALLOCATIONS)}")
+
+
+def _run(
+    coster: StepCoster,
+    arrival: np.ndarray,
+    generate: int | np.ndarray,
+    engine: Engine,
+    seq_limit: int,
+    cache: Caching,
+    *,
+    prompt: np.ndarray | None = None,
+    reserve: np.ndarray | None = None,
+    room: int | None = None,
+    token_bytes: int = 0,
+) -> Trace:
+    """The engine `engine.allocation` names on these requests: `run_engine`, or the paged one."""
+    blocks = {"blocks": cache.blocks, "block_bytes": cache.block_bytes}
+    if engine.allocation == "paged":
+        from simulator.paged_engine import run_paged_engine
+
+        return run_paged_engine(
+            coster,
+            arrival,
+            generate,
+            engine.token_budget,
+            engine.max_seqs,
+            reserve=reserve,
+            room=room,
+            token_bytes=token_bytes,
+            prompt=prompt,
+            **blocks,
+        )
+    return run_engine(
+        coster,
+        arrival,
+        generate,
+        engine.token_budget,
+        seq_limit,
+        prompt=prompt,
+        reserve=reserve,
+        room=room,
+        **blocks,
+    )
+
+
+def token_kv_bytes(model: ModelConfig, workload: Workload, longest: int) -> int:
+    """KV bytes a token adds to a request's cache at the longest request's length, rounded up (the
+    paged engine's growth per token; `block_kv_bytes` of a 16-token block over 16)."""
+    return -(-block_kv_bytes(model, workload, VLLM_BLOCK_TOKENS, longest) // VLLM_BLOCK_TOKENS)
 
 
 def _engine_room(
@@ -875,13 +954,15 @@ def _capacity_bound(
     room: float,
     costs: dict,
 ) -> float:
-    """Where prompts of P tokens find `hit` of them cached ((P, G, hit)): an upper bound on the
-    engine's capacity, that of requests whose prompts are only the part computed (the same work but
-    for the cached prefix's attention reads, shorter decode contexts, a smaller cache each). A rate
-    beyond it saturates the engine however short the run."""
+    """Where prompts of P tokens find `hit` of them cached ((P, G, hit)), or the engine allocates KV
+    as tokens are computed: an upper bound on its capacity, that of requests whose prompts are only the
+    part computed (the same work but for the cached prefix's attention reads, shorter decode contexts, a
+    smaller cache each), each holding only its prompt's KV where paged (a request holds at least that
+    while it decodes). A rate beyond it saturates the engine however short the run."""
     prompt, generate, hit = request
     rest = max(prompt - hit, 1)
-    per_request = prompt_kv_bytes(model, hardware, workload, rest + generate)
+    held = rest if engine.allocation == "paged" else rest + generate
+    per_request = prompt_kv_bytes(model, hardware, workload, held)
     limit = max(_seq_limit(room, per_request, engine.max_seqs), 1)
     return engine_capacity(model, hardware, workload, rest, generate, engine.token_budget, limit, **costs)
 
@@ -945,29 +1026,24 @@ def simulate_traffic(
     costs = {"efficiency": efficiency, "overhead": overhead}
     cache = prefix_caching(model, workload, shared, caching, prompt + generate)
     bounds: dict[int, float] = {}  # capacity with the prompts' cached tokens left out, per hit
-    by_bytes = {}  # with shared blocks, admission counts bytes: a shared block is held once
-    if cache.blocks is not None:
+    by_bytes = {}  # with shared blocks or paged KV, admission counts bytes: a shared block is held once
+    if cache.blocks is not None or engine.allocation == "paged":
         by_bytes = {"reserve": np.full(requests, int(np.ceil(per_request))), "room": int(room)}
+    if engine.allocation == "paged":
+        by_bytes["token_bytes"] = token_kv_bytes(model, workload, prompt + generate)
     rows = []
     for rate in rates:
         arrival = arrival_times(rate, requests, arrivals, seed)
-        trace = run_engine(
-            coster,
-            arrival,
-            generate,
-            engine.token_budget,
-            seq_limit if cache.blocks is None else engine.max_seqs,
-            blocks=cache.blocks,
-            block_bytes=cache.block_bytes,
-            **by_bytes,
-        )
+        limit = seq_limit if not by_bytes else engine.max_seqs
+        trace = _run(coster, arrival, generate, engine, limit, cache, **by_bytes)
         stats = summarize(trace, generate, prompt)
         hit = round(stats["cached_prompt_share"] * prompt)
-        if hit and hit not in bounds:
+        bounded = hit or engine.allocation == "paged"  # else capacity itself is the bound
+        if bounded and hit not in bounds:
             bounds[hit] = _capacity_bound(
                 model, hardware, workload, engine, (prompt, generate, hit), room, costs
             )
-        stats["saturated"] = bool(stats["saturated"] or rate > (bounds[hit] if hit else capacity))
+        stats["saturated"] = bool(stats["saturated"] or rate > (bounds[hit] if bounded else capacity))
         if keep_traces is not None:
             keep_traces.append(trace)
         rows.append(
@@ -987,6 +1063,8 @@ def simulate_traffic(
                 + (trace.most_reserved if by_bytes else trace.most_running * per_request),
                 "prefix_caching": cache.label,
                 "shared_prefix": shared_prefix,
+                "allocation": engine.allocation,
+                "preemptions": trace.preemptions,
             }
         )
     return pd.DataFrame(rows).reindex(columns=list(TRAFFIC_COLUMNS))
@@ -1065,17 +1143,18 @@ def simulate_trace(
     )
     longest = int((requests.prompt + requests.generate).max())
     cache = prefix_caching(model, workload, requests.blocks, caching, longest)
-    trace = run_engine(
+    paged = {"token_bytes": token_kv_bytes(model, workload, longest)} if engine.allocation == "paged" else {}
+    trace = _run(
         coster,
         requests.arrival,
         requests.generate,
-        engine.token_budget,
+        engine,
         engine.max_seqs,
+        cache,
         prompt=requests.prompt,
         reserve=reserve,
         room=int(room),
-        blocks=cache.blocks,
-        block_bytes=cache.block_bytes,
+        **paged,
     )
     seq_limit = max(_seq_limit(room, per_request, engine.max_seqs), 1)
     capacity = engine_capacity(
@@ -1085,9 +1164,10 @@ def simulate_trace(
     rate = requests.mean_rate
     stats = summarize(trace, requests.generate, requests.prompt)
     hit = round(stats["cached_prompt_share"] * typical[0])
-    if hit:  # with cache hits, only a rate beyond what even the uncached work allows saturates for sure
-        capacity_bound = _capacity_bound(model, hardware, workload, engine, (*typical, hit), room, costs)
-    stats["saturated"] = bool(stats["saturated"] or rate > (capacity_bound if hit else capacity))
+    bound = capacity
+    if hit or engine.allocation == "paged":  # only beyond what the least work allows, saturated for sure
+        bound = _capacity_bound(model, hardware, workload, engine, (*typical, hit), room, costs)
+    stats["saturated"] = bool(stats["saturated"] or rate > bound)
     if keep_traces is not None:
         keep_traces.append(trace)
     row = {
@@ -1106,6 +1186,8 @@ def simulate_trace(
         "memory_bytes": resident + trace.most_reserved,
         "prefix_caching": cache.label,
         "shared_prefix": 0,
+        "allocation": engine.allocation,
+        "preemptions": trace.preemptions,
     }
     return pd.DataFrame([row]).reindex(columns=list(TRAFFIC_COLUMNS))
 
@@ -1119,6 +1201,7 @@ def traffic_states(
     rates: list[float],
     token_budget: int | None = None,
     max_seqs: int = DEFAULT_MAX_SEQS,
+    allocation: str = "reserved",
     **options,
 ) -> pd.DataFrame:
     """`simulate_traffic` of model i on hardware[i], stacked. `token_budget` None: each GPU's
@@ -1129,7 +1212,8 @@ def traffic_states(
         raise ConfigError(f"{len(models)} models but {len(hardware)} hardware descriptions")
     frames = []
     for m, hw in zip(models, hardware, strict=True):
-        engine = Engine(token_budget if token_budget is not None else default_token_budget(hw), max_seqs)
+        budget = token_budget if token_budget is not None else default_token_budget(hw)
+        engine = Engine(budget, max_seqs, allocation)
         frames.append(simulate_traffic(m, hw, workload, prompt, generate, rates, engine, **options))
     return pd.concat(frames, ignore_index=True)
 
@@ -1141,6 +1225,7 @@ def trace_states(
     requests: RequestTrace,
     token_budget: int | None = None,
     max_seqs: int = DEFAULT_MAX_SEQS,
+    allocation: str = "reserved",
     **options,
 ) -> pd.DataFrame:
     """`simulate_trace` of model i on hardware[i], stacked (`traffic_states` for a recorded trace)."""
@@ -1150,6 +1235,7 @@ def trace_states(
         raise ConfigError(f"{len(models)} models but {len(hardware)} hardware descriptions")
     frames = []
     for m, hw in zip(models, hardware, strict=True):
-        engine = Engine(token_budget if token_budget is not None else default_token_budget(hw), max_seqs)
+        budget = token_budget if token_budget is not None else default_token_budget(hw)
+        engine = Engine(budget, max_seqs, allocation)
         frames.append(simulate_trace(m, hw, workload, requests, engine, **options))
     return pd.concat(frames, ignore_index=True)

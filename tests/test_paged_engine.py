@@ -1,0 +1,238 @@
+"""The engine with paged KV allocation and preemption by recompute (simulator/paged_engine.py,
+`serve --allocation paged`): a preemption traced by hand, the reserved engine where memory never
+binds, and a slow step-by-step reference engine of its own on random traces."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+import pytest
+
+from simulator.config import Workload
+from simulator.loading import load_hardware, load_model
+from simulator.paged_engine import run_paged_engine
+from simulator.request_trace import RequestTrace
+from simulator.traffic import Engine, StepCoster, run_engine, simulate_traffic, token_kv_bytes
+from tests.test_request_trace import random_trace
+
+H100 = load_hardware("h100-sxm")
+
+
+def test_a_preemption_traced_by_hand() -> None:
+    # OLMoE, two requests of prompt 4 generating 6, both at 0; one "byte" a token, a room of 12
+    #   step 0: both prompts (4 + 4 held): both first tokens
+    #   steps 1, 2: both decode (contexts 4, then 5): 12 held
+    #   step 3: two more tokens do not fit: B, admitted last, is preempted (6 tokens freed; it generated
+    #           3); A decodes alone at contexts 6, 7, 8 (steps 3 to 5) and finishes: nothing held
+    #   step 6: B admitted again, its prompt now 4 + 3 = 7 tokens: one more token; steps 7, 8 decode
+    #           at contexts 7, 8: B finishes with its 6 tokens
+    model = load_model("olmoe-1b-7b")
+    coster = StepCoster(model, H100, Workload(), 4, 4, 8, 64)
+    trace = run_paged_engine(
+        coster, np.zeros(2), 6, 64, 8, reserve=np.array([10, 10]), room=12, token_bytes=1
+    )
+    d = [
+        coster.step_time([], [(4, 0, True), (4, 0, True)]),
+        coster.step_time([4, 4], []),
+        coster.step_time([5, 5], []),
+        coster.step_time([6], []),
+        coster.step_time([7], []),
+        coster.step_time([8], []),
+        coster.step_time([], [(7, 0, True)]),
+        coster.step_time([7], []),
+        coster.step_time([8], []),
+    ]
+    ends = np.cumsum(d)
+    assert trace.preemptions == 1
+    assert trace.first_token == pytest.approx([ends[0], ends[0]], rel=1e-12)
+    assert trace.finish == pytest.approx([ends[5], ends[8]], rel=1e-12)
+    assert trace.most_reserved == 12
+
+
+def test_where_memory_never_binds_paged_is_reserved() -> None:
+    model, budget = load_model("olmoe-1b-7b"), 2048
+    requests = random_trace(11, 300, 20.0)
+    coster = StepCoster(
+        model, H100, Workload(), 1, 1, int((requests.prompt + requests.generate).max()), budget
+    )
+    reserve = (requests.prompt + requests.generate).astype(np.int64)
+    room = int(reserve.sum())
+    kwargs = {"prompt": requests.prompt, "reserve": reserve, "room": room}
+    reserved = run_engine(coster, requests.arrival, requests.generate, budget, 64, **kwargs)
+    paged = run_paged_engine(coster, requests.arrival, requests.generate, budget, 64, token_bytes=1, **kwargs)
+    assert paged.preemptions == 0
+    for name in ("admitted", "first_token", "finish"):
+        assert np.array_equal(getattr(paged, name), getattr(reserved, name)), name
+
+
+def paged_reference(
+    coster: StepCoster, requests: RequestTrace, budget: int, max_seqs: int, room: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """The paged engine one step at a time, each request holding one "byte" a token it has computed:
+    (first token, finish, preemptions). Running requests are dicts in the order admitted."""
+    n = len(requests)
+    first, finish = np.full(n, np.nan), np.full(n, np.nan)
+    prompt = requests.prompt.astype(int).tolist()
+    todo = requests.generate.astype(int).tolist()  # tokens to generate from its next admission
+    running: list[dict] = []
+    queue: deque[int] = deque()
+    t, head, held, preemptions = 0.0, 0, 0, 0
+
+    def preempt(r: dict) -> None:
+        nonlocal held, preemptions
+        running.remove(r)
+        held -= r["tokens"]
+        if r["decoding"]:
+            prompt[r["id"]] = r["tokens"] + 1  # its prompt and all it generated
+            todo[r["id"]] = r["left"]
+        queue.appendleft(r["id"])
+        preemptions += 1
+
+    while np.isnan(finish).any():
+        arrived = int(np.searchsorted(requests.arrival, t, side="right"))
+        if not running and not queue and head == arrived:
+            t = float(requests.arrival[arrived])
+            continue
+        before = preemptions
+        while held + sum(r["decoding"] for r in running) > room:
+            preempt(running[-1])
+        decoders = [r for r in running if r["decoding"]]
+        left, growth, pieces, ends = budget - len(decoders), len(decoders), [], []
+        for r in [r for r in running if not r["decoding"]]:
+            if r not in running:
+                continue
+            take = min(prompt[r["id"]] - r["tokens"], left)
+            if take <= 0:
+                continue
+            while held + growth + take > room and running[-1] is not r:
+                if running[-1]["decoding"]:
+                    decoders.remove(running[-1])
+                    growth, left = growth - 1, left + 1
+                preempt(running[-1])
+            if held + growth + take > room:
+                preempt(r)
+                continue
+            pieces.append((take, r["tokens"], r["tokens"] + take == prompt[r["id"]]))
+            r["tokens"] += take
+            growth, left = growth + take, left - take
+            ends += [r] if r["tokens"] == prompt[r["id"]] else []
+        while preemptions == before and left > 0 and len(running) < max_seqs and (queue or head < arrived):
+            rid = queue[0] if queue else head
+            take = min(prompt[rid], left)
+            if held + growth + take > room:
+                break
+            if queue:
+                queue.popleft()
+            else:
+                head += 1
+            r = {"id": rid, "tokens": take, "decoding": False, "left": 0}
+            running.append(r)
+            pieces.append((take, 0, take == prompt[rid]))
+            growth, left = growth + take, left - take
+            ends += [r] if take == prompt[rid] else []
+        t += coster.step_time([r["tokens"] for r in decoders], pieces)
+        held += growth
+        for r in decoders:
+            r["tokens"] += 1
+            r["left"] -= 1
+        for r in ends:
+            if np.isnan(first[r["id"]]):
+                first[r["id"]] = t
+            r["decoding"], r["left"] = True, todo[r["id"]] - 1
+        for r in [r for r in running if r["decoding"] and r["left"] == 0]:
+            finish[r["id"]] = t
+            held -= r["tokens"] if r in decoders else r["tokens"]
+            running.remove(r)
+    return first, finish, preemptions
+
+
+@pytest.mark.parametrize("name", ["olmoe-1b-7b", "ultramemv2-1b-7b"])
+def test_the_paged_engine_agrees_with_a_step_by_step_reference(name: str) -> None:
+    model, budget, max_seqs = load_model(name), 1024, 16
+    for seed, rate in ((3, 5.0), (4, 60.0)):
+        requests = random_trace(seed, 150, rate, longest=2500)
+        last = int((requests.prompt + requests.generate).max()) + 300  # recomputed prompts are longer
+        coster = StepCoster(model, H100, Workload(), 1, 1, last, budget)
+        reserve = (requests.prompt + requests.generate).astype(np.int64)
+        room = int(max(3 * reserve.mean(), reserve.max()))  # binds: requests are preempted
+        trace = run_paged_engine(
+            coster,
+            requests.arrival,
+            requests.generate,
+            budget,
+            max_seqs,
+            prompt=requests.prompt,
+            reserve=reserve,
+            room=room,
+            token_bytes=1,
+        )
+        first, finish, preemptions = paged_reference(coster, requests, budget, max_seqs, room)
+        assert trace.preemptions == preemptions
+        assert trace.first_token == pytest.approx(first, rel=1e-9)
+        assert trace.finish == pytest.approx(finish, rel=1e-9)
+        assert trace.most_reserved <= room
+        if rate > 10:
+            assert preemptions > 0
+
+
+def test_paged_serving_on_the_rate_engine_and_a_trace() -> None:
+    model = load_model("olmoe-1b-7b")
+    # OLMoE's token: 16 layers x K and V x 16 heads x 128 x 2 bytes
+    assert token_kv_bytes(model, Workload(), 4096) == 16 * 2 * 16 * 128 * 2
+    light = [
+        simulate_traffic(model, H100, Workload(), 2048, 64, [4.0], Engine(8192, 256, a), requests=200)
+        for a in ("reserved", "paged")
+    ]
+    for col in ("ttft_p50_s", "tpot_p50_s", "e2e_p99_s"):
+        assert light[0][col].iloc[0] == light[1][col].iloc[0], col  # memory never binds at 4/s
+    assert light[1]["allocation"].iloc[0] == "paged" and light[1]["preemptions"].iloc[0] == 0
+    heavy = simulate_traffic(
+        model, H100, Workload(), 2048, 256, [40.0], Engine(8192, 256, "paged"), requests=800
+    )
+    assert heavy["preemptions"].iloc[0] > 0
+    assert heavy["memory_bytes"].iloc[0] <= H100.hbm_capacity.value
+
+
+def test_paged_with_prefix_caching_where_memory_never_binds_is_reserved() -> None:
+    from simulator.prefix_cache import SharedPrefixBlocks
+
+    model, budget = load_model("olmoe-1b-7b"), 2048
+    requests = random_trace(12, 200, 15.0)
+    prompt = np.full(200, 1200)
+    coster = StepCoster(model, H100, Workload(), 1200, 1, 1200 + 300, budget)
+    blocks = SharedPrefixBlocks(16, 200, 1200, 800)
+    reserve = (prompt + requests.generate).astype(np.int64)
+    kwargs = {
+        "prompt": prompt,
+        "reserve": reserve,
+        "room": int(reserve.sum()),
+        "blocks": blocks,
+        "block_bytes": 16,
+    }
+    reserved = run_engine(coster, requests.arrival, requests.generate, budget, 64, **kwargs)
+    paged = run_paged_engine(coster, requests.arrival, requests.generate, budget, 64, token_bytes=1, **kwargs)
+    assert paged.cached[20:].min() == 800 and paged.preemptions == 0
+    for name in ("admitted", "first_token", "finish", "cached"):
+        assert np.array_equal(getattr(paged, name), getattr(reserved, name)), name
+
+
+def test_serve_allocation_on_the_command_line() -> None:
+    from io import StringIO
+
+    import pandas as pd
+
+    from tests.test_cli import assert_one_line_error, run
+
+    proc = run(
+        "serve", "olmoe-1b-7b", "--rate", "40", "--requests", "400", "--allocation", "paged", "-f", "csv"
+    )
+    assert proc.returncode == 0, proc.stderr
+    row = pd.read_csv(StringIO(proc.stdout)).iloc[0]
+    assert row["allocation"] == "paged" and row["preemptions"] >= 0
+    table = run("serve", "olmoe-1b-7b", "--rate", "4", "--requests", "100", "--allocation", "paged")
+    assert table.returncode == 0 and "preempted" in table.stdout
+    assert_one_line_error(
+        run("serve", "olmoe-1b-7b", "--rate", "4", "--allocation", "lazy"), "--allocation lazy"
+    )
+    assert_one_line_error(run("serve", "olmoe-1b-7b", "--allocation", "paged"), "without --rate")
