@@ -83,6 +83,7 @@ def run_paged_engine(
     cache = _RequestBlocks(blocks, block_bytes, n, room)
     trace = new_trace(arrival)
     queue: deque[int] = deque()  # preempted requests, ahead of the arrivals not yet admitted
+    waiting_since: dict[int, int] = {}  # a preempted request -> its entry in trace.requeued
     t, step, head, done = 0.0, 0, 0, 0
 
     def alone_too_big(rid: int) -> ConfigError:
@@ -94,7 +95,9 @@ def run_paged_engine(
         """Free request `rid`'s KV and put it at the front of the queue; a decoding one will compute its
         prompt and the tokens it generated again."""
         tokens = state.tokens(rid, step)
-        state.held -= state.own(rid, tokens) + cache.release(rid)
+        # a prompt only partly computed leaves its blocks after that uncached
+        computed = None if rid in state.decoding else tokens
+        state.held -= state.own(rid, tokens) + cache.release(rid, computed)
         if rid in state.decoding:
             del state.decoding[rid]
             generated = tokens - state.prompt[rid] + 1  # since it was last admitted
@@ -105,6 +108,9 @@ def run_paged_engine(
         state.order.remove(rid)
         queue.appendleft(rid)
         trace.preemptions += 1
+        waiting_since[rid] = len(trace.requeued)
+        trace.requeued.append(t)
+        trace.readmitted.append(np.nan)
 
     def finish(rid: int, tokens: int) -> None:
         nonlocal done
@@ -171,6 +177,7 @@ def run_paged_engine(
                 break
             if queue:
                 queue.popleft()
+                trace.readmitted[waiting_since.pop(rid)] = t
             else:
                 head += 1
                 trace.admitted[rid] = t

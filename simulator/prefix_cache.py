@@ -157,17 +157,21 @@ class PrefixCache:
                 self.free.pop(h, None)
                 self.held[h] = 1
 
-    def give_back(self, blocks: list[int]) -> int:
-        """A request finished: a block nobody else uses becomes a free one, the newest. Returns the bytes
-        that leave the blocks in use."""
+    def give_back(self, blocks: list[int], computed: int | None = None) -> int:
+        """A request finished (or was preempted with only its first `computed` blocks computed): a block
+        nobody else uses becomes a free one, the newest, or is dropped where it was never computed.
+        Returns the bytes that leave the blocks in use."""
         freed = 0
-        for h in reversed(blocks):  # the tail first: a prompt's later blocks are evicted before its prefix
+        kept = len(blocks) if computed is None else computed
+        for i in range(len(blocks) - 1, -1, -1):  # the tail first: evicted before the prefix
+            h = blocks[i]
             left = self.held[h] - 1
             if left:
                 self.held[h] = left
             else:
                 del self.held[h]
-                self.free[h] = None
+                if i < kept:
+                    self.free[h] = None
                 freed += self.block_bytes
         return freed
 

@@ -107,7 +107,8 @@ TRAFFIC_COLUMNS: dict[str, str] = {
     "trace, its mean)",
     "token_budget": "tokens a step may carry (decode tokens first, then prompts)",
     "max_seqs": "running requests a step may hold (vLLM max_num_seqs)",
-    "seq_limit": "running requests the engine admits: max_seqs, or fewer where their reserved KV cache "
+    "seq_limit": "running requests the engine admits: max_seqs (paged: memory is handled by preemption), "
+    "or fewer where their reserved KV cache "
     "would not fit in HBM (with a trace, requests of its mean P and G: the engine itself admits while the "
     "reserved bytes of the requests running and the newcomer fit)",
     "requests_per_s": "requests completed per second within the measured window (below the rate while the "
@@ -388,6 +389,9 @@ class Trace:
     last_step_s: float = 0.0  # the mean step of the last decode stretch: how far to cost ahead
     cached: np.ndarray | None = None  # prompt tokens each request found in the prefix cache
     preemptions: int = 0  # requests preempted (paged allocation), over the whole run
+    # when preempted requests went back to the queue and when they were admitted again
+    requeued: list[float] = field(default_factory=list)
+    readmitted: list[float] = field(default_factory=list)
 
     def tally(
         self,
@@ -624,9 +628,13 @@ class _RequestBlocks:
         if self.blocks is not None:
             self.cache.evict_to(free_room)
 
-    def release(self, rid: int) -> int:
-        """Bytes of request `rid`'s blocks that no running request uses any more."""
-        return self.cache.give_back(self.blocks.of(rid)) if self.blocks is not None else 0
+    def release(self, rid: int, computed_tokens: int | None = None) -> int:
+        """Bytes of request `rid`'s blocks that no running request uses any more; where only
+        `computed_tokens` of its prompt were computed (a preemption), its later blocks are dropped."""
+        if self.blocks is None:
+            return 0
+        computed = None if computed_tokens is None else computed_tokens // self.blocks.block_tokens
+        return self.cache.give_back(self.blocks.of(rid), computed)
 
 
 def _steps_until(gap: float, step_s: float, most: int, waiting: bool) -> int:
@@ -781,9 +789,11 @@ def check_trace(requests: RequestTrace, token_budget: int, max_seqs: int, worklo
 
 
 def _time_in_queue(trace: Trace, start: float, end: float) -> float:
-    """Request-seconds spent waiting for admission within [start, end]: the queue's time integral."""
+    """Request-seconds spent waiting for admission within [start, end], preempted requests waiting to
+    be admitted again included: the queue's time integral."""
     wait = np.clip(trace.admitted, start, end) - np.clip(trace.arrival, start, end)
-    return float(wait.sum())
+    again = np.clip(trace.readmitted, start, end) - np.clip(trace.requeued, start, end)
+    return float(wait.sum() + again.sum())
 
 
 def _percentile(values: np.ndarray, q: float) -> float:
@@ -816,8 +826,9 @@ def summarize(
     span = t1 - t0
     completed = int(np.count_nonzero((finish > t0) & (finish <= t1)))
     mean_queue = _time_in_queue(trace, t0, t1) / span if span > 0 else np.nan
-    events = np.concatenate([arrival, trace.admitted])
-    change = np.concatenate([np.ones(n), -np.ones(n)])
+    k = len(trace.requeued)
+    events = np.concatenate([arrival, trace.requeued, trace.admitted, trace.readmitted])
+    change = np.concatenate([np.ones(n + k), -np.ones(n + k)])
     order = np.lexsort((change, events))  # at equal times the admission first: no spurious peak
     queue = np.cumsum(change[order])
     within = (events[order] >= t0) & (events[order] <= t1)
@@ -1055,7 +1066,7 @@ def simulate_traffic(
                 "requests": requests,
                 "prompt": prompt,
                 "generate": generate,
-                "seq_limit": seq_limit,
+                "seq_limit": engine.max_seqs if engine.allocation == "paged" else seq_limit,
                 **stats,
                 "capacity_rps": capacity,
                 "kv_per_request_bytes": per_request,
@@ -1179,7 +1190,7 @@ def simulate_trace(
         "requests": len(requests),
         "prompt": mean_p,
         "generate": mean_g,
-        "seq_limit": seq_limit,
+        "seq_limit": engine.max_seqs if engine.allocation == "paged" else seq_limit,
         **stats,
         "capacity_rps": capacity,
         "kv_per_request_bytes": per_request,

@@ -236,3 +236,50 @@ def test_serve_allocation_on_the_command_line() -> None:
         run("serve", "olmoe-1b-7b", "--rate", "4", "--allocation", "lazy"), "--allocation lazy"
     )
     assert_one_line_error(run("serve", "olmoe-1b-7b", "--allocation", "paged"), "without --rate")
+
+
+def test_a_prompt_preempted_half_computed_keeps_only_its_computed_blocks() -> None:
+    from simulator.prefix_cache import ListedBlocks
+
+    # A: prompt 16 (block 1), generating 3; B: prompt 64 (blocks 10..13), generating 2; a budget of 17
+    # tokens a step and room for both prompts' blocks and one token more. B computes 17 prompt tokens,
+    # is preempted when A's next token does not fit, and on its return finds only block 10 (the one
+    # whole block it had computed): it computes 64 - 16 more, not 64 - 48
+    model = load_model("olmoe-1b-7b")
+    coster = StepCoster(model, H100, Workload(), 64, 1, 200, 17)
+    pieces: list[tuple] = []
+    cost = coster.step_time
+    coster.step_time = lambda contexts, step: pieces.extend(step) or cost(contexts, step)  # type: ignore[method-assign]
+    prompt = np.array([16, 64])
+    blocks = ListedBlocks.from_lists(16, [[1], [10, 11, 12, 13]], prompt)
+    trace = run_paged_engine(
+        coster,
+        np.zeros(2),
+        np.array([3, 2]),
+        17,
+        4,
+        reserve=prompt + np.array([3, 2]),
+        room=16 + 64 + 1,
+        token_bytes=1,
+        prompt=prompt,
+        blocks=blocks,
+        block_bytes=16,
+    )
+    assert trace.preemptions == 1
+    computed_by_b = sum(p[0] for p in pieces) - 16  # every prompt piece but A's
+    assert computed_by_b == 17 + (64 - 16)
+    assert len(trace.requeued) == 1 and trace.requeued[0] < trace.readmitted[0]
+
+
+def test_a_preempted_request_waiting_again_counts_in_the_queue() -> None:
+    from simulator.traffic import new_trace, summarize
+
+    # ten requests at 0 .. 9 s, each admitted as it arrives; one preempted at 3 s and admitted again at
+    # 5 s: within the measured window [1 s, 9 s] the queue holds one request for 2 of its 8 s
+    trace = new_trace(np.arange(10.0))
+    trace.admitted[:] = trace.arrival
+    trace.first_token[:] = trace.arrival + 0.1
+    trace.finish[:] = trace.arrival + 0.5
+    trace.requeued, trace.readmitted = [3.0], [5.0]
+    stats = summarize(trace, 4, 100)
+    assert stats["mean_queue"] == pytest.approx(2 / 8) and stats["max_queue"] == 1
