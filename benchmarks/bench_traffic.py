@@ -5,6 +5,9 @@ preset at a light, a busy and an overloaded rate, and prints, per rate, the wall
 simulated per second (the step tables built once per model, and timed apart). Not a test: numbers depend
 on the machine and its load.
 
+With --allocation paged, the engine allocates KV as tokens are computed and preempts (`serve
+--allocation paged`); the preemptions are printed too.
+
 With --shared-prefix N, every prompt begins with the same N tokens and the engine caches prompt blocks
 (`serve --shared-prefix`): the block pool's cost shows beside the run without it.
 
@@ -15,7 +18,8 @@ With --long-prompt N, replays 39 short requests (seeded) and one of N prompt tok
 time and the process's peak memory: the decode table's size when one request is far longer than the rest.
 
 Run:  python benchmarks/bench_traffic.py [--requests N] [--model NAME] [--hardware HW] [--weight-dtype D]
-      [--rates 1,20,60] [--shared-prefix N] [--requests-file TRACE --speeds 1,4] [--long-prompt N]
+      [--rates 1,20,60] [--shared-prefix N] [--allocation paged] [--requests-file TRACE --speeds 1,4]
+      [--long-prompt N]
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import numpy as np
 
 from simulator.config import Workload
 from simulator.loading import load_hardware, load_model
+from simulator.paged_engine import run_paged_engine
 from simulator.prefix_cache import VLLM_BLOCK_TOKENS, SharedPrefixBlocks
 from simulator.request_trace import RequestTrace, load_request_trace
 from simulator.traffic import (
@@ -37,11 +42,12 @@ from simulator.traffic import (
     StepCoster,
     Trace,
     arrival_times,
+    block_kv_bytes,
     engine_memory,
-    request_kv_bytes,
     run_engine,
     simulate_trace,
     summarize,
+    token_kv_bytes,
 )
 
 
@@ -92,6 +98,7 @@ def main() -> None:
     parser.add_argument("--shared-prefix", type=int, default=0, help="prompt tokens all requests share")
     parser.add_argument("--requests-file", default=None, help="a request trace to replay instead")
     parser.add_argument("--speeds", default="1", help="with --requests-file: --trace-speed values")
+    parser.add_argument("--allocation", default="reserved", choices=("reserved", "paged"))
     parser.add_argument("--long-prompt", type=int, default=0, help="one request of this many prompt tokens")
     args = parser.parse_args()
     if args.long_prompt:
@@ -114,30 +121,36 @@ def main() -> None:
     resident, per_request = engine_memory(model, hardware, workload, prompt, generate, engine.token_budget)
     seq_limit = min(engine.max_seqs, int((hardware.hbm_capacity.value - resident) // per_request))
     coster = StepCoster(model, hardware, workload, prompt, prompt, prompt + generate - 2, engine.token_budget)
-    caching = {}
+    caching: dict = {}
+    if args.shared_prefix or args.allocation == "paged":  # admission by bytes
+        room = int(hardware.hbm_capacity.value - resident)
+        caching = {"reserve": np.full(args.requests, int(np.ceil(per_request))), "room": room}
+        seq_limit = engine.max_seqs
     if args.shared_prefix:
         blocks = SharedPrefixBlocks(VLLM_BLOCK_TOKENS, args.requests, prompt, args.shared_prefix)
-        room = int(hardware.hbm_capacity.value - resident)
-        block_bytes = int(request_kv_bytes(model, hardware, workload, np.array([VLLM_BLOCK_TOKENS]))[0])
-        reserve = np.full(args.requests, int(np.ceil(per_request)))
-        caching = {"reserve": reserve, "room": room, "blocks": blocks, "block_bytes": block_bytes}
-        seq_limit = engine.max_seqs  # admission by bytes
+        block_bytes = block_kv_bytes(model, workload, VLLM_BLOCK_TOKENS, prompt + generate)
+        caching |= {"blocks": blocks, "block_bytes": block_bytes}
         print(
             f"prefix caching: {args.shared_prefix} of {prompt} prompt tokens shared, "
             f"{VLLM_BLOCK_TOKENS}-token blocks"
         )
+    run = run_engine
+    if args.allocation == "paged":
+        caching["token_bytes"] = token_kv_bytes(model, workload, prompt + generate)
+        run = run_paged_engine
+        print("paged KV allocation with preemption by recompute")
     print(f"tables (decode contexts, weights by step size, memory): {time.perf_counter() - start:.2f} s")
     heads = ("rate/s", 7), ("requests", 9), ("steps", 10), ("wall s", 7), ("requests/s simulated", 21)
-    print(" ".join(f"{h:>{w}s}" for h, w in heads), "saturated")
+    print(" ".join(f"{h:>{w}s}" for h, w in heads), "saturated", "preemptions")
     for rate in (float(r) for r in args.rates.split(",")):
         arrival = arrival_times(rate, args.requests, "poisson", 0)
         start = time.perf_counter()
-        trace = run_engine(coster, arrival, generate, engine.token_budget, seq_limit, **caching)
+        trace = run(coster, arrival, generate, engine.token_budget, seq_limit, **caching)
         wall = time.perf_counter() - start
         saturated = summarize(trace, generate)["saturated"]
         print(
             f"{rate:7g} {args.requests:9,d} {trace.total_steps:10,d} {wall:7.2f} "
-            f"{args.requests / wall:21,.0f} {saturated!s:>9s}"
+            f"{args.requests / wall:21,.0f} {saturated!s:>9s} {trace.preemptions:11,d}"
         )
 
 
