@@ -523,7 +523,12 @@ def serve(
         int, typer.Option("--requests", help="with --rate: requests simulated (the first 10 % warm-up)")
     ] = 2000,
     arrivals: Annotated[
-        str, typer.Option("--arrivals", help="with --rate: poisson (seeded by --seed) or even")
+        str,
+        typer.Option(
+            "--arrivals",
+            help="with --rate: poisson (seeded by --seed), even, or gamma:CV (bursty: gamma gaps whose "
+            "coefficient of variation is CV, 1 being Poisson; seeded)",
+        ),
     ] = "poisson",
     seed: Annotated[int, typer.Option("--seed", help="with --rate: seed of the Poisson arrivals")] = 0,
     max_seqs: Annotated[
@@ -726,7 +731,8 @@ def _serve_rates(
         allocation=options["allocation"],
     )
     on, budgets = _gpus_and_budgets(gpus, df)
-    stream = options["arrivals"] + (f" (seed {options['seed']})" if options["arrivals"] == "poisson" else "")
+    seeded = options["arrivals"] != "even"
+    stream = options["arrivals"] + (f" (seed {options['seed']})" if seeded else "")
     shared = f" ({options['shared_prefix']} shared)" if options["shared_prefix"] else ""
     step = f"prompt {prompt}{shared}, generate {generate}, {budgets}, max {options['max_seqs']} running"
     title = f"{_names(cfgs)} on {on}, {options['requests']} requests arriving {stream}: "

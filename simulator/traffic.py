@@ -84,6 +84,7 @@ ALLOCATIONS = ("reserved", "paged")
 WARMUP_SHARE = 0.1  # the first 10 % of requests, by arrival, are left out of the statistics
 MIN_REQUESTS = 10  # fewer leave no measured window worth a percentile
 MAX_REQUESTS = 1_000_000  # a minute or more of simulation per rate on a laptop; arrays of a few hundred MB
+MIN_BURSTINESS, MAX_BURSTINESS = 0.1, 100.0  # gamma arrivals' CV: near-even to extreme bursts
 MIN_RATE = 1e-6  # requests/s: slower streams put arrivals so far out that step times vanish beside them
 # saturated: the mean queue over the second half of the measured window exceeds that over the first by
 # more than this share of the requests arriving in the second half. An engine that completes a share x
@@ -97,7 +98,8 @@ TRAFFIC_COLUMNS: dict[str, str] = {
     "model": "model name",
     "hardware": "hardware name",
     "rate": "requests arriving per second",
-    "arrivals": "poisson (seeded), even, or trace (its layout: memtraffic, azure, burstgpt, mooncake)",
+    "arrivals": "poisson (seeded), even, gamma:CV (gamma gaps of that coefficient of variation, seeded), or "
+    "trace (its layout: memtraffic, azure, burstgpt, mooncake)",
     "seed": "seed of the Poisson stream",
     "requests_file": "the request trace replayed (--requests-file); empty with --rate",
     "trace_speed": "the trace's arrivals compressed this many times (--trace-speed)",
@@ -358,11 +360,37 @@ class StepCoster:
         return float(self.times(flops[None, :], moved[None, :], tokens, logits)[0])
 
 
+def burstiness(arrivals: str) -> float | None:
+    """The coefficient of variation of the gaps of `gamma:CV` arrivals (None for the others), or the
+    option refused in one line."""
+    if not arrivals.startswith("gamma"):
+        return None
+    _, _, text = arrivals.partition(":")
+    try:
+        cv = float(text) if text else float("nan")
+    except ValueError:
+        cv = float("nan")
+    if not MIN_BURSTINESS <= cv <= MAX_BURSTINESS:
+        raise ConfigError(
+            f"--arrivals {arrivals}: gamma:CV, the gaps' coefficient of variation CV from "
+            f"{MIN_BURSTINESS} to {MAX_BURSTINESS:g} (1: Poisson; above 1, bursts)"
+        )
+    return cv
+
+
 def arrival_times(rate: float, requests: int, arrivals: str, seed: int) -> np.ndarray:
-    """When each request arrives, in seconds from 0: Poisson (exponential gaps, seeded) or even."""
+    """When each request arrives, in seconds from 0: Poisson (exponential gaps, seeded), even, or
+    `gamma:CV` (gamma-distributed gaps of mean 1 / rate and coefficient of variation CV, seeded: CV 1 is
+    Poisson, above it the stream comes in bursts)."""
     if arrivals == "even":
         return np.arange(requests, dtype=np.float64) / rate
-    gaps = np.random.default_rng(seed).exponential(1.0 / rate, requests)
+    rng = np.random.default_rng(seed)
+    cv = burstiness(arrivals)
+    if cv is None:
+        gaps = rng.exponential(1.0 / rate, requests)
+    else:
+        shape = 1.0 / cv**2
+        gaps = rng.gamma(shape, 1.0 / (rate * shape), requests)
     return np.cumsum(gaps) - gaps[0]  # the first request at 0, as with even arrivals
 
 
@@ -750,8 +778,8 @@ def check_traffic(
         )
     if seed < 0:
         raise ConfigError(f"--seed {seed}: a seed is a non-negative integer")
-    if arrivals not in ARRIVALS:
-        raise ConfigError(f"--arrivals {arrivals}: choose one of {', '.join(ARRIVALS)}")
+    if arrivals not in ARRIVALS and burstiness(arrivals) is None:
+        raise ConfigError(f"--arrivals {arrivals}: choose one of {', '.join(ARRIVALS)}, or gamma:CV")
     check_engine(token_budget, max_seqs, workload, "--rate")
 
 

@@ -252,3 +252,28 @@ def test_seed_and_request_bounds() -> None:
         simulate_traffic(model, H100, Workload(), 2048, 64, [1.0], Engine(8192), seed=-1)
     with pytest.raises(ConfigError, match="--requests 100000000000"):
         simulate_traffic(model, H100, Workload(), 2048, 64, [1.0], Engine(8192), requests=10**11)
+
+
+def test_gamma_arrivals_have_the_rate_and_burstiness_asked() -> None:
+    from simulator.traffic import arrival_times
+
+    # gamma gaps of mean 1/rate and coefficient of variation CV (200,000 draws: within 1 %)
+    for cv in (0.5, 2.0, 4.0):
+        gaps = np.diff(arrival_times(20.0, 200_000, f"gamma:{cv}", 1))
+        assert gaps.mean() == pytest.approx(1 / 20.0, rel=0.01)
+        assert gaps.std() / gaps.mean() == pytest.approx(cv, rel=0.02)
+    # CV 1 is the Poisson stream itself: numpy draws a gamma of shape 1 as the exponential it is
+    assert np.array_equal(arrival_times(5.0, 1000, "gamma:1", 3), arrival_times(5.0, 1000, "poisson", 3))
+
+
+def test_bursty_arrivals_lengthen_the_tails() -> None:
+    model = load_model("olmoe-1b-7b")
+    rows = [
+        simulate_traffic(model, H100, Workload(), 2048, 256, [24.0], Engine(8192), arrivals=a).iloc[0]
+        for a in ("poisson", "gamma:3")
+    ]
+    # the same mean rate, in bursts: more queued at once and a longer TTFT p99
+    assert rows[1]["max_queue"] > rows[0]["max_queue"]
+    assert rows[1]["ttft_p99_s"] > 2 * rows[0]["ttft_p99_s"]
+    for bad in ("gamma", "gamma:0", "gamma:abc", "bursty"):
+        assert_one_line_error(run("serve", "olmoe-1b-7b", "--rate", "4", "--arrivals", bad), "--arrivals")
