@@ -3,7 +3,8 @@ default (`serve --allocation paged`): where `traffic.run_engine` reserves each r
 at P + G when it is admitted, this engine holds only the KV of the tokens computed so far, and when the
 next step's tokens do not fit it preempts the request admitted last: its KV is freed and it goes back
 to the front of the queue, to compute its prompt and the tokens it had generated again when it is
-admitted next (vLLM's recompute mode; its prompt blocks stay in the prefix cache until evicted).
+admitted next (vLLM's recompute mode). With prefix caching, its full blocks stay among the cache's
+free blocks until evicted, and its recompute starts after those it finds (`_RecomputeBlocks`).
 
 The step is composed as `run_engine` composes it, with vLLM V1's memory rules:
 - every decoding sequence's next token must fit; while it does not, the request admitted last is
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from simulator.errors import ConfigError
-from simulator.prefix_cache import PromptBlocks
+from simulator.prefix_cache import PrefixCache, PromptBlocks
 from simulator.traffic import Piece, StepCoster, Trace, _decode_run, _RequestBlocks, _sizes, new_trace
 
 
@@ -57,6 +58,38 @@ class _Engine:
         return self.prefilled[rid]
 
 
+class _RecomputeBlocks:
+    """A preempted request's own full blocks past its named prompt blocks (the rest of its prompt, the
+    tokens it generated), left among the prefix cache's free blocks when it is preempted, as vLLM leaves
+    every full block it computed: its recompute finds them where they were not evicted meanwhile."""
+
+    def __init__(self, pool: PrefixCache | None) -> None:
+        self.pool = pool
+
+    def leave(self, rid: int, covered: int, tokens: int) -> None:
+        """Request `rid` preempted with `tokens` computed, `covered` of them in named blocks."""
+        if self.pool is None:
+            return
+        size = self.pool.block_tokens
+        for j in range((tokens - covered) // size - 1, -1, -1):  # the tail first, as vLLM frees
+            self.pool.free[("own", rid, j)] = None
+            self.pool.free.move_to_end(("own", rid, j))
+
+    def found(self, rid: int, hit: int, covered: int, prompt: int) -> list[tuple]:
+        """The own blocks request `rid` finds after `hit` tokens of named blocks found: only where it
+        found all of those, and at most up to its last token."""
+        if self.pool is None or hit < covered:
+            return []
+        size, keys = self.pool.block_tokens, []
+        while hit + size * (len(keys) + 1) <= prompt - 1 and ("own", rid, len(keys)) in self.pool.free:
+            keys.append(("own", rid, len(keys)))
+        return keys
+
+    def take(self, keys: list[tuple]) -> None:
+        for key in keys:
+            del self.pool.free[key]
+
+
 def run_paged_engine(
     coster: StepCoster,
     arrival: np.ndarray,
@@ -70,10 +103,13 @@ def run_paged_engine(
     prompt: np.ndarray | None = None,
     blocks: PromptBlocks | None = None,
     block_bytes: int = 0,
+    recompute_blocks: tuple[int, int] | None = None,
 ) -> Trace:
     """The engine (module docstring) on requests arriving at `arrival` (sorted), each with its KV bytes
     at P + G (`reserve`) and `token_bytes` per token, in `room` bytes. Returns its `Trace`, with
-    `preemptions` counted."""
+    `preemptions` counted. `recompute_blocks` (block tokens, block bytes; those of `blocks` where
+    given): a preempted request's own full blocks stay cached (`_RecomputeBlocks`); None: prefix
+    caching off, it recomputes everything but the named blocks."""
     n = len(arrival)
     size = _sizes(coster, n, generate, prompt, reserve)
     total = np.asarray(size.prompt, dtype=np.int64) + np.asarray(size.generate, dtype=np.int64)
@@ -81,6 +117,10 @@ def run_paged_engine(
     covered = [0] * n if blocks is None else (blocks.counts() * blocks.block_tokens).tolist()
     state = _Engine(list(size.prompt), list(size.generate), fixed.tolist(), covered, token_bytes)
     cache = _RequestBlocks(blocks, block_bytes, n, room)
+    pool = None
+    if recompute_blocks is not None:
+        pool = cache.cache if blocks is not None else PrefixCache(*recompute_blocks)
+    mine = _RecomputeBlocks(pool)
     trace = new_trace(arrival)
     queue: deque[int] = deque()  # preempted requests, ahead of the arrivals not yet admitted
     waiting_since: dict[int, int] = {}  # a preempted request -> its entry in trace.requeued
@@ -97,6 +137,7 @@ def run_paged_engine(
         tokens = state.tokens(rid, step)
         # a prompt only partly computed leaves its blocks after that uncached
         computed = None if rid in state.decoding else tokens
+        mine.leave(rid, state.covered[rid], tokens)
         state.held -= state.own(rid, tokens) + cache.release(rid, computed)
         if rid in state.decoding:
             del state.decoding[rid]
@@ -125,6 +166,8 @@ def run_paged_engine(
             t = float(arrival[arrived])
             continue
         preempted = trace.preemptions
+        # the queue's head waits for memory with own blocks found: an eviction lowers what it needs
+        shrinking = False
         # every decoding sequence's next token must fit
         while state.held + token_bytes * len(state.decoding) > room:
             if len(state.order) == 1:
@@ -169,11 +212,14 @@ def run_paged_engine(
             else:
                 break
             hit = cache.hit(rid, state.prompt[rid])
+            found = mine.found(rid, hit, state.covered[rid], state.prompt[rid])
+            hit += len(found) * (pool.block_tokens if found else 0)
             take = min(state.prompt[rid] - hit, left)
             need = state.own(rid, hit + take) + cache.new_bytes(rid)
             if state.held + growth + need > room:
                 if not state.order:
                     raise alone_too_big(rid)
+                shrinking = bool(found)
                 break
             if queue:
                 queue.popleft()
@@ -182,7 +228,10 @@ def run_paged_engine(
                 head += 1
                 trace.admitted[rid] = t
                 trace.cached[rid] = hit
+            mine.take(found)
             cache.admit(rid, state.prompt[rid], room - state.held - growth - need)
+            if pool is not None:
+                pool.evict_to(room - state.held - growth - need)
             state.held += need
             state.order.append(rid)
             state.prefilled[rid] = hit + take
@@ -221,8 +270,9 @@ def run_paged_engine(
             offsets = np.array([o for o, _ in state.decoding.values()], dtype=np.int64)
             most = min(last for _, last in state.decoding.values()) - step + 1
             fits = (room - state.held) // (token_bytes * decoding) + 1 if token_bytes else most
-            # after a preemption the queue may be admitted next step: one step, then compose again
-            most = 1 if trace.preemptions != preempted else max(1, min(most, fits))
+            # after a preemption the queue may be admitted next step, and a head whose own blocks are
+            # being evicted needs less each step: one step, then compose again
+            most = 1 if trace.preemptions != preempted or shrinking else max(1, min(most, fits))
             waiting = bool(queue) or head < arrived
             next_arrival = float(arrival[arrived]) if arrived < n else np.inf
             steps, t = _decode_run(coster, trace, offsets, step, most, t, next_arrival, waiting, running)
@@ -236,4 +286,6 @@ def run_paged_engine(
                 del state.decoding[rid]
                 finish(rid, step - offset)
         cache.evict_to(room - state.held)
+        if pool is not None:
+            pool.evict_to(room - state.held)
     return trace

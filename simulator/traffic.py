@@ -172,6 +172,8 @@ class Caching:
     blocks: PromptBlocks | None
     block_bytes: int
     label: str
+    # (block tokens, block bytes) of the blocks a preempted request leaves cached (paged engine); None: off
+    recompute: tuple[int, int] | None = None
 
 
 def block_kv_bytes(model: ModelConfig, workload: Workload, block_tokens: int, longest: int) -> int:
@@ -198,12 +200,13 @@ def prefix_caching(
     `longest` the longest request's tokens (`block_kv_bytes`)."""
     if not enabled:
         return Caching(None, 0, "off")
-    if blocks is None:
-        return Caching(None, 0, "nothing shared")
     if not prefix_cacheable(model):
         return Caching(None, 0, "off: recurrent state")
-    block_bytes = block_kv_bytes(model, workload, blocks.block_tokens, longest)
-    return Caching(blocks, block_bytes, f"{blocks.block_tokens}-token blocks")
+    size = blocks.block_tokens if blocks is not None else VLLM_BLOCK_TOKENS
+    block_bytes = block_kv_bytes(model, workload, size, longest)
+    if blocks is None:  # no prompt shares a block, but a preempted request finds its own again
+        return Caching(None, 0, "nothing shared", (size, block_bytes))
+    return Caching(blocks, block_bytes, f"{blocks.block_tokens}-token blocks", (size, block_bytes))
 
 
 def _grid_entries(model: ModelConfig, workload: Workload, routing: RoutingModel) -> list[LayerEntry]:
@@ -936,6 +939,7 @@ def _run(
             room=room,
             token_bytes=token_bytes,
             prompt=prompt,
+            recompute_blocks=cache.recompute,
             **blocks,
         )
     return run_engine(

@@ -67,10 +67,12 @@ def test_where_memory_never_binds_paged_is_reserved() -> None:
 
 
 def paged_reference(
-    coster: StepCoster, requests: RequestTrace, budget: int, max_seqs: int, room: int
+    coster: StepCoster, requests: RequestTrace, budget: int, max_seqs: int, room: int, block: int = 0
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """The paged engine one step at a time, each request holding one "byte" a token it has computed:
-    (first token, finish, preemptions). Running requests are dicts in the order admitted."""
+    (first token, finish, preemptions). Running requests are dicts in the order admitted. `block`: a
+    preempted request leaves its full blocks of that many tokens in a free list (oldest first), found
+    again on its return unless evicted to keep the list within the memory left."""
     n = len(requests)
     first, finish = np.full(n, np.nan), np.full(n, np.nan)
     prompt = requests.prompt.astype(int).tolist()
@@ -78,11 +80,21 @@ def paged_reference(
     running: list[dict] = []
     queue: deque[int] = deque()
     t, head, held, preemptions = 0.0, 0, 0, 0
+    free: list[tuple[int, int]] = []  # (request, block), the first evicted first
+
+    def evict(most: int) -> None:
+        while free and len(free) * block > most:
+            free.pop(0)
 
     def preempt(r: dict) -> None:
         nonlocal held, preemptions
         running.remove(r)
         held -= r["tokens"]
+        if block:
+            for j in reversed(range(r["tokens"] // block)):
+                if (r["id"], j) in free:
+                    free.remove((r["id"], j))
+                free.append((r["id"], j))
         if r["decoding"]:
             prompt[r["id"]] = r["tokens"] + 1  # its prompt and all it generated
             todo[r["id"]] = r["left"]
@@ -119,18 +131,25 @@ def paged_reference(
             ends += [r] if r["tokens"] == prompt[r["id"]] else []
         while preemptions == before and left > 0 and len(running) < max_seqs and (queue or head < arrived):
             rid = queue[0] if queue else head
-            take = min(prompt[rid], left)
-            if held + growth + take > room:
+            found = 0
+            while block and (found + 1) * block <= prompt[rid] - 1 and (rid, found) in free:
+                found += 1
+            hit = found * block
+            take = min(prompt[rid] - hit, left)
+            if held + growth + hit + take > room:
                 break
             if queue:
                 queue.popleft()
             else:
                 head += 1
-            r = {"id": rid, "tokens": take, "decoding": False, "left": 0}
+            for j in range(found):
+                free.remove((rid, j))
+            r = {"id": rid, "tokens": hit + take, "decoding": False, "left": 0}
             running.append(r)
-            pieces.append((take, 0, take == prompt[rid]))
-            growth, left = growth + take, left - take
-            ends += [r] if take == prompt[rid] else []
+            pieces.append((take, hit, hit + take == prompt[rid]))
+            growth, left = growth + hit + take, left - take
+            evict(room - held - growth)
+            ends += [r] if hit + take == prompt[rid] else []
         t += coster.step_time([r["tokens"] for r in decoders], pieces)
         held += growth
         for r in decoders:
@@ -142,13 +161,15 @@ def paged_reference(
             r["decoding"], r["left"] = True, todo[r["id"]] - 1
         for r in [r for r in running if r["decoding"] and r["left"] == 0]:
             finish[r["id"]] = t
-            held -= r["tokens"] if r in decoders else r["tokens"]
+            held -= r["tokens"]
             running.remove(r)
+        evict(room - held)
     return first, finish, preemptions
 
 
-@pytest.mark.parametrize("name", ["olmoe-1b-7b", "ultramemv2-1b-7b"])
-def test_the_paged_engine_agrees_with_a_step_by_step_reference(name: str) -> None:
+@pytest.mark.parametrize("name,block", [("olmoe-1b-7b", 0), ("ultramemv2-1b-7b", 0), ("olmoe-1b-7b", 64)])
+def test_the_paged_engine_agrees_with_a_step_by_step_reference(name: str, block: int) -> None:
+    # block 64: a preempted request's blocks stay cached for its recompute (prefix caching on)
     model, budget, max_seqs = load_model(name), 1024, 16
     for seed, rate in ((3, 5.0), (4, 60.0)):
         requests = random_trace(seed, 150, rate, longest=2500)
@@ -166,8 +187,9 @@ def test_the_paged_engine_agrees_with_a_step_by_step_reference(name: str) -> Non
             reserve=reserve,
             room=room,
             token_bytes=1,
+            recompute_blocks=(block, block) if block else None,
         )
-        first, finish, preemptions = paged_reference(coster, requests, budget, max_seqs, room)
+        first, finish, preemptions = paged_reference(coster, requests, budget, max_seqs, room, block)
         assert trace.preemptions == preemptions
         assert trace.first_token == pytest.approx(first, rel=1e-9)
         assert trace.finish == pytest.approx(finish, rel=1e-9)
