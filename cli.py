@@ -1087,6 +1087,14 @@ def report(
         str,
         typer.Option("--trace-speeds", help="with --requests-file: replay speeds, 1,2,4 (its pace x that)"),
     ] = "1,2,4,8",
+    allocation: Annotated[
+        str,
+        typer.Option(
+            "--allocation",
+            help="KV allocation of the load and trace charts' engine: reserved (P + G at admission) or paged "
+            "(vLLM's, with preemption)",
+        ),
+    ] = "reserved",
     weight_dtype: WeightDtype = "bf16",
     kv_dtype: KvDtype = "bf16",
     tp: TensorParallel = 1,
@@ -1118,6 +1126,7 @@ def report(
         warn=lambda line: print(f"memtraffic: warning: {line}", file=sys.stderr),
         requests_file=requests_file,
         trace_speeds=parse_rates(trace_speeds, "--trace-speeds") if requests_file is not None else (1.0,),
+        allocation=allocation,
     )
     console.print(f"report: {path.resolve()}")
 

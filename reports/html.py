@@ -143,6 +143,7 @@ def report_run(
     warn: Callable[[str], None] | None = None,
     requests_file: str | Path | None = None,
     trace_speeds: Sequence[float] = (1.0,),
+    allocation: str = "reserved",
 ) -> Path:
     """`memtraffic report [MODEL...] [--batch ...] [RUN_DIR...] --output report.html` in one call.
 
@@ -178,7 +179,9 @@ def report_run(
         for b in bundles
     ]
     from simulator.request_trace import load_request_trace
+    from simulator.traffic import Engine
 
+    Engine(1, 1, allocation)  # an unknown allocation refused before anything is costed
     sim = request = serving = traffic = replay = None
     trace = None
     if requests_file is not None:
@@ -215,8 +218,8 @@ def report_run(
         sim = compare(cfgs, on, wl, per_layer=True)
         request = request_latencies(cfgs, on, wl, wl.context[0], generate, prefill_chunk=prefill_chunk)
         serving = _steady_states(cfgs, on, wl, generate)
-        traffic = _under_load(cfgs, on, wl, generate, serving, warn)
-        replay = _on_trace(cfgs, on, wl, trace, warn) if trace else None
+        traffic = _under_load(cfgs, on, wl, generate, serving, warn, allocation)
+        replay = _on_trace(cfgs, on, wl, trace, warn, allocation) if trace else None
     names = [str(m) for m in models] + [str(d) for d in run_dirs]
     text = build_report(
         sim,
@@ -268,6 +271,7 @@ def _under_load(
     generate: int,
     serving: pd.DataFrame | None,
     warn: Callable[[str], None] | None,
+    allocation: str = "reserved",
 ) -> pd.DataFrame | None:
     """Each model's engine under Poisson arrivals at the `load_rates` of the steady states (prompt: the
     report's context); None without them or with expert parallelism (its ranks' queues are not modelled).
@@ -283,7 +287,7 @@ def _under_load(
     frames = []
     for cfg, hw in zip(cfgs, on, strict=True):
         try:
-            engine = Engine(default_token_budget(hw))
+            engine = Engine(default_token_budget(hw), allocation=allocation)
             frames.append(
                 simulate_traffic(cfg, hw, wl, wl.context[0], generate, rates, engine, requests=LOAD_REQUESTS)
             )
@@ -299,6 +303,7 @@ def _on_trace(
     wl: Workload,
     traces: Sequence[RequestTrace],
     warn: Callable[[str], None] | None,
+    allocation: str = "reserved",
 ) -> pd.DataFrame | None:
     """Each model's engine on a recorded trace at each of its speeds (prefix caching on, as `serve`
     runs it); None with expert parallelism. A model the engine cannot run is left out with a warning."""
@@ -312,7 +317,9 @@ def _on_trace(
     for cfg, hw in zip(cfgs, on, strict=True):
         try:
             for requests in traces:
-                frames.append(trace_states([cfg], [hw], wl, requests, speed=requests.speed))
+                frames.append(
+                    trace_states([cfg], [hw], wl, requests, speed=requests.speed, allocation=allocation)
+                )
         except ConfigError as exc:
             if warn is not None:
                 warn(f"the trace replay of {cfg.name} left out: {exc}")

@@ -35,6 +35,12 @@ def _hover(r: pd.Series) -> str:
     )
 
 
+def _allocation(traffic: pd.DataFrame) -> str:
+    """How the runs' engine held KV, for a caption."""
+    paged = "allocation" in traffic and bool((traffic["allocation"] == "paged").any())
+    return "paged KV with preemption by recompute" if paged else "each request's KV reserved, no preemption"
+
+
 def _latency_figure(traffic: pd.DataFrame, colors: dict[str, str], title: str) -> go.Figure:
     """TTFT p50/p99 and TPOT p50 against the arrival rate, one line per model and latency; crosses
     where the engine is saturated."""
@@ -76,10 +82,10 @@ def load_charts(traffic: pd.DataFrame | None, colors: dict[str, str]) -> list[Ch
             title="Latency under load",
             figure=_latency_figure(traffic, colors, f"Latency under load ({scenario})"),
             caption="The serving engine run request by request (continuous batching, chunked prefill in "
-            "the GPU's default token budget, no preemption) at arrival rates spanning the steady states "
-            "above and beyond. Solid: median time per output token; dashed and dotted: median and 99th "
-            "percentile time to first token, the wait in the queue included. Crosses: saturated, the "
-            "queue grows with the run, so the latencies there grow with its length.",
+            f"the GPU's default token budget, {_allocation(traffic)}) at arrival rates spanning the "
+            "steady states above and beyond. Solid: median time per output token; dashed and dotted: "
+            "median and 99th percentile time to first token, the wait in the queue included. Crosses: "
+            "saturated, the queue grows with the run, so the latencies there grow with its length.",
         )
     ]
 
@@ -103,7 +109,8 @@ def trace_charts(replay: pd.DataFrame | None, colors: dict[str, str]) -> list[Ch
             title="Latency on a recorded trace",
             figure=_latency_figure(replay, colors, f"Latency on a recorded trace ({scenario})"),
             caption="The same engine on a recorded request trace, each request with its own arrival, "
-            "prompt and output length, replayed at each speed (its arrivals compressed that many times; "
+            f"prompt and output length, {_allocation(replay)}, replayed at each speed (its arrivals "
+            "compressed that many times; "
             f"the x axis its mean rate). Prefix caching: {caching}. Solid: median time per output token; "
             "dashed and dotted: median and 99th percentile time to first token, the wait in the queue "
             "included. Crosses: saturated. A bursty trace queues requests below its mean rate's capacity.",
