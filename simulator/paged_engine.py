@@ -121,6 +121,12 @@ def run_paged_engine(
     if recompute_blocks is not None:
         pool = cache.cache if blocks is not None else PrefixCache(*recompute_blocks)
     mine = _RecomputeBlocks(pool)
+
+    def evict(free_room: int) -> None:
+        cache.evict_to(free_room)
+        if pool is not None:
+            pool.evict_to(free_room)
+
     trace = new_trace(arrival)
     queue: deque[int] = deque()  # preempted requests, ahead of the arrivals not yet admitted
     waiting_since: dict[int, int] = {}  # a preempted request -> its entry in trace.requeued
@@ -219,7 +225,9 @@ def run_paged_engine(
             if state.held + growth + need > room:
                 if not state.order:
                     raise alone_too_big(rid)
-                shrinking = bool(found)
+                # evicting its cached hit lowers what it needs wherever the budget then cuts its chunk
+                # (it needs the KV of min(prompt, hit + left) tokens)
+                shrinking = hit > 0 and left < state.prompt[rid]
                 break
             if queue:
                 queue.popleft()
@@ -241,6 +249,7 @@ def run_paged_engine(
                 ends.append(rid)
         state.held += growth
         trace.most_reserved = max(trace.most_reserved, state.held)
+        evict(room - state.held)  # the step's tokens take their room from the free blocks
         decoding = len(state.decoding)
         running = len(state.order)
         if pieces:
@@ -270,14 +279,15 @@ def run_paged_engine(
             offsets = np.array([o for o, _ in state.decoding.values()], dtype=np.int64)
             most = min(last for _, last in state.decoding.values()) - step + 1
             fits = (room - state.held) // (token_bytes * decoding) + 1 if token_bytes else most
-            # after a preemption the queue may be admitted next step, and a head whose own blocks are
-            # being evicted needs less each step: one step, then compose again
+            # after a preemption the queue may be admitted next step, and a head whose cached hit is
+            # being evicted may need less each step: one step, then compose again
             most = 1 if trace.preemptions != preempted or shrinking else max(1, min(most, fits))
             waiting = bool(queue) or head < arrived
             next_arrival = float(arrival[arrived]) if arrived < n else np.inf
             steps, t = _decode_run(coster, trace, offsets, step, most, t, next_arrival, waiting, running)
             state.held += token_bytes * decoding * (steps - 1)  # the first step's tokens counted above
             trace.most_reserved = max(trace.most_reserved, state.held)
+            evict(room - state.held)  # as step by step: the targets only fall during the stretch
         else:  # everything running was preempted this step: compose the next one
             continue
         step += steps
@@ -285,7 +295,4 @@ def run_paged_engine(
             if last < step:
                 del state.decoding[rid]
                 finish(rid, step - offset)
-        cache.evict_to(room - state.held)
-        if pool is not None:
-            pool.evict_to(room - state.held)
     return trace
