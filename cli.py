@@ -530,7 +530,9 @@ def serve(
             "coefficient of variation is CV, 1 being Poisson; seeded)",
         ),
     ] = "poisson",
-    seed: Annotated[int, typer.Option("--seed", help="with --rate: seed of the Poisson arrivals")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", help="with --rate: seed of the Poisson or gamma arrivals")
+    ] = 0,
     max_seqs: Annotated[
         int,
         typer.Option(

@@ -275,5 +275,5 @@ def test_bursty_arrivals_lengthen_the_tails() -> None:
     # the same mean rate, in bursts: more queued at once and a longer TTFT p99
     assert rows[1]["max_queue"] > rows[0]["max_queue"]
     assert rows[1]["ttft_p99_s"] > 2 * rows[0]["ttft_p99_s"]
-    for bad in ("gamma", "gamma:0", "gamma:abc", "bursty"):
+    for bad in ("gamma", "gamma:0", "gamma:abc", "gamma:2_0", "gamma:30", "gammaray:2", "bursty"):
         assert_one_line_error(run("serve", "olmoe-1b-7b", "--rate", "4", "--arrivals", bad), "--arrivals")
