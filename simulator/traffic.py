@@ -1234,6 +1234,31 @@ def simulate_trace(
     return pd.DataFrame([row]).reindex(columns=list(TRAFFIC_COLUMNS))
 
 
+def _engines(
+    models: list[ModelConfig],
+    hardware: list[HardwareConfig],
+    token_budget: int | None,
+    max_seqs: int,
+    allocation: str,
+) -> list[tuple[ModelConfig, HardwareConfig, Engine]]:
+    """Model i on hardware[i] with its engine: `token_budget`, or each GPU's
+    `serving.default_token_budget` where None."""
+    from simulator.serving import default_token_budget
+
+    if len(models) != len(hardware):
+        raise ConfigError(f"{len(models)} models but {len(hardware)} hardware descriptions")
+    return [
+        (
+            m,
+            hw,
+            Engine(
+                token_budget if token_budget is not None else default_token_budget(hw), max_seqs, allocation
+            ),
+        )
+        for m, hw in zip(models, hardware, strict=True)
+    ]
+
+
 def traffic_states(
     models: list[ModelConfig],
     hardware: list[HardwareConfig],
@@ -1248,15 +1273,11 @@ def traffic_states(
 ) -> pd.DataFrame:
     """`simulate_traffic` of model i on hardware[i], stacked. `token_budget` None: each GPU's
     `serving.default_token_budget`."""
-    from simulator.serving import default_token_budget
-
-    if len(models) != len(hardware):
-        raise ConfigError(f"{len(models)} models but {len(hardware)} hardware descriptions")
-    frames = []
-    for m, hw in zip(models, hardware, strict=True):
-        budget = token_budget if token_budget is not None else default_token_budget(hw)
-        engine = Engine(budget, max_seqs, allocation)
-        frames.append(simulate_traffic(m, hw, workload, prompt, generate, rates, engine, **options))
+    engines = _engines(models, hardware, token_budget, max_seqs, allocation)
+    frames = [
+        simulate_traffic(m, hw, workload, prompt, generate, rates, engine, **options)
+        for m, hw, engine in engines
+    ]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -1271,13 +1292,6 @@ def trace_states(
     **options,
 ) -> pd.DataFrame:
     """`simulate_trace` of model i on hardware[i], stacked (`traffic_states` for a recorded trace)."""
-    from simulator.serving import default_token_budget
-
-    if len(models) != len(hardware):
-        raise ConfigError(f"{len(models)} models but {len(hardware)} hardware descriptions")
-    frames = []
-    for m, hw in zip(models, hardware, strict=True):
-        budget = token_budget if token_budget is not None else default_token_budget(hw)
-        engine = Engine(budget, max_seqs, allocation)
-        frames.append(simulate_trace(m, hw, workload, requests, engine, **options))
+    engines = _engines(models, hardware, token_budget, max_seqs, allocation)
+    frames = [simulate_trace(m, hw, workload, requests, engine, **options) for m, hw, engine in engines]
     return pd.concat(frames, ignore_index=True)
