@@ -544,6 +544,11 @@ class ModelConfig(Strict):
         description="longest sequence the position encoding is set up for (config.json "
         "max_position_embeddings); None: not stated",
     )
+    learned_positions: bool = Field(
+        False,
+        description="a learned absolute position table of max_positions rows, added to the token "
+        "embeddings (GPT-2's wpe); RoPE and NoPE models have none",
+    )
     sources: list[Source] = Field(default_factory=list)
     provenance: dict[str, Source] = Field(
         default_factory=dict, description="field path -> where that number came from"
@@ -553,6 +558,8 @@ class ModelConfig(Strict):
     def _vocab_with_embeddings(self) -> ModelConfig:
         if self.embeddings and self.vocab_size is None:
             raise ValueError("vocab_size is required when embeddings is true")
+        if self.learned_positions and (not self.embeddings or self.max_positions is None):
+            raise ValueError("learned_positions needs embeddings and max_positions (the table's rows)")
         return self
 
     @model_validator(mode="after")
@@ -658,9 +665,11 @@ def positions_warning(model: ModelConfig, positions: int, asked: str) -> str | N
     still costed as asked, as a long-context variant of the same weights would run it (RoPE scaling)."""
     if model.max_positions is None or positions <= model.max_positions:
         return None
+    # a learned table has no row past its last: unlike RoPE, no scaled variant of the weights runs there
+    table = "; its learned position table has no rows for them" if model.learned_positions else ""
     return (
         f"{model.name}: {asked} needs {positions} positions, past the {model.max_positions} it is set up "
-        "for (max_position_embeddings); costed as asked"
+        f"for (max_position_embeddings){table}; costed as asked"
     )
 
 

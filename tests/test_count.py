@@ -7,6 +7,7 @@ import time
 import pytest
 
 from profiler.count import SUMMARY_COLUMNS, count_model, summarize_layers
+from profiler.modules.model import ReferenceModel
 from profiler.opcount import SDPA_OP
 from simulator.config import (
     AttentionConfig,
@@ -253,3 +254,43 @@ def test_cuda_runs_rms_norm_as_one_fused_kernel_in_the_h100_recording() -> None:
     norm_kernels = int(kernels.str.contains("layer_norm_kernel").sum())
     assert fused == norm_kernels > 0
     assert fused == int((t.ops["name"].astype(str) == "aten::rms_norm").sum())
+
+
+def test_learned_position_table_gathers_one_row_per_token_and_counts_its_weights() -> None:
+    """GPT-2-small shapes (768 wide, 1024 positions, 50257 tokens): the embed step gathers a token row
+    and a position row per token (hand count, both tables' rows requested, not the tables), and the
+    simulator's embed layer charges the same weight bytes and holds both tables' parameters."""
+    d, positions, vocab, b = 768, 1024, 50257, 4
+    attn = AttentionConfig(kind="mha", n_heads=12, head_dim=64, qkv_bias=True, o_bias=True)
+    cfg = ModelConfig(
+        name="gpt2-like",
+        d_model=d,
+        vocab_size=vocab,
+        tie_embeddings=True,
+        max_positions=positions,
+        learned_positions=True,
+        norm="layernorm",
+        blocks=[
+            BlockConfig(
+                repeat=2,
+                attention=attn,
+                norm="layernorm",
+                ffn=[DenseFFNConfig(d_ff=4 * d, activation="gelu", bias=True)],
+            )
+        ],
+    )
+    ops = count_model(cfg, batch=b, context=100)
+    gathers = ops[(ops["layer"] == "embed") & ops["op"].str.contains("embedding")]
+    assert len(gathers) == 2
+    assert gathers["bytes_read"].sum() >= 2 * b * d * BF16  # b token rows + b position rows
+    assert gathers["bytes_read"].sum() < 2 * b * d * BF16 + 2 * b * 8 + 1  # + the int64 ids at most
+    frame = simulate(
+        cfg, load_hardware("h100-sxm"), Workload(phase="decode", batch=[b], context=[100]), per_layer=True
+    )
+    embed = frame[frame["layer"] == "embed"].iloc[0]
+    assert embed["weight_bytes_ideal"] == embed["weight_bytes_naive"] == 2 * b * d * BF16
+    assert embed["params"] == (vocab + positions) * d
+    total = frame[frame["layer"] == "total"]["params"].iloc[0]
+    assert ReferenceModel(cfg, device="meta").param_count() == total
+    with pytest.raises(ValueError, match="learned_positions needs"):
+        ModelConfig(name="x", d_model=d, vocab_size=vocab, learned_positions=True, blocks=cfg.blocks)

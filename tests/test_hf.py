@@ -530,3 +530,140 @@ def test_a_remote_code_model_type_is_read_through_its_architectures() -> None:
     cfg["architectures"] = ["KimiForCausalLM"]
     with pytest.raises(ConfigError, match="unsupported model_type 'kimi_k2'"):
         from_hf_config(cfg, "kimi")
+
+
+# --------------------------------------------------- dense, multimodal and newer MoE families (SOURCES.md)
+@pytest.mark.parametrize(
+    ("file", "published", "not_counted"),
+    [
+        # llama.cpp's count of the checkpoint (its fp8 file adds 13,880,064 block scales); the hand count
+        # leaves out the whole-width q/k norms (6144 + 1024 a layer)
+        ("MiniMax-M2", 228_689_764_864, 62 * (6144 + 1024)),
+        # the Hub's safetensors count; GLM-4 has four norms a layer, the hand count two
+        ("GLM-4-9B-0414", 9_400_279_040, 40 * 2 * 4096),
+        # the checkpoint's 31,070,754,032 less its vision tower (538,631,408, hand count); per-head q/k norms
+        ("Qwen3-VL-30B-A3B-Instruct", 31_070_754_032 - 538_631_408, 48 * 2 * 128),
+        # 24,011,361,280 less the Pixtral tower (403,305,472) and the projector (35,652,608)
+        ("Mistral-Small-3.1-24B", 24_011_361_280 - 403_305_472 - 35_652_608, 0),
+        # the checkpoint's count; OLMo 3's whole-width q/k norms (2 x 4096 a layer) are not in the hand count
+        ("Olmo-3-7B", 7_298_011_136, 32 * 2 * 4096),
+        # the published count (its bf16 shards hold twice it plus the headers): tied, two norms a layer
+        ("SmolLM3-3B", 3_075_098_624, 0),
+        # Aya Expanse 8B's published count: Command R7B's exact shapes under cohere v1 (one norm a layer,
+        # where the hand count has two)
+        ("c4ai-command-r7b", 8_028_033_024, -32 * 4096),
+    ],
+)
+def test_newer_families_match_their_checkpoints(file: str, published: int, not_counted: int) -> None:
+    assert total_params(from_hf_config(hf(file), file)) == published - not_counted
+
+
+@pytest.mark.parametrize(
+    ("file", "published"),
+    [("c4ai-command-r-v01", 35e9), ("granite-3.1-8b", 8.1e9)],  # model cards: "35 billion", "8.1B"
+)
+def test_newer_dense_families_match_their_model_cards(file: str, published: float) -> None:
+    assert abs(total_params(from_hf_config(hf(file), file)) / published - 1) < 0.01
+
+
+def test_text_decoders_of_image_text_checkpoints_take_the_outer_tie() -> None:
+    """Qwen3-VL's text_config states no tie and its text class would tie by default; the outer config's
+    false is what its checkpoint holds (a separate lm_head). Mistral Small 3.1 states neither: Mistral's
+    untied default applies, and its window is null (full attention), not the class default."""
+    vl = from_hf_config(hf("Qwen3-VL-30B-A3B-Instruct"), "vl")
+    text_only = from_hf_config(hf("Qwen3-30B-A3B"), "t")
+    assert vl.blocks == text_only.blocks and not vl.tie_embeddings
+    assert "text decoder of qwen3_vl_moe" in vl.description
+    mistral = from_hf_config(hf("Mistral-Small-3.1-24B"), "ms")
+    a = mistral.blocks[0].attention
+    assert isinstance(a, AttentionConfig)
+    assert (a.head_dim, a.kv_heads, a.sliding_window, mistral.tie_embeddings) == (128, 8, None, False)
+
+
+def test_sliding_patterns_of_olmo3_and_command_r7b() -> None:
+    """Three sliding layers of 4096 per full one, the fourth (index 3 mod 4) full: from OLMo 3's
+    layer_types, and from cohere2's sliding_window_pattern when layer_types is absent."""
+    expected = [None if i % 4 == 3 else 4096 for i in range(32)]
+    for file in ("Olmo-3-7B", "c4ai-command-r7b"):
+        m = from_hf_config(hf(file), file)
+        assert [b.attention.sliding_window for b in m.expanded_blocks()] == expected  # type: ignore[union-attr]
+    olmo = hf("Olmo-3-7B")
+    del olmo["layer_types"], olmo["sliding_window"]  # OLMo3Config's rule and default window
+    m = from_hf_config(olmo, "olmo3-defaults")
+    assert [b.attention.sliding_window for b in m.expanded_blocks()] == expected  # type: ignore[union-attr]
+    assert m.provenance["hf.sliding_window"].source.endswith("default 4096")
+
+
+def test_minimax_m2_router_and_refused_lightning_attention() -> None:
+    m = from_hf_config(hf("MiniMax-M2"), "m2")
+    moe = m.blocks[0].ffn[0]
+    assert isinstance(moe, MoEConfig)
+    assert (moe.n_experts, moe.top_k, moe.expert_ffn, moe.shared_ffn) == (256, 8, 1536, 0)
+    assert moe.router == "sigmoid" and moe.router_bias
+    assert "quantised with fp8" in m.description
+    cfg = hf("MiniMax-M2")
+    cfg["attn_type_list"] = [0] + [1] * 61
+    with pytest.raises(ConfigError, match="lightning attention"):
+        from_hf_config(cfg, "m01")
+
+
+def test_glm4_biases_queries_keys_values_not_the_output() -> None:
+    a = from_hf_config(hf("GLM-4-9B-0414"), "glm4").blocks[0].attention
+    assert isinstance(a, AttentionConfig) and a.qkv_bias and not a.o_bias
+    assert (a.n_heads, a.kv_heads, a.head_dim) == (32, 2, 128)
+
+
+# ------------------------------------------------- LayerNorm families with an ungated MLP (SOURCES.md)
+@pytest.mark.parametrize(
+    ("file", "published", "not_counted"),
+    [
+        # the Hub's F32 total holds 12 causal-mask buffers of 1024^2 (not parameters); the hand count
+        # leaves out the learned position table and the LayerNorm biases
+        ("gpt2", 137_022_720 - 12 * 1024**2, 1024 * 768 + (12 * 2 + 1) * 768),
+        # the Pythia model card's exact total; LayerNorm biases not in the hand count
+        ("pythia-1.4b", 1_414_647_808, (24 * 2 + 1) * 2048),
+        # the Hub's safetensors totals store the tied LM head a second time (65024 x d); Falcon-7B has
+        # one LayerNorm (weight and bias) a layer, Falcon-40B two (ln_attn, ln_mlp)
+        ("falcon-7b", 7_217_189_760 - 65024 * 4544, 4544),
+        ("falcon-40b", 41_835_970_560 - 65024 * 8192, (60 * 2 + 1) * 8192),
+    ],
+)
+def test_layernorm_families_match_their_checkpoints(file: str, published: int, not_counted: int) -> None:
+    assert total_params(from_hf_config(hf(file), file)) == published - not_counted
+
+
+def test_gpt2_reads_its_own_key_names_and_holds_a_position_table() -> None:
+    m = from_hf_config(hf("gpt2"), "gpt2")
+    assert (m.d_model, m.n_layers, m.max_positions, m.norm) == (768, 12, 1024, "layernorm")
+    assert m.learned_positions and m.tie_embeddings
+    a, ffn = m.blocks[0].attention, m.blocks[0].ffn[0]
+    assert isinstance(a, AttentionConfig) and isinstance(ffn, DenseFFNConfig)
+    assert (a.kind, a.head_dim, a.qkv_bias, a.o_bias) == ("mha", 64, True, True)
+    assert (ffn.d_ff, ffn.activation, ffn.bias) == (3072, "gelu", True)  # n_inner null: 4 x n_embd
+    assert from_hf_config({**hf("gpt2"), "n_inner": 1024}, "narrow").blocks[0].ffn[0].d_ff == 1024  # type: ignore[union-attr]
+
+
+def test_falcon_kv_heads_follow_its_architecture_flags() -> None:
+    """multi_query (7B): one K/V head whatever num_kv_heads says; new_decoder_architecture (40B):
+    num_kv_heads; neither: as many as the query heads."""
+
+    def kv(cfg: dict[str, Any]) -> int:
+        a = from_hf_config(cfg, "falcon").blocks[0].attention
+        assert isinstance(a, AttentionConfig)
+        return a.kv_heads
+
+    seven = hf("falcon-7b")
+    assert kv(seven) == kv({**seven, "num_kv_heads": 71}) == 1
+    assert kv(hf("falcon-40b")) == 8
+    assert kv({**seven, "multi_query": False}) == 71
+
+
+def test_starcoder2_biases_ungated_mlp_and_window_on_every_layer() -> None:
+    m = from_hf_config(hf("starcoder2-7b"), "sc2")
+    assert len(m.blocks) == 1 and m.blocks[0].repeat == 32 and m.tie_embeddings
+    a, ffn = m.blocks[0].attention, m.blocks[0].ffn[0]
+    assert isinstance(a, AttentionConfig) and isinstance(ffn, DenseFFNConfig)
+    assert (a.kv_heads, a.head_dim, a.sliding_window, a.qkv_bias, a.o_bias) == (4, 128, 4096, True, True)
+    assert (ffn.d_ff, ffn.activation, ffn.bias) == (18432, "gelu", True)
+    with pytest.raises(ConfigError, match="hidden_act 'swish2' is not supported"):
+        from_hf_config({**hf("starcoder2-7b"), "hidden_act": "swish2"}, "bad")

@@ -148,6 +148,12 @@ class ReferenceModel(nn.Module):
         d = config.d_model
         self.tables_registry = TableRegistry(device, dt)
         self.embed = nn.Embedding(config.vocab_size, d, **f) if config.embeddings else None
+        self.pos_embed = (
+            nn.Embedding(config.max_positions, d, **f)  # type: ignore[arg-type]
+            if config.learned_positions
+            else None
+        )
+        self._decode_position = 0  # the position a decode step's token takes (set with the cache)
         blocks: list[Block] = []
         table_layers: dict[str | None, int] = {}  # next layer index per shared table
         for i, bc in enumerate(config.expanded_blocks()):
@@ -229,6 +235,8 @@ class ReferenceModel(nn.Module):
         for block in self.blocks:
             if block.attn is not None:
                 block.attn.layer.setup_cache(batch, context, fill)  # type: ignore[union-attr,operator]
+        if self.pos_embed is not None:
+            self._decode_position = min(context, self.pos_embed.num_embeddings - 1)
 
     def sublayers(self) -> Iterator[Sublayer]:
         for block in self.blocks:
@@ -251,6 +259,7 @@ class ReferenceModel(nn.Module):
                 out[f"blocks.{i}.ffn.{j}"] = sub.layer_name  # type: ignore[union-attr]
         if self.embed is not None:
             out["embed"] = "embed"
+            out["pos_embed"] = "embed"
             out["norm"] = "head"
             out["head"] = "head"
         return out
@@ -291,11 +300,20 @@ class ReferenceModel(nn.Module):
         x = torch.randn(batch, tokens, self.config.d_model, generator=generator)
         return x.to(device=p.device, dtype=p.dtype)
 
+    def _positions(self, ids: torch.Tensor) -> torch.Tensor:
+        """Position ids of one step's tokens (B, T): prefill from 0, decode after the cached context."""
+        batch, tokens = ids.shape
+        start = self._decode_position if self.phase == "decode" else 0
+        positions = torch.arange(start, start + tokens, device=ids.device)
+        return positions.clamp(max=self.config.max_positions - 1).expand(batch, tokens)  # type: ignore[operator]
+
     # ------------------------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.embed is not None:
             with layer_range("embed"):
                 h = self.embed(x)
+                if self.pos_embed is not None:
+                    h = h + self.pos_embed(self._positions(x))
         else:
             h = x
         n = len(self.blocks)

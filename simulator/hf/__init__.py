@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from simulator.config import BlockConfig, ModelConfig, Source, describe_validation_error
 from simulator.errors import ConfigError
-from simulator.hf import attention_families, hybrid_families
+from simulator.hf import attention_families, classic_families, hybrid_families
 from simulator.hf.reader import Reader
 
 # `architectures[0]` -> model_type, for config files that lack `model_type`.
@@ -55,21 +55,77 @@ _ARCH_TO_TYPE: dict[str, str] = {
     "NemotronHForCausalLM": "nemotron_h",
     "GraniteMoeHybridForCausalLM": "granitemoehybrid",
     "BambaForCausalLM": "bamba",
+    "MiniMaxM2ForCausalLM": "minimax_m2",
+    "Glm4ForCausalLM": "glm4",
+    "Olmo3ForCausalLM": "olmo3",
+    "CohereForCausalLM": "cohere",
+    "Cohere2ForCausalLM": "cohere2",
+    "GraniteForCausalLM": "granite",
+    "SmolLM3ForCausalLM": "smollm3",
+    "GPT2LMHeadModel": "gpt2",
+    "GPTNeoXForCausalLM": "gpt_neox",
+    "FalconForCausalLM": "falcon",
+    "Starcoder2ForCausalLM": "starcoder2",
+    "Mistral3ForConditionalGeneration": "mistral3",
+    "Qwen3VLForConditionalGeneration": "qwen3_vl",
+    "Qwen3VLMoeForConditionalGeneration": "qwen3_vl_moe",
 }
 
 # families whose transformers config class ties the LM head to the embedding by default (Gemma's;
-# Ernie4_5_MoeConfig's, whose defaults are ERNIE-4.5-21B-A3B; and MambaConfig / FalconMambaConfig, which
-# leave PretrainedConfig's True in place)
-_TIED_BY_DEFAULT = {"gemma", "gemma2", "gemma3_text", "ernie4_5_moe", "mamba", "falcon_mamba"}
+# Ernie4_5_MoeConfig's, whose defaults are ERNIE-4.5-21B-A3B; Cohere's and SmolLM3's; and MambaConfig /
+# FalconMambaConfig, GPT2Config, FalconConfig and Starcoder2Config, which leave PretrainedConfig's True in
+# place)
+_TIED_BY_DEFAULT = {
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "ernie4_5_moe",
+    "mamba",
+    "falcon_mamba",
+    "cohere",
+    "cohere2",
+    "smollm3",
+    "gpt2",
+    "falcon",
+    "starcoder2",
+}
 
 _BUILDERS: dict[str, Callable[[Reader, int, int], list[BlockConfig]]] = {
     **attention_families.BUILDERS,
+    **classic_families.BUILDERS,
     **hybrid_families.BUILDERS,
 }
 # image-text families whose `text_config` holds the decoder, and that decoder's model_type
-_TEXT_DECODER_OF: dict[str, str] = {"gemma3": "gemma3_text", "llama4": "llama4_text"}
+_TEXT_DECODER_OF: dict[str, str] = {
+    "gemma3": "gemma3_text",
+    "llama4": "llama4_text",
+    "mistral3": "mistral",  # Mistral Small 3.1 / 3.2
+    "qwen3_vl": "qwen3",
+    "qwen3_vl_moe": "qwen3_moe",  # its text decoder has Qwen3-MoE's weights and layer rule
+}
 # families whose config class supplies a vocab_size default that hub configs may omit
 _VOCAB_DEFAULTS: dict[str, int] = {"gemma3_text": 262_208}
+
+
+# older spellings that a family's config class maps onto the standard keys (its `attribute_map`);
+# read only where the standard key is absent
+_KEY_ALIASES: dict[str, dict[str, str]] = {
+    "gpt2": {
+        "hidden_size": "n_embd",
+        "num_hidden_layers": "n_layer",
+        "num_attention_heads": "n_head",
+        "max_position_embeddings": "n_positions",
+        "intermediate_size": "n_inner",
+    },
+}
+
+
+def _with_standard_keys(cfg: dict[str, Any], model_type: str) -> dict[str, Any]:
+    out = dict(cfg)
+    for key, alias in _KEY_ALIASES.get(model_type, {}).items():
+        if out.get(key) is None and alias in cfg:
+            out[key] = cfg[alias]
+    return out
 
 
 def _stated_layer_count(r: Reader) -> int:
@@ -106,21 +162,29 @@ def from_hf_config(cfg: dict[str, Any], name: str) -> ModelConfig:
     if not isinstance(cfg, dict):
         raise ConfigError(f"{what}: expected a JSON object, got {type(cfg).__name__}")
     model_type = model_type_of(cfg)
+    decoder_of = ""
     if model_type in _TEXT_DECODER_OF and isinstance(cfg.get("text_config"), dict):
-        # image-text models (Gemma 3 4B and up, Llama 4): the decoder is their text_config; the vision
-        # tower is left out
-        cfg, model_type = {**cfg["text_config"]}, _TEXT_DECODER_OF[model_type]
+        # image-text models (Gemma 3 4B and up, Llama 4, Mistral Small 3.1, Qwen3-VL): the decoder is
+        # their text_config; the vision tower is left out. The outer config decides the LM head's tie
+        # where the text_config does not say (Qwen3-VL's text class would default to tied; its
+        # checkpoint is not)
+        outer = cfg
+        cfg = {**cfg["text_config"]}
+        if cfg.get("tie_word_embeddings") is None and outer.get("tie_word_embeddings") is not None:
+            cfg["tie_word_embeddings"] = outer["tie_word_embeddings"]
+        decoder_of, model_type = f", the text decoder of {model_type}", _TEXT_DECODER_OF[model_type]
     builder = _BUILDERS.get(model_type or "")
     if builder is None:
         supported = ", ".join(sorted(_BUILDERS))
         shown = repr(model_type) if model_type else f"unknown (architectures={cfg.get('architectures')!r})"
         raise ConfigError(f"{what}: unsupported model_type {shown}; supported: {supported}")
     assert model_type is not None
-    r = Reader(cfg, what)
+    r = Reader(_with_standard_keys(cfg, model_type), what)
     d_model = r.need_int("hidden_size")
     n_layers = _LAYER_COUNT.get(model_type, _stated_layer_count)(r)
     per_layer = builder(r, d_model, n_layers)
     blocks = _group(per_layer)
+    fields = classic_families.MODEL_FIELDS.get(model_type, {})
 
     vocab_size = (
         r.need_int("vocab_size")
@@ -141,7 +205,7 @@ def from_hf_config(cfg: dict[str, Any], name: str) -> ModelConfig:
         return ModelConfig(
             name=name,
             description=f"from a Hugging Face config.json (model_type {model_type}"
-            + _read_as(cfg, model_type)
+            + (decoder_of or _read_as(cfg, model_type))
             + ")"
             + _quantization_note(cfg),
             d_model=d_model,
@@ -149,7 +213,8 @@ def from_hf_config(cfg: dict[str, Any], name: str) -> ModelConfig:
             tie_embeddings=tie,
             max_positions=max_positions,
             blocks=blocks,
-            norm="rmsnorm",
+            norm=fields.get("norm", "rmsnorm"),
+            learned_positions=fields.get("learned_positions", False),
             sources=[Source(tag="code", source=f"Hugging Face config.json, model_type {model_type}")],
             provenance=provenance,
         )

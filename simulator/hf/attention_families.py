@@ -1,6 +1,7 @@
-"""Hugging Face configs of attention families (Llama, Mistral, Mixtral, Qwen, OLMoE, DeepSeek, Gemma,
-Phi, gpt-oss, GLM-4.5, Granite MoE, Llama 4, ERNIE 4.5): one BlockConfig per layer, with each family's own
-rule for sliding windows, chunked attention, MLA, shared experts and interleaved dense and MoE layers."""
+"""Hugging Face configs of attention families (Llama, Mistral, Mixtral, Qwen, OLMoE, OLMo, DeepSeek,
+Gemma, Phi, gpt-oss, GLM-4/4.5, Granite, Llama 4, ERNIE 4.5, MiniMax-M2, Command R, SmolLM3): one
+BlockConfig per layer, with each family's own rule for sliding windows, chunked attention, MLA, shared
+experts and interleaved dense and MoE layers."""
 
 from __future__ import annotations
 
@@ -186,11 +187,13 @@ def _deepseek(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
     return _mixed_blocks(r, [attn] * n_layers, sparse, moe)
 
 
-def _layer_windows(r: Reader, n_layers: int, pattern: int, pattern_key: str | None) -> list[int | None]:
+def _layer_windows(
+    r: Reader, n_layers: int, pattern: int, pattern_key: str | None, window_default: int | None = None
+) -> list[int | None]:
     """Per layer, the sliding window or None (full attention). `layer_types` (transformers >= 4.53 writes
     it) is authoritative; without it every `pattern`-th layer is full and the others slide (Gemma 2
     alternates; Gemma 3 has five sliding layers per full one and may say so in `pattern_key`)."""
-    window = r.opt_int("sliding_window", None)
+    window = r.opt_int("sliding_window", window_default)
     types = r.cfg.get("layer_types")
     if types is None:
         every = (r.opt_int(pattern_key, pattern) if pattern_key else pattern) or pattern
@@ -365,6 +368,97 @@ def _ernie4_5_moe(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
     return _mixed_blocks(r, [attn] * n_layers, sparse, moe)
 
 
+def _minimax_m2(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
+    """MiniMax-M2: unbiased GQA with q/k RMSNorms over the whole projected width (norm weights), full
+    attention on every layer, every layer MoE with a sigmoid router and its selection bias
+    (e_score_correction_bias), no shared expert. `mlp_intermediate_size` names no weights (the
+    checkpoint has no dense MLP) and is not read; the multi-token-prediction modules the file lists are
+    not in the published checkpoint. `attn_type_list` 0 marks MiniMax-01's lightning attention, which
+    has no cost model here."""
+    types = r.cfg.get("attn_type_list")
+    if types is not None and (not isinstance(types, list) or len(types) != n_layers or set(types) - {1}):
+        raise ConfigError(
+            f"{r.what}: attn_type_list must be 1 (softmax attention) on all {n_layers} layers; lightning "
+            "attention (0) has no cost model"
+        )
+    attn = attention_config(r, d, qkv_bias=False, o_bias=False, window=mistral_window(r))
+    shared = r.opt_count("shared_intermediate_size", 0)
+    moe = _moe(
+        r,
+        "num_local_experts",
+        "intermediate_size",
+        n_shared_experts=1 if shared else 0,
+        shared_ffn=shared,
+        router="sigmoid" if r.opt_str("scoring_func", "sigmoid") == "sigmoid" else "softmax",
+        router_bias=r.opt_bool("use_routing_bias", True),
+    )
+    return [BlockConfig(attention=attn, ffn=[moe]) for _ in range(n_layers)]
+
+
+def _glm4(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
+    """GLM-4-0414 dense: q/k/v biased by `attention_bias` (on by default), o never; fused gate/up MLP
+    (the same weights as separate ones); four norms a layer (norm weights)."""
+    attn = attention_config(r, d, qkv_bias=r.opt_bool("attention_bias", True), o_bias=False)
+    return [BlockConfig(attention=attn, ffn=[dense_ffn(r)]) for _ in range(n_layers)]
+
+
+def _olmo3(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
+    """OLMo 3: OLMo 2's weights (whole-width q/k norms and post-norms are norm weights) with three
+    sliding-window layers per full one (`layer_types`, else every fourth layer full; window 4096 by
+    default)."""
+    bias = r.opt_bool("attention_bias", False)
+    ffn = dense_ffn(r)
+    return [
+        BlockConfig(attention=attention_config(r, d, qkv_bias=bias, o_bias=bias, window=w), ffn=[ffn])
+        for w in _layer_windows(r, n_layers, 4, None, window_default=4096)
+    ]
+
+
+def _cohere(pattern: int | None) -> Callable[[Reader, int, int], list[BlockConfig]]:
+    """Command R (cohere) and Command R7B / A (cohere2): Llama weights, attention and MLP in parallel
+    on one LayerNorm's output (the same weights and bytes as in sequence), tied embeddings; cohere2
+    slides on three layers of four (`layer_types` or `sliding_window_pattern`). Command R+'s per-head
+    q/k norms (`use_qk_norm`) are norm weights."""
+
+    def build(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
+        bias = r.opt_bool("attention_bias", False)
+        windows = (
+            [None] * n_layers
+            if pattern is None
+            else _layer_windows(r, n_layers, pattern, "sliding_window_pattern", window_default=4096)
+        )
+        ffn = dense_ffn(r)
+        return [
+            BlockConfig(attention=attention_config(r, d, qkv_bias=bias, o_bias=bias, window=w), ffn=[ffn])
+            for w in windows
+        ]
+
+    return build
+
+
+def _granite(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
+    """Granite 3 dense: Llama weights with `attention_bias` and `mlp_bias`; its multipliers hold no
+    weights."""
+    bias = r.opt_bool("attention_bias", False)
+    attn = attention_config(r, d, qkv_bias=bias, o_bias=bias)
+    ffn = dense_ffn(r, bias=r.opt_bool("mlp_bias", False))
+    return [BlockConfig(attention=attn, ffn=[ffn]) for _ in range(n_layers)]
+
+
+def _smollm3(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
+    """SmolLM3: Llama weights; every fourth layer skips RoPE (no weights); `layer_types` may mark
+    sliding layers when `use_sliding_window` is set (none in the published 3B)."""
+    bias = r.opt_bool("attention_bias", False)
+    ffn = dense_ffn(r, bias=r.opt_bool("mlp_bias", False))
+    windows: list[int | None] = (
+        _layer_windows(r, n_layers, 1, None) if r.cfg.get("layer_types") is not None else [None] * n_layers
+    )
+    return [
+        BlockConfig(attention=attention_config(r, d, qkv_bias=bias, o_bias=bias, window=w), ffn=[ffn])
+        for w in windows
+    ]
+
+
 BUILDERS: dict[str, Callable[[Reader, int, int], list[BlockConfig]]] = {
     "llama": _llama,
     "mistral": _mistral,
@@ -387,4 +481,11 @@ BUILDERS: dict[str, Callable[[Reader, int, int], list[BlockConfig]]] = {
     "granitemoe": _granitemoe,
     "llama4_text": _llama4,
     "ernie4_5_moe": _ernie4_5_moe,
+    "minimax_m2": _minimax_m2,
+    "glm4": _glm4,
+    "olmo3": _olmo3,
+    "cohere": _cohere(None),
+    "cohere2": _cohere(4),
+    "granite": _granite,
+    "smollm3": _smollm3,
 }

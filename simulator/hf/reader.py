@@ -22,6 +22,17 @@ GATED_ACT: dict[str, str] = {
     "gelu_new": "geglu",
 }
 
+PLAIN_ACT: dict[str, str] = {
+    # the two-matrix MLP of GPT-2, GPT-NeoX, Falcon, StarCoder2: W_down act(W_up x); tanh and exact GELU
+    # differ in the function only, not in what they read
+    "gelu": "gelu",
+    "gelu_new": "gelu",
+    "gelu_fast": "gelu",
+    "gelu_pytorch_tanh": "gelu",
+    "relu": "relu",
+    "silu": "silu",
+}
+
 
 class Reader:
     """Typed access to one config dict that remembers which transformers defaults it fell back on."""
@@ -185,6 +196,13 @@ def gated_activation(r: Reader, key: str = "hidden_act", default: str = "silu") 
         known = ", ".join(sorted(GATED_ACT))
         raise ConfigError(f"{r.what}: hidden_act {act!r} is not supported (known: {known})")
     return GATED_ACT[act]
+
+
+def plain_activation(r: Reader, key: str, default: str) -> str:
+    act = r.opt_str(key, default)
+    if act not in PLAIN_ACT:
+        raise ConfigError(f"{r.what}: {key} {act!r} is not supported (known: {', '.join(sorted(PLAIN_ACT))})")
+    return PLAIN_ACT[act]
 
 
 def dense_ffn(r: Reader, bias: bool = False, act: str | None = None) -> DenseFFNConfig:

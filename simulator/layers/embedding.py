@@ -25,20 +25,34 @@ def _vocab(model: ModelConfig) -> int:
 
 
 def embed_cost(model: ModelConfig, points: Points) -> LayerCost:
+    """The token gather, plus the learned position gather and its add where the model has a position
+    table (GPT-2): its rows are read like token rows, at most one per position held."""
     d, vocab = model.d_model, _vocab(model)
     tokens = points.tokens
     row = d * points.b_w
     nan = points.full(np.nan)
+    # a gather reads the requested rows, never the whole table; repeated ids can share a row
+    bytes_ideal = np.minimum(tokens, vocab) * row / points.tp
+    bytes_naive = tokens * row / points.tp
+    act_naive = tokens * (d * points.b_a + 8.0)  # + int64 token ids
+    params = float(vocab * d)
+    if model.learned_positions:
+        assert model.max_positions is not None, "the config validator requires the table's rows"
+        params += float(model.max_positions * d)
+        # the position table is replicated on every tensor-parallel rank (vLLM's GPT-2), not split
+        bytes_ideal = bytes_ideal + np.minimum(tokens, model.max_positions) * row
+        bytes_naive = bytes_naive + tokens * row
+        # eager: the position gather writes its rows (+ int64 ids); the add reads both, writes the sum
+        act_naive = act_naive + tokens * (d * points.b_a + 8.0) + tokens * 3.0 * d * points.b_a
     return LayerCost(
         kind="embedding",
-        params=float(vocab * d),
-        active_params=float(d),
-        flops=points.zeros(),
-        # a gather reads the requested rows, never the whole table; repeated ids can share a row
-        weight_bytes_ideal=np.minimum(tokens, vocab) * row / points.tp,
-        weight_bytes_naive=tokens * row / points.tp,
+        params=params,
+        active_params=float(d * (2 if model.learned_positions else 1)),
+        flops=tokens * float(d) if model.learned_positions else points.zeros(),
+        weight_bytes_ideal=bytes_ideal,
+        weight_bytes_naive=bytes_naive,
         act_bytes_ideal=tokens * d * points.b_a,
-        act_bytes_naive=tokens * (d * points.b_a + 8.0),  # + int64 token ids
+        act_bytes_naive=act_naive,
         kv_read_bytes=points.zeros(),
         kv_write_bytes=points.zeros(),
         distinct_items=nan,
