@@ -166,11 +166,26 @@ class AttentionConfig(Strict):
     qk_nope_head_dim: PositiveInt | None = None
     qk_rope_head_dim: PositiveInt | None = None
     v_head_dim: PositiveInt | None = None
+    # DeepSeek Sparse Attention (DeepSeek-V3.2): a lightning indexer scores every cached token and each
+    # query attends over the index_topk best only
+    index_topk: PositiveInt | None = Field(
+        None, description="tokens each query attends over, picked by the lightning indexer (DSA)"
+    )
+    index_n_heads: PositiveInt | None = Field(None, description="the indexer's query heads")
+    index_head_dim: PositiveInt | None = Field(
+        None, description="the indexer's key width: one key per token, cached in fp8 with a scale"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> AttentionConfig:
         if self.sliding_window is not None and self.attention_chunk is not None:
             raise ValueError("sliding_window and attention_chunk exclude each other: choose one")
+        index = (self.index_topk, self.index_n_heads, self.index_head_dim)
+        if any(v is not None for v in index):
+            if any(v is None for v in index):
+                raise ValueError("sparse attention needs index_topk, index_n_heads and index_head_dim")
+            if self.kind != "mla" or self.sliding_window is not None or self.attention_chunk is not None:
+                raise ValueError("sparse attention (index_topk) is modelled for mla without window or chunks")
         if self.kind == "mla":
             if self.sinks or self.output_gate:
                 raise ValueError("attention sinks and output gates are modelled for mha/gqa/mqa, not mla")
@@ -195,6 +210,14 @@ class AttentionConfig(Strict):
         if self.n_kv_heads is not None:
             return self.n_kv_heads
         return 1 if self.kind == "mqa" else self.n_heads
+
+    @property
+    def index_key_bytes(self) -> int:
+        """Bytes of the indexer's cached key per token (0 without sparse attention): fp8 elements and a
+        float32 scale per 128 of them, as DeepSeek's kernels and vLLM store it, whatever --kv-dtype."""
+        if self.index_head_dim is None:
+            return 0
+        return self.index_head_dim + 4 * -(-self.index_head_dim // 128)
 
     @property
     def kv_elements_per_token(self) -> int:

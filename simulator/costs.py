@@ -127,6 +127,9 @@ class LayerCost:
     # the cache the step leaves behind, per device, where it is not what the step read and wrote (a
     # recurrent state is read and rewritten in place: held once); None: see simulate
     kv_held_bytes: Array | None = None
+    # decode: the cache the step's sequences hold before it, where the step reads less of it (sparse
+    # attention reads only the tokens its indexer picks); None: what it reads
+    kv_cached_bytes: Array | None = None
     notes: list[str] = field(default_factory=list)
 
     def peak_activations(self) -> Array:

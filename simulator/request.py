@@ -26,7 +26,7 @@ import pandas as pd
 
 from simulator.config import HardwareConfig, ModelConfig, Workload, describe_weight_dtypes
 from simulator.errors import ConfigError
-from simulator.sweep import simulate
+from simulator.sweep import sequence_kv_bytes, simulate
 
 # decode columns summed over the steps of a request
 _SUMMED = (
@@ -128,8 +128,7 @@ def prefill_workload(workload: Workload, step: PrefillStep, ranks: int = 1) -> W
 def prompt_kv_bytes(model: ModelConfig, hardware: HardwareConfig, workload: Workload, prompt: int) -> float:
     """KV-cache bytes one whole prompt of `prompt` tokens holds on a device: what a decode step of one
     sequence at that context reads."""
-    one = {"phase": "decode", "batch": [1], "context": [prompt], "prefix": 0, "logits": "last"}
-    return float(simulate(model, hardware, workload.model_copy(update=one))["kv_read_bytes"].iloc[0])
+    return float(sequence_kv_bytes(model, workload, [prompt])[0])
 
 
 def largest_passing(

@@ -181,6 +181,27 @@ def layer_entries(model: ModelConfig, points: Points, workload: Workload | None 
     return entries
 
 
+def kv_cached(cost: LayerCost, n: int) -> np.ndarray:
+    """A decode step's cache before it, per point: what it reads, unless it reads less of it (sparse
+    attention)."""
+    held = cost.kv_read_bytes if cost.kv_cached_bytes is None else cost.kv_cached_bytes
+    return np.broadcast_to(np.asarray(held, dtype=np.float64), (n,))
+
+
+def cached_kv_bytes(entries: Sequence[LayerEntry], n: int) -> np.ndarray:
+    """The KV cache the sequences of `n` decode points hold on a device, all layers: what a request at
+    that context keeps (recurrent mixers: their state)."""
+    return sum((kv_cached(e.cost, n) * max(len(e.blocks), 1) for e in entries), np.zeros(n))
+
+
+def sequence_kv_bytes(model: ModelConfig, workload: Workload, contexts: Sequence[int]) -> np.ndarray:
+    """KV-cache bytes one sequence holds on a device at each of `contexts` tokens, all layers: what
+    a decode step of it at that context finds cached."""
+    one = {"phase": "decode", "batch": [1], "context": list(contexts), "prefix": 0, "logits": "last"}
+    wl = workload.model_copy(update=one)
+    return cached_kv_bytes(layer_entries(model, Points.grid(wl, routing_model(wl)), wl), len(contexts))
+
+
 def total_params(entries: Sequence[LayerEntry]) -> tuple[float, float]:
     """(stored, active per token) parameters of the model; shared tables counted once."""
     stored = 0.0
@@ -287,7 +308,7 @@ def simulate(
         if c.kv_held_bytes is not None:
             kv_resident = np.broadcast_to(np.asarray(c.kv_held_bytes, dtype=np.float64), (n,))
         elif workload.phase == "decode":
-            kv_resident = row["kv_read_bytes"] + row["kv_write_bytes"]
+            kv_resident = kv_cached(c, n) + row["kv_write_bytes"]
         else:
             kv_resident = np.maximum(row["kv_read_bytes"], row["kv_write_bytes"])
         row["act_peak_bytes"] = np.broadcast_to(np.asarray(c.peak_activations(), dtype=np.float64), (n,))

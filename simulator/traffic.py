@@ -76,7 +76,15 @@ from simulator.request import (
 )
 from simulator.request_trace import RequestTrace
 from simulator.routing import RoutingModel
-from simulator.sweep import LayerEntry, check_parallelism, layer_entries, routing_model, simulate
+from simulator.sweep import (
+    LayerEntry,
+    check_parallelism,
+    kv_cached,
+    layer_entries,
+    routing_model,
+    sequence_kv_bytes,
+    simulate,
+)
 
 ARRIVALS = ("poisson", "even")
 # KV allocation: each request's P + G reserved at admission, or vLLM's blocks as tokens are computed with
@@ -186,7 +194,7 @@ def block_kv_bytes(model: ModelConfig, workload: Workload, block_tokens: int, lo
     wl = _decode_workload(workload, [1], [end - block_tokens, end])
     total = 0.0
     for e in _grid_entries(model, wl, routing_model(workload)):
-        before, after = np.broadcast_to(np.asarray(e.cost.kv_read_bytes, dtype=np.float64), (2,))
+        before, after = kv_cached(e.cost, 2)
         total += max(after - before, 0.0) * max(len(e.blocks), 1)
     return int(np.ceil(total))
 
@@ -1118,9 +1126,7 @@ def request_kv_bytes(
     """`prompt_kv_bytes` at each of `tokens` (P + G per request), costed once per distinct count in one
     sweep, rounded up to whole bytes so that the engine's reservations add up exactly."""
     distinct, index = np.unique(np.asarray(tokens, dtype=np.int64), return_inverse=True)
-    one = {"phase": "decode", "batch": [1], "context": distinct.tolist(), "prefix": 0, "logits": "last"}
-    df = simulate(model, hardware, workload.model_copy(update=one))
-    kv = df.groupby("context", sort=False)["kv_read_bytes"].first().reindex(distinct).to_numpy()
+    kv = sequence_kv_bytes(model, workload, distinct.tolist())
     return np.ceil(kv[index]).astype(np.int64)
 
 

@@ -294,3 +294,86 @@ def test_learned_position_table_gathers_one_row_per_token_and_counts_its_weights
     assert ReferenceModel(cfg, device="meta").param_count() == total
     with pytest.raises(ValueError, match="learned_positions needs"):
         ModelConfig(name="x", d_model=d, vocab_size=vocab, learned_positions=True, blocks=cfg.blocks)
+
+
+def _dsa_model(sparse: bool = True) -> ModelConfig:
+    """One DeepSeek-V3.2 attention layer (16 of its 128 heads) and a small MLP; without `sparse`, the
+    same MLA layer without its indexer (DeepSeek-V3's)."""
+    attn = AttentionConfig(
+        kind="mla",
+        n_heads=16,
+        q_lora_rank=1536,
+        kv_lora_rank=512,
+        qk_nope_head_dim=128,
+        qk_rope_head_dim=64,
+        v_head_dim=128,
+        index_topk=2048 if sparse else None,
+        index_n_heads=64 if sparse else None,
+        index_head_dim=128 if sparse else None,
+    )
+    return ModelConfig(
+        name="v32-like",
+        d_model=2048,
+        vocab_size=1000,
+        blocks=[BlockConfig(attention=attn, ffn=[DenseFFNConfig(d_ff=1024)])],
+    )
+
+
+def test_sparse_attention_decode_reads_the_index_keys_and_only_the_picked_latent_rows() -> None:
+    """DeepSeek-V3.2 decode at 5000 cached tokens: the indexer's score product reads every cached index
+    key (2 x 5000 x 128 elements) and its queries; the gather reads the 2048 picked rows of the
+    576-wide latent cache, not 5000 (hand count, bf16). The simulator charges the same rows, with the
+    index keys in fp8 and a float32 scale (132 bytes, as DeepSeek's kernels and vLLM store them), and
+    holds the whole cache."""
+    b, ctx, topk, row = 2, 5000, 2048, 512 + 64
+    ops = count_model(_dsa_model(), batch=b, context=ctx)
+    attn = ops[ops["layer"] == "block0.attn"]
+    index_scores = attn[(attn["op"] == "aten.bmm.default") & (attn["flops"] == 2 * b * 64 * 128 * ctx)]
+    assert index_scores["bytes_read"].tolist() == [b * ctx * 128 * BF16 + b * 64 * 128 * BF16]
+    gathers = attn[attn["op"] == "aten.index.Tensor"]
+    assert len(gathers) == 1
+    ids = b * topk * 8 + b * 8  # the picked positions and the batch index, int64
+    assert gathers["bytes_read"].iloc[0] == b * topk * row * BF16 + ids
+
+    frame = simulate(
+        _dsa_model(),
+        load_hardware("h100-sxm"),
+        Workload(phase="decode", batch=[b], context=[ctx]),
+        per_layer=True,
+    )
+    layer = frame[frame["layer"] == "block0.attn"].iloc[0]
+    assert layer["kv_read_bytes"] == b * (topk * row * BF16 + ctx * 132)
+    assert layer["kv_write_bytes"] == b * (row * BF16 + 132)
+    # FLOPs: projections, absorbed MLA over the picked rows, and the indexer over every cached key
+    params = layer["params"]
+    mla_pair = 2 * 16 * (512 + 64) + 2 * 16 * 512
+    assert layer["flops"] == 2 * params * b + mla_pair * b * topk + 2 * 64 * 129 * b * ctx
+    held = simulate(
+        _dsa_model(sparse=False),
+        load_hardware("h100-sxm"),
+        Workload(phase="decode", batch=[b], context=[ctx]),
+        per_layer=True,
+    )
+    dense_layer = held[held["layer"] == "block0.attn"].iloc[0]
+    assert dense_layer["kv_read_bytes"] == b * ctx * row * BF16
+    # held: every token's latent and index key (the dense layer: the latents), and the indexer weights
+    indexer_weights = (1536 * 64 * 128 + 2048 * (128 + 64)) * BF16
+    assert layer["memory_bytes"] - dense_layer["memory_bytes"] >= b * (ctx + 1) * 132 + indexer_weights
+
+
+def test_sparse_attention_prefill_pairs_are_capped_at_top_k() -> None:
+    """A 5000-token prompt: query i attends over min(i, 2048) keys (sum by hand), while the indexer
+    scores all i; the latent and index keys are each read once."""
+    t, topk = 5000, 2048
+    frame = simulate(
+        _dsa_model(),
+        load_hardware("h100-sxm"),
+        Workload(phase="prefill", batch=[1], context=[t]),
+        per_layer=True,
+    )
+    layer = frame[frame["layer"] == "block0.attn"].iloc[0]
+    attended = sum(min(i, topk) for i in range(1, t + 1))
+    scored = t * (t + 1) // 2
+    expanded_pair = 2 * 16 * (192 + 128)  # prefill expands the latent: q.k over 192, p.v over 128
+    assert layer["flops"] == 2 * layer["params"] * t + expanded_pair * attended + 2 * 64 * 129 * scored
+    assert layer["kv_read_bytes"] == t * (576 * BF16 + 132)

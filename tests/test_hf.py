@@ -34,7 +34,14 @@ def attention_params(a: AttentionConfig, d: int) -> int:
         q = d * a.q_lora_rank + a.q_lora_rank + a.q_lora_rank * q_out if a.q_lora_rank else d * q_out
         kv_a = d * (a.kv_lora_rank + a.qk_rope_head_dim) + a.kv_lora_rank  # kv_a_proj_with_mqa + its norm
         kv_b = a.kv_lora_rank * a.n_heads * (a.qk_nope_head_dim + a.v_head_dim)
-        return q + kv_a + kv_b + a.n_heads * a.v_head_dim * d
+        # DeepSeek-V3.2's lightning indexer: queries off the query latent, one key, a weight per head
+        indexer = (
+            (a.q_lora_rank or d) * a.index_n_heads * a.index_head_dim
+            + d * (a.index_head_dim + a.index_n_heads)
+            if a.index_n_heads and a.index_head_dim
+            else 0
+        )
+        return q + kv_a + kv_b + a.n_heads * a.v_head_dim * d + indexer
     assert a.head_dim is not None
     kv = a.n_kv_heads or a.n_heads
     weights = d * a.n_heads * a.head_dim + 2 * d * kv * a.head_dim + a.n_heads * a.head_dim * d
@@ -667,3 +674,21 @@ def test_starcoder2_biases_ungated_mlp_and_window_on_every_layer() -> None:
     assert (ffn.d_ff, ffn.activation, ffn.bias) == (18432, "gelu", True)
     with pytest.raises(ConfigError, match="hidden_act 'swish2' is not supported"):
         from_hf_config({**hf("starcoder2-7b"), "hidden_act": "swish2"}, "bad")
+
+
+def test_deepseek_v32_adds_the_lightning_indexer_to_v3() -> None:
+    """DeepSeek-V3.2-Exp: V3's shapes plus a lightning indexer per layer (64 heads of 128 off the 1536
+    query latent, a 128-wide key, 64 head weights). The checkpoint's 685,396,921,376 tensor elements
+    are the main model, the MTP layer (13,477,385,728) and fp32 block scales (41,591,584); the hand
+    count leaves out the indexer's key LayerNorm (weight and bias, 256 a layer)."""
+    m = from_hf_config(hf("DeepSeek-V3.2-Exp"), "v32")
+    a = m.blocks[0].attention
+    assert isinstance(a, AttentionConfig)
+    assert (a.index_topk, a.index_n_heads, a.index_head_dim, a.index_key_bytes) == (2048, 64, 128, 132)
+    main = 685_396_921_376 - 13_477_385_728 - 41_591_584
+    assert main == 671_026_419_200 + 61 * (1536 * 8192 + 7168 * 128 + 7168 * 64 + 256)  # V3 + indexers
+    assert total_params(m) == main - 61 * 256
+    # every other weight is V3's: the blocks equal V3's once the indexer is taken off
+    plain = a.model_copy(update={"index_topk": None, "index_n_heads": None, "index_head_dim": None})
+    v3 = from_hf_config(hf("DeepSeek-V3"), "v3")
+    assert [b.model_copy(update={"attention": plain}) for b in m.blocks] == v3.blocks

@@ -20,6 +20,7 @@ from profiler.modules import (
     MLAAttention,
     MoE,
     ReferenceModel,
+    SparseMLAAttention,
     UltraMem,
     UltraMemV2,
 )
@@ -416,6 +417,72 @@ def test_mla_prefill_causal() -> None:
     rows = [_latent(attn, w64(x[0, p])) for p in range(4)]
     for p in range(4):
         want = _mla_reference(attn, w64(x[0, p]), rows[: p + 1])
+        torch.testing.assert_close(got[0, p].double(), want, **TOL)
+
+
+def _dsa_config(q_lora: int | None, topk: int) -> AttentionConfig:
+    return AttentionConfig(
+        kind="mla",
+        n_heads=3,
+        q_lora_rank=q_lora,
+        kv_lora_rank=10,
+        qk_nope_head_dim=6,
+        qk_rope_head_dim=4,
+        v_head_dim=5,
+        index_topk=topk,
+        index_n_heads=2,
+        index_head_dim=7,
+    )
+
+
+def _index_key(attn: SparseMLAAttention, x: torch.Tensor) -> torch.Tensor:
+    k = lin(attn.index_wk, x)
+    norm = attn.index_k_norm
+    return (k - k.mean()) / torch.sqrt(k.var(unbiased=False) + norm.eps) * w64(norm.weight) + w64(norm.bias)
+
+
+def _picked(attn: SparseMLAAttention, x: torch.Tensor, keys: list[torch.Tensor]) -> list[int]:
+    """The lightning indexer by hand: score_j = sum over index heads of w_h(x) ReLU(q_h . k_j); the
+    indices of the top-k scores."""
+    latent = rms_norm(lin(attn.wq_a, x), attn.q_norm) if attn.wq_a is not None else x  # type: ignore[arg-type]
+    q = lin(attn.index_wq, latent).view(attn.index_heads, attn.index_dim)
+    w = lin(attn.index_weights, x)
+    scores = [sum(float(w[h]) * max(float(q[h] @ k), 0.0) for h in range(attn.index_heads)) for k in keys]
+    return sorted(range(len(keys)), key=lambda j: -scores[j])[: attn.topk]
+
+
+@pytest.mark.parametrize("q_lora", [None, 12])
+def test_sparse_mla_decode_attends_over_the_indexers_top_k_only(q_lora: int | None) -> None:
+    """DeepSeek-V3.2 decode: of 7 reachable tokens (6 cached + its own) the indexer picks 3, and the
+    output is MLA (expanded, by hand) over those 3 latent rows."""
+    attn = randomize_(SparseMLAAttention(_dsa_config(q_lora, topk=3), D, kv_mode="append"))
+    b, s = 2, 6
+    attn.setup_cache(b, s)
+    assert attn.kv_cache is not None and attn.index_cache is not None
+    rows_cached, keys_cached = attn.kv_cache.clone(), attn.index_cache.clone()
+    x = torch.randn(b, 1, D)
+    got = attn(x)
+    for i in range(b):
+        xi = w64(x[i, 0])
+        rows = [w64(rows_cached[i, j]) for j in range(s)] + [_latent(attn, xi)]
+        keys = [w64(keys_cached[i, j]) for j in range(s)] + [_index_key(attn, xi)]
+        picked = _picked(attn, xi, keys)
+        want = _mla_reference(attn, xi, [rows[j] for j in picked])
+        torch.testing.assert_close(got[i, 0].double(), want, **TOL)
+        full = _mla_reference(attn, xi, rows)
+        assert not torch.allclose(want, full, **TOL)  # the pick matters: 3 of 7 rows
+
+
+def test_sparse_mla_prefill_picks_among_causal_keys() -> None:
+    attn = randomize_(SparseMLAAttention(_dsa_config(8, topk=3), D, phase="prefill"))
+    t = 6
+    x = torch.randn(1, t, D)
+    got = attn(x)
+    rows = [_latent(attn, w64(x[0, p])) for p in range(t)]
+    keys = [_index_key(attn, w64(x[0, p])) for p in range(t)]
+    for p in range(t):
+        picked = _picked(attn, w64(x[0, p]), keys[: p + 1])
+        want = _mla_reference(attn, w64(x[0, p]), [rows[j] for j in picked])
         torch.testing.assert_close(got[0, p].double(), want, **TOL)
 
 
@@ -875,6 +942,18 @@ ATTENTIONS = {
         qk_rope_head_dim=2,
         v_head_dim=3,
     ),
+    "mla_sparse": AttentionConfig(
+        kind="mla",
+        n_heads=2,
+        q_lora_rank=8,
+        kv_lora_rank=6,
+        qk_nope_head_dim=4,
+        qk_rope_head_dim=2,
+        v_head_dim=3,
+        index_topk=4,
+        index_n_heads=3,
+        index_head_dim=5,
+    ),
 }
 
 
@@ -891,6 +970,10 @@ def _hand_params(cfg: ModelConfig) -> int:
             total += d * (a.kv_lora_rank + a.qk_rope_head_dim)
             total += a.kv_lora_rank * a.n_heads * (a.qk_nope_head_dim + a.v_head_dim)
             total += a.n_heads * a.v_head_dim * d
+            if a.index_topk:  # DSA's indexer: queries off the query latent, one key, head weights
+                total += a.q_lora_rank * a.index_n_heads * a.index_head_dim + d * (
+                    a.index_head_dim + a.index_n_heads
+                )
         else:
             hd, kv = a.head_dim, a.kv_heads
             total += 2 * d * a.n_heads * hd + 2 * d * kv * hd

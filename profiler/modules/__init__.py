@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from profiler.modules.attention import Attention, MLAAttention, build_attention
+from profiler.modules.attention import Attention, MLAAttention, SparseMLAAttention, build_attention
 from profiler.modules.common import RoutingRecorder, layer_range, torch_dtype
 from profiler.modules.ffn import DenseFFN
 from profiler.modules.memory_plus import MemoryPlus
@@ -23,6 +23,7 @@ __all__ = [
     "DenseFFN",
     "GatedDeltaNet",
     "MLAAttention",
+    "SparseMLAAttention",
     "Mamba",
     "Mamba2",
     "MemoryPlus",

@@ -238,13 +238,14 @@ class MLAAttention(_CachedAttention):
     def _cache_shapes(self, batch: int, capacity: int) -> dict[str, tuple[int, ...]]:
         return {"kv_cache": (batch, capacity, self.c + self.rope)}
 
-    def _queries(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _queries(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(q_nope, q_rope, the normalised query latent, or x without a query LoRA)."""
         b, t, _ = x.shape
         if self.wq_a is not None:
             assert self.q_norm is not None
             x = self.q_norm(self.wq_a(x))
         q = self.wq_b(x).view(b, t, self.n_heads, self.nope + self.rope)
-        return q[..., : self.nope], q[..., self.nope :]
+        return q[..., : self.nope], q[..., self.nope :], x
 
     def _latent(self, x: torch.Tensor) -> torch.Tensor:
         kv = self.wkv_a(x)
@@ -252,7 +253,7 @@ class MLAAttention(_CachedAttention):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
-        q_nope, q_rope = self._queries(x)
+        q_nope, q_rope, _ = self._queries(x)
         latent = self._latent(x)  # (b, t, c + rope)
         w = self.wkv_b.weight.view(self.n_heads, self.nope + self.vdim, self.c)
         w_uk, w_uv = w[:, : self.nope], w[:, self.nope :]
@@ -279,6 +280,77 @@ class MLAAttention(_CachedAttention):
         values = keys[..., : self.c]
         o_lat = grouped_decode_attention(q, keys, values, scale=self.scale)
         out = torch.einsum("bhtc,hvc->bthv", o_lat, w_uv)
+        return self.wo(out.reshape(b, t, self.n_heads * self.vdim))
+
+
+class SparseMLAAttention(MLAAttention):
+    """MLA with DeepSeek Sparse Attention (DeepSeek-V3.2): a lightning indexer scores every reachable
+    token, sum over index heads h of w_h(x) * ReLU(q_h . k), from index queries projected off the query
+    latent and one LayerNorm'd index key per token, cached beside the latent; each query then attends
+    over the index_topk best-scored tokens only. Decode gathers those rows of the latent cache; prefill
+    runs the expanded attention under a mask of the picked keys (DeepSeek's masked-MHA mode). The index
+    cache is kept in the module's dtype (DeepSeek's kernels keep it in fp8 with a scale)."""
+
+    def _build(self, cfg: AttentionConfig, d_model: int, f: dict[str, object]) -> None:
+        super()._build(cfg, d_model, f)
+        assert cfg.index_topk and cfg.index_n_heads and cfg.index_head_dim
+        self.topk, self.index_heads, self.index_dim = cfg.index_topk, cfg.index_n_heads, cfg.index_head_dim
+        q_in = cfg.q_lora_rank or d_model
+        self.index_wq = nn.Linear(q_in, self.index_heads * self.index_dim, bias=False, **f)
+        self.index_wk = nn.Linear(d_model, self.index_dim, bias=False, **f)
+        self.index_k_norm = nn.LayerNorm(self.index_dim, **f)
+        self.index_weights = nn.Linear(d_model, self.index_heads, bias=False, **f)
+        self.index_cache: torch.Tensor | None = None
+
+    def _cache_shapes(self, batch: int, capacity: int) -> dict[str, tuple[int, ...]]:
+        return {**super()._cache_shapes(batch, capacity), "index_cache": (batch, capacity, self.index_dim)}
+
+    def _index_scores(self, x: torch.Tensor, q_latent: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """(b, t, S) scores of S index keys (b, S, index_dim) for the t queries of x."""
+        b, t, _ = x.shape
+        q = self.index_wq(q_latent).view(b, t, self.index_heads, self.index_dim)
+        per_head = torch.einsum("bthd,bsd->bths", q, keys).relu()
+        return torch.einsum("bths,bth->bts", per_head, self.index_weights(x)) * self.index_heads**-0.5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        q_nope, q_rope, q_latent = self._queries(x)
+        latent = self._latent(x)  # (b, t, c + rope)
+        index_keys = self.index_k_norm(self.index_wk(x))  # (b, t, index_dim)
+        w = self.wkv_b.weight.view(self.n_heads, self.nope + self.vdim, self.c)
+        if self.phase == "prefill":
+            scores = self._index_scores(x, q_latent, index_keys)  # (b, t, t)
+            causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+            picked = scores.masked_fill(~causal, float("-inf")).topk(min(t, self.topk), dim=-1).indices
+            mask = torch.zeros(b, t, t, dtype=torch.bool, device=x.device).scatter(-1, picked, True) & causal
+            kv = self.wkv_b(latent[..., : self.c]).view(b, t, self.n_heads, self.nope + self.vdim)
+            k_rope = latent[..., self.c :].unsqueeze(2).expand(b, t, self.n_heads, self.rope)
+            k = torch.cat([kv[..., : self.nope], k_rope], dim=-1).transpose(1, 2)
+            v = kv[..., self.nope :].transpose(1, 2)
+            q = torch.cat([q_nope, q_rope], dim=-1).transpose(1, 2)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.unsqueeze(1), scale=self.scale)
+            return self.wo(out.transpose(1, 2).reshape(b, t, self.n_heads * self.vdim))
+        self._check_cache(b)
+        assert self.kv_cache is not None and self.index_cache is not None
+        if self.kv_mode == "fixed":
+            empty = not self.kv_cache.shape[1]  # a chunk's first token attends to itself
+            rows = latent if empty else self.kv_cache
+            keys = index_keys if empty else self.index_cache
+        else:
+            pos, reach = self._advance(t)
+            self.kv_cache[:, pos : pos + t].copy_(latent)
+            self.index_cache[:, pos : pos + t].copy_(index_keys)
+            rows, keys = self.kv_cache[:, reach], self.index_cache[:, reach]
+        scores = self._index_scores(x, q_latent, keys)  # (b, t, S)
+        picked = scores.topk(min(scores.shape[-1], self.topk), dim=-1).indices  # (b, t, k)
+        # only the picked rows of the latent cache are read: (b, t, k, c + rope)
+        chosen = rows[torch.arange(b, device=x.device).view(b, 1, 1), picked]
+        w_uk, w_uv = w[:, : self.nope], w[:, self.nope :]
+        q_lat = torch.einsum("bthn,hnc->bthc", q_nope, w_uk)
+        q = torch.cat([q_lat, q_rope], dim=-1).reshape(b * t, 1, self.n_heads, -1)  # a query per batch row
+        keys_bt = chosen.reshape(b * t, 1, chosen.shape[2], -1)
+        o_lat = grouped_decode_attention(q, keys_bt, keys_bt[..., : self.c], scale=self.scale)
+        out = torch.einsum("bhc,hvc->bhv", o_lat.reshape(b * t, self.n_heads, self.c), w_uv)
         return self.wo(out.reshape(b, t, self.n_heads * self.vdim))
 
 
@@ -325,5 +397,8 @@ def sink_attention(
 
 
 def build_attention(cfg: AttentionConfig, d_model: int, **kwargs: object) -> _CachedAttention:
-    cls = MLAAttention if cfg.kind == "mla" else Attention
+    if cfg.kind == "mla":
+        cls: type[_CachedAttention] = SparseMLAAttention if cfg.index_topk is not None else MLAAttention
+    else:
+        cls = Attention
     return cls(cfg, d_model, **kwargs)  # type: ignore[arg-type]

@@ -20,7 +20,9 @@ from simulator.hf.reader import (
 )
 
 
-def _mla(r: Reader) -> AttentionConfig:
+def _mla(r: Reader, sparse: bool = False) -> AttentionConfig:
+    """DeepSeek's MLA; `sparse`: with V3.2's lightning indexer (DSA), which picks `index_topk` tokens
+    per query."""
     nope = r.need_int("qk_nope_head_dim")
     rope = r.need_int("qk_rope_head_dim")
     # q_lora_rank null (V2-Lite) means a plain W_Q projection; 0 is written by some ports for the same
@@ -39,6 +41,9 @@ def _mla(r: Reader) -> AttentionConfig:
             qk_nope_head_dim=nope,
             qk_rope_head_dim=rope,
             v_head_dim=r.need_int("v_head_dim"),
+            index_topk=r.need_int("index_topk") if sparse else None,
+            index_n_heads=r.need_int("index_n_heads") if sparse else None,
+            index_head_dim=r.need_int("index_head_dim") if sparse else None,
         ),
     )
 
@@ -160,7 +165,15 @@ def _mixed_blocks(
 
 
 def _deepseek(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
-    attn = _mla(r)
+    return _deepseek_blocks(r, n_layers, _mla(r))
+
+
+def _deepseek_v32(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
+    """DeepSeek-V3.2: V3's blocks with sparse attention (DSA) on every layer."""
+    return _deepseek_blocks(r, n_layers, _mla(r, sparse=True))
+
+
+def _deepseek_blocks(r: Reader, n_layers: int, attn: AttentionConfig) -> list[BlockConfig]:
     n_routed = r.opt_int("n_routed_experts", None)
     first_dense = r.opt_int("first_k_dense_replace", 0) or 0
     freq = r.opt_int("moe_layer_freq", 1) or 1
@@ -470,6 +483,7 @@ BUILDERS: dict[str, Callable[[Reader, int, int], list[BlockConfig]]] = {
     "olmoe": _olmoe,
     "deepseek_v2": _deepseek,
     "deepseek_v3": _deepseek,
+    "deepseek_v32": _deepseek_v32,
     "gemma": _gemma_family(None),
     "gemma2": _gemma_family(2),
     "gemma3_text": _gemma_family(6, "sliding_window_pattern"),

@@ -33,7 +33,7 @@ def projection_params(attn: AttentionConfig, d_model: int) -> float:
         q = d_model * attn.q_lora_rank + attn.q_lora_rank * h * qk if attn.q_lora_rank else d_model * h * qk
         kv_down = d_model * (attn.kv_lora_rank + attn.qk_rope_head_dim)
         kv_up = attn.kv_lora_rank * h * (attn.qk_nope_head_dim + v)
-        return float(q + kv_down + kv_up + h * v * d_model)
+        return float(q + kv_down + kv_up + h * v * d_model + indexer_params(attn, d_model))
     kv = attn.kv_heads
     params = d_model * h * qk + 2 * d_model * kv * qk + h * v * d_model
     if attn.qkv_bias:
@@ -45,6 +45,17 @@ def projection_params(attn: AttentionConfig, d_model: int) -> float:
     if attn.output_gate:  # the gate's projection, as wide as the attention output (biased with q)
         params += (d_model + (1 if attn.qkv_bias else 0)) * h * v
     return float(params)
+
+
+def indexer_params(attn: AttentionConfig, d_model: int) -> float:
+    """The lightning indexer's weights (DSA; 0 without): its queries from the query latent (from x
+    without one), one key from x, and a weight per index head from x. Its key LayerNorm holds norm
+    weights only."""
+    if attn.index_n_heads is None or attn.index_head_dim is None:
+        return 0.0
+    q_in = attn.q_lora_rank or d_model
+    heads, dim = attn.index_n_heads, attn.index_head_dim
+    return float(q_in * heads * dim + d_model * dim + d_model * heads)
 
 
 def score_flops_per_pair(attn: AttentionConfig, phase: str) -> float:
@@ -74,6 +85,7 @@ def device_params(attn: AttentionConfig, d_model: int, tp: int) -> float:
         assert attn.kv_lora_rank and attn.qk_rope_head_dim
         down = d_model * (attn.kv_lora_rank + attn.qk_rope_head_dim)
         down += d_model * attn.q_lora_rank if attn.q_lora_rank else 0
+        down += indexer_params(attn, d_model)  # the indexer runs whole on every rank
         return down + (params - down) / tp
     qk, _ = head_dims(attn)
     kv = 2 * attn.kv_heads * qk * (d_model + (1 if attn.qkv_bias else 0))
@@ -116,11 +128,20 @@ def cached_keys_reached(attn: AttentionConfig, prefix: float) -> float:
 
 def attended_pairs(points: Points, attn: AttentionConfig) -> np.ndarray:
     """(query, key) pairs per step: decode tokens x keys in reach; prefill the causal pairs of positions
-    prefix+1 .. prefix+context of every sequence."""
+    prefix+1 .. prefix+context of every sequence. With sparse attention a query attends over at most
+    index_topk of the keys it reaches (which ones does not change the count): as a window of that
+    size counts them."""
     ctx = points.context
+    if attn.index_topk is not None:
+        attn = attn.model_copy(update={"sliding_window": attn.index_topk, "index_topk": None})
     if points.phase == "decode":
         return points.tokens * keys_in_reach(attn, ctx)
     return points.batch * (causal_pairs(attn, points.prefix + ctx) - causal_pairs(attn, points.prefix))
+
+
+def indexed_pairs(points: Points, attn: AttentionConfig) -> np.ndarray:
+    """(query, key) pairs the lightning indexer scores per step: every key each query reaches."""
+    return attended_pairs(points, attn.model_copy(update={"index_topk": None}))
 
 
 def cost(attn: AttentionConfig, model: ModelConfig, points: Points) -> LayerCost:
@@ -137,16 +158,26 @@ def cost(attn: AttentionConfig, model: ModelConfig, points: Points) -> LayerCost
     h = attn.n_heads
 
     pairs = attended_pairs(points, attn)
+    entry = kv_elems * points.b_kv / kv_split  # one token's cache entry, per device
+    index_key = float(attn.index_key_bytes)  # the indexer's cached key (DSA), whole on every rank
+    index_heads = attn.index_n_heads or 0
+    kv_cached = None
     if points.phase == "decode":
         reach = keys_in_reach(attn, ctx)
-        kv_read = batch * reach * kv_elems * points.b_kv / kv_split  # only keys within reach are read
-        scores = tokens * h * reach
+        picked = np.minimum(reach, attn.index_topk) if attn.index_topk is not None else reach
+        # only keys within reach are read; with sparse attention, the picked ones' entries and every
+        # reached token's index key
+        kv_read = batch * (picked * entry + reach * index_key)
+        if attn.index_topk is not None:
+            kv_cached = batch * reach * (entry + index_key)
+        scores = tokens * (h * picked / tp + index_heads * reach)
     else:
         cached = cached_keys_reached(attn, points.prefix)
         # ideal: each K/V tile read once, the prompt's own and the cached ones its queries reach
-        kv_read = batch * (ctx + cached) * kv_elems * points.b_kv / kv_split
-        scores = batch * h * ctx * (ctx + cached)  # an eager kernel materialises the whole rectangle
-    kv_write = tokens * kv_elems * points.b_kv / kv_split
+        kv_read = batch * (ctx + cached) * (entry + index_key)
+        # an eager kernel materialises the whole rectangle (sparse attention: as a mask over it)
+        scores = batch * ctx * (ctx + cached) * (h / tp + index_heads)
+    kv_write = tokens * (entry + index_key)
 
     if attn.kind != "mla":
         qkv_elems = h * qk + 2 * attn.kv_heads * qk + (h * v if attn.output_gate else 0)
@@ -155,24 +186,30 @@ def cost(attn: AttentionConfig, model: ModelConfig, points: Points) -> LayerCost
         qkv_elems = h * (attn.kv_lora_rank + attn.qk_rope_head_dim) + kv_elems
     else:  # prefill expands the latent into full per-head keys and values
         qkv_elems = 2 * h * qk + h * v
+    # the indexer's queries, key and head weights (whole on every rank)
+    index_elems = index_heads * ((attn.index_head_dim or 0) + 1) + (attn.index_head_dim or 0)
     # unfused path: x read and y written (whole on every rank); per-rank q/k/v and attention output
     # written and read; the score matrix written and read twice (scores, then softmax probabilities)
     act_naive = (
         tokens * 2 * d * points.b_a
-        + tokens * (2 * qkv_elems + 2 * h * v) * points.b_a / tp
-        + 4.0 * scores * points.b_a / tp
+        + tokens * ((2 * qkv_elems + 2 * h * v) / tp + 2 * index_elems) * points.b_a
+        + 4.0 * scores * points.b_a
     )
     weights = points.full(on_device * points.b_w)
     nan = points.full(np.nan)
     # live at the peak: x, y and the per-rank q/k/v and attention output; SDPA kernels keep the scores
     # on chip, so unlike act_naive no score matrix is held
-    act_peak = tokens * (2 * d + (qkv_elems + h * v) / tp) * points.b_a
+    act_peak = tokens * (2 * d + (qkv_elems + h * v) / tp + index_elems) * points.b_a
     if attn.kind == "mla" and points.phase == "prefill" and points.prefix:
         # the cached latents a chunk reaches, expanded into per-head keys and values, are alive too
         act_peak = (
             act_peak + batch * cached_keys_reached(attn, points.prefix) * h * (qk + v) / tp * points.b_a
         )
     flops = 2.0 * on_device * tokens + score_flops_per_pair(attn, points.phase) * pairs / tp
+    if attn.index_topk is not None:
+        assert attn.index_head_dim is not None
+        # per scored key: a dot product per index head, ReLU, and the heads' weighted sum
+        flops = flops + 2.0 * index_heads * (attn.index_head_dim + 1) * indexed_pairs(points, attn)
     if attn.kind == "mla" and points.phase == "prefill" and points.prefix:
         # the cached latents the chunk reaches are expanded into full keys and values too
         assert attn.kv_lora_rank and attn.qk_nope_head_dim
@@ -194,4 +231,5 @@ def cost(attn: AttentionConfig, model: ModelConfig, points: Points) -> LayerCost
         items_requested=nan.copy(),
         comm_bytes=allreduce_bytes(tokens, d, points.b_a, tp),
         act_peak_bytes=act_peak,
+        kv_cached_bytes=kv_cached,
     )
