@@ -304,6 +304,11 @@ class GatedDeltaNetConfig(_Recurrent):
     head_v_dim: PositiveInt
     chunk_size: PositiveInt = Field(64, description="chunk length of the prefill kernels")
     conv_bias: bool = False
+    gate_rank: PositiveInt | None = Field(
+        None,
+        description="Kimi Delta Attention (Kimi Linear): a decay per key channel and a sigmoid output "
+        "gate, each projected through this rank, in place of Gated DeltaNet's per-head decay and z",
+    )
 
     @model_validator(mode="after")
     def _k_heads_divide_v_heads(self) -> GatedDeltaNetConfig:

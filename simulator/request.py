@@ -127,7 +127,7 @@ def prefill_workload(workload: Workload, step: PrefillStep, ranks: int = 1) -> W
 
 def prompt_kv_bytes(model: ModelConfig, hardware: HardwareConfig, workload: Workload, prompt: int) -> float:
     """KV-cache bytes one whole prompt of `prompt` tokens holds on a device: what a decode step of one
-    sequence at that context reads."""
+    sequence at that context finds cached (more than it reads with sparse attention)."""
     return float(sequence_kv_bytes(model, workload, [prompt])[0])
 
 

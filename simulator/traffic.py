@@ -728,8 +728,8 @@ def engine_memory(
 ) -> tuple[float, float]:
     """(bytes the engine holds besides its requests' KV, KV bytes one request reserves). The first is
     `simulate`'s HBM for a prefill step of `budget` tokens (weights, that step's activations and the
-    residual stream: the largest step the engine runs) less that prompt's own cache; the second a decode
-    step's KV read of one sequence at P + G (`prompt_kv_bytes`)."""
+    residual stream: the largest step the engine runs) less that prompt's own cache; the second the
+    cache one sequence holds at P + G (`prompt_kv_bytes`)."""
     per_request = prompt_kv_bytes(model, hardware, workload, prompt + generate)
     full = {"phase": "prefill", "batch": [1], "context": [budget], "prefix": 0, "logits": "last"}
     held = float(simulate(model, hardware, workload.model_copy(update=full))["memory_bytes"].iloc[0])

@@ -288,10 +288,23 @@ def test_learned_position_table_gathers_one_row_per_token_and_counts_its_weights
         cfg, load_hardware("h100-sxm"), Workload(phase="decode", batch=[b], context=[100]), per_layer=True
     )
     embed = frame[frame["layer"] == "embed"].iloc[0]
-    assert embed["weight_bytes_ideal"] == embed["weight_bytes_naive"] == 2 * b * d * BF16
+    # ideal: the batch's sequences sit at one position here, so one position row serves them all
+    assert embed["weight_bytes_ideal"] == (b + 1) * d * BF16
+    assert embed["weight_bytes_naive"] == 2 * b * d * BF16
     assert embed["params"] == (vocab + positions) * d
     total = frame[frame["layer"] == "total"]["params"].iloc[0]
-    assert ReferenceModel(cfg, device="meta").param_count() == total
+    model = ReferenceModel(cfg, device="meta")
+    assert model.param_count() == total
+    assert "pos_embed" in model.module_layer_map() and "pos_embed" in dict(model.named_modules())
+    # tensor parallelism splits the token table over the ranks, not the position table
+    tp2 = simulate(
+        cfg,
+        load_hardware("h100-sxm"),
+        Workload(phase="decode", batch=[b], context=[100], tp=2),
+        per_layer=True,
+    )
+    held = tp2[tp2["layer"] == "embed"]["memory_bytes"].iloc[0]
+    assert held >= (vocab * d / 2 + positions * d) * BF16
     with pytest.raises(ValueError, match="learned_positions needs"):
         ModelConfig(name="x", d_model=d, vocab_size=vocab, learned_positions=True, blocks=cfg.blocks)
 
@@ -348,6 +361,16 @@ def test_sparse_attention_decode_reads_the_index_keys_and_only_the_picked_latent
     params = layer["params"]
     mla_pair = 2 * 16 * (512 + 64) + 2 * 16 * 512
     assert layer["flops"] == 2 * params * b + mla_pair * b * topk + 2 * 64 * 129 * b * ctx
+    # two tokens a step (speculative decoding): each query gathers its own 2048 rows, the index keys
+    # are read once for both
+    spec = simulate(
+        _dsa_model(),
+        load_hardware("h100-sxm"),
+        Workload(phase="decode", batch=[b], context=[ctx], tokens_per_step=2),
+        per_layer=True,
+    )
+    two = spec[spec["layer"] == "block0.attn"].iloc[0]
+    assert two["kv_read_bytes"] == 2 * b * topk * row * BF16 + b * ctx * 132
     held = simulate(
         _dsa_model(sparse=False),
         load_hardware("h100-sxm"),
@@ -362,7 +385,8 @@ def test_sparse_attention_decode_reads_the_index_keys_and_only_the_picked_latent
 
 
 def test_sparse_attention_prefill_pairs_are_capped_at_top_k() -> None:
-    """A 5000-token prompt: query i attends over min(i, 2048) keys (sum by hand), while the indexer
+    """A 5000-token prompt: query i attends over min(i, 2048) keys (sum by hand) in MLA's absorbed
+    form (DeepSeek-V3.2's sparse prefill gathers each query's picked latent rows), while the indexer
     scores all i; the latent and index keys are each read once."""
     t, topk = 5000, 2048
     frame = simulate(
@@ -374,6 +398,6 @@ def test_sparse_attention_prefill_pairs_are_capped_at_top_k() -> None:
     layer = frame[frame["layer"] == "block0.attn"].iloc[0]
     attended = sum(min(i, topk) for i in range(1, t + 1))
     scored = t * (t + 1) // 2
-    expanded_pair = 2 * 16 * (192 + 128)  # prefill expands the latent: q.k over 192, p.v over 128
-    assert layer["flops"] == 2 * layer["params"] * t + expanded_pair * attended + 2 * 64 * 129 * scored
+    absorbed_pair = 2 * 16 * (512 + 64) + 2 * 16 * 512  # q.k over the latent and rope key, p.v over c
+    assert layer["flops"] == 2 * layer["params"] * t + absorbed_pair * attended + 2 * 64 * 129 * scored
     assert layer["kv_read_bytes"] == t * (576 * BF16 + 132)

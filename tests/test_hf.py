@@ -692,3 +692,45 @@ def test_deepseek_v32_adds_the_lightning_indexer_to_v3() -> None:
     plain = a.model_copy(update={"index_topk": None, "index_n_heads": None, "index_head_dim": None})
     v3 = from_hf_config(hf("DeepSeek-V3"), "v3")
     assert [b.model_copy(update={"attention": plain}) for b in m.blocks] == v3.blocks
+
+
+def test_absent_head_keys_take_each_family_class_default() -> None:
+    """A trimmed config without K/V heads or head_dim gets the transformers class's default, recorded
+    as such: MiniMaxM2Config 8 of 128, Glm4Config 2 of 128, Starcoder2Config 2, SmolLM3Config 4."""
+    cases = [
+        ("MiniMax-M2", 8, 128),
+        ("GLM-4-9B-0414", 2, 128),
+        ("starcoder2-7b", 2, 128),
+        ("SmolLM3-3B", 4, 128),
+    ]
+    for file, kv, head_dim in cases:
+        cfg = {k: v for k, v in hf(file).items() if k not in ("num_key_value_heads", "head_dim")}
+        m = from_hf_config(cfg, file)
+        a = m.blocks[0].attention
+        assert isinstance(a, AttentionConfig)
+        assert (a.kv_heads, a.head_dim) == (kv, head_dim), file
+        assert m.provenance["hf.num_key_value_heads"].source.endswith(f"default {kv}")
+
+
+def test_smollm3_slides_on_its_nope_layers_when_asked() -> None:
+    """SmolLM3Config: with use_sliding_window and a window, the NoPE layers (every fourth) slide; the
+    RoPE layers stay full."""
+    cfg = {k: v for k, v in hf("SmolLM3-3B").items() if k not in ("layer_types", "no_rope_layers")}
+    m = from_hf_config({**cfg, "use_sliding_window": True, "sliding_window": 2048}, "smol-swa")
+    windows = [b.attention.sliding_window for b in m.expanded_blocks()]  # type: ignore[union-attr]
+    assert windows == [2048 if i % 4 == 3 else None for i in range(36)]
+    assert all(
+        w is None for w in (b.attention.sliding_window for b in from_hf_config(cfg, "s").expanded_blocks())
+    )  # type: ignore[union-attr]
+
+
+def test_the_text_configs_own_model_type_picks_the_decoder() -> None:
+    """transformers builds an image-text model's decoder from text_config.model_type: a supported one
+    (here Llama's, inside Mistral 3) is read as that family; an unknown one is refused by name, not read
+    as the wrapper's usual decoder."""
+    cfg = hf("Mistral-Small-3.1-24B")
+    llama_inside = {**cfg, "text_config": {**cfg["text_config"], "model_type": "llama"}}
+    assert "model_type llama" in from_hf_config(llama_inside, "m3-llama").description
+    unknown = {**cfg, "text_config": {**cfg["text_config"], "model_type": "ministral3"}}
+    with pytest.raises(ConfigError, match="text decoder of mistral3 is model_type 'ministral3'"):
+        from_hf_config(unknown, "ministral")

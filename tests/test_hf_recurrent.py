@@ -645,3 +645,69 @@ def test_falcon_mamba_config_equals_its_preset() -> None:
     assert ingested.blocks == preset.blocks
     fields = ("d_model", "vocab_size", "tie_embeddings")
     assert [getattr(ingested, f) for f in fields] == [getattr(preset, f) for f in fields]
+
+
+# ------------------------------------------------------------------------------------------- Kimi Linear
+def test_kimi_linear_layers_mixers_and_exact_published_total() -> None:
+    """Kimi-Linear-48B-A3B: 20 Kimi Delta Attention layers and 7 MLA layers at the 1-based positions
+    linear_attn_config lists (0-based 3, 7, ..., 23 and 26), a dense layer 0, then MoE. Its 49,122,681,728
+    weights (the Hub's safetensors total, the index's total_parameters and llama.cpp's count agree) less
+    its norm weights (two per layer, the final norm, KDA's 128-wide o_norm, MLA's 512-wide latent norm)
+    equal a hand count of the checkpoint's tensors, and the simulator's total."""
+    m = load("Kimi-Linear-48B-A3B-Instruct")
+    blocks = m.expanded_blocks()
+    mla_at = [i for i, b in enumerate(blocks) if isinstance(b.attention, AttentionConfig)]
+    assert mla_at == [3, 7, 11, 15, 19, 23, 26]
+    kda = blocks[0].attention
+    assert isinstance(kda, GatedDeltaNetConfig)
+    assert (kda.n_v_heads, kda.head_k_dim, kda.gate_rank, kda.state_dtype, kda.d_conv) == (
+        32,
+        128,
+        128,
+        "fp32",
+        4,
+    )
+    assert [b.ffn[0].kind for b in blocks[:2]] == ["dense", "moe"]
+
+    d, p = 2304, 32 * 128
+    kda_layer = 3 * p * d + 3 * p * 4 + 2 * (128 * d + p * 128) + 32 * d + 32 + p + p * d
+    mla_layer = d * 32 * 192 + d * 576 + 512 * 32 * 256 + p * d
+    moe_layer = 256 * 3 * d * 1024 + 3 * d * 1024 + d * 256 + 256
+    hand = 20 * kda_layer + 7 * mla_layer + 3 * d * 9216 + 26 * moe_layer + 2 * 163840 * d
+    norms = 27 * 2 * d + d + 20 * 128 + 7 * 512
+    assert hand == 49_122_681_728 - norms
+    frame = simulate(m, load_hardware("h100-sxm"), Workload(batch=[1], context=[1024]))
+    assert frame["params"].iloc[0] == hand
+    assert m.max_positions == 1_048_576  # model_max_length, KimiLinearConfig's name for it
+
+
+def test_kimi_linear_decode_reads_fp32_states_and_seven_layers_of_cache() -> None:
+    """One sequence's decode step at 32k: 20 fp32 states of 32 x 128 x 128 with their convolution
+    inputs (12288 channels x 3, bf16), and 7 MLA layers' 576-wide latents of every token (hand count)."""
+    m = load("Kimi-Linear-48B-A3B-Instruct")
+    frame = simulate(m, load_hardware("h100-sxm"), Workload(batch=[1], context=[32768]))
+    states = 20 * (32 * 128 * 128 * 4 + 12288 * 3 * 2)
+    assert frame["kv_read_bytes"].iloc[0] == states + 7 * 32768 * 576 * 2
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"linear_attn_config": None}, "missing required key 'linear_attn_config'"),
+        (
+            {
+                "linear_attn_config": {
+                    "kda_layers": [1, 2],
+                    "full_attn_layers": [3],
+                    "num_heads": 32,
+                    "head_dim": 128,
+                }
+            },
+            "must share out layers 1..27",
+        ),
+    ],
+)
+def test_kimi_linear_bad_layer_lists_are_one_line_errors(change: dict[str, Any], needle: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        from_hf_config({**hf("Kimi-Linear-48B-A3B-Instruct"), **change}, "bad")
+    assert needle in one_line(exc)

@@ -23,7 +23,15 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from profiler.count import count_model, summarize_layers
-from profiler.modules import Attention, GatedDeltaNet, Mamba, Mamba2, ReferenceModel, build_recurrent
+from profiler.modules import (
+    Attention,
+    GatedDeltaNet,
+    KimiDeltaAttention,
+    Mamba,
+    Mamba2,
+    ReferenceModel,
+    build_recurrent,
+)
 from profiler.modules.common import NORM_TYPES
 from profiler.opcount import op_bytes, tensor_bytes
 from simulator.config import (
@@ -172,11 +180,44 @@ class GatedDeltaNetLoop:
         return lin(m.out_proj, torch.cat(outs))
 
 
-Loop = MambaLoop | Mamba2Loop | GatedDeltaNetLoop
+class KimiDeltaLoop:
+    """Kimi Delta Attention, token by token, head by head: the delta rule after a decay per key
+    channel (each row of the head's state by its own factor), the output gated by a sigmoid."""
+
+    def __init__(self, m: KimiDeltaAttention, state: torch.Tensor | None, conv: torch.Tensor | None) -> None:
+        self.m = m
+        shape = (m.n_v_heads, m.head_k_dim, m.head_v_dim)
+        self.h = w64(state) if state is not None else torch.zeros(shape, dtype=F64)
+        self.conv = CausalConv(m.conv1d, conv)
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.m
+        kd, dk, dv = m.key_dim, m.head_k_dim, m.head_v_dim
+        qkv = self.conv.step(lin(m.in_proj_qkv, x))
+        q, k = qkv[:kd].view(m.n_k_heads, dk), qkv[kd : 2 * kd].view(m.n_k_heads, dk)
+        v = qkv[2 * kd :].view(m.n_v_heads, dv)
+        decay = softplus(lin(m.f_b, lin(m.f_a, x)) + w64(m.dt_bias)).view(m.n_v_heads, dk)
+        gate = torch.sigmoid(lin(m.g_b, lin(m.g_a, x)))
+        outs = []
+        for j in range(m.n_v_heads):
+            qj = q[j] / torch.sqrt(q[j] @ q[j] + 1e-6) / math.sqrt(dk)
+            kj = k[j] / torch.sqrt(k[j] @ k[j] + 1e-6)
+            beta = torch.sigmoid(lin(m.b_proj, x)[j])
+            g = -torch.exp(w64(m.A_log)[j]) * decay[j]  # one log decay per key channel
+            s = torch.exp(g)[:, None] * self.h[j]
+            delta = beta * (v[j] - s.T @ kj)
+            self.h[j] = s + torch.outer(kj, delta)
+            o = self.h[j].T @ qj
+            outs.append(rms(o, m.norm.eps) * w64(m.norm.weight) * gate[j * dv : (j + 1) * dv])
+        return lin(m.out_proj, torch.cat(outs))
+
+
+Loop = MambaLoop | Mamba2Loop | GatedDeltaNetLoop | KimiDeltaLoop
 LOOPS: dict[str, Callable[..., Loop]] = {
     "mamba": MambaLoop,
     "mamba2": Mamba2Loop,
     "gated_deltanet": GatedDeltaNetLoop,
+    "kda": KimiDeltaLoop,
 }
 MIXERS: dict[str, RecurrentMixer] = {
     "mamba": MambaConfig(d_inner=12, d_state=4, dt_rank=3, d_conv=4, proj_bias=True),
@@ -185,6 +226,9 @@ MIXERS: dict[str, RecurrentMixer] = {
     ),
     "gated_deltanet": GatedDeltaNetConfig(
         n_k_heads=2, n_v_heads=4, head_k_dim=6, head_v_dim=5, chunk_size=4, d_conv=4, conv_bias=True
+    ),
+    "kda": GatedDeltaNetConfig(
+        n_k_heads=3, n_v_heads=3, head_k_dim=6, head_v_dim=5, chunk_size=4, d_conv=4, gate_rank=4
     ),
 }
 

@@ -288,8 +288,10 @@ class SparseMLAAttention(MLAAttention):
     token, sum over index heads h of w_h(x) * ReLU(q_h . k), from index queries projected off the query
     latent and one LayerNorm'd index key per token, cached beside the latent; each query then attends
     over the index_topk best-scored tokens only. Decode gathers those rows of the latent cache; prefill
-    runs the expanded attention under a mask of the picked keys (DeepSeek's masked-MHA mode). The index
-    cache is kept in the module's dtype (DeepSeek's kernels keep it in fp8 with a scale)."""
+    runs the expanded attention under a mask of the picked keys (DeepSeek's masked-MHA mode for short
+    prompts: the same outputs, but every causal pair computed, where the simulator charges the sparse
+    absorbed form its long-prompt kernels run). The index cache is kept in the module's dtype
+    (DeepSeek's kernels keep it in fp8 with a scale)."""
 
     def _build(self, cfg: AttentionConfig, d_model: int, f: dict[str, object]) -> None:
         super()._build(cfg, d_model, f)

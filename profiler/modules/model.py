@@ -259,7 +259,8 @@ class ReferenceModel(nn.Module):
                 out[f"blocks.{i}.ffn.{j}"] = sub.layer_name  # type: ignore[union-attr]
         if self.embed is not None:
             out["embed"] = "embed"
-            out["pos_embed"] = "embed"
+            if self.pos_embed is not None:
+                out["pos_embed"] = "embed"
             out["norm"] = "head"
             out["head"] = "head"
         return out

@@ -464,6 +464,103 @@ class GatedDeltaNet(_RecurrentMixer):
         return self.out_proj(o.reshape(bsz, t, self.value_dim))
 
 
+class KimiDeltaAttention(GatedDeltaNet):
+    """Kimi Delta Attention (Kimi Linear): Gated DeltaNet with a decay per key channel instead of per
+    head, S = diag(exp(g)) S before the delta rule, where g = -exp(A_log) softplus(f_b(f_a(x)) + dt_bias)
+    per channel through a rank-`gate_rank` projection; the output is RMSNorm(o) * sigmoid(g_b(g_a(x)))
+    per head, and q, k, v come from one projection each (here one fused matrix, the same weights), with
+    beta from its own. The checkpoint's three short convolutions are one over q, k and v here.
+
+    Prefill's chunked form generalises Gated DeltaNet's with per-channel decays: within a chunk,
+    A_ij = beta_i sum_c k_ic k_jc G_ic / G_jc (j < i), u = (I + A)^-1 (beta V - beta (K * G) S0),
+    o_i = (q_i * G_i) S0 + sum_{j<=i} (sum_c q_ic k_jc G_ic / G_jc) u_j, and the chunk's final state is
+    diag(G_Q) S0 + sum_j diag(G_Q / G_j) k_j u_j^T; the ratios are taken as exp of log differences,
+    pair by pair within one chunk at a time."""
+
+    def __init__(self, cfg: GatedDeltaNetConfig, d_model: int, **kwargs: object) -> None:
+        _RecurrentMixer.__init__(self, cfg, d_model, **kwargs)  # type: ignore[arg-type]
+        assert cfg.gate_rank is not None
+        p = self.conv1d.weight
+        f = factory_kwargs(p.device, p.dtype)
+        self.n_k_heads, self.n_v_heads = cfg.n_k_heads, cfg.n_v_heads
+        self.head_k_dim, self.head_v_dim = cfg.head_k_dim, cfg.head_v_dim
+        self.key_dim, self.value_dim, self.chunk_size = cfg.key_dim, cfg.value_dim, cfg.chunk_size
+        bias, rank = cfg.proj_bias, cfg.gate_rank
+        self.in_proj_qkv = nn.Linear(d_model, 2 * self.key_dim + self.value_dim, bias=bias, **f)
+        self.b_proj = nn.Linear(d_model, self.n_v_heads, bias=bias, **f)
+        self.f_a = nn.Linear(d_model, rank, bias=False, **f)
+        self.f_b = nn.Linear(rank, self.key_dim, bias=False, **f)
+        self.g_a = nn.Linear(d_model, rank, bias=False, **f)
+        self.g_b = nn.Linear(rank, self.value_dim, bias=False, **f)
+        self.A_log = nn.Parameter(torch.empty(self.n_v_heads, **f))  # type: ignore[arg-type]
+        self.dt_bias = nn.Parameter(torch.empty(self.key_dim, **f))  # type: ignore[arg-type]
+        self.norm = nn.RMSNorm(self.head_v_dim, eps=1e-6, **f)
+        self.out_proj = nn.Linear(self.value_dim, d_model, bias=bias, **f)
+        with torch.no_grad():
+            self.A_log.copy_(torch.log(torch.linspace(1.0, 16.0, self.n_v_heads)))
+            self.dt_bias.fill_(1.0)
+
+    def _step(
+        self, state: torch.Tensor, qkv: torch.Tensor, beta: torch.Tensor, g: torch.Tensor
+    ) -> torch.Tensor:
+        """One token (qkv (B, channels), beta (B, heads), g (B, heads, head_k_dim))."""
+        sd = state.dtype
+        q, k, v = (u.to(sd) for u in self._heads(qkv))
+        s = state * torch.exp(g.to(sd)).unsqueeze(-1)  # each key row decays by its own channel's gate
+        delta = beta.to(sd).unsqueeze(-1) * (v - (k.unsqueeze(-2) @ s).squeeze(-2))
+        s = s + k.unsqueeze(-1) * delta.unsqueeze(-2)
+        state.copy_(s)
+        return (q.unsqueeze(-2) @ s).squeeze(-2)
+
+    def _chunked(
+        self, state: torch.Tensor, qkv: torch.Tensor, beta: torch.Tensor, g: torch.Tensor
+    ) -> torch.Tensor:
+        """A whole prompt (qkv (B, T, channels), beta (B, T, heads), g (B, T, heads, head_k_dim)) in
+        chunks: o (B, T, heads, head_v_dim); the final state written to `state`."""
+        bsz, t, _ = qkv.shape
+        cd = compute_dtype(state.dtype)
+        q_len, nc = self._chunking(t, self.chunk_size)
+        q, k, v = (to_chunks(u, nc, q_len) for u in self._heads(qkv.to(cd)))  # (B, H, nc, Q, dim)
+        beta = to_chunks(beta.to(cd), nc, q_len)  # (B, H, nc, Q)
+        gc = to_chunks(g.to(cd), nc, q_len).cumsum(-2)  # (B, H, nc, Q, dk): log decay from the chunk start
+        causal = torch.ones(q_len, q_len, dtype=torch.bool, device=qkv.device).tril()
+        eye = torch.eye(q_len, dtype=cd, device=qkv.device)
+        s = torch.zeros(state.shape, dtype=cd, device=qkv.device)
+        outs = []
+        for i in range(nc):
+            qi, ki, vi, bi, gi = q[:, :, i], k[:, :, i], v[:, :, i], beta[:, :, i], gc[:, :, i]
+            # G_ic / G_jc for j <= i, per channel: (B, H, Q, Q, dk)
+            log_ratio = (gi.unsqueeze(-2) - gi.unsqueeze(-3)).masked_fill(~causal[..., None], -math.inf)
+            ratio = log_ratio.exp()
+            a = torch.einsum("bhic,bhjc,bhijc->bhij", ki * bi.unsqueeze(-1), ki, ratio).tril(-1)
+            t_inv = torch.linalg.solve_triangular(a, eye.expand_as(a), upper=False, unitriangular=True)
+            w = t_inv @ (ki * bi.unsqueeze(-1) * gi.exp())
+            u = t_inv @ (vi * bi.unsqueeze(-1)) - w @ s
+            qk = torch.einsum("bhic,bhjc,bhijc->bhij", qi, ki, ratio)
+            outs.append((qi * gi.exp()) @ s + qk @ u)
+            k_to_end = ki * (gi[..., -1:, :] - gi).exp()
+            s = s * gi[..., -1, :].exp().unsqueeze(-1) + k_to_end.transpose(-1, -2) @ u
+        state.copy_(s)
+        o = torch.stack(outs, dim=2).reshape(bsz, self.n_v_heads, nc * q_len, self.head_v_dim)
+        return o[:, :, :t].transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bsz, t, _ = x.shape
+        state, _ = self._check_state(bsz)
+        qkv = self.in_proj_qkv(x)
+        beta = torch.sigmoid(self.b_proj(x))
+        decay = F.softplus(self.f_b(self.f_a(x)) + self.dt_bias).view(bsz, t, self.n_v_heads, self.head_k_dim)
+        g = -torch.exp(self.A_log).unsqueeze(-1) * decay  # log decay per key channel, < 0
+        if self.phase == "prefill":
+            o = self._chunked(state, self._conv_prompt(qkv), beta, g)
+        else:
+            steps = [self._step(state, self._conv_token(qkv[:, i]), beta[:, i], g[:, i]) for i in range(t)]
+            o = stack_tokens(steps)
+        gate = torch.sigmoid(self.g_b(self.g_a(x))).view(bsz, t, self.n_v_heads, self.head_v_dim)
+        o = self.norm(o.to(x.dtype)) * gate
+        return self.out_proj(o.reshape(bsz, t, self.value_dim))
+
+
 _RECURRENT_CLASSES: dict[str, type[_RecurrentMixer]] = {
     "mamba": Mamba,
     "mamba2": Mamba2,
@@ -473,4 +570,6 @@ _RECURRENT_CLASSES: dict[str, type[_RecurrentMixer]] = {
 
 def build_recurrent(cfg: RecurrentMixer, d_model: int, **kwargs: object) -> _RecurrentMixer:
     """The module of a recurrent mixer config (kwargs: phase, device, dtype)."""
+    if isinstance(cfg, GatedDeltaNetConfig) and cfg.gate_rank is not None:
+        return KimiDeltaAttention(cfg, d_model, **kwargs)  # type: ignore[arg-type]
     return _RECURRENT_CLASSES[cfg.kind](cfg, d_model, **kwargs)  # type: ignore[arg-type]

@@ -56,6 +56,7 @@ _ARCH_TO_TYPE: dict[str, str] = {
     "NemotronHForCausalLM": "nemotron_h",
     "GraniteMoeHybridForCausalLM": "granitemoehybrid",
     "BambaForCausalLM": "bamba",
+    "KimiLinearForCausalLM": "kimi_linear",
     "MiniMaxM2ForCausalLM": "minimax_m2",
     "Glm4ForCausalLM": "glm4",
     "Olmo3ForCausalLM": "olmo3",
@@ -104,6 +105,26 @@ _TEXT_DECODER_OF: dict[str, str] = {
     "qwen3_vl": "qwen3",
     "qwen3_vl_moe": "qwen3_moe",  # its text decoder has Qwen3-MoE's weights and layer rule
 }
+# the text_config model_types these wrappers name, read as the decoder family they are
+_TEXT_DECODER_ALIASES: dict[str, str] = {
+    "gemma3_text": "gemma3_text",
+    "llama4_text": "llama4_text",
+    "qwen3_vl_text": "qwen3",
+    "qwen3_vl_moe_text": "qwen3_moe",
+}
+
+
+def _text_decoder_type(inner: Any, outer: str, what: str) -> str:
+    """The family of an image-text model's text_config: its own model_type where it names one (as
+    transformers builds it), else the wrapper's default decoder; a type we cannot read is refused rather
+    than read as the default."""
+    if inner is None:
+        return _TEXT_DECODER_OF[outer]
+    if isinstance(inner, str) and (inner in _TEXT_DECODER_ALIASES or inner in _BUILDERS):
+        return _TEXT_DECODER_ALIASES.get(inner, inner)
+    raise ConfigError(f"{what}: the text decoder of {outer} is model_type {inner!r}, which is not supported")
+
+
 # families whose config class supplies a vocab_size default that hub configs may omit
 _VOCAB_DEFAULTS: dict[str, int] = {"gemma3_text": 262_208}
 
@@ -118,6 +139,8 @@ _KEY_ALIASES: dict[str, dict[str, str]] = {
         "max_position_embeddings": "n_positions",
         "intermediate_size": "n_inner",
     },
+    # Kimi Linear's context length (KimiLinearConfig maps max_position_embeddings to it)
+    "kimi_linear": {"max_position_embeddings": "model_max_length"},
 }
 
 
@@ -173,7 +196,8 @@ def from_hf_config(cfg: dict[str, Any], name: str) -> ModelConfig:
         cfg = {**cfg["text_config"]}
         if cfg.get("tie_word_embeddings") is None and outer.get("tie_word_embeddings") is not None:
             cfg["tie_word_embeddings"] = outer["tie_word_embeddings"]
-        decoder_of, model_type = f", the text decoder of {model_type}", _TEXT_DECODER_OF[model_type]
+        decoder_of = f", the text decoder of {model_type}"
+        model_type = _text_decoder_type(cfg.get("model_type"), model_type, what)
     builder = _BUILDERS.get(model_type or "")
     if builder is None:
         supported = ", ".join(sorted(_BUILDERS))
@@ -185,7 +209,7 @@ def from_hf_config(cfg: dict[str, Any], name: str) -> ModelConfig:
     n_layers = _LAYER_COUNT.get(model_type, _stated_layer_count)(r)
     per_layer = builder(r, d_model, n_layers)
     blocks = _group(per_layer)
-    fields = classic_families.MODEL_FIELDS.get(model_type, {})
+    fields = {**attention_families.MODEL_FIELDS, **classic_families.MODEL_FIELDS}.get(model_type, {})
 
     vocab_size = (
         r.need_int("vocab_size")

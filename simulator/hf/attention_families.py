@@ -16,36 +16,9 @@ from simulator.hf.reader import (
     dense_ffn,
     gated_activation,
     mistral_window,
+    mla_config,
     validated,
 )
-
-
-def _mla(r: Reader, sparse: bool = False) -> AttentionConfig:
-    """DeepSeek's MLA; `sparse`: with V3.2's lightning indexer (DSA), which picks `index_topk` tokens
-    per query."""
-    nope = r.need_int("qk_nope_head_dim")
-    rope = r.need_int("qk_rope_head_dim")
-    # q_lora_rank null (V2-Lite) means a plain W_Q projection; 0 is written by some ports for the same
-    q_lora = r.opt_int("q_lora_rank", None) or None
-    bias = r.opt_bool("attention_bias", False)
-    return validated(
-        r,
-        lambda: AttentionConfig(
-            kind="mla",
-            n_heads=r.need_int("num_attention_heads"),
-            head_dim=nope + rope,
-            qkv_bias=bias,
-            o_bias=bias,
-            q_lora_rank=q_lora,
-            kv_lora_rank=r.need_int("kv_lora_rank"),
-            qk_nope_head_dim=nope,
-            qk_rope_head_dim=rope,
-            v_head_dim=r.need_int("v_head_dim"),
-            index_topk=r.need_int("index_topk") if sparse else None,
-            index_n_heads=r.need_int("index_n_heads") if sparse else None,
-            index_head_dim=r.need_int("index_head_dim") if sparse else None,
-        ),
-    )
 
 
 def _llama(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
@@ -165,12 +138,12 @@ def _mixed_blocks(
 
 
 def _deepseek(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
-    return _deepseek_blocks(r, n_layers, _mla(r))
+    return _deepseek_blocks(r, n_layers, mla_config(r))
 
 
 def _deepseek_v32(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
     """DeepSeek-V3.2: V3's blocks with sparse attention (DSA) on every layer."""
-    return _deepseek_blocks(r, n_layers, _mla(r, sparse=True))
+    return _deepseek_blocks(r, n_layers, mla_config(r, sparse=True))
 
 
 def _deepseek_blocks(r: Reader, n_layers: int, attn: AttentionConfig) -> list[BlockConfig]:
@@ -394,7 +367,10 @@ def _minimax_m2(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
             f"{r.what}: attn_type_list must be 1 (softmax attention) on all {n_layers} layers; lightning "
             "attention (0) has no cost model"
         )
-    attn = attention_config(r, d, qkv_bias=False, o_bias=False, window=mistral_window(r))
+    # MiniMaxM2Config's defaults are the 230B's: 8 K/V heads of 128
+    attn = attention_config(
+        r, d, qkv_bias=False, o_bias=False, window=mistral_window(r), head_dim_default=128, kv_default=8
+    )
     shared = r.opt_count("shared_intermediate_size", 0)
     moe = _moe(
         r,
@@ -411,7 +387,9 @@ def _minimax_m2(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
 def _glm4(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
     """GLM-4-0414 dense: q/k/v biased by `attention_bias` (on by default), o never; fused gate/up MLP
     (the same weights as separate ones); four norms a layer (norm weights)."""
-    attn = attention_config(r, d, qkv_bias=r.opt_bool("attention_bias", True), o_bias=False)
+    # Glm4Config's defaults: 2 K/V heads of 128
+    bias = r.opt_bool("attention_bias", True)
+    attn = attention_config(r, d, qkv_bias=bias, o_bias=False, head_dim_default=128, kv_default=2)
     return [BlockConfig(attention=attn, ffn=[dense_ffn(r)]) for _ in range(n_layers)]
 
 
@@ -442,11 +420,19 @@ def _cohere(pattern: int | None) -> Callable[[Reader, int, int], list[BlockConfi
         )
         ffn = dense_ffn(r)
         return [
-            BlockConfig(attention=attention_config(r, d, qkv_bias=bias, o_bias=bias, window=w), ffn=[ffn])
+            BlockConfig(
+                attention=attention_config(r, d, qkv_bias=bias, o_bias=bias, window=w),
+                ffn=[ffn],
+                norm="layernorm",  # CohereLayerNorm: a mean-subtracting norm (weight only)
+            )
             for w in windows
         ]
 
     return build
+
+
+# families normalised by LayerNorm, model-wide (their blocks say so too)
+MODEL_FIELDS: dict[str, dict[str, Any]] = {"cohere": {"norm": "layernorm"}, "cohere2": {"norm": "layernorm"}}
 
 
 def _granite(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
@@ -459,15 +445,24 @@ def _granite(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
 
 
 def _smollm3(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
-    """SmolLM3: Llama weights; every fourth layer skips RoPE (no weights); `layer_types` may mark
-    sliding layers when `use_sliding_window` is set (none in the published 3B)."""
+    """SmolLM3: Llama weights (4 K/V heads by default); the NoPE layers (`no_rope_layers` 0, else every
+    `no_rope_layer_interval`-th) skip RoPE, which holds no weights, and slide when `use_sliding_window`
+    and `sliding_window` are set, as SmolLM3Config derives `layer_types` (stated, it wins)."""
     bias = r.opt_bool("attention_bias", False)
     ffn = dense_ffn(r, bias=r.opt_bool("mlp_bias", False))
-    windows: list[int | None] = (
-        _layer_windows(r, n_layers, 1, None) if r.cfg.get("layer_types") is not None else [None] * n_layers
-    )
+    if r.cfg.get("layer_types") is not None:
+        windows = _layer_windows(r, n_layers, 1, None)
+    else:
+        window = r.opt_int("sliding_window", None) if r.opt_bool("use_sliding_window", False) else None
+        every = r.opt_size("no_rope_layer_interval", 4)
+        rope = r.int_list("no_rope_layers") or [int((i + 1) % every != 0) for i in range(n_layers)]
+        if len(rope) != n_layers:
+            raise ConfigError(f"{r.what}: 'no_rope_layers' must have one entry per layer ({n_layers})")
+        windows = [None if uses_rope else window for uses_rope in rope]
     return [
-        BlockConfig(attention=attention_config(r, d, qkv_bias=bias, o_bias=bias, window=w), ffn=[ffn])
+        BlockConfig(
+            attention=attention_config(r, d, qkv_bias=bias, o_bias=bias, window=w, kv_default=4), ffn=[ffn]
+        )
         for w in windows
     ]
 

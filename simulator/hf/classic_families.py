@@ -64,7 +64,8 @@ def _starcoder2(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
     gelu_pytorch_tanh, the sliding window (when set) on every layer."""
     bias = r.opt_bool("use_bias", True)
     ffn = _plain_ffn(r, r.need_int("intermediate_size"), bias, "hidden_act", "gelu_pytorch_tanh")
-    return _blocks(r, d, n_layers, bias, ffn, window=r.opt_int("sliding_window", None))
+    # Starcoder2Config's default is 2 K/V heads (its 3B's)
+    return _blocks(r, d, n_layers, bias, ffn, window=r.opt_int("sliding_window", None), kv_default=2)
 
 
 BUILDERS: dict[str, Callable[[Reader, int, int], list[BlockConfig]]] = {

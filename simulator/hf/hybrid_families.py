@@ -1,6 +1,7 @@
 """Hugging Face configs of hybrid and state-space families: Qwen3-Next (Gated DeltaNet and gated
 attention), Jamba (Mamba and attention, MoE every other layer), Mamba and Falcon-Mamba, Mamba-2,
-Nemotron-H (a pattern of Mamba-2, attention, MLP and MoE layers), Granite-4.0-H and Bamba. Each
+Nemotron-H (a pattern of Mamba-2, attention, MLP and MoE layers), Granite-4.0-H, Bamba and Kimi Linear
+(Kimi Delta Attention and MLA). Each
 builder returns one BlockConfig per layer, as the attention families' builders do."""
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from simulator.hf.reader import (
     dense_ffn,
     gated_activation,
     mistral_window,
+    mla_config,
     per_layer_types,
     validated,
 )
@@ -503,6 +505,80 @@ def _bamba(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
     return [BlockConfig(attention=attn if i in indices else mamba, ffn=[ffn]) for i in range(n_layers)]
 
 
+def _kimi_layers(r: Reader, n_layers: int) -> list[str]:
+    """Per layer "kda" or "mla", from linear_attn_config's 1-based kda_layers and full_attn_layers, which
+    must share out the layers between them."""
+    linear = r.cfg.get("linear_attn_config")
+    if not isinstance(linear, dict):
+        raise ConfigError(f"{r.what}: missing required key 'linear_attn_config' (a JSON object)")
+    sub = Reader(linear, f"{r.what} linear_attn_config")
+    kda, full = set(sub.int_list("kda_layers")), set(sub.int_list("full_attn_layers"))
+    if kda & full or kda | full != set(range(1, n_layers + 1)):
+        raise ConfigError(
+            f"{r.what}: linear_attn_config's kda_layers and full_attn_layers must share out layers "
+            f"1..{n_layers} (1-based), got {sorted(kda)} and {sorted(full)}"
+        )
+    return ["kda" if i + 1 in kda else "mla" for i in range(n_layers)]
+
+
+def _kimi_delta(r: Reader) -> GatedDeltaNetConfig:
+    """Kimi Delta Attention: q/k/v projections with bias-free short convolutions, beta per head, a decay
+    per key channel and a sigmoid output gate each through a rank-head_dim projection; its state stays in
+    fp32 (vLLM's kda_state_dtype, whatever the cache dtype)."""
+    sub = Reader(r.cfg["linear_attn_config"], f"{r.what} linear_attn_config")
+    heads, dim = sub.need_int("num_heads"), sub.need_int("head_dim")
+    return validated(
+        r,
+        lambda: GatedDeltaNetConfig(
+            n_k_heads=heads,
+            n_v_heads=heads,
+            head_k_dim=dim,
+            head_v_dim=dim,
+            d_conv=sub.opt_size("short_conv_kernel_size", 4),
+            conv_bias=False,
+            proj_bias=False,
+            gate_rank=dim,
+            state_dtype="fp32",
+        ),
+    )
+
+
+def _kimi_linear(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
+    """Kimi Linear: Kimi Delta Attention layers and MLA layers (no query LoRA; NoPE, which changes no
+    weight: the rope part is still cached) as linear_attn_config lists them; a dense MLP below
+    `first_k_dense_replace`, then a MoE with a sigmoid router, its selection bias and shared experts of
+    the routed width. Its MoE keys are spelled `num_experts`, `num_experts_per_token` and
+    `num_shared_experts`."""
+    kinds = _kimi_layers(r, n_layers)
+    kda = _kimi_delta(r) if "kda" in kinds else None
+    mla = mla_config(r) if "mla" in kinds else None
+    width = r.need_int("moe_intermediate_size")
+    shared = r.opt_count("num_shared_experts", 1)
+    act = gated_activation(r)
+    router = r.opt_str("moe_router_activation_func", "sigmoid")
+    moe = validated(
+        r,
+        lambda: MoEConfig(
+            n_experts=r.need_int("num_experts"),
+            top_k=r.need_int("num_experts_per_token"),
+            expert_ffn=width,
+            n_shared_experts=shared,
+            shared_ffn=shared * width,
+            activation=act,
+            router="sigmoid" if router == "sigmoid" else "softmax",
+            router_bias=True,  # e_score_correction_bias
+        ),
+    )
+    first_dense = r.opt_count("first_k_dense_replace", 1)
+    freq = r.opt_size("moe_layer_freq", 1)
+    sparse = [i >= first_dense and i % freq == 0 for i in range(n_layers)]
+    dense = dense_ffn(r) if not all(sparse) else None
+    return [
+        BlockConfig(attention=kda if k == "kda" else mla, ffn=[moe if s else dense])  # type: ignore[list-item]
+        for k, s in zip(kinds, sparse, strict=True)
+    ]
+
+
 BUILDERS: dict[str, Callable[[Reader, int, int], list[BlockConfig]]] = {
     "qwen3_next": _qwen3_next,
     "jamba": _jamba,
@@ -512,6 +588,7 @@ BUILDERS: dict[str, Callable[[Reader, int, int], list[BlockConfig]]] = {
     "nemotron_h": _nemotron_h,
     "granitemoehybrid": _granitemoehybrid,
     "bamba": _bamba,
+    "kimi_linear": _kimi_linear,
 }
 # families whose layer count comes from their layer pattern rather than num_hidden_layers alone
 LAYER_COUNT: dict[str, Callable[[Reader], int]] = {"nemotron_h": _nemotron_layer_count}

@@ -150,9 +150,12 @@ def attention_config(
     output_gate: bool = False,
     head_dim_keys: tuple[str, ...] = ("head_dim",),
     head_dim_default: int | None = None,
+    kv_default: int | None = None,
 ) -> AttentionConfig:
+    """`kv_default`: the family's K/V head count when the config states none (None: as many as the
+    query heads, the Llama rule)."""
     n_heads = r.need_int("num_attention_heads")
-    n_kv = r.opt_int("num_key_value_heads", n_heads)
+    n_kv = r.opt_int("num_key_value_heads", kv_default or n_heads)
     assert n_kv is not None
     # explicit head_dim wins (Qwen3, Gemma, Llama-3.2 ...); then the family's class default where it has
     # one (Qwen3-Next, Nemotron-H); only derive hidden/heads when neither exists
@@ -186,6 +189,34 @@ def attention_config(
             attention_chunk=chunk,
             sinks=sinks,
             output_gate=output_gate,
+        ),
+    )
+
+
+def mla_config(r: Reader, sparse: bool = False) -> AttentionConfig:
+    """DeepSeek's MLA; `sparse`: with V3.2's lightning indexer (DSA), which picks `index_topk` tokens
+    per query."""
+    nope = r.need_int("qk_nope_head_dim")
+    rope = r.need_int("qk_rope_head_dim")
+    # q_lora_rank null (V2-Lite) means a plain W_Q projection; 0 is written by some ports for the same
+    q_lora = r.opt_int("q_lora_rank", None) or None
+    bias = r.opt_bool("attention_bias", False)
+    return validated(
+        r,
+        lambda: AttentionConfig(
+            kind="mla",
+            n_heads=r.need_int("num_attention_heads"),
+            head_dim=nope + rope,
+            qkv_bias=bias,
+            o_bias=bias,
+            q_lora_rank=q_lora,
+            kv_lora_rank=r.need_int("kv_lora_rank"),
+            qk_nope_head_dim=nope,
+            qk_rope_head_dim=rope,
+            v_head_dim=r.need_int("v_head_dim"),
+            index_topk=r.need_int("index_topk") if sparse else None,
+            index_n_heads=r.need_int("index_n_heads") if sparse else None,
+            index_head_dim=r.need_int("index_head_dim") if sparse else None,
         ),
     )
 

@@ -62,10 +62,12 @@ def score_flops_per_pair(attn: AttentionConfig, phase: str) -> float:
     """FLOPs of one (query, key) pair for QK^T plus PV, all heads.
 
     MLA decode runs with the up-projections absorbed (scores against the cached latent), prefill
-    without (the latent is expanded to full keys and values), as DeepSeek's kernels do.
+    without (the latent is expanded to full keys and values), as DeepSeek's kernels do; with sparse
+    attention prefill is absorbed too (DeepSeek-V3.2's sparse kernels gather each query's picked latent
+    rows).
     """
     h = attn.n_heads
-    if attn.kind == "mla" and phase == "decode":
+    if attn.kind == "mla" and (phase == "decode" or attn.index_topk is not None):
         assert attn.kv_lora_rank and attn.qk_rope_head_dim
         return 2.0 * h * (attn.kv_lora_rank + attn.qk_rope_head_dim) + 2.0 * h * attn.kv_lora_rank
     qk, v = head_dims(attn)
@@ -165,9 +167,11 @@ def cost(attn: AttentionConfig, model: ModelConfig, points: Points) -> LayerCost
     if points.phase == "decode":
         reach = keys_in_reach(attn, ctx)
         picked = np.minimum(reach, attn.index_topk) if attn.index_topk is not None else reach
-        # only keys within reach are read; with sparse attention, the picked ones' entries and every
-        # reached token's index key
-        kv_read = batch * (picked * entry + reach * index_key)
+        # only keys within reach are read; with sparse attention every reached token's index key once
+        # per sequence, and the picked entries per query (each of a speculative step's queries gathers
+        # its own, as DeepSeek's sparse decode kernel does)
+        gathers = tokens if attn.index_topk is not None else batch
+        kv_read = gathers * picked * entry + batch * reach * index_key
         if attn.index_topk is not None:
             kv_cached = batch * reach * (entry + index_key)
         scores = tokens * (h * picked / tp + index_heads * reach)
@@ -179,9 +183,10 @@ def cost(attn: AttentionConfig, model: ModelConfig, points: Points) -> LayerCost
         scores = batch * ctx * (ctx + cached) * (h / tp + index_heads)
     kv_write = tokens * (entry + index_key)
 
+    absorbed = points.phase == "decode" or attn.index_topk is not None  # MLA without expanded keys
     if attn.kind != "mla":
         qkv_elems = h * qk + 2 * attn.kv_heads * qk + (h * v if attn.output_gate else 0)
-    elif points.phase == "decode":  # absorbed: queries in latent space, the new latent written
+    elif absorbed:  # queries in latent space, the new latent written
         assert attn.kv_lora_rank and attn.qk_rope_head_dim
         qkv_elems = h * (attn.kv_lora_rank + attn.qk_rope_head_dim) + kv_elems
     else:  # prefill expands the latent into full per-head keys and values
@@ -200,7 +205,7 @@ def cost(attn: AttentionConfig, model: ModelConfig, points: Points) -> LayerCost
     # live at the peak: x, y and the per-rank q/k/v and attention output; SDPA kernels keep the scores
     # on chip, so unlike act_naive no score matrix is held
     act_peak = tokens * (2 * d + (qkv_elems + h * v) / tp + index_elems) * points.b_a
-    if attn.kind == "mla" and points.phase == "prefill" and points.prefix:
+    if attn.kind == "mla" and not absorbed and points.prefix:
         # the cached latents a chunk reaches, expanded into per-head keys and values, are alive too
         act_peak = (
             act_peak + batch * cached_keys_reached(attn, points.prefix) * h * (qk + v) / tp * points.b_a
@@ -210,7 +215,7 @@ def cost(attn: AttentionConfig, model: ModelConfig, points: Points) -> LayerCost
         assert attn.index_head_dim is not None
         # per scored key: a dot product per index head, ReLU, and the heads' weighted sum
         flops = flops + 2.0 * index_heads * (attn.index_head_dim + 1) * indexed_pairs(points, attn)
-    if attn.kind == "mla" and points.phase == "prefill" and points.prefix:
+    if attn.kind == "mla" and not absorbed and points.prefix:
         # the cached latents the chunk reaches are expanded into full keys and values too
         assert attn.kv_lora_rank and attn.qk_nope_head_dim
         up = attn.kv_lora_rank * h * (attn.qk_nope_head_dim + v)

@@ -36,17 +36,24 @@ def embed_cost(model: ModelConfig, points: Points) -> LayerCost:
     bytes_naive = tokens * row / points.tp
     act_naive = tokens * (d * points.b_a + 8.0)  # + int64 token ids
     params = float(vocab * d)
+    on_device = params / points.tp
     if model.learned_positions:
         assert model.max_positions is not None, "the config validator requires the table's rows"
         params += float(model.max_positions * d)
         # the position table is replicated on every tensor-parallel rank (vLLM's GPT-2), not split
-        bytes_ideal = bytes_ideal + np.minimum(tokens, model.max_positions) * row
+        on_device += float(model.max_positions * d)
+        # the batch's sequences share positions (one context per point): a decode step reads the rows of
+        # its tokens_per_step positions, a prefill those of its prompt's tokens
+        steps = points.full(float(points.tokens_per_step))
+        positions = steps if points.phase == "decode" else points.context
+        bytes_ideal = bytes_ideal + np.minimum(positions, model.max_positions) * row
         bytes_naive = bytes_naive + tokens * row
         # eager: the position gather writes its rows (+ int64 ids); the add reads both, writes the sum
         act_naive = act_naive + tokens * (d * points.b_a + 8.0) + tokens * 3.0 * d * points.b_a
     return LayerCost(
         kind="embedding",
         params=params,
+        device_params=on_device,
         active_params=float(d * (2 if model.learned_positions else 1)),
         flops=tokens * float(d) if model.learned_positions else points.zeros(),
         weight_bytes_ideal=bytes_ideal,

@@ -1,4 +1,5 @@
-"""Recurrent token mixers: Mamba, Mamba-2 and Gated DeltaNet (docs/recurrent-mixers.md).
+"""Recurrent token mixers: Mamba, Mamba-2, Gated DeltaNet and its Kimi Delta Attention variant
+(docs/recurrent-mixers.md).
 
 They stand where attention stands, but each sequence carries a fixed-size state instead of a KV cache
 that grows with the context: a decode step reads the whole state and writes it back, whatever the
@@ -45,7 +46,10 @@ def projection_params(mixer: RecurrentMixer, d_model: int) -> float:
         return float(d * out + mixer.d_inner * d + ((out + d) if mixer.proj_bias else 0))
     g = mixer
     out = in_width(g)
-    return float(d * out + g.value_dim * d + ((out + d) if g.proj_bias else 0))
+    total = d * out + g.value_dim * d + ((out + d) if g.proj_bias else 0)
+    if g.gate_rank is not None:  # KDA's low-rank decay and output gates: down to the rank, up per channel
+        total += 2 * d * g.gate_rank + g.gate_rank * (g.key_dim + g.value_dim)
+    return float(total)
 
 
 def in_width(mixer: RecurrentMixer) -> int:
@@ -54,6 +58,8 @@ def in_width(mixer: RecurrentMixer) -> int:
         return 2 * mixer.d_inner  # x and the gate z
     if isinstance(mixer, Mamba2Config):
         return mixer.d_inner + mixer.conv_channels + mixer.n_heads  # z, xBC, dt
+    if mixer.gate_rank is not None:
+        return 2 * mixer.key_dim + mixer.value_dim + mixer.n_v_heads  # KDA: q, k, v; beta
     return 2 * mixer.key_dim + 2 * mixer.value_dim + 2 * mixer.n_v_heads  # q, k, v, z; beta, decay
 
 
@@ -64,6 +70,8 @@ def elementwise_params(mixer: RecurrentMixer) -> float:
         return float(conv + mixer.d_inner * mixer.d_state + mixer.d_inner)  # A_log, D
     if isinstance(mixer, Mamba2Config):
         return float(conv + 3 * mixer.n_heads)  # A_log, D, dt_bias
+    if mixer.gate_rank is not None:
+        return float(conv + mixer.n_v_heads + mixer.key_dim)  # KDA: A_log per head, dt_bias per key channel
     return float(conv + 2 * mixer.n_v_heads)  # A_log, dt_bias
 
 
@@ -79,7 +87,10 @@ def groups_per_rank(mixer: Mamba2Config, tp: int) -> int:
 
 def replicated_projection_params(mixer: RecurrentMixer, d_model: int, tp: int) -> float:
     """Input-projection weights every tensor-parallel rank keeps whole: Mamba-2's B/C columns when one
-    group serves the heads of every rank."""
+    group serves the heads of every rank; KDA's two down-projections to the gate rank (vLLM replicates
+    them)."""
+    if isinstance(mixer, GatedDeltaNetConfig) and mixer.gate_rank is not None and tp > 1:
+        return float(2 * d_model * mixer.gate_rank)
     if not isinstance(mixer, Mamba2Config) or tp == 1 or mixer.n_groups % tp == 0:
         return 0.0
     return float(2 * mixer.n_groups * mixer.d_state * (d_model + (1 if mixer.proj_bias else 0)))
@@ -89,9 +100,8 @@ def replicated_params(mixer: RecurrentMixer, d_model: int, tp: int) -> float:
     """Weights every tensor-parallel rank keeps whole: those B/C projection columns and their channels of
     the convolution."""
     projections = replicated_projection_params(mixer, d_model, tp)
-    if not projections:
-        return 0.0
-    assert isinstance(mixer, Mamba2Config)
+    if not projections or not isinstance(mixer, Mamba2Config):
+        return projections
     channels = 2 * mixer.n_groups * mixer.d_state
     return projections + channels * (mixer.d_conv + (1 if mixer.conv_bias else 0))
 
@@ -130,7 +140,9 @@ def recurrence_flops_per_token(mixer: RecurrentMixer) -> float:
         return float(mixer.d_inner * (8 * mixer.d_state + 6))
     if isinstance(mixer, Mamba2Config):
         return float(mixer.d_inner * (5 * mixer.d_state + 8))
-    return float(7 * mixer.state_elements + 6 * mixer.value_dim + 4 * mixer.key_dim)
+    # KDA's decay is a vector per head (an exp and its softplus gate per key channel)
+    gate = 6 * mixer.key_dim if mixer.gate_rank is not None else 0
+    return float(7 * mixer.state_elements + 6 * mixer.value_dim + 4 * mixer.key_dim + gate)
 
 
 def chunked_flops_per_token(mixer: RecurrentMixer, chunk: np.ndarray, tp: int = 1) -> np.ndarray:
@@ -200,6 +212,9 @@ def cost(mixer: RecurrentMixer, model: ModelConfig, points: Points) -> LayerCost
         extra = 2 * x_proj + 2 * inner
         # x_proj is row-parallel: its dt/B/C are summed over the ranks
         comm = comm + allreduce_bytes(tokens, x_proj, points.b_a, tp)
+    elif isinstance(mixer, GatedDeltaNetConfig) and mixer.gate_rank is not None:
+        # KDA: the gates' low-rank outputs (whole on every rank) and their per-channel decay and output gate
+        extra = 4 * mixer.gate_rank + 2 * (mixer.key_dim + mixer.value_dim) / tp
     act_naive = tokens * (2 * d + 2 * width + 2 * conv + 2 * inner + extra) * points.b_a + 2 * chunk_states
     act_peak = tokens * (2 * d + width + inner) * points.b_a + chunk_states
     weights = points.full(on_device * points.b_w)
