@@ -942,19 +942,10 @@ ATTENTIONS = {
         qk_rope_head_dim=2,
         v_head_dim=3,
     ),
-    "mla_sparse": AttentionConfig(
-        kind="mla",
-        n_heads=2,
-        q_lora_rank=8,
-        kv_lora_rank=6,
-        qk_nope_head_dim=4,
-        qk_rope_head_dim=2,
-        v_head_dim=3,
-        index_topk=4,
-        index_n_heads=3,
-        index_head_dim=5,
-    ),
 }
+ATTENTIONS["mla_sparse"] = ATTENTIONS["mla"].model_copy(
+    update={"index_topk": 4, "index_n_heads": 3, "index_head_dim": 5}
+)
 
 
 def _hand_params(cfg: ModelConfig) -> int:

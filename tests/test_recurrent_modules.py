@@ -180,18 +180,13 @@ class GatedDeltaNetLoop:
         return lin(m.out_proj, torch.cat(outs))
 
 
-class KimiDeltaLoop:
+class KimiDeltaLoop(GatedDeltaNetLoop):
     """Kimi Delta Attention, token by token, head by head: the delta rule after a decay per key
     channel (each row of the head's state by its own factor), the output gated by a sigmoid."""
 
-    def __init__(self, m: KimiDeltaAttention, state: torch.Tensor | None, conv: torch.Tensor | None) -> None:
-        self.m = m
-        shape = (m.n_v_heads, m.head_k_dim, m.head_v_dim)
-        self.h = w64(state) if state is not None else torch.zeros(shape, dtype=F64)
-        self.conv = CausalConv(m.conv1d, conv)
-
     def step(self, x: torch.Tensor) -> torch.Tensor:
         m = self.m
+        assert isinstance(m, KimiDeltaAttention)
         kd, dk, dv = m.key_dim, m.head_k_dim, m.head_v_dim
         qkv = self.conv.step(lin(m.in_proj_qkv, x))
         q, k = qkv[:kd].view(m.n_k_heads, dk), qkv[kd : 2 * kd].view(m.n_k_heads, dk)

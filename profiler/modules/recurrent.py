@@ -369,11 +369,7 @@ class GatedDeltaNet(_RecurrentMixer):
 
     def __init__(self, cfg: GatedDeltaNetConfig, d_model: int, **kwargs: object) -> None:
         super().__init__(cfg, d_model, **kwargs)  # type: ignore[arg-type]
-        p = self.conv1d.weight
-        f = factory_kwargs(p.device, p.dtype)
-        self.n_k_heads, self.n_v_heads = cfg.n_k_heads, cfg.n_v_heads
-        self.head_k_dim, self.head_v_dim = cfg.head_k_dim, cfg.head_v_dim
-        self.key_dim, self.value_dim, self.chunk_size = cfg.key_dim, cfg.value_dim, cfg.chunk_size
+        f = self._take_shapes(cfg)
         hv = cfg.n_v_heads
         qkvz = 2 * self.key_dim + 2 * self.value_dim
         self.in_proj_qkvz = nn.Linear(d_model, qkvz, bias=cfg.proj_bias, **f)
@@ -385,6 +381,14 @@ class GatedDeltaNet(_RecurrentMixer):
         with torch.no_grad():
             self.A_log.copy_(torch.log(torch.linspace(1.0, 16.0, hv)))
             self.dt_bias.fill_(1.0)
+
+    def _take_shapes(self, cfg: GatedDeltaNetConfig) -> dict[str, object]:
+        """Keep the head counts and widths; the factory kwargs of the module's weights."""
+        self.n_k_heads, self.n_v_heads = cfg.n_k_heads, cfg.n_v_heads
+        self.head_k_dim, self.head_v_dim = cfg.head_k_dim, cfg.head_v_dim
+        self.key_dim, self.value_dim, self.chunk_size = cfg.key_dim, cfg.value_dim, cfg.chunk_size
+        p = self.conv1d.weight
+        return factory_kwargs(p.device, p.dtype)
 
     @property
     def state_shape(self) -> tuple[int, ...]:
@@ -402,13 +406,19 @@ class GatedDeltaNet(_RecurrentMixer):
             k = k.repeat_interleave(self.n_v_heads // self.n_k_heads, dim=-2)
         return q, k, v.reshape(*lead, self.n_v_heads, self.head_v_dim)
 
+    @staticmethod
+    def _decay(g: torch.Tensor) -> torch.Tensor:
+        """The factor a token's log decay g (B, value heads) scales the state (B, heads, dk, dv) by."""
+        return torch.exp(g)[..., None, None]
+
     def _step(
         self, state: torch.Tensor, qkv: torch.Tensor, beta: torch.Tensor, g: torch.Tensor
     ) -> torch.Tensor:
-        """One token (qkv (B, channels), beta and g (B, value heads)): o (B, value heads, head_v_dim)."""
+        """One token (qkv (B, channels), beta and g (B, value heads); KDA's g (B, heads, head_k_dim)):
+        o (B, value heads, head_v_dim)."""
         sd = state.dtype
         q, k, v = (u.to(sd) for u in self._heads(qkv))
-        s = state * torch.exp(g.to(sd))[..., None, None]  # the one read of the state
+        s = state * self._decay(g.to(sd))  # the one read of the state
         delta = beta.to(sd).unsqueeze(-1) * (v - (k.unsqueeze(-2) @ s).squeeze(-2))
         s = s + k.unsqueeze(-1) * delta.unsqueeze(-2)
         state.copy_(s)
@@ -480,11 +490,7 @@ class KimiDeltaAttention(GatedDeltaNet):
     def __init__(self, cfg: GatedDeltaNetConfig, d_model: int, **kwargs: object) -> None:
         _RecurrentMixer.__init__(self, cfg, d_model, **kwargs)  # type: ignore[arg-type]
         assert cfg.gate_rank is not None
-        p = self.conv1d.weight
-        f = factory_kwargs(p.device, p.dtype)
-        self.n_k_heads, self.n_v_heads = cfg.n_k_heads, cfg.n_v_heads
-        self.head_k_dim, self.head_v_dim = cfg.head_k_dim, cfg.head_v_dim
-        self.key_dim, self.value_dim, self.chunk_size = cfg.key_dim, cfg.value_dim, cfg.chunk_size
+        f = self._take_shapes(cfg)
         bias, rank = cfg.proj_bias, cfg.gate_rank
         self.in_proj_qkv = nn.Linear(d_model, 2 * self.key_dim + self.value_dim, bias=bias, **f)
         self.b_proj = nn.Linear(d_model, self.n_v_heads, bias=bias, **f)
@@ -500,17 +506,10 @@ class KimiDeltaAttention(GatedDeltaNet):
             self.A_log.copy_(torch.log(torch.linspace(1.0, 16.0, self.n_v_heads)))
             self.dt_bias.fill_(1.0)
 
-    def _step(
-        self, state: torch.Tensor, qkv: torch.Tensor, beta: torch.Tensor, g: torch.Tensor
-    ) -> torch.Tensor:
-        """One token (qkv (B, channels), beta (B, heads), g (B, heads, head_k_dim))."""
-        sd = state.dtype
-        q, k, v = (u.to(sd) for u in self._heads(qkv))
-        s = state * torch.exp(g.to(sd)).unsqueeze(-1)  # each key row decays by its own channel's gate
-        delta = beta.to(sd).unsqueeze(-1) * (v - (k.unsqueeze(-2) @ s).squeeze(-2))
-        s = s + k.unsqueeze(-1) * delta.unsqueeze(-2)
-        state.copy_(s)
-        return (q.unsqueeze(-2) @ s).squeeze(-2)
+    @staticmethod
+    def _decay(g: torch.Tensor) -> torch.Tensor:
+        """Each key row of a head's state decays by its own channel's gate (g: (B, heads, dk))."""
+        return torch.exp(g).unsqueeze(-1)
 
     def _chunked(
         self, state: torch.Tensor, qkv: torch.Tensor, beta: torch.Tensor, g: torch.Tensor
