@@ -1248,7 +1248,7 @@ def _calibration(path: Path | None, gpus=(), cfgs=()) -> dict[str, float] | None
 
     cal = load_calibration(path)
     kinds = {layer.kind for cfg in cfgs for b in cfg.blocks for layer in b.ffn}
-    kinds |= {mixer_kind(b.attention) for cfg in cfgs for b in cfg.blocks if b.attention is not None}
+    kinds |= {mixer_kind(m) for cfg in cfgs for b in cfg.blocks for m in b.mixers}
     for warning in calibration_warnings(cal, f"--calibration {path}", [hw.name for hw in gpus], kinds):
         print(f"memtraffic: warning: {warning}", file=sys.stderr)
     return cal

@@ -545,6 +545,11 @@ class BlockConfig(Strict):
 
     repeat: PositiveInt = 1
     attention: Mixer | None = Field(None, description="the token mixer; None for an FFN-only block")
+    parallel_mixer: Mixer | None = Field(
+        None,
+        description="a second token mixer on the same normed input, its output added beside the first's "
+        "(Falcon-H1: Mamba-2 beside attention)",
+    )
     ffn: list[FFNLayer] = Field(default_factory=list)
     norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
     parallel_ffn: bool = Field(
@@ -555,7 +560,17 @@ class BlockConfig(Strict):
     def _has_a_layer(self) -> BlockConfig:
         if self.attention is None and not self.ffn:
             raise ValueError("a block needs a token mixer (attention), an FFN-position layer, or both")
+        if self.parallel_mixer is not None:
+            if self.attention is None:
+                raise ValueError("parallel_mixer runs beside attention: the block needs an attention too")
+            if (self.attention.kind in RECURRENT_KINDS) == (self.parallel_mixer.kind in RECURRENT_KINDS):
+                raise ValueError("parallel_mixer pairs attention with a recurrent mixer (one of each)")
         return self
+
+    @property
+    def mixers(self) -> list[Mixer]:
+        """The block's token mixers: its attention slot and the one beside it, where present."""
+        return [m for m in (self.attention, self.parallel_mixer) if m is not None]
 
 
 class ModelConfig(Strict):

@@ -383,16 +383,22 @@ def _set_everywhere(raw: dict[str, Any], field: str, value: Any, what: str) -> b
             if isinstance(layer, dict) and field in (_fields_of(_layer_class(layer)) or {}):
                 targets.append(layer)
     if not targets:  # the token mixers whose class has the field (attention, Mamba, Gated DeltaNet)
-        mixers = [b["attention"] for b in block_dicts if isinstance(b.get("attention"), dict)]
-        targets = [m for m in mixers if field in _mixer_class(m).model_fields]
+        slots = [
+            (i, slot, b[slot])
+            for i, b in enumerate(block_dicts)
+            for slot in ("attention", "parallel_mixer")
+            if isinstance(b.get(slot), dict)
+        ]
+        found = [(i, slot, m) for i, slot, m in slots if field in _mixer_class(m).model_fields]
+        targets = [m for _, _, m in found]
         kinds = sorted(
             {"attention" if _mixer_class(m) is AttentionConfig else str(m["kind"]) for m in targets}
         )
         if len(kinds) > 1:
-            index = next(i for i, b in enumerate(block_dicts) if b.get("attention") is targets[0])
+            index, slot, _ = found[0]
             raise ConfigError(
                 f"{what}: {' and '.join(kinds)} layers both have {field!r}; name one with a dotted path "
-                f"(blocks.{index}.attention.{field}=...)"
+                f"(blocks.{index}.{slot}.{field}=...)"
             )
     if not targets and field in _BLOCK_FIELDS:
         targets = block_dicts

@@ -42,7 +42,7 @@ MOONCAKE_BLOCK_TOKENS = 512  # the Mooncake traces hash prompts in blocks of 512
 def prefix_cacheable(model: ModelConfig) -> bool:
     """Whether a cached prompt prefix lets the model skip computing it: false where a block has a
     recurrent mixer, whose state after the prefix is one tensor per sequence, not per-token KV."""
-    return not any(b.attention is not None and b.attention.kind in RECURRENT_KINDS for b in model.blocks)
+    return not any(m.kind in RECURRENT_KINDS for b in model.blocks for m in b.mixers)
 
 
 class PromptBlocks(Protocol):

@@ -160,9 +160,9 @@ def layer_entries(model: ModelConfig, points: Points, workload: Workload | None 
     for block in model.blocks:
         blocks = tuple(range(first, first + block.repeat))
         first += block.repeat
-        if block.attention is not None:
-            kind = mixer_kind(block.attention)
-            add(layer_suffix(kind), blocks, kind, lambda p, a=block.attention: mixer_cost(a, model, p), rank)
+        for mixer in block.mixers:
+            kind = mixer_kind(mixer)
+            add(layer_suffix(kind), blocks, kind, lambda p, a=mixer: mixer_cost(a, model, p), rank)
         seen: dict[str, int] = {}
         for layer in block.ffn:
             base = layer_suffix(layer.kind)
@@ -223,11 +223,11 @@ def check_parallelism(model: ModelConfig, workload: Workload) -> None:
         raise ConfigError(f"--ep {workload.ep}: {model.name} has no MoE layer to split over devices")
     first = 0
     for block in model.blocks:
-        if block.attention is not None:
-            count, what = mixer_split(block.attention)
+        for mixer in block.mixers:
+            count, what = mixer_split(mixer)
             if count % workload.tp:
                 raise ConfigError(f"--tp {workload.tp} does not divide the {count} {what} of block {first}")
-            groups = block.attention.n_groups if isinstance(block.attention, Mamba2Config) else 1
+            groups = mixer.n_groups if isinstance(mixer, Mamba2Config) else 1
             if groups > 1 and groups % workload.tp:
                 # one group is kept whole on every rank; several must split evenly (as vLLM requires)
                 raise ConfigError(

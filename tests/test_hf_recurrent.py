@@ -602,7 +602,6 @@ def test_malformed_recurrent_configs_are_one_line_errors(
 @pytest.mark.parametrize(
     ("model_type", "architecture"),
     [
-        ("falcon_h1", "FalconH1ForCausalLM"),  # attention and Mamba-2 in parallel in one layer
         ("zamba2", "Zamba2ForCausalLM"),  # shared attention blocks reused across the stack
         ("minimax", "MiniMaxForCausalLM"),  # lightning (linear) attention
     ],
@@ -711,3 +710,43 @@ def test_kimi_linear_bad_layer_lists_are_one_line_errors(change: dict[str, Any],
     with pytest.raises(ConfigError) as exc:
         from_hf_config({**hf("Kimi-Linear-48B-A3B-Instruct"), **change}, "bad")
     assert needle in one_line(exc)
+
+
+# ------------------------------------------------------------------------------------------- Falcon-H1
+def test_falcon_h1_runs_attention_and_mamba2_side_by_side_in_every_layer() -> None:
+    """Falcon-H1-7B: 44 layers, each attention (12 query heads of 128 over a 3072-wide model, 2 K/V heads)
+    beside a Mamba-2 mixer of 24 heads of 128 (d_ssm 3072, state 256, one group), then an MLP of 12288.
+    Its weights less the norms (two a layer and the final one) equal a hand count of the checkpoint's
+    tensors (7,585,513,568 with norms, the published 7.59 B); a decode step reads both caches in every
+    layer: 2 K/V heads of 128 per token, and the Mamba-2 state with its convolution inputs."""
+    m = load("Falcon-H1-7B-Instruct")
+    assert len(m.blocks) == 1 and m.blocks[0].repeat == 44
+    attn, mamba = m.blocks[0].attention, m.blocks[0].parallel_mixer
+    assert isinstance(attn, AttentionConfig) and isinstance(mamba, Mamba2Config)
+    assert (attn.n_heads, attn.kv_heads, attn.head_dim) == (12, 2, 128)
+    assert (mamba.n_heads, mamba.head_dim, mamba.d_state, mamba.n_groups) == (24, 128, 256, 1)
+    d, conv = 3072, 3072 + 2 * 256
+    layer = (
+        2 * d * 12 * 128
+        + 2 * d * 2 * 128  # q, o; k, v
+        + d * (3072 + conv + 24)
+        + conv * 4
+        + conv
+        + 3 * 24
+        + 3072 * d  # Mamba-2: in_proj, conv, A/D/dt, out
+        + 3 * d * 12288  # SwiGLU MLP
+    )
+    hand = 44 * layer + 2 * 130048 * d
+    assert hand + 44 * 2 * d + d == 7_585_513_568
+    assert abs(7_585_513_568 / 7.59e9 - 1) < 0.001
+    frame = simulate(m, load_hardware("h100-sxm"), Workload(batch=[1], context=[1024]))
+    assert frame["params"].iloc[0] == hand
+    state = 24 * 128 * 256 * 2 + conv * 3 * 2  # bf16 state and the convolution's last 3 inputs
+    assert frame["kv_read_bytes"].iloc[0] == 44 * (1024 * 2 * 2 * 128 * 2 + state)
+
+
+def test_falcon_h1_bias_switches_that_differ_are_refused() -> None:
+    cfg = {**hf("Falcon-H1-7B-Instruct"), "mamba_proj_bias": True, "projectors_bias": False}
+    with pytest.raises(ConfigError) as exc:
+        from_hf_config(cfg, "h1")
+    assert "mamba_proj_bias and projectors_bias differ" in one_line(exc)

@@ -563,6 +563,16 @@ blocks:
   - ffn: [{kind: dense, d_ff: 64, activation: relu}]
   - attention: {kind: mamba, d_inner: 64, d_state: 4, dt_rank: 4}
 """,
+    "falcon-h1-tiny": """
+name: falcon-h1-tiny
+d_model: 32
+vocab_size: 97
+blocks:
+  - repeat: 2
+    attention: {kind: gqa, n_heads: 4, n_kv_heads: 2, head_dim: 16}
+    parallel_mixer: {kind: mamba2, n_heads: 4, head_dim: 8, d_state: 8, chunk_size: 4}
+    ffn: [{kind: dense, d_ff: 64}]
+""",
 }
 
 
@@ -577,6 +587,10 @@ HYBRID_LAYERS = {
     ],
     "nemotron-h-tiny": [
         "embed", "block0.mamba", "block1.ffn", "block2.attn", "block3.ffn", "block4.mamba", "head",
+    ],
+    "falcon-h1-tiny": [
+        "embed", "block0.attn", "block0.mamba", "block0.ffn", "block1.attn", "block1.mamba", "block1.ffn",
+        "head",
     ],
 }  # fmt: skip
 
@@ -631,3 +645,23 @@ def test_profile_a_hybrid_model_on_the_cpu(tmp_path: Path) -> None:
         assert bundle.meta["partial"] is False
         for _, g in bundle.layers.groupby(["batch", "step"]):
             assert set(HYBRID_LAYERS["nemotron-h-tiny"]) <= set(g["layer"])
+
+
+def test_a_mixer_beside_attention_adds_its_output_on_the_same_normed_input() -> None:
+    """Falcon-H1's layer: h + attention(norm(h)) + mamba2(norm(h)), then the MLP; composed here from
+    the block's own sublayers, and different from running them one after the other."""
+    model = ReferenceModel(hybrid("falcon-h1-tiny"), phase="prefill", dtype=F64)
+    block = model.blocks[0]
+    assert block.attn is not None and block.beside is not None and block.beside.norm is None
+    model.setup_cache(2, 6)
+    h = torch.randn(2, 6, 32, dtype=F64)
+    with torch.no_grad():
+        got, _ = block(h)
+        u = block.attn.norm(h)
+        mixed = h + block.attn.layer(u) + block.beside.layer(u)
+        ffn = block.ffn[0]
+        want = mixed + ffn.layer(ffn.norm(mixed))
+        after_attn = h + block.attn.layer(u)
+        in_sequence = after_attn + block.beside.layer(block.attn.norm(after_attn))
+    torch.testing.assert_close(got, want, **TOL)
+    assert not torch.allclose(mixed, in_sequence)

@@ -101,18 +101,24 @@ class Sublayer(nn.Module):
 
 
 class Block(nn.Module):
-    """The token mixer's sublayer (`attn`, whatever the mixer; None in an FFN-only block), then the
+    """The token mixer's sublayer (`attn`, whatever the mixer; None in an FFN-only block), the mixer
+    beside it on the same normed input (`beside`, Falcon-H1's Mamba-2; usually None), then the
     FFN-position sublayers (none in a mixer-only block)."""
 
-    def __init__(self, attn: Sublayer | None, ffn: list[Sublayer], parallel: bool) -> None:
+    def __init__(
+        self, attn: Sublayer | None, ffn: list[Sublayer], parallel: bool, beside: Sublayer | None = None
+    ) -> None:
         super().__init__()
         self.attn = attn
+        self.beside = beside
         self.ffn = nn.ModuleList(ffn)
         self.parallel = parallel
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]:
         if self.attn is not None:
-            h, _, _ = self.attn(h)
+            h, u, _ = self.attn(h)
+            if self.beside is not None:  # its output joins the residual with the first mixer's
+                h, _, _ = self.beside(h, u)
         deferred: list[tuple[int, torch.Tensor]] = []
         u = None
         for sub in self.ffn:
@@ -157,13 +163,16 @@ class ReferenceModel(nn.Module):
         blocks: list[Block] = []
         table_layers: dict[str | None, int] = {}  # next layer index per shared table
         for i, bc in enumerate(config.expanded_blocks()):
-            attn_sub = None
-            if bc.attention is not None:
+            attn_sub = beside = None
+            for slot, cfg in enumerate(bc.mixers):
                 mixer = build_mixer(
-                    bc.attention, d, phase=phase, kv_mode=kv_mode, append_headroom=append_headroom, **f
+                    cfg, d, phase=phase, kv_mode=kv_mode, append_headroom=append_headroom, **f
                 )  # type: ignore[arg-type]
-                mixer_name = f"block{i}.{mixer_base(bc.attention)}"
-                attn_sub = Sublayer(mixer_name, make_norm(bc.norm, d, **f), mixer)
+                name = f"block{i}.{mixer_base(cfg)}"
+                if slot == 0:
+                    attn_sub = Sublayer(name, make_norm(bc.norm, d, **f), mixer)
+                else:  # beside the first, on its normed input
+                    beside = Sublayer(name, None, mixer)
             subs: list[Sublayer] = []
             seen: dict[str, int] = {}
             for j, lc in enumerate(bc.ffn):
@@ -174,7 +183,7 @@ class ReferenceModel(nn.Module):
                 norm = make_norm(bc.norm, d, **f) if (j == 0 or not bc.parallel_ffn) else None
                 skip = getattr(lc, "skip_span", 0)
                 subs.append(Sublayer(name, norm, layer, skip))
-            blocks.append(Block(attn_sub, subs, bc.parallel_ffn))
+            blocks.append(Block(attn_sub, subs, bc.parallel_ffn, beside))
         self.blocks = nn.ModuleList(blocks)
         moe_layers = (m for m in self.modules() if isinstance(m, MoE))
         for position, moe in enumerate(moe_layers):
@@ -233,8 +242,9 @@ class ReferenceModel(nn.Module):
         """(Re)allocate every token mixer's cache for `batch` sequences: attention's KV cache of `context`
         entries (decode), a recurrent mixer's fixed-size state (decode, and prefill, which writes it)."""
         for block in self.blocks:
-            if block.attn is not None:
-                block.attn.layer.setup_cache(batch, context, fill)  # type: ignore[union-attr,operator]
+            for sub in (block.attn, block.beside):
+                if sub is not None:
+                    sub.layer.setup_cache(batch, context, fill)  # type: ignore[union-attr,operator]
         if self.pos_embed is not None:
             self._decode_position = min(context, self.pos_embed.num_embeddings - 1)
 
@@ -242,6 +252,8 @@ class ReferenceModel(nn.Module):
         for block in self.blocks:
             if block.attn is not None:
                 yield block.attn  # type: ignore[misc]
+            if block.beside is not None:
+                yield block.beside  # type: ignore[misc]
             yield from block.ffn  # type: ignore[misc]
 
     def layer_names(self) -> list[str]:
@@ -255,6 +267,8 @@ class ReferenceModel(nn.Module):
         for i, block in enumerate(self.blocks):
             if block.attn is not None:
                 out[f"blocks.{i}.attn"] = block.attn.layer_name  # type: ignore[union-attr]
+            if block.beside is not None:
+                out[f"blocks.{i}.beside"] = block.beside.layer_name  # type: ignore[union-attr]
             for j, sub in enumerate(block.ffn):
                 out[f"blocks.{i}.ffn.{j}"] = sub.layer_name  # type: ignore[union-attr]
         if self.embed is not None:

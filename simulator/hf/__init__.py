@@ -57,6 +57,7 @@ _ARCH_TO_TYPE: dict[str, str] = {
     "GraniteMoeHybridForCausalLM": "granitemoehybrid",
     "BambaForCausalLM": "bamba",
     "KimiLinearForCausalLM": "kimi_linear",
+    "FalconH1ForCausalLM": "falcon_h1",
     "MiniMaxM2ForCausalLM": "minimax_m2",
     "Glm4ForCausalLM": "glm4",
     "Olmo3ForCausalLM": "olmo3",

@@ -1,7 +1,7 @@
 """Hugging Face configs of hybrid and state-space families: Qwen3-Next (Gated DeltaNet and gated
 attention), Jamba (Mamba and attention, MoE every other layer), Mamba and Falcon-Mamba, Mamba-2,
-Nemotron-H (a pattern of Mamba-2, attention, MLP and MoE layers), Granite-4.0-H, Bamba and Kimi Linear
-(Kimi Delta Attention and MLA). Each
+Nemotron-H (a pattern of Mamba-2, attention, MLP and MoE layers), Granite-4.0-H, Bamba, Kimi Linear
+(Kimi Delta Attention and MLA) and Falcon-H1 (attention and Mamba-2 side by side). Each
 builder returns one BlockConfig per layer, as the attention families' builders do."""
 
 from __future__ import annotations
@@ -421,6 +421,27 @@ def _relu2(r: Reader) -> str:
     return "relu"
 
 
+# the `mamba_*` keys of Bamba, Granite 4.0-H and Falcon-H1, and their config classes' shared defaults
+_MAMBA_KEYS: dict[str, tuple[str, ...]] = {
+    "n_heads": ("mamba_n_heads",),
+    "head_dim": ("mamba_d_head",),
+    "d_state": ("mamba_d_state",),
+    "n_groups": ("mamba_n_groups",),
+    "chunk_size": ("mamba_chunk_size",),
+    "d_conv": ("mamba_d_conv",),
+    "conv_bias": ("mamba_conv_bias",),
+    "proj_bias": ("mamba_proj_bias",),
+}
+_MAMBA_DEFAULTS: dict[str, Any] = {
+    "d_state": 256,
+    "n_groups": 1,
+    "chunk_size": 256,
+    "d_conv": 4,
+    "conv_bias": True,
+    "proj_bias": False,
+}
+
+
 def _granite_mamba(r: Reader, d: int) -> Mamba2Config:
     """The Mamba-2 mixer of Bamba and Granite 4.0-H (`mamba_*` keys): expand x hidden_size wide, heads
     of `mamba_d_head` ("auto": the width over `mamba_n_heads`)."""
@@ -434,25 +455,41 @@ def _granite_mamba(r: Reader, d: int) -> Mamba2Config:
         n_heads,
         r.auto_size("mamba_d_head", width // n_heads),
         width,
-        {
-            "n_heads": ("mamba_n_heads",),
-            "head_dim": ("mamba_d_head",),
-            "d_state": ("mamba_d_state",),
-            "n_groups": ("mamba_n_groups",),
-            "chunk_size": ("mamba_chunk_size",),
-            "d_conv": ("mamba_d_conv",),
-            "conv_bias": ("mamba_conv_bias",),
-            "proj_bias": ("mamba_proj_bias",),
-        },
-        {
-            "d_state": 256,
-            "n_groups": 1,
-            "chunk_size": 256,
-            "d_conv": 4,
-            "conv_bias": True,
-            "proj_bias": False,
-        },
+        _MAMBA_KEYS,
+        _MAMBA_DEFAULTS,
     )
+
+
+def _falcon_h1(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
+    """Falcon-H1: in every layer attention and a Mamba-2 mixer run side by side on one normed input and
+    their outputs are summed (parallel_mixer), then a SwiGLU MLP. The attention reads `head_dim` (its
+    query width need not be hidden_size); the mixer is `mamba_d_ssm` wide (FalconH1Config's 1024 when
+    absent; `mamba_expand` x hidden_size when null) in heads of `mamba_d_head` ("auto": the width over the
+    heads). The mixer's in_proj is biased by `mamba_proj_bias`, its out_proj by `projectors_bias`: one
+    switch here, so the two must agree. The muP multipliers hold no weights."""
+    if r.opt_bool("mamba_proj_bias", False) != r.opt_bool("projectors_bias", False):
+        raise ConfigError(f"{r.what}: mamba_proj_bias and projectors_bias differ, which is not modelled")
+    if not r.opt_bool("mamba_use_mlp", True):
+        raise ConfigError(f"{r.what}: mamba_use_mlp false (layers without an MLP) is not modelled")
+    bias = r.opt_bool("attention_bias", False)
+    attn = attention_config(r, d, qkv_bias=bias, o_bias=bias, kv_default=8)
+    stated = "mamba_d_ssm" in r.cfg
+    width = r.stated_int("mamba_d_ssm") if stated else r.opt_size("mamba_d_ssm", 1024)
+    width = width or r.opt_size("mamba_expand", 2) * d
+    n_heads = r.opt_size("mamba_n_heads", 128)
+    if width % n_heads:
+        raise ConfigError(f"{r.what}: mamba_n_heads {n_heads} must divide the mixer width {width}")
+    mamba = _mamba2_mixer(
+        r,
+        d,
+        n_heads,
+        r.auto_size("mamba_d_head", width // n_heads),
+        width,
+        _MAMBA_KEYS,
+        _MAMBA_DEFAULTS,
+    )
+    ffn = dense_ffn(r, bias=r.opt_bool("mlp_bias", False))
+    return [BlockConfig(attention=attn, parallel_mixer=mamba, ffn=[ffn]) for _ in range(n_layers)]
 
 
 def _granitemoehybrid(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
@@ -589,6 +626,7 @@ BUILDERS: dict[str, Callable[[Reader, int, int], list[BlockConfig]]] = {
     "granitemoehybrid": _granitemoehybrid,
     "bamba": _bamba,
     "kimi_linear": _kimi_linear,
+    "falcon_h1": _falcon_h1,
 }
 # families whose layer count comes from their layer pattern rather than num_hidden_layers alone
 LAYER_COUNT: dict[str, Callable[[Reader], int]] = {"nemotron_h": _nemotron_layer_count}
