@@ -530,6 +530,9 @@ def orchestrate(out_root: Path, work: Path, stages: list[str], limit_s: float | 
         if budget < min(MIN_STAGE_SECONDS, STAGES[name][0]):  # cut by the run's limit to too little
             summary["stages"][name] = {"rc": "skipped", "seconds": 0, "tail": [f"{budget:.0f} s left"]}
             print(f"== {name}: skipped, {budget:.0f} s left", flush=True)
+            # the bundle records what was not run too
+            (work / "summary.json").write_text(json.dumps(summary, indent=1))
+            pack(work, out_root)
             continue
         log = work / f"{name}.log"
         t0 = time.time()
