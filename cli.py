@@ -156,8 +156,8 @@ WeightDtype = Annotated[
         "--weight-dtype",
         help="bf16, fp8, int4, mxfp4, nvfp4, ...; per layer kind after a comma, e.g. bf16,moe=mxfp4 "
         "(kinds: attention|attn, recurrent (all recurrent mixers) or mamba (Mamba and Mamba-2), mamba2, "
-        "gated_deltanet|linear_attn, dense|ffn, moe, memory (all memory layers) or pkm, peer, memory_plus, "
-        "ultramem, ultramemv2, embedding|embed, head)",
+        "gated_deltanet, lightning, linear_attn (both), dense|ffn, moe, memory (all memory layers) or pkm, "
+        "peer, memory_plus, ultramem, ultramemv2, embedding|embed, head)",
     ),
 ]
 ActDtype = Annotated[str, typer.Option("--act-dtype")]

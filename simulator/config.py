@@ -60,6 +60,7 @@ LayerKind = Literal[
     "mamba",
     "mamba2",
     "gated_deltanet",
+    "lightning",
     "dense",
     "moe",
     "pkm",
@@ -337,10 +338,37 @@ class GatedDeltaNetConfig(_Recurrent):
         return 2 * self.key_dim + self.value_dim
 
 
-RecurrentMixer = MambaConfig | Mamba2Config | GatedDeltaNetConfig
-RECURRENT_KINDS: frozenset[str] = frozenset({"mamba", "mamba2", "gated_deltanet"})
+class LightningAttentionConfig(_Recurrent):
+    """Lightning attention (MiniMax-01 / MiniMax-M1): linear attention with a fixed decay per head (ALiBi
+    slopes, no weights), per head a head_dim x head_dim state, S = lambda S + k v^T and o = q S; q, k, v
+    from one projection through SiLU, no convolution; the output RMSNorm'd and gated by sigmoid(W_g x).
+    Prefill runs the blocked form over `chunk_size` tokens."""
+
+    kind: Literal["lightning"] = "lightning"
+    n_heads: PositiveInt
+    head_dim: PositiveInt
+    chunk_size: PositiveInt = Field(256, description="block length of the prefill kernels (block_size)")
+    d_conv: PositiveInt = Field(1, description="no convolution: its state holds no inputs")
+    conv_bias: bool = False
+
+    @property
+    def d_inner(self) -> int:
+        return self.n_heads * self.head_dim
+
+    @property
+    def state_elements(self) -> int:
+        return self.n_heads * self.head_dim * self.head_dim
+
+    @property
+    def conv_channels(self) -> int:
+        return 0
+
+
+RecurrentMixer = MambaConfig | Mamba2Config | GatedDeltaNetConfig | LightningAttentionConfig
+RECURRENT_KINDS: frozenset[str] = frozenset({"mamba", "mamba2", "gated_deltanet", "lightning"})
 Mixer = Annotated[
-    AttentionConfig | MambaConfig | Mamba2Config | GatedDeltaNetConfig, Field(discriminator="kind")
+    AttentionConfig | MambaConfig | Mamba2Config | GatedDeltaNetConfig | LightningAttentionConfig,
+    Field(discriminator="kind"),
 ]
 
 
@@ -745,6 +773,7 @@ def _is_union_tag(part: object) -> bool:
         "mamba",
         "mamba2",
         "gated_deltanet",
+        "lightning",
         "dense",
         "moe",
         "pkm",
@@ -775,10 +804,11 @@ def describe_weight_dtypes(workload: Workload) -> str:
 # the per-layer names (block0.attn, block0.ffn, block0.memory, embed) as names of the kinds they hold
 KIND_ALIASES: dict[str, tuple[str, ...]] = {
     "attn": ("attention",),
-    "recurrent": ("mamba", "mamba2", "gated_deltanet"),
-    # Mamba and Mamba-2 layers are both named block{i}.mamba
+    "recurrent": ("mamba", "mamba2", "gated_deltanet", "lightning"),
+    # Mamba and Mamba-2 layers are both named block{i}.mamba; Gated DeltaNet and lightning attention
+    # block{i}.linear_attn
     "mamba": ("mamba", "mamba2"),
-    "linear_attn": ("gated_deltanet",),
+    "linear_attn": ("gated_deltanet", "lightning"),
     "ffn": ("dense",),
     "mlp": ("dense",),
     "embed": ("embedding",),

@@ -17,6 +17,7 @@ from simulator.config import (
     MEMORY_KINDS,
     AttentionConfig,
     HardwareConfig,
+    LightningAttentionConfig,
     Mamba2Config,
     MambaConfig,
     Mixer,
@@ -42,8 +43,8 @@ COLUMNS: dict[str, str] = {
     "layer": "layer name (block3.moe, block0.attn, block1.mamba, block2.linear_attn, embed, head) or 'total' "
     "for the whole model",
     "block": "transformer block index (-1 for embed/head/total)",
-    "kind": "attention, mamba, mamba2, gated_deltanet, dense, moe, pkm, peer, memory_plus, ultramem, "
-    "ultramemv2, embedding, head, model",
+    "kind": "attention, mamba, mamba2, gated_deltanet, lightning, dense, moe, pkm, peer, memory_plus, "
+    "ultramem, ultramemv2, embedding, head, model",
     "params": "parameters stored (shared tables counted once, in the total)",
     "active_params": "parameters used per token",
     "flops": "FLOPs per step (2 per multiply-accumulate) on the busiest device",
@@ -116,6 +117,7 @@ _SUFFIX = {
     "mamba": "mamba",
     "mamba2": "mamba",
     "gated_deltanet": "linear_attn",
+    "lightning": "linear_attn",
 }
 
 
@@ -249,6 +251,8 @@ def mixer_split(mixer: Mixer) -> tuple[int, str]:
         return mixer.d_inner, "Mamba channels"
     if isinstance(mixer, Mamba2Config):
         return mixer.n_heads, "Mamba-2 heads"
+    if isinstance(mixer, LightningAttentionConfig):
+        return mixer.n_heads, "lightning attention heads"
     return mixer.n_k_heads, "Gated DeltaNet key heads"
 
 

@@ -603,7 +603,7 @@ def test_malformed_recurrent_configs_are_one_line_errors(
     ("model_type", "architecture"),
     [
         ("zamba2", "Zamba2ForCausalLM"),  # shared attention blocks reused across the stack
-        ("minimax", "MiniMaxForCausalLM"),  # lightning (linear) attention
+        ("kimi", "KimiForCausalLM"),  # a remote-code family of no known class
     ],
 )
 def test_families_the_simulator_cannot_model_are_refused(model_type: str, architecture: str) -> None:
@@ -750,3 +750,41 @@ def test_falcon_h1_bias_switches_that_differ_are_refused() -> None:
     with pytest.raises(ConfigError) as exc:
         from_hf_config(cfg, "h1")
     assert "mamba_proj_bias and projectors_bias differ" in one_line(exc)
+
+
+# ------------------------------------------------------------------------------------ MiniMax-Text-01 / M1
+def test_minimax01_lightning_and_softmax_layers_and_its_published_sizes() -> None:
+    """MiniMax-Text-01: 70 lightning-attention layers and a softmax one every eighth (0-based 7, 15, ...,
+    79), every layer a MoE of 32 experts of 9216, top-2. A hand count of its tensors (lightning: fused
+    qkv, output gate, out_proj, no bias; softmax: 64 q / 8 K/V heads of 128) less the norms is the
+    simulator's total; with its norms it is the published 456 B, and the weights a token uses without
+    the embedding and LM head the published 45.9 B activated. A decode step reads 70 states of 64 heads
+    of 128 x 128 (bf16, vLLM's model-dtype default) and 10 layers' K/V."""
+    m = load("MiniMax-Text-01")
+    blocks = m.expanded_blocks()
+    full_at = [i for i, b in enumerate(blocks) if isinstance(b.attention, AttentionConfig)]
+    assert full_at == list(range(7, 80, 8))
+    d, inner = 6144, 64 * 128
+    lightning = 4 * d * inner + inner * d
+    softmax = 2 * d * inner + 2 * d * 8 * 128
+    moe = 32 * 3 * d * 9216 + 32 * d
+    embeddings = 2 * 200064 * d
+    hand = 70 * lightning + 10 * softmax + 80 * moe + embeddings
+    with_norms = hand + 80 * 2 * d + d + 70 * inner  # two a layer, the final one, lightning's output norm
+    assert abs(with_norms / 456e9 - 1) < 0.001
+    active = 70 * lightning + 10 * softmax + 80 * (2 * 3 * d * 9216 + 32 * d)
+    assert abs(active / 45.9e9 - 1) < 0.002
+    frame = simulate(m, load_hardware("h200"), Workload(batch=[1], context=[4096]))
+    assert frame["params"].iloc[0] == hand
+    assert frame["kv_read_bytes"].iloc[0] == 70 * 64 * 128 * 128 * 2 + 10 * 4096 * 2 * 8 * 128 * 2
+
+
+def test_minimax01_layer_types_spelling_and_bad_type_lists() -> None:
+    """The converted MiniMax-Text-01-hf config (model_type minimax) lists layer_types instead."""
+    cfg = hf("MiniMax-Text-01")
+    types = ["full_attention" if t else "linear_attention" for t in cfg.pop("attn_type_list")]
+    hf_style = from_hf_config({**cfg, "model_type": "minimax", "layer_types": types}, "minimax-hf")
+    assert hf_style.blocks == load("MiniMax-Text-01").blocks
+    with pytest.raises(ConfigError) as exc:
+        from_hf_config({**cfg, "attn_type_list": [0, 2] * 40}, "bad")
+    assert "'attn_type_list' must give 0 (lightning) or 1 (softmax)" in one_line(exc)

@@ -27,6 +27,7 @@ from profiler.modules import (
     Attention,
     GatedDeltaNet,
     KimiDeltaAttention,
+    LightningAttention,
     Mamba,
     Mamba2,
     ReferenceModel,
@@ -38,6 +39,7 @@ from simulator.config import (
     AttentionConfig,
     BlockConfig,
     GatedDeltaNetConfig,
+    LightningAttentionConfig,
     Mamba2Config,
     MambaConfig,
     ModelConfig,
@@ -207,12 +209,44 @@ class KimiDeltaLoop(GatedDeltaNetLoop):
         return lin(m.out_proj, torch.cat(outs))
 
 
-Loop = MambaLoop | Mamba2Loop | GatedDeltaNetLoop | KimiDeltaLoop
+class NoConv:
+    """Lightning attention has no convolution: its convolution state is empty."""
+
+    def state(self) -> torch.Tensor:
+        return torch.zeros(0, 0, dtype=F64)
+
+
+class LightningLoop:
+    """Lightning attention, token by token, head by head: S = lambda S + k^T v, o = q S, with lambda
+    = 2^(-8 (h + 1) / heads) as a decay factor exp(-slope) per head."""
+
+    def __init__(self, m: LightningAttention, state: torch.Tensor | None, conv: torch.Tensor | None) -> None:
+        self.m = m
+        shape = (m.n_heads, m.head_dim, m.head_dim)
+        self.h = w64(state) if state is not None else torch.zeros(shape, dtype=F64)
+        self.conv = NoConv()
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        m, dh = self.m, self.m.head_dim
+        qkv = silu(lin(m.qkv_proj, x))
+        inner = m.n_heads * dh
+        outs = []
+        for h in range(m.n_heads):
+            q, k, v = (qkv[part * inner + h * dh : part * inner + (h + 1) * dh] for part in range(3))
+            decay = math.exp(-(2.0 ** (-8.0 * (h + 1) / m.n_heads)))
+            self.h[h] = decay * self.h[h] + torch.outer(k, v)
+            outs.append(q @ self.h[h])
+        o = torch.cat(outs)
+        return lin(m.out_proj, rms(o, m.norm.eps) * w64(m.norm.weight) * torch.sigmoid(lin(m.output_gate, x)))
+
+
+Loop = MambaLoop | Mamba2Loop | GatedDeltaNetLoop | KimiDeltaLoop | LightningLoop
 LOOPS: dict[str, Callable[..., Loop]] = {
     "mamba": MambaLoop,
     "mamba2": Mamba2Loop,
     "gated_deltanet": GatedDeltaNetLoop,
     "kda": KimiDeltaLoop,
+    "lightning": LightningLoop,
 }
 MIXERS: dict[str, RecurrentMixer] = {
     "mamba": MambaConfig(d_inner=12, d_state=4, dt_rank=3, d_conv=4, proj_bias=True),
@@ -225,6 +259,7 @@ MIXERS: dict[str, RecurrentMixer] = {
     "kda": GatedDeltaNetConfig(
         n_k_heads=3, n_v_heads=3, head_k_dim=6, head_v_dim=5, chunk_size=4, d_conv=4, gate_rank=4
     ),
+    "lightning": LightningAttentionConfig(n_heads=4, head_dim=5, chunk_size=4),
 }
 
 
@@ -397,7 +432,13 @@ REAL: dict[str, tuple[int, RecurrentMixer]] = {
         GatedDeltaNetConfig(n_k_heads=16, n_v_heads=32, head_k_dim=128, head_v_dim=128, chunk_size=64),
     ),
 }
-LAYER = {"mamba": "block0.mamba", "mamba2": "block0.mamba", "gated_deltanet": "block0.linear_attn"}
+REAL["lightning"] = (6144, LightningAttentionConfig(n_heads=64, head_dim=128))  # MiniMax-Text-01's
+LAYER = {
+    "mamba": "block0.mamba",
+    "mamba2": "block0.mamba",
+    "gated_deltanet": "block0.linear_attn",
+    "lightning": "block0.linear_attn",
+}
 
 
 def mixer_only(kind: str, state_dtype: str | None = None) -> ModelConfig:
@@ -436,6 +477,13 @@ def matmul_flops_by_hand(kind: str, phase: str, tokens: int, prompt: int) -> flo
         else:
             q = min(prompt, m.chunk_size)
             per_token += 2 * q * n * g + h * (2 * q * p + 4 * n * p)  # C B^T, its product with x, B^T x, C h
+    elif isinstance(m, LightningAttentionConfig):
+        dh, h = m.head_dim, m.n_heads
+        if phase == "decode":
+            per_token += 2 * h * dh * dh  # q S (the decay and k^T v are elementwise)
+        else:
+            q = min(prompt, m.chunk_size)
+            per_token += h * (4 * q * dh + 4 * dh * dh)  # Q K^T and its product with V; Q S and K^T V
     else:
         dk, dv, h = m.head_k_dim, m.head_v_dim, m.n_v_heads
         if phase == "decode":
@@ -563,6 +611,17 @@ blocks:
   - ffn: [{kind: dense, d_ff: 64, activation: relu}]
   - attention: {kind: mamba, d_inner: 64, d_state: 4, dt_rank: 4}
 """,
+    "minimax01-tiny": """
+name: minimax01-tiny
+d_model: 32
+vocab_size: 97
+blocks:
+  - repeat: 2
+    attention: {kind: lightning, n_heads: 4, head_dim: 8, chunk_size: 4}
+    ffn: [{kind: moe, n_experts: 4, top_k: 2, expert_ffn: 32}]
+  - attention: {kind: gqa, n_heads: 4, n_kv_heads: 2, head_dim: 8}
+    ffn: [{kind: moe, n_experts: 4, top_k: 2, expert_ffn: 32}]
+""",
     "falcon-h1-tiny": """
 name: falcon-h1-tiny
 d_model: 32
@@ -587,6 +646,10 @@ HYBRID_LAYERS = {
     ],
     "nemotron-h-tiny": [
         "embed", "block0.mamba", "block1.ffn", "block2.attn", "block3.ffn", "block4.mamba", "head",
+    ],
+    "minimax01-tiny": [
+        "embed", "block0.linear_attn", "block0.moe", "block1.linear_attn", "block1.moe", "block2.attn",
+        "block2.moe", "head",
     ],
     "falcon-h1-tiny": [
         "embed", "block0.attn", "block0.mamba", "block0.ffn", "block1.attn", "block1.mamba", "block1.ffn",

@@ -10,7 +10,14 @@ from profiler.modules.model import ReferenceModel, sublayer_base
 from profiler.modules.moe import MoE
 from profiler.modules.peer import PEER
 from profiler.modules.pkm import PKM
-from profiler.modules.recurrent import GatedDeltaNet, KimiDeltaAttention, Mamba, Mamba2, build_recurrent
+from profiler.modules.recurrent import (
+    GatedDeltaNet,
+    KimiDeltaAttention,
+    LightningAttention,
+    Mamba,
+    Mamba2,
+    build_recurrent,
+)
 from profiler.modules.retrieval import product_key_topk, tucker_topk
 from profiler.modules.tables import MemoryTable, TableRegistry
 from profiler.modules.ultramem import UltraMem
@@ -23,6 +30,7 @@ __all__ = [
     "DenseFFN",
     "GatedDeltaNet",
     "KimiDeltaAttention",
+    "LightningAttention",
     "MLAAttention",
     "SparseMLAAttention",
     "Mamba",

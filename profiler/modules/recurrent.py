@@ -30,7 +30,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from profiler.modules.common import factory_kwargs, torch_dtype
-from simulator.config import GatedDeltaNetConfig, Mamba2Config, MambaConfig, RecurrentMixer
+from simulator.config import (
+    GatedDeltaNetConfig,
+    LightningAttentionConfig,
+    Mamba2Config,
+    MambaConfig,
+    RecurrentMixer,
+)
 from simulator.errors import ConfigError
 
 
@@ -97,14 +103,20 @@ class _RecurrentMixer(nn.Module):
         self.conv_channels = cfg.conv_channels
         self.state_dtype = torch_dtype(cfg.state_dtype) if cfg.state_dtype is not None else dtype
         f = factory_kwargs(device, dtype)
+        self.factory = f  # the device and dtype of the module's weights
         # depthwise: one d_conv-tap filter per channel; the causal left padding is done by hand
-        self.conv1d = nn.Conv1d(
-            cfg.conv_channels,
-            cfg.conv_channels,
-            cfg.d_conv,
-            groups=cfg.conv_channels,
-            bias=cfg.conv_bias,
-            **f,  # type: ignore[arg-type]
+        # (lightning attention has no convolution)
+        self.conv1d = (
+            nn.Conv1d(
+                cfg.conv_channels,
+                cfg.conv_channels,
+                cfg.d_conv,
+                groups=cfg.conv_channels,
+                bias=cfg.conv_bias,
+                **f,  # type: ignore[arg-type]
+            )
+            if cfg.conv_channels
+            else None
         )
         self.state: torch.Tensor | None = None  # (batch, *state_shape), the recurrent state
         self.conv_state: torch.Tensor | None = None  # (batch, channels, d_conv - 1), the last inputs
@@ -117,7 +129,7 @@ class _RecurrentMixer(nn.Module):
     def setup_cache(self, batch: int, context: int, fill: str = "randn") -> None:
         """Allocate the state of `batch` sequences; its size does not depend on `context`. Prefill
         allocates it too: the prompt's final state is written there."""
-        p = self.conv1d.weight
+        p = next(self.parameters())  # where the weights are now (the module may have been moved)
         self.context = int(context)
         self.state = torch.empty((batch, *self.state_shape), device=p.device, dtype=self.state_dtype)
         self.conv_state = torch.empty(
@@ -560,10 +572,97 @@ class KimiDeltaAttention(GatedDeltaNet):
         return self.out_proj(o.reshape(bsz, t, self.value_dim))
 
 
+def alibi_slopes(heads: int) -> torch.Tensor:
+    """The ALiBi geometric slopes 2^(-8 (h + 1) / heads), h = 0 .. heads - 1: lightning attention's
+    decay rates per head (MiniMax-01 also scales them down with depth, which the module leaves out)."""
+    return torch.pow(2.0, -8.0 * torch.arange(1, heads + 1, dtype=torch.float64) / heads)
+
+
+class LightningAttention(_RecurrentMixer):
+    """Lightning attention (MiniMax-01, MiniMax-M1): q, k, v = SiLU(W_qkv x) per head; per head a
+    head_dim x head_dim state, S = lambda S + k^T v each token and o = q S, with a fixed decay
+    lambda = exp(-slope) per head; then RMSNorm over the heads' outputs, times sigmoid(W_g x), and W_o.
+
+    Prefill runs the blocked form over chunks of Q tokens from the state S0 the chunk starts with:
+    o_i = lambda^(i+1) q_i S0 + sum_{j<=i} lambda^(i-j) (q_i . k_j) v_j, and the chunk's final state is
+    lambda^n S0 + sum_{j<n} lambda^(n-1-j) k_j^T v_j over its n real tokens (the last chunk's padding
+    neither adds to nor decays the state)."""
+
+    def __init__(self, cfg: LightningAttentionConfig, d_model: int, **kwargs: object) -> None:
+        super().__init__(cfg, d_model, **kwargs)  # type: ignore[arg-type]
+        f = self.factory
+        self.n_heads, self.head_dim, self.chunk_size = cfg.n_heads, cfg.head_dim, cfg.chunk_size
+        inner = cfg.d_inner
+        self.qkv_proj = nn.Linear(d_model, 3 * inner, bias=cfg.proj_bias, **f)  # type: ignore[arg-type]
+        self.output_gate = nn.Linear(d_model, inner, bias=cfg.proj_bias, **f)  # type: ignore[arg-type]
+        self.norm = nn.RMSNorm(inner, eps=1e-5, **f)  # type: ignore[arg-type]
+        self.out_proj = nn.Linear(inner, d_model, bias=cfg.proj_bias, **f)  # type: ignore[arg-type]
+        # log decay per head, a buffer: fixed slopes, not weights
+        slopes = alibi_slopes(cfg.n_heads).to(device=f["device"], dtype=torch.float32)  # type: ignore[arg-type]
+        self.register_buffer("log_decay", -slopes, persistent=False)
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        return (self.n_heads, self.head_dim, self.head_dim)
+
+    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v (B, T, heads, head_dim) of the tokens x."""
+        qkv = F.silu(self.qkv_proj(x))
+        return tuple(u.unflatten(-1, (self.n_heads, self.head_dim)) for u in qkv.chunk(3, dim=-1))  # type: ignore[return-value]
+
+    def _step(self, state: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """One token (q, k, v (B, heads, head_dim)): o (B, heads, head_dim)."""
+        sd = state.dtype
+        decay = self.log_decay.to(sd).exp()[:, None, None]
+        s = state * decay + k.to(sd).unsqueeze(-1) * v.to(sd).unsqueeze(-2)  # the one read of the state
+        state.copy_(s)
+        return (q.to(sd).unsqueeze(-2) @ s).squeeze(-2)
+
+    def _chunked(
+        self, state: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> torch.Tensor:
+        """A whole prompt (q, k, v (B, T, heads, head_dim)) in chunks: o (B, T, heads, head_dim); the
+        final state written to `state`."""
+        bsz, t = q.shape[:2]
+        cd = compute_dtype(state.dtype)
+        q_len, nc = self._chunking(t, self.chunk_size)
+        qc, kc, vc = (to_chunks(u.to(cd), nc, q_len) for u in (q, k, v))  # (B, H, nc, Q, dh)
+        log_decay = self.log_decay.to(cd)[:, None, None]  # (H, 1, 1)
+        pos = torch.arange(q_len, dtype=cd, device=q.device)
+        causal = pos[:, None] >= pos[None, :]
+        within = (
+            ((pos[:, None] - pos[None, :]) * log_decay).masked_fill(~causal, -math.inf).exp()
+        )  # (H, Q, Q)
+        to_here = ((pos + 1) * log_decay[..., 0]).exp().unsqueeze(-1)  # (H, Q, 1): lambda^(i+1)
+        s = torch.zeros(state.shape, dtype=cd, device=q.device)
+        outs = []
+        for i in range(nc):
+            n = min(q_len, t - i * q_len)  # real tokens of this chunk
+            qi, ki, vi = qc[:, :, i], kc[:, :, i], vc[:, :, i]
+            outs.append((qi @ s) * to_here + (qi @ ki.transpose(-1, -2) * within) @ vi)
+            to_end = ((n - 1 - pos) * log_decay[..., 0]).exp().masked_fill(pos >= n, 0.0).unsqueeze(-1)
+            s = s * (n * log_decay).exp() + (ki * to_end).transpose(-1, -2) @ vi
+        state.copy_(s)
+        o = torch.stack(outs, dim=2).reshape(bsz, self.n_heads, nc * q_len, self.head_dim)
+        return o[:, :, :t].transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bsz, t, _ = x.shape
+        state, _ = self._check_state(bsz)
+        q, k, v = self._heads(x)
+        if self.phase == "prefill":
+            o = self._chunked(state, q, k, v)
+        else:
+            o = stack_tokens([self._step(state, q[:, i], k[:, i], v[:, i]) for i in range(t)])
+        o = self.norm(o.to(x.dtype).flatten(-2)) * torch.sigmoid(self.output_gate(x))
+        return self.out_proj(o)
+
+
 _RECURRENT_CLASSES: dict[str, type[_RecurrentMixer]] = {
     "mamba": Mamba,
     "mamba2": Mamba2,
     "gated_deltanet": GatedDeltaNet,
+    "lightning": LightningAttention,
 }
 
 

@@ -1,7 +1,8 @@
 """Hugging Face configs of hybrid and state-space families: Qwen3-Next (Gated DeltaNet and gated
 attention), Jamba (Mamba and attention, MoE every other layer), Mamba and Falcon-Mamba, Mamba-2,
 Nemotron-H (a pattern of Mamba-2, attention, MLP and MoE layers), Granite-4.0-H, Bamba, Kimi Linear
-(Kimi Delta Attention and MLA) and Falcon-H1 (attention and Mamba-2 side by side). Each
+(Kimi Delta Attention and MLA), Falcon-H1 (attention and Mamba-2 side by side) and MiniMax-01 / M1
+(lightning attention). Each
 builder returns one BlockConfig per layer, as the attention families' builders do."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from simulator.config import (
     BlockConfig,
     DenseFFNConfig,
     GatedDeltaNetConfig,
+    LightningAttentionConfig,
     Mamba2Config,
     MambaConfig,
     MoEConfig,
@@ -492,6 +494,48 @@ def _falcon_h1(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
     return [BlockConfig(attention=attn, parallel_mixer=mamba, ffn=[ffn]) for _ in range(n_layers)]
 
 
+def _minimax01(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
+    """MiniMax-Text-01 / MiniMax-M1: lightning attention (`attn_type_list` 0, or `layer_types`
+    linear_attention) and GQA softmax attention (1 / full_attention), both with `num_attention_heads` of
+    `head_dim`; every layer a MoE of `num_local_experts` SwiGLU experts of `intermediate_size`, softmax
+    top-k, a shared expert only where `shared_intermediate_size` is set. The lightning layers' decay
+    slopes are fixed, and the residual alphas and betas are scalars: neither holds weights."""
+    kinds = per_layer_types(
+        r, "layer_types", n_layers, {"linear_attention": "lightning", "full_attention": "full"}
+    )
+    if kinds is None:
+        types = r.cfg.get("attn_type_list")
+        if not isinstance(types, list) or len(types) != n_layers or set(types) - {0, 1}:
+            raise ConfigError(
+                f"{r.what}: 'attn_type_list' must give 0 (lightning) or 1 (softmax) for each of the "
+                f"{n_layers} layers"
+            )
+        kinds = ["full" if t == 1 else "lightning" for t in types]
+    heads, head_dim = r.need_int("num_attention_heads"), r.need_int("head_dim")
+    lightning = validated(
+        r,
+        lambda: LightningAttentionConfig(
+            n_heads=heads, head_dim=head_dim, chunk_size=r.opt_size("block_size", 256), proj_bias=False
+        ),
+    )
+    full = attention_config(r, d, qkv_bias=False, o_bias=False)
+    shared = r.opt_count("shared_intermediate_size", 0)
+    act = gated_activation(r)
+    moe = validated(
+        r,
+        lambda: MoEConfig(
+            n_experts=r.need_int("num_local_experts"),
+            top_k=r.need_int("num_experts_per_tok"),
+            expert_ffn=r.need_int("intermediate_size"),
+            n_shared_experts=1 if shared else 0,
+            shared_ffn=shared,
+            shared_gate=bool(shared),
+            activation=act,
+        ),
+    )
+    return [BlockConfig(attention=lightning if k == "lightning" else full, ffn=[moe]) for k in kinds]
+
+
 def _granitemoehybrid(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
     """Granite 4.0-H: Mamba-2 or attention per `layer_types` (all Mamba-2 when absent), every layer then
     a MoE of `num_local_experts` experts of `intermediate_size` (fused gate/up, the same weights as
@@ -627,6 +671,9 @@ BUILDERS: dict[str, Callable[[Reader, int, int], list[BlockConfig]]] = {
     "bamba": _bamba,
     "kimi_linear": _kimi_linear,
     "falcon_h1": _falcon_h1,
+    "minimax": _minimax01,
+    "minimax_text_01": _minimax01,
+    "minimax_m1": _minimax01,
 }
 # families whose layer count comes from their layer pattern rather than num_hidden_layers alone
 LAYER_COUNT: dict[str, Callable[[Reader], int]] = {"nemotron_h": _nemotron_layer_count}

@@ -23,6 +23,7 @@ import numpy as np
 from simulator.config import (
     DTYPE_BYTES,
     GatedDeltaNetConfig,
+    LightningAttentionConfig,
     Mamba2Config,
     MambaConfig,
     ModelConfig,
@@ -41,7 +42,7 @@ def projection_params(mixer: RecurrentMixer, d_model: int) -> float:
         if mixer.proj_bias:
             params += 2 * di + d
         return float(params)
-    if isinstance(mixer, Mamba2Config):
+    if isinstance(mixer, Mamba2Config | LightningAttentionConfig):
         out = in_width(mixer)
         return float(d * out + mixer.d_inner * d + ((out + d) if mixer.proj_bias else 0))
     g = mixer
@@ -58,6 +59,8 @@ def in_width(mixer: RecurrentMixer) -> int:
         return 2 * mixer.d_inner  # x and the gate z
     if isinstance(mixer, Mamba2Config):
         return mixer.d_inner + mixer.conv_channels + mixer.n_heads  # z, xBC, dt
+    if isinstance(mixer, LightningAttentionConfig):
+        return 4 * mixer.d_inner  # q, k, v; the output gate
     if mixer.gate_rank is not None:
         return 2 * mixer.key_dim + mixer.value_dim + mixer.n_v_heads  # KDA: q, k, v; beta
     return 2 * mixer.key_dim + 2 * mixer.value_dim + 2 * mixer.n_v_heads  # q, k, v, z; beta, decay
@@ -70,6 +73,8 @@ def elementwise_params(mixer: RecurrentMixer) -> float:
         return float(conv + mixer.d_inner * mixer.d_state + mixer.d_inner)  # A_log, D
     if isinstance(mixer, Mamba2Config):
         return float(conv + 3 * mixer.n_heads)  # A_log, D, dt_bias
+    if isinstance(mixer, LightningAttentionConfig):
+        return 0.0  # its decay slopes are fixed, not weights
     if mixer.gate_rank is not None:
         return float(conv + mixer.n_v_heads + mixer.key_dim)  # KDA: A_log per head, dt_bias per key channel
     return float(conv + 2 * mixer.n_v_heads)  # A_log, dt_bias
@@ -140,6 +145,9 @@ def recurrence_flops_per_token(mixer: RecurrentMixer) -> float:
         return float(mixer.d_inner * (8 * mixer.d_state + 6))
     if isinstance(mixer, Mamba2Config):
         return float(mixer.d_inner * (5 * mixer.d_state + 8))
+    if isinstance(mixer, LightningAttentionConfig):
+        # the decay (1), k v^T added (2) and q S (2) per state element; SiLU on q, k, v and the gate
+        return float(5 * mixer.state_elements + 4 * 4 * mixer.d_inner)
     # KDA's decay is a vector per head (an exp and its softplus gate per key channel)
     gate = 6 * mixer.key_dim if mixer.gate_rank is not None else 0
     return float(7 * mixer.state_elements + 6 * mixer.value_dim + 4 * mixer.key_dim + gate)
@@ -161,6 +169,12 @@ def chunked_flops_per_token(mixer: RecurrentMixer, chunk: np.ndarray, tp: int = 
         n, p, h = mixer.d_state, mixer.head_dim, mixer.n_heads
         groups = groups_per_rank(mixer, tp)
         return 2 * q * n * groups + (h * (2 * q * p + 4 * n * p) + mixer.d_inner * 8) / tp
+    if isinstance(mixer, LightningAttentionConfig):
+        # per head: the block's Q K^T (decay-masked) and its product with V (2Q dh each), Q S from the
+        # carried state and K^T V into it (2 dh^2 each)
+        dh = mixer.head_dim
+        per_head = 4 * q * dh + 4 * dh * dh
+        return (mixer.n_heads * per_head + 4 * 4 * mixer.d_inner) / tp
     g: GatedDeltaNetConfig = mixer
     dk, dv = g.head_k_dim, g.head_v_dim
     per_head = 6 * q * dk + 4 * q * dv + 6 * dk * dv + 2 * q * q / 3
