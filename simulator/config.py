@@ -315,6 +315,8 @@ class GatedDeltaNetConfig(_Recurrent):
     def _k_heads_divide_v_heads(self) -> GatedDeltaNetConfig:
         if self.n_v_heads % self.n_k_heads:
             raise ValueError(f"n_v_heads={self.n_v_heads} is not a multiple of n_k_heads={self.n_k_heads}")
+        if self.gate_rank is not None and self.n_v_heads != self.n_k_heads:
+            raise ValueError("Kimi Delta Attention (gate_rank) has as many key heads as value heads")
         return self
 
     @property

@@ -88,9 +88,9 @@ def test_bad_input_malformed_json_and_yaml(tmp_path: Path) -> None:
 def test_bad_input_unsupported_hf_architecture(tmp_path: Path) -> None:
     cfg = tmp_path / "config.json"
     cfg.write_text(
-        json.dumps({"model_type": "minimax", "architectures": ["MiniMaxForCausalLM"], "hidden_size": 768})
+        json.dumps({"model_type": "zamba2", "architectures": ["Zamba2ForCausalLM"], "hidden_size": 768})
     )
-    assert_one_line_error(run("simulate", str(cfg)), "minimax")
+    assert_one_line_error(run("simulate", str(cfg)), "zamba2")
 
 
 def test_bad_input_workload_and_format() -> None:

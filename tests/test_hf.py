@@ -272,12 +272,12 @@ def one_line(exc: pytest.ExceptionInfo[BaseException]) -> str:
 
 def test_unsupported_model_type_is_one_line_with_supported_list() -> None:
     cfg = copy.deepcopy(hf("Llama-3.1-8B"))
-    cfg["model_type"] = "falcon_h1"  # attention and Mamba-2 side by side in one layer: not modelled
-    cfg["architectures"] = ["FalconH1ForCausalLM"]
+    cfg["model_type"] = "zamba2"  # attention blocks shared across the stack: not modelled
+    cfg["architectures"] = ["Zamba2ForCausalLM"]
     with pytest.raises(ConfigError) as exc:
         from_hf_config(cfg, "g")
     text = one_line(exc)
-    assert "'falcon_h1'" in text and "deepseek_v3" in text and "gemma2" in text and "qwen3_next" in text
+    assert "'zamba2'" in text and "deepseek_v3" in text and "gemma2" in text and "qwen3_next" in text
 
 
 @pytest.mark.parametrize(

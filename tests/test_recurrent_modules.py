@@ -728,3 +728,23 @@ def test_a_mixer_beside_attention_adds_its_output_on_the_same_normed_input() -> 
         in_sequence = after_attn + block.beside.layer(block.attn.norm(after_attn))
     torch.testing.assert_close(got, want, **TOL)
     assert not torch.allclose(mixed, in_sequence)
+
+
+def test_kda_prefill_with_strong_decays_over_long_chunks_matches_the_loop() -> None:
+    """Kimi Delta Attention at its real chunk length (64) over a 150-token prompt (three chunks, the
+    last partial), with decays as strong as the module's defaults (A_log up to log 16): the chunked form
+    (its per-channel ratios through sub-block pivots) gives the per-token loop's outputs and final state."""
+    cfg = MIXERS["kda"].model_copy(update={"chunk_size": 64})
+    m = build_recurrent(cfg, D, phase="prefill", dtype=F64)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name not in ("A_log", "dt_bias"):
+                p.normal_(0.0, 0.3)
+    m.setup_cache(1, 150, fill="zeros")
+    x = torch.randn(1, 150, D, dtype=F64)
+    with torch.no_grad():
+        got = m(x)
+    loop = LOOPS["kda"](m, None, None)
+    want = torch.stack(loop_outputs(loop, x[0]))
+    torch.testing.assert_close(got[0], want, **TOL)
+    torch.testing.assert_close(m.state[0], loop.h, **TOL)

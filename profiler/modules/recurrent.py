@@ -496,8 +496,8 @@ class KimiDeltaAttention(GatedDeltaNet):
     Prefill's chunked form generalises Gated DeltaNet's with per-channel decays: within a chunk,
     A_ij = beta_i sum_c k_ic k_jc G_ic / G_jc (j < i), u = (I + A)^-1 (beta V - beta (K * G) S0),
     o_i = (q_i * G_i) S0 + sum_{j<=i} (sum_c q_ic k_jc G_ic / G_jc) u_j, and the chunk's final state is
-    diag(G_Q) S0 + sum_j diag(G_Q / G_j) k_j u_j^T; the ratios are taken as exp of log differences,
-    pair by pair within one chunk at a time."""
+    diag(G_Q) S0 + sum_j diag(G_Q / G_j) k_j u_j^T; the per-channel ratios come as exp of log
+    differences (`_decayed_products`)."""
 
     def __init__(self, cfg: GatedDeltaNetConfig, d_model: int, **kwargs: object) -> None:
         _RecurrentMixer.__init__(self, cfg, d_model, **kwargs)  # type: ignore[arg-type]
@@ -512,7 +512,7 @@ class KimiDeltaAttention(GatedDeltaNet):
         self.g_b = nn.Linear(rank, self.value_dim, bias=False, **f)
         self.A_log = nn.Parameter(torch.empty(self.n_v_heads, **f))  # type: ignore[arg-type]
         self.dt_bias = nn.Parameter(torch.empty(self.key_dim, **f))  # type: ignore[arg-type]
-        self.norm = nn.RMSNorm(self.head_v_dim, eps=1e-6, **f)
+        self.norm = nn.RMSNorm(self.head_v_dim, eps=1e-5, **f)  # vLLM's o_norm eps
         self.out_proj = nn.Linear(self.value_dim, d_model, bias=bias, **f)
         with torch.no_grad():
             self.A_log.copy_(torch.log(torch.linspace(1.0, 16.0, self.n_v_heads)))
@@ -540,20 +540,42 @@ class KimiDeltaAttention(GatedDeltaNet):
         outs = []
         for i in range(nc):
             qi, ki, vi, bi, gi = q[:, :, i], k[:, :, i], v[:, :, i], beta[:, :, i], gc[:, :, i]
-            # G_ic / G_jc for j <= i, per channel: (B, H, Q, Q, dk)
-            log_ratio = (gi.unsqueeze(-2) - gi.unsqueeze(-3)).masked_fill(~causal[..., None], -math.inf)
-            ratio = log_ratio.exp()
-            a = torch.einsum("bhic,bhjc,bhijc->bhij", ki * bi.unsqueeze(-1), ki, ratio).tril(-1)
+            a = self._decayed_products(ki * bi.unsqueeze(-1), ki, gi, causal).tril(-1)
             t_inv = torch.linalg.solve_triangular(a, eye.expand_as(a), upper=False, unitriangular=True)
             w = t_inv @ (ki * bi.unsqueeze(-1) * gi.exp())
             u = t_inv @ (vi * bi.unsqueeze(-1)) - w @ s
-            qk = torch.einsum("bhic,bhjc,bhijc->bhij", qi, ki, ratio)
+            qk = self._decayed_products(qi, ki, gi, causal)
             outs.append((qi * gi.exp()) @ s + qk @ u)
             k_to_end = ki * (gi[..., -1:, :] - gi).exp()
             s = s * gi[..., -1, :].exp().unsqueeze(-1) + k_to_end.transpose(-1, -2) @ u
         state.copy_(s)
         o = torch.stack(outs, dim=2).reshape(bsz, self.n_v_heads, nc * q_len, self.head_v_dim)
         return o[:, :, :t].transpose(1, 2)
+
+    @staticmethod
+    def _decayed_products(
+        x: torch.Tensor, k: torch.Tensor, g: torch.Tensor, causal: torch.Tensor, sub: int = 16
+    ) -> torch.Tensor:
+        """(B, H, Q, Q): sum_c x_ic k_jc exp(g_ic - g_jc) for j <= i within a chunk (0 above), g the log
+        decay from the chunk start (falling). A pair whose key lies in an earlier sub-block of `sub`
+        positions goes through the query's sub-block start p: exp(g_i - g_p) exp(g_p - g_j), both
+        exponents <= 0, so two matmuls; pairs within a sub-block take their ratios one by one (sub x sub
+        x dk at a time, not Q x Q x dk)."""
+        out = x.new_zeros(*x.shape[:-1], x.shape[-2])
+        for start in range(0, x.shape[-2], sub):
+            rows = slice(start, start + sub)
+            g_rows, pivot = g[..., rows, :], g[..., start : start + 1, :]
+            if start:
+                earlier_keys = k[..., :start, :] * (pivot - g[..., :start, :]).exp()
+                out[..., rows, :start] = (x[..., rows, :] * (g_rows - pivot).exp()) @ earlier_keys.transpose(
+                    -1, -2
+                )
+            within = causal[rows, rows][..., None]
+            ratio = (g_rows.unsqueeze(-2) - g_rows.unsqueeze(-3)).masked_fill(~within, -math.inf).exp()
+            out[..., rows, rows] = torch.einsum(
+                "bhic,bhjc,bhijc->bhij", x[..., rows, :], k[..., rows, :], ratio
+            )
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bsz, t, _ = x.shape

@@ -634,14 +634,20 @@ def _kimi_linear(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
     kda = _kimi_delta(r) if "kda" in kinds else None
     mla = mla_config(r) if "mla" in kinds else None
     width = r.need_int("moe_intermediate_size")
-    shared = r.opt_count("num_shared_experts", 1)
+    # KimiLinearConfig's spellings, and the DeepSeek-style ones some copies carry
+    shared = r.opt_count("num_shared_experts" if "n_shared_experts" not in r.cfg else "n_shared_experts", 1)
+    top_k_key = "num_experts_per_tok" if "num_experts_per_token" not in r.cfg else "num_experts_per_token"
     act = gated_activation(r)
     router = r.opt_str("moe_router_activation_func", "sigmoid")
+    if router not in ("sigmoid", "softmax"):
+        raise ConfigError(
+            f"{r.what}: moe_router_activation_func {router!r} is not supported (sigmoid, softmax)"
+        )
     moe = validated(
         r,
         lambda: MoEConfig(
             n_experts=r.need_int("num_experts"),
-            top_k=r.need_int("num_experts_per_token"),
+            top_k=r.need_int(top_k_key),
             expert_ffn=width,
             n_shared_experts=shared,
             shared_ffn=shared * width,

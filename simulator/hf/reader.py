@@ -155,7 +155,9 @@ def attention_config(
     """`kv_default`: the family's K/V head count when the config states none (None: as many as the
     query heads, the Llama rule)."""
     n_heads = r.need_int("num_attention_heads")
-    n_kv = r.opt_int("num_key_value_heads", kv_default or n_heads)
+    # absent: the family's default; written as null: as many as the query heads (the Llama rule)
+    stated_null = "num_key_value_heads" in r.cfg and r.cfg["num_key_value_heads"] is None
+    n_kv = n_heads if stated_null else r.opt_int("num_key_value_heads", kv_default or n_heads)
     assert n_kv is not None
     # explicit head_dim wins (Qwen3, Gemma, Llama-3.2 ...); then the family's class default where it has
     # one (Qwen3-Next, Nemotron-H); only derive hidden/heads when neither exists

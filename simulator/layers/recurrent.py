@@ -178,7 +178,8 @@ def chunked_flops_per_token(mixer: RecurrentMixer, chunk: np.ndarray, tp: int = 
     g: GatedDeltaNetConfig = mixer
     dk, dv = g.head_k_dim, g.head_v_dim
     per_head = 6 * q * dk + 4 * q * dv + 6 * dk * dv + 2 * q * q / 3
-    return (g.n_v_heads * per_head + 6 * g.value_dim + 4 * g.key_dim) / tp
+    gate = 6 * g.key_dim if g.gate_rank is not None else 0  # KDA's per-channel decay, as in decode
+    return (g.n_v_heads * per_head + 6 * g.value_dim + 4 * g.key_dim + gate) / tp
 
 
 def cost(mixer: RecurrentMixer, model: ModelConfig, points: Points) -> LayerCost:
@@ -226,11 +227,18 @@ def cost(mixer: RecurrentMixer, model: ModelConfig, points: Points) -> LayerCost
         extra = 2 * x_proj + 2 * inner
         # x_proj is row-parallel: its dt/B/C are summed over the ranks
         comm = comm + allreduce_bytes(tokens, x_proj, points.b_a, tp)
-    elif isinstance(mixer, GatedDeltaNetConfig) and mixer.gate_rank is not None:
-        # KDA: the gates' low-rank outputs (whole on every rank) and their per-channel decay and output gate
-        extra = 4 * mixer.gate_rank + 2 * (mixer.key_dim + mixer.value_dim) / tp
-    act_naive = tokens * (2 * d + 2 * width + 2 * conv + 2 * inner + extra) * points.b_a + 2 * chunk_states
-    act_peak = tokens * (2 * d + width + inner) * points.b_a + chunk_states
+    decay = gate = 0.0
+    if isinstance(mixer, GatedDeltaNetConfig) and mixer.gate_rank is not None:
+        # KDA: the gates' low-rank outputs (whole on every rank), the output gate, and the per-channel
+        # decay, which vLLM's gate kernel writes in fp32
+        extra = 4 * mixer.gate_rank + 2 * mixer.value_dim / tp
+        decay, gate = tokens * mixer.key_dim * 4.0 / tp, tokens * mixer.value_dim * points.b_a / tp
+    act_naive = (
+        tokens * (2 * d + 2 * width + 2 * conv + 2 * inner + extra) * points.b_a
+        + 2 * chunk_states
+        + 2 * decay
+    )
+    act_peak = tokens * (2 * d + width + inner) * points.b_a + chunk_states + decay + gate
     weights = points.full(on_device * points.b_w)
     nan = points.full(np.nan)
     return LayerCost(
