@@ -377,9 +377,8 @@ def _latent(attn: MLAAttention, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([rms_norm(kv[: attn.c], attn.kv_norm), kv[attn.c :]])
 
 
-@pytest.mark.parametrize("q_lora", [None, 12])
-def test_mla_absorbed_decode_matches_expanded(q_lora: int | None) -> None:
-    cfg = AttentionConfig(
+def _mla_config(q_lora: int | None) -> AttentionConfig:
+    return AttentionConfig(
         kind="mla",
         n_heads=3,
         q_lora_rank=q_lora,
@@ -388,6 +387,11 @@ def test_mla_absorbed_decode_matches_expanded(q_lora: int | None) -> None:
         qk_rope_head_dim=4,
         v_head_dim=5,
     )
+
+
+@pytest.mark.parametrize("q_lora", [None, 12])
+def test_mla_absorbed_decode_matches_expanded(q_lora: int | None) -> None:
+    cfg = _mla_config(q_lora)
     attn = randomize_(MLAAttention(cfg, D, kv_mode="append"))
     b, s = 2, 6
     attn.setup_cache(b, s)
@@ -421,18 +425,8 @@ def test_mla_prefill_causal() -> None:
 
 
 def _dsa_config(q_lora: int | None, topk: int) -> AttentionConfig:
-    return AttentionConfig(
-        kind="mla",
-        n_heads=3,
-        q_lora_rank=q_lora,
-        kv_lora_rank=10,
-        qk_nope_head_dim=6,
-        qk_rope_head_dim=4,
-        v_head_dim=5,
-        index_topk=topk,
-        index_n_heads=2,
-        index_head_dim=7,
-    )
+    sparse = {"index_topk": topk, "index_n_heads": 2, "index_head_dim": 7}
+    return AttentionConfig.model_validate({**_mla_config(q_lora).model_dump(), **sparse})
 
 
 def _index_key(attn: SparseMLAAttention, x: torch.Tensor) -> torch.Tensor:
