@@ -298,13 +298,14 @@ def _copy_caches(src: Any, dst: Any) -> None:
     """KV caches and recurrent states are plain attributes (not buffers): copy them so both models start
     from the same."""
     for s_block, d_block in zip(src.blocks, dst.blocks, strict=True):
-        if s_block.attn is None:  # an FFN-only block
-            continue
-        s_attn, d_attn = s_block.attn.layer, d_block.attn.layer
-        for name in ("k_cache", "v_cache", "kv_cache", "state", "conv_state"):
-            s = getattr(s_attn, name, None)
-            if s is not None:
-                getattr(d_attn, name).copy_(s)
+        for slot in ("attn", "beside"):  # the block's mixer and the one beside it (Falcon-H1)
+            s_sub, d_sub = getattr(s_block, slot, None), getattr(d_block, slot, None)
+            if s_sub is None:
+                continue
+            for name in ("k_cache", "v_cache", "kv_cache", "index_cache", "state", "conv_state"):
+                s = getattr(s_sub.layer, name, None)
+                if s is not None:
+                    getattr(d_sub.layer, name).copy_(s)
 
 
 def stage_gpm(out: Path) -> None:

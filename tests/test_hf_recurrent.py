@@ -788,3 +788,6 @@ def test_minimax01_layer_types_spelling_and_bad_type_lists() -> None:
     with pytest.raises(ConfigError) as exc:
         from_hf_config({**cfg, "attn_type_list": [0, 2] * 40}, "bad")
     assert "'attn_type_list' must give 0 (lightning) or 1 (softmax)" in one_line(exc)
+    with pytest.raises(ConfigError) as exc:  # both spellings, saying different things
+        from_hf_config({**cfg, "layer_types": types, "attn_type_list": [1] * 80}, "both")
+    assert "layer_types and attn_type_list disagree" in one_line(exc)

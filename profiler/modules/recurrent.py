@@ -620,7 +620,9 @@ class LightningAttention(_RecurrentMixer):
         self.norm = nn.RMSNorm(inner, eps=1e-5, **f)  # type: ignore[arg-type]
         self.out_proj = nn.Linear(inner, d_model, bias=cfg.proj_bias, **f)  # type: ignore[arg-type]
         # log decay per head, a buffer: fixed slopes, not weights
-        slopes = alibi_slopes(cfg.n_heads).to(device=f["device"], dtype=torch.float32)  # type: ignore[arg-type]
+        # kept at least in fp32 (the kernels compute the decay in fp32), in fp64 for an fp64 module
+        dtype = compute_dtype(f["dtype"])  # type: ignore[arg-type]
+        slopes = alibi_slopes(cfg.n_heads).to(device=f["device"], dtype=dtype)  # type: ignore[arg-type]
         self.register_buffer("log_decay", -slopes, persistent=False)
 
     @property
@@ -634,11 +636,11 @@ class LightningAttention(_RecurrentMixer):
 
     def _step(self, state: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """One token (q, k, v (B, heads, head_dim)): o (B, heads, head_dim)."""
-        sd = state.dtype
-        decay = self.log_decay.to(sd).exp()[:, None, None]
-        s = state * decay + k.to(sd).unsqueeze(-1) * v.to(sd).unsqueeze(-2)  # the one read of the state
+        cd = compute_dtype(state.dtype)  # the update in fp32 at least, as the kernels run it
+        decay = self.log_decay.to(cd).exp()[:, None, None]
+        s = state.to(cd) * decay + k.to(cd).unsqueeze(-1) * v.to(cd).unsqueeze(-2)  # the one state read
         state.copy_(s)
-        return (q.to(sd).unsqueeze(-2) @ s).squeeze(-2)
+        return (q.to(cd).unsqueeze(-2) @ s).squeeze(-2).to(state.dtype)
 
     def _chunked(
         self, state: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor

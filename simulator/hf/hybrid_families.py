@@ -503,15 +503,19 @@ def _minimax01(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
     kinds = per_layer_types(
         r, "layer_types", n_layers, {"linear_attention": "lightning", "full_attention": "full"}
     )
-    if kinds is None:
-        types = r.cfg.get("attn_type_list")
+    types = r.cfg.get("attn_type_list")
+    if kinds is not None and types is not None:
+        if types != [1 if k == "full" else 0 for k in kinds]:
+            raise ConfigError(f"{r.what}: layer_types and attn_type_list disagree")
+    elif kinds is None:
         if not isinstance(types, list) or len(types) != n_layers or set(types) - {0, 1}:
             raise ConfigError(
                 f"{r.what}: 'attn_type_list' must give 0 (lightning) or 1 (softmax) for each of the "
                 f"{n_layers} layers"
             )
         kinds = ["full" if t == 1 else "lightning" for t in types]
-    heads, head_dim = r.need_int("num_attention_heads"), r.need_int("head_dim")
+    heads = r.need_int("num_attention_heads")
+    head_dim = r.opt_size("head_dim", d // heads)  # hidden / heads when absent, as transformers derives
     lightning = validated(
         r,
         lambda: LightningAttentionConfig(

@@ -209,9 +209,9 @@ def cost(mixer: RecurrentMixer, model: ModelConfig, points: Points) -> LayerCost
             chunk_states = points.zeros()
         else:
             # the prefill kernels write each chunk's state to HBM and read it back to pass it on: Mamba-2's
-            # SSD kernels in fp32, Gated DeltaNet's in the activation dtype
+            # SSD kernels and vLLM's lightning kernels in fp32, Gated DeltaNet's in the activation dtype
             chunks = np.ceil(points.context / mixer.chunk_size)
-            b_chunk = 4.0 if isinstance(mixer, Mamba2Config) else points.b_a
+            b_chunk = 4.0 if isinstance(mixer, Mamba2Config | LightningAttentionConfig) else points.b_a
             chunk_states = batch * chunks * mixer.state_elements / tp * b_chunk
     flops = 2.0 * matmul * tokens + mix
 
