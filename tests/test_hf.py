@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from simulator.config import GATED, AttentionConfig, DenseFFNConfig, ModelConfig, MoEConfig
+from simulator.config import GATED, AttentionConfig, DenseFFNConfig, ModelConfig, MoEConfig, Workload
 from simulator.errors import ConfigError
 from simulator.hf import from_hf_config
 from simulator.loading import load_model
@@ -734,3 +734,16 @@ def test_the_text_configs_own_model_type_picks_the_decoder() -> None:
     unknown = {**cfg, "text_config": {**cfg["text_config"], "model_type": "ministral3"}}
     with pytest.raises(ConfigError, match="text decoder of mistral3 is model_type 'ministral3'"):
         from_hf_config(unknown, "ministral")
+
+
+@pytest.mark.parametrize("file", sorted(p.stem for p in HF_DIR.glob("*.json")))
+def test_every_stored_config_builds_a_reference_model_with_the_simulators_parameters(file: str) -> None:
+    """Each config.json here as the reference PyTorch model (meta tensors) holds exactly the parameters
+    the simulator's cost formulas count: the modules and the formulas are written apart."""
+    from profiler.modules.model import ReferenceModel
+    from simulator.loading import load_hardware
+    from simulator.sweep import simulate
+
+    m = from_hf_config(hf(file), file)
+    sim = simulate(m, load_hardware("h100-sxm"), Workload(batch=[1], context=[16]))
+    assert ReferenceModel(m, device="meta", dtype="bf16").param_count() == int(sim["params"].iloc[0])
