@@ -187,6 +187,7 @@ def stage_parity(out: Path) -> None:
         BlockConfig,
         DenseFFNConfig,
         GatedDeltaNetConfig,
+        LightningAttentionConfig,
         Mamba2Config,
         MambaConfig,
         MemoryPlusConfig,
@@ -240,20 +241,49 @@ def stage_parity(out: Path) -> None:
         ),
         "mamba2": Mamba2Config(n_heads=4, head_dim=16, d_state=16, n_groups=2, chunk_size=8),
         "mamba": MambaConfig(d_inner=256, d_state=8, dt_rank=8),
+        # DeepSeek-V3.2's sparse MLA (8 of 16 cached tokens picked), Kimi Delta Attention, lightning
+        "mla_sparse": AttentionConfig(
+            kind="mla",
+            n_heads=4,
+            q_lora_rank=32,
+            kv_lora_rank=32,
+            qk_nope_head_dim=16,
+            qk_rope_head_dim=8,
+            v_head_dim=16,
+            index_topk=8,
+            index_n_heads=4,
+            index_head_dim=16,
+        ),
+        "kda": GatedDeltaNetConfig(
+            n_k_heads=4,
+            n_v_heads=4,
+            head_k_dim=16,
+            head_v_dim=16,
+            chunk_size=8,
+            gate_rank=16,
+            state_dtype="fp32",
+        ),
+        "lightning": LightningAttentionConfig(n_heads=4, head_dim=16, chunk_size=8),
     }
+    # Falcon-H1's layer: a Mamba-2 mixer beside the attention
+    beside = {"gqa+mamba2": ("gqa", "mamba2")}
     mixer_families = ("dense", "moe")  # the recurrent mixers beside these FFNs only: the budget is 40 s
     results = []
+    mixers = {name: (attn, None) for name, attn in attns.items()}
+    mixers |= {name: (attns[a], attns[b]) for name, (a, b) in beside.items()}
     for fam, ffn in families.items():
-        for aname, attn in attns.items():
+        for aname, (attn, parallel) in mixers.items():
             if aname not in ("gqa", "mla") and fam not in mixer_families:
                 continue
             for phase in ("decode", "prefill"):
-                cfg = ModelConfig(
-                    name=f"{fam}-{aname}",
-                    d_model=128,
-                    vocab_size=101,
-                    blocks=[BlockConfig(repeat=2, attention=attn, ffn=ffn, parallel_ffn=fam == "ultramemv2")],
+                block = BlockConfig(
+                    repeat=2,
+                    attention=attn,
+                    parallel_mixer=parallel,
+                    ffn=ffn,
+                    parallel_ffn=fam == "ultramemv2",
                 )
+                cfg = ModelConfig(name=f"{fam}-{aname}", d_model=128, vocab_size=101, blocks=[block])
                 row: dict[str, Any] = {"family": fam, "attention": aname, "phase": phase}
                 try:
                     torch.manual_seed(0)

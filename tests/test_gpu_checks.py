@@ -98,7 +98,9 @@ def test_a_stage_gets_only_what_is_left_of_the_run(tmp_path: Path) -> None:
     assert [p.name for p in out.iterdir()] == ["gpu-checks.tar.gz"]  # no packing.tmp left behind
 
 
-@pytest.mark.parametrize("mixer", ["gated_deltanet", "mamba2", "gqa"])
+@pytest.mark.parametrize(
+    "mixer", ["gated_deltanet", "kda", "lightning", "mamba2", "gqa", "mla_sparse", "gqa+mamba2"]
+)
 @pytest.mark.parametrize("phase", ["decode", "prefill"])
 def test_parity_copy_starts_from_the_same_state(mixer: str, phase: str) -> None:
     # the GPU parity stage compares a CPU step with a copy's step; run here with the copy on the CPU too,
@@ -126,8 +128,32 @@ def test_parity_copy_starts_from_the_same_state(mixer: str, phase: str) -> None:
             "chunk_size": 8,
         },
         "gqa": {"kind": "gqa", "n_heads": 4, "n_kv_heads": 2, "head_dim": 8},
+        "kda": {
+            "kind": "gated_deltanet",
+            "n_k_heads": 4,
+            "n_v_heads": 4,
+            "head_k_dim": 8,
+            "head_v_dim": 8,
+            "chunk_size": 8,
+            "gate_rank": 8,
+        },
+        "lightning": {"kind": "lightning", "n_heads": 4, "head_dim": 8, "chunk_size": 8},
+        "mla_sparse": {
+            "kind": "mla",
+            "n_heads": 4,
+            "q_lora_rank": 16,
+            "kv_lora_rank": 16,
+            "qk_nope_head_dim": 8,
+            "qk_rope_head_dim": 4,
+            "v_head_dim": 8,
+            "index_topk": 8,
+            "index_n_heads": 2,
+            "index_head_dim": 8,
+        },
     }
-    block = BlockConfig.model_validate({"repeat": 2, "attention": mixers[mixer]})
+    # a mixer beside attention (Falcon-H1): both caches are copied
+    slots = {"attention": mixers["gqa"], "parallel_mixer": mixers["mamba2"]} if "+" in mixer else None
+    block = BlockConfig.model_validate({"repeat": 2, **(slots or {"attention": mixers[mixer]})})
     block = block.model_copy(update={"ffn": [DenseFFNConfig(d_ff=64)]})
     cfg = ModelConfig(name=mixer, d_model=32, vocab_size=50, blocks=[block])
     torch.manual_seed(0)
