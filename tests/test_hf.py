@@ -747,3 +747,51 @@ def test_every_stored_config_builds_a_reference_model_with_the_simulators_parame
     m = from_hf_config(hf(file), file)
     sim = simulate(m, load_hardware("h100-sxm"), Workload(batch=[1], context=[16]))
     assert ReferenceModel(m, device="meta", dtype="bf16").param_count() == int(sim["params"].iloc[0])
+
+
+@pytest.mark.parametrize(
+    ("file", "published", "same_as"),
+    [
+        # the Hub's 8,292,166,656 less the vision tower and merger (676,550,144): Qwen2.5-7B's decoder
+        ("Qwen2.5-VL-7B-Instruct", 8_292_166_656 - 676_550_144, None),
+        # the checkpoint's 107,710,933,120 less the vision tower (858,681,856): GLM-4.5-Air's decoder
+        ("GLM-4.5V", 107_710_933_120 - 858_681_856, "GLM-4.5-Air"),
+        # vLLM's audit of the checkpoint, an ERNIEKit training log: tied embeddings
+        ("ERNIE-4.5-0.3B", 360_748_032, None),
+    ],
+)
+def test_vision_language_decoders_and_ernie_dense_match_their_checkpoints(
+    file: str, published: int, same_as: str | None
+) -> None:
+    """Qwen2.5-VL keeps its decoder's keys at the top level (no text_config); GLM-4.5V's text_config is
+    a glm4v_moe_text decoder with GLM-4.5-Air's weights."""
+    m = from_hf_config(hf(file), file)
+    assert total_params(m) == published
+    if same_as is not None:
+        assert m.blocks == from_hf_config(hf(same_as), same_as).blocks
+
+
+@pytest.mark.parametrize(
+    ("file", "published", "not_counted"),
+    [
+        ("Seed-OSS-36B-Instruct", 36_151_104_512, 0),  # safetensors index metadata
+        # a ledger of the safetensors headers; per-head q/k norms (2 x 128 a layer) not in the hand count
+        ("Hunyuan-A13B-Instruct", 80_393_183_232, 32 * 256),
+        ("Ling-mini-2.0", 16_255_643_392, 20 * 256),  # the Hub's safetensors headers
+        ("dots.llm1.inst", 142_774_381_696, 62 * 256),  # the Hub's safetensors metadata
+    ],
+)
+def test_seed_hunyuan_ling_and_dots_match_their_checkpoints(
+    file: str, published: int, not_counted: int
+) -> None:
+    assert total_params(from_hf_config(hf(file), file)) == published - not_counted
+
+
+def test_hunyuan_takes_per_layer_lists_and_refuses_cross_layer_kv_sharing() -> None:
+    cfg = hf("Hunyuan-A13B-Instruct")
+    m = from_hf_config({**cfg, "moe_topk": [8] * 16 + [4] * 16}, "hy")
+    assert [b.ffn[0].top_k for b in m.expanded_blocks()] == [8] * 16 + [4] * 16  # type: ignore[union-attr]
+    with pytest.raises(ConfigError, match="use_cla"):
+        from_hf_config({**cfg, "use_cla": True}, "cla")
+    with pytest.raises(ConfigError, match="one integer per layer"):
+        from_hf_config({**cfg, "num_experts": [64] * 3}, "short")

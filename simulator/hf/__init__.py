@@ -75,6 +75,16 @@ _ARCH_TO_TYPE: dict[str, str] = {
     "Mistral3ForConditionalGeneration": "mistral3",
     "Qwen3VLForConditionalGeneration": "qwen3_vl",
     "Qwen3VLMoeForConditionalGeneration": "qwen3_vl_moe",
+    "Qwen2VLForConditionalGeneration": "qwen2_vl",
+    "Qwen2_5_VLForConditionalGeneration": "qwen2_5_vl",
+    "Glm4vMoeForConditionalGeneration": "glm4v_moe",
+    "Glm4vForConditionalGeneration": "glm4v",
+    "Ernie4_5ForCausalLM": "ernie4_5",
+    "Ernie4_5_ForCausalLM": "ernie4_5",
+    "SeedOssForCausalLM": "seed_oss",
+    "HunYuanMoEV1ForCausalLM": "hunyuan_v1_moe",
+    "BailingMoeV2ForCausalLM": "bailing_moe",
+    "Dots1ForCausalLM": "dots1",
 }
 
 # families whose transformers config class ties the LM head to the embedding by default (Gemma's;
@@ -91,6 +101,7 @@ _TIED_BY_DEFAULT = {
     "cohere",
     "cohere2",
     "smollm3",
+    "ernie4_5",
     "gpt2",
     "falcon",
     "starcoder2",
@@ -108,6 +119,10 @@ _TEXT_DECODER_OF: dict[str, str] = {
     "mistral3": "mistral",  # Mistral Small 3.1 / 3.2
     "qwen3_vl": "qwen3",
     "qwen3_vl_moe": "qwen3_moe",  # its text decoder has Qwen3-MoE's weights and layer rule
+    "qwen2_vl": "qwen2",  # Qwen2-VL / Qwen2.5-VL: text keys at the top level in the published files
+    "qwen2_5_vl": "qwen2",
+    "glm4v": "glm4",  # GLM-4.1V
+    "glm4v_moe": "glm4_moe",  # GLM-4.5V
 }
 # the text_config model_types these wrappers name, read as the decoder family they are
 _TEXT_DECODER_ALIASES: dict[str, str] = {
@@ -115,6 +130,10 @@ _TEXT_DECODER_ALIASES: dict[str, str] = {
     "llama4_text": "llama4_text",
     "qwen3_vl_text": "qwen3",
     "qwen3_vl_moe_text": "qwen3_moe",
+    "qwen2_vl_text": "qwen2",
+    "qwen2_5_vl_text": "qwen2",
+    "glm4v_text": "glm4",
+    "glm4v_moe_text": "glm4_moe",
 }
 
 
@@ -191,7 +210,11 @@ def from_hf_config(cfg: dict[str, Any], name: str) -> ModelConfig:
         raise ConfigError(f"{what}: expected a JSON object, got {type(cfg).__name__}")
     model_type = model_type_of(cfg)
     decoder_of = ""
-    if model_type in _TEXT_DECODER_OF and isinstance(cfg.get("text_config"), dict):
+    if model_type in _TEXT_DECODER_OF and not isinstance(cfg.get("text_config"), dict):
+        # Qwen2-VL / Qwen2.5-VL as published: the decoder's keys at the top level beside vision_config
+        decoder_of = f", the text decoder of {model_type}"
+        model_type = _TEXT_DECODER_OF[model_type]
+    elif model_type in _TEXT_DECODER_OF and isinstance(cfg.get("text_config"), dict):
         # image-text models (Gemma 3 4B and up, Llama 4, Mistral Small 3.1, Qwen3-VL): the decoder is
         # their text_config; the vision tower is left out. The outer config decides the LM head's tie
         # where the text_config does not say (Qwen3-VL's text class would default to tied; its

@@ -354,6 +354,130 @@ def _ernie4_5_moe(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
     return _mixed_blocks(r, [attn] * n_layers, sparse, moe)
 
 
+def _ernie4_5(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
+    """ERNIE 4.5 dense (0.3B): Llama weights with an explicit head_dim, q/k/v/o and the MLP biased by
+    `use_bias` (off in the release), tied embeddings by default."""
+    bias = r.opt_bool("use_bias", False)
+    attn = attention_config(r, d, qkv_bias=bias, o_bias=bias)
+    return [BlockConfig(attention=attn, ffn=[dense_ffn(r, bias=bias)]) for _ in range(n_layers)]
+
+
+def _seed_oss(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
+    """Seed-OSS: Llama weights with q/k/v biased by `attention_bias` (on by default), o by
+    `attention_out_bias` and the MLP by `mlp_bias` (both off); SeedOssConfig's 8 K/V heads of 128."""
+    attn = attention_config(
+        r,
+        d,
+        qkv_bias=r.opt_bool("attention_bias", True),
+        o_bias=r.opt_bool("attention_out_bias", False),
+        head_dim_default=128,
+        kv_default=8,
+    )
+    ffn = dense_ffn(r, bias=r.opt_bool("mlp_bias", False))
+    return [BlockConfig(attention=attn, ffn=[ffn]) for _ in range(n_layers)]
+
+
+def _per_layer(r: Reader, key: str, n_layers: int, default: int) -> list[int]:
+    """A size that may be one integer or a list with one per layer (Hunyuan's num_experts, moe_topk)."""
+    value = r.cfg.get(key)
+    if isinstance(value, list):
+        if len(value) != n_layers or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"{r.what}: '{key}' must be an integer or one integer per layer ({n_layers})")
+        return list(value)
+    return [r.opt_size(key, default)] * n_layers
+
+
+def _hunyuan_moe(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
+    """Hunyuan-A13B (hunyuan_v1_moe): GQA with per-head q/k norms (norm weights), every layer a MoE whose
+    routed experts and one always-on shared MLP are `intermediate_size` wide, as transformers builds them
+    (its per-layer `moe_intermediate_size` and `num_shared_expert` lists are not read; they agree for
+    A13B); a softmax router; `num_experts` and `moe_topk` an integer or one per layer. Cross-layer KV
+    sharing (`use_cla`) is refused: the native class has none."""
+    if r.opt_bool("use_cla", False):
+        raise ConfigError(f"{r.what}: use_cla (cross-layer KV sharing) is not modelled")
+    bias = r.opt_bool("attention_bias", False)
+    attn = attention_config(
+        r, d, qkv_bias=bias, o_bias=bias, head_dim_keys=("head_dim", "attention_head_dim")
+    )
+    width = r.need_int("intermediate_size")
+    act = gated_activation(r)
+    shared = width if r.opt_bool("use_mixed_mlp_moe", True) else 0
+    experts, top_k = _per_layer(r, "num_experts", n_layers, 1), _per_layer(r, "moe_topk", n_layers, 1)
+
+    def moe(n: int, k: int) -> MoEConfig:
+        return validated(
+            r,
+            lambda: MoEConfig(
+                n_experts=n,
+                top_k=k,
+                expert_ffn=width,
+                n_shared_experts=1 if shared else 0,
+                shared_ffn=shared,
+                activation=act,
+            ),
+        )
+
+    return [BlockConfig(attention=attn, ffn=[moe(n, k)]) for n, k in zip(experts, top_k, strict=True)]
+
+
+def _bailing_moe(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
+    """Ling 2.0 (bailing_moe): fused q/k/v biased by `use_bias` or `use_qkv_bias`, o by `use_bias`,
+    per-head q/k norms (norm weights); dense layers below `first_k_dense_replace`, then a MoE of
+    `num_experts` experts of `moe_intermediate_size` with `num_shared_experts` shared ones of
+    `moe_shared_expert_intermediate_size`, a sigmoid router with its expert bias and group-limited
+    routing (`n_group`, `topk_group`)."""
+    bias = r.opt_bool("use_bias", False)
+    attn = attention_config(r, d, qkv_bias=bias or r.opt_bool("use_qkv_bias", False), o_bias=bias)
+    width = r.need_int("moe_intermediate_size")
+    n_shared = r.opt_count("num_shared_experts", 0)
+    shared_width = r.opt_size("moe_shared_expert_intermediate_size", width)
+    sigmoid = r.opt_str("score_function", "softmax") == "sigmoid"
+    n_group = r.opt_int("n_group", None) or 1
+    moe = _moe(
+        r,
+        "num_experts",
+        "moe_intermediate_size",
+        n_shared_experts=n_shared,
+        shared_ffn=n_shared * shared_width,
+        router="sigmoid" if sigmoid else "softmax",
+        router_bias=r.opt_bool("moe_router_enable_expert_bias", False),
+        n_groups=n_group if n_group > 1 else None,
+        topk_groups=r.opt_int("topk_group", None) if n_group > 1 else None,
+    )
+    first_dense = r.opt_count("first_k_dense_replace", 0)
+    sparse = [i >= first_dense for i in range(n_layers)]
+    blocks = _mixed_blocks(r, [attn] * n_layers, sparse, moe)
+    if bias:  # the dense MLP shares the switch
+        blocks = [
+            b if s else b.model_copy(update={"ffn": [dense_ffn(r, bias=True)]})
+            for b, s in zip(blocks, sparse, strict=True)
+        ]
+    return blocks
+
+
+def _dots1(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
+    """dots.llm1: DeepSeek-V3's MoE layout (dense below `first_k_dense_replace`, a sigmoid router with
+    its selection bias, shared experts fused into one MLP of n_shared x the routed width) under plain
+    attention with per-head q/k norms (norm weights), hidden/heads per head."""
+    bias = r.opt_bool("attention_bias", False)
+    attn = attention_config(r, d, qkv_bias=bias, o_bias=bias)
+    n_shared = r.opt_count("n_shared_experts", 0)
+    n_group = r.opt_int("n_group", None) or 1
+    moe = _moe(
+        r,
+        "n_routed_experts",
+        "moe_intermediate_size",
+        n_shared_experts=n_shared,
+        shared_ffn=n_shared * r.need_int("moe_intermediate_size"),
+        router="sigmoid",
+        router_bias=True,  # e_score_correction_bias
+        n_groups=n_group if n_group > 1 else None,
+        topk_groups=r.opt_int("topk_group", None) if n_group > 1 else None,
+    )
+    first_dense = r.opt_count("first_k_dense_replace", 0)
+    return _mixed_blocks(r, [attn] * n_layers, [i >= first_dense for i in range(n_layers)], moe)
+
+
 def _minimax_m2(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
     """MiniMax-M2: unbiased GQA with q/k RMSNorms over the whole projected width (norm weights), full
     attention on every layer, every layer MoE with a sigmoid router and its selection bias
@@ -490,6 +614,11 @@ BUILDERS: dict[str, Callable[[Reader, int, int], list[BlockConfig]]] = {
     "granitemoe": _granitemoe,
     "llama4_text": _llama4,
     "ernie4_5_moe": _ernie4_5_moe,
+    "ernie4_5": _ernie4_5,
+    "seed_oss": _seed_oss,
+    "hunyuan_v1_moe": _hunyuan_moe,
+    "bailing_moe": _bailing_moe,
+    "dots1": _dots1,
     "minimax_m2": _minimax_m2,
     "glm4": _glm4,
     "olmo3": _olmo3,
