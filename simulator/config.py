@@ -622,6 +622,10 @@ class ModelConfig(Strict):
         description="a learned absolute position table of max_positions rows, added to the token "
         "embeddings (GPT-2's wpe); RoPE and NoPE models have none",
     )
+    position_offset: Annotated[int, Field(ge=0)] = Field(
+        0, description="rows of the learned position table before position 0 (OPT keeps 2)"
+    )
+    head_bias: bool = Field(False, description="a bias on the LM head (phi-2, GPT-J)")
     sources: list[Source] = Field(default_factory=list)
     provenance: dict[str, Source] = Field(
         default_factory=dict, description="field path -> where that number came from"
@@ -633,6 +637,10 @@ class ModelConfig(Strict):
             raise ValueError("vocab_size is required when embeddings is true")
         if self.learned_positions and (not self.embeddings or self.max_positions is None):
             raise ValueError("learned_positions needs embeddings and max_positions (the table's rows)")
+        if self.position_offset and not self.learned_positions:
+            raise ValueError("position_offset is a learned position table's: set learned_positions")
+        if self.head_bias and not self.embeddings:
+            raise ValueError("head_bias needs embeddings (the LM head)")
         return self
 
     @model_validator(mode="after")

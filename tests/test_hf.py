@@ -795,3 +795,39 @@ def test_hunyuan_takes_per_layer_lists_and_refuses_cross_layer_kv_sharing() -> N
         from_hf_config({**cfg, "use_cla": True}, "cla")
     with pytest.raises(ConfigError, match="one integer per layer"):
         from_hf_config({**cfg, "num_experts": [64] * 3}, "short")
+
+
+@pytest.mark.parametrize(
+    ("file", "published", "not_counted"),
+    [
+        # DeepSpeed-Chat's printed count (tied); the hand count leaves out the 2050-row learned position
+        # table (2048 positions + OPT's offset of 2) and the LayerNorm biases
+        ("opt-1.3b", 1_315_758_080, 2050 * 2048 + (24 * 2 + 1) * 2048),
+        # the model card and the bloomz-560m safetensors metadata (tied); LayerNorm biases and the
+        # embedding LayerNorm (weight and bias) are not in the hand count
+        ("bloom-560m", 559_214_592, (24 * 2 + 1) * 1024 + 2 * 1024),
+        # an audit of the checkpoint's 285 parameter tensors; the LM head's bias and the final LayerNorm's
+        ("gpt-j-6b", 6_050_882_784, 50400 + 4096),
+        # the Hub's safetensors count; the LM head's bias and the final LayerNorm's
+        ("phi-2", 2_779_683_840, 51200 + 2560),
+        # the Hub's safetensors count at a named revision; LayerNorm biases (two a layer and the final)
+        ("stablelm-2-1_6b", 1_644_515_328, (24 * 2 + 1) * 2048),
+        # the index's 13,298,573,312 bf16 bytes; weight-only LayerNorms, as the hand count has them
+        ("mpt-7b", 13_298_573_312 // 2, 0),
+    ],
+)
+def test_classic_layernorm_families_match_their_checkpoints(
+    file: str, published: int, not_counted: int
+) -> None:
+    assert total_params(from_hf_config(hf(file), file)) == published - not_counted
+
+
+def test_opt_position_offset_and_biased_lm_heads_are_held() -> None:
+    """OPT's position table has two rows before position 0; GPT-J's and Phi-2's LM heads carry a bias;
+    the simulator holds them, as the reference model does (the every-config test checks the totals)."""
+    opt = from_hf_config(hf("opt-1.3b"), "opt")
+    assert (opt.learned_positions, opt.position_offset, opt.max_positions) == (True, 2, 2048)
+    for file in ("gpt-j-6b", "phi-2"):
+        assert from_hf_config(hf(file), file).head_bias
+    with pytest.raises(ConfigError, match="word_embed_proj_dim 512"):
+        from_hf_config({**hf("opt-1.3b"), "word_embed_proj_dim": 512}, "opt-350m-like")

@@ -155,7 +155,7 @@ class ReferenceModel(nn.Module):
         self.tables_registry = TableRegistry(device, dt)
         self.embed = nn.Embedding(config.vocab_size, d, **f) if config.embeddings else None
         self.pos_embed = (
-            nn.Embedding(config.max_positions, d, **f)  # type: ignore[arg-type]
+            nn.Embedding(config.max_positions + config.position_offset, d, **f)  # type: ignore[operator]
             if config.learned_positions
             else None
         )
@@ -194,7 +194,7 @@ class ReferenceModel(nn.Module):
         )
         if config.embeddings:
             self.norm: nn.Module | None = make_norm(config.norm, d, **f)
-            self.head: nn.Linear | None = nn.Linear(d, config.vocab_size, bias=False, **f)
+            self.head: nn.Linear | None = nn.Linear(d, config.vocab_size, bias=config.head_bias, **f)
             if config.tie_embeddings:
                 assert self.embed is not None
                 self.head.weight = self.embed.weight
@@ -320,7 +320,8 @@ class ReferenceModel(nn.Module):
         batch, tokens = ids.shape
         start = self._decode_position if self.phase == "decode" else 0
         positions = torch.arange(start, start + tokens, device=ids.device)
-        return positions.clamp(max=self.config.max_positions - 1).expand(batch, tokens)  # type: ignore[operator]
+        last = self.config.max_positions - 1  # type: ignore[operator]
+        return positions.clamp(max=last).add(self.config.position_offset).expand(batch, tokens)
 
     # ------------------------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -85,6 +85,13 @@ _ARCH_TO_TYPE: dict[str, str] = {
     "HunYuanMoEV1ForCausalLM": "hunyuan_v1_moe",
     "BailingMoeV2ForCausalLM": "bailing_moe",
     "Dots1ForCausalLM": "dots1",
+    "PhiForCausalLM": "phi",
+    "StableLmForCausalLM": "stablelm",
+    "OPTForCausalLM": "opt",
+    "BloomForCausalLM": "bloom",
+    "GPTJForCausalLM": "gptj",
+    "MPTForCausalLM": "mpt",
+    "MptForCausalLM": "mpt",
 }
 
 # families whose transformers config class ties the LM head to the embedding by default (Gemma's;
@@ -102,6 +109,9 @@ _TIED_BY_DEFAULT = {
     "cohere2",
     "smollm3",
     "ernie4_5",
+    "mpt",
+    "opt",
+    "bloom",
     "gpt2",
     "falcon",
     "starcoder2",
@@ -161,6 +171,21 @@ _KEY_ALIASES: dict[str, dict[str, str]] = {
         "num_attention_heads": "n_head",
         "max_position_embeddings": "n_positions",
         "intermediate_size": "n_inner",
+    },
+    # BloomConfig reads n_layer / n_head and takes n_embed for hidden_size
+    "bloom": {"hidden_size": "n_embed", "num_hidden_layers": "n_layer", "num_attention_heads": "n_head"},
+    "gptj": {
+        "hidden_size": "n_embd",
+        "num_hidden_layers": "n_layer",
+        "num_attention_heads": "n_head",
+        "max_position_embeddings": "n_positions",
+        "intermediate_size": "n_inner",
+    },
+    "mpt": {
+        "hidden_size": "d_model",
+        "num_hidden_layers": "n_layers",
+        "num_attention_heads": "n_heads",
+        "max_position_embeddings": "max_seq_len",
     },
     # Kimi Linear's context length (KimiLinearConfig maps max_position_embeddings to it)
     "kimi_linear": {"max_position_embeddings": "model_max_length"},
@@ -267,6 +292,8 @@ def from_hf_config(cfg: dict[str, Any], name: str) -> ModelConfig:
             blocks=blocks,
             norm=fields.get("norm", "rmsnorm"),
             learned_positions=fields.get("learned_positions", False),
+            position_offset=fields.get("position_offset", 0),
+            head_bias=fields.get("head_bias", False),
             sources=[Source(tag="code", source=f"Hugging Face config.json, model_type {model_type}")],
             provenance=provenance,
         )

@@ -39,9 +39,10 @@ def embed_cost(model: ModelConfig, points: Points) -> LayerCost:
     on_device = params / points.tp
     if model.learned_positions:
         assert model.max_positions is not None, "the config validator requires the table's rows"
-        params += float(model.max_positions * d)
+        rows = model.max_positions + model.position_offset
+        params += float(rows * d)
         # the position table is replicated on every tensor-parallel rank (vLLM's GPT-2), not split
-        on_device += float(model.max_positions * d)
+        on_device += float(rows * d)
         # the batch's sequences share positions (one context per point): a decode step reads the rows of
         # its tokens_per_step positions, a prefill those of its prompt's tokens
         steps = points.full(float(points.tokens_per_step))
@@ -72,12 +73,13 @@ def head_cost(model: ModelConfig, points: Points) -> LayerCost:
     d, vocab = model.d_model, _vocab(model)
     n = logit_tokens(points)
     # a prefill chunk that does not end its prompt runs no LM head at all
-    weights = points.full(0.0 if points.logits == "none" else vocab * d * points.b_w / points.tp)
+    bias = vocab if model.head_bias else 0  # a bias is the head's own even when its weight is tied
+    weights = points.full(0.0 if points.logits == "none" else (vocab * d + bias) * points.b_w / points.tp)
     nan = points.full(np.nan)
     return LayerCost(
         kind="head",
-        params=0.0 if model.tie_embeddings else float(vocab * d),  # tied: counted with the embedding
-        active_params=float(vocab * d),
+        params=float(bias + (0 if model.tie_embeddings else vocab * d)),  # tied: counted with the embedding
+        active_params=float(vocab * d + bias),
         flops=2.0 * vocab * d * n / points.tp,
         weight_bytes_ideal=weights,
         weight_bytes_naive=weights.copy(),
