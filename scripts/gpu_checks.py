@@ -241,19 +241,7 @@ def stage_parity(out: Path) -> None:
         ),
         "mamba2": Mamba2Config(n_heads=4, head_dim=16, d_state=16, n_groups=2, chunk_size=8),
         "mamba": MambaConfig(d_inner=256, d_state=8, dt_rank=8),
-        # DeepSeek-V3.2's sparse MLA (8 of 16 cached tokens picked), Kimi Delta Attention, lightning
-        "mla_sparse": AttentionConfig(
-            kind="mla",
-            n_heads=4,
-            q_lora_rank=32,
-            kv_lora_rank=32,
-            qk_nope_head_dim=16,
-            qk_rope_head_dim=8,
-            v_head_dim=16,
-            index_topk=8,
-            index_n_heads=4,
-            index_head_dim=16,
-        ),
+        # Kimi Delta Attention, lightning attention
         "kda": GatedDeltaNetConfig(
             n_k_heads=4,
             n_v_heads=4,
@@ -265,6 +253,9 @@ def stage_parity(out: Path) -> None:
         ),
         "lightning": LightningAttentionConfig(n_heads=4, head_dim=16, chunk_size=8),
     }
+    # DeepSeek-V3.2's sparse MLA: the MLA above with a lightning indexer (8 of 16 cached tokens picked)
+    sparse = {"index_topk": 8, "index_n_heads": 4, "index_head_dim": 16}
+    attns["mla_sparse"] = AttentionConfig.model_validate({**attns["mla"].model_dump(), **sparse})
     # Falcon-H1's layer: a Mamba-2 mixer beside the attention
     beside = {"gqa+mamba2": ("gqa", "mamba2")}
     mixer_families = ("dense", "moe")  # the recurrent mixers beside these FFNs only: the budget is 40 s

@@ -125,7 +125,7 @@ def prefill_workload(workload: Workload, step: PrefillStep, ranks: int = 1) -> W
     return workload.model_copy(update={**update, "phase": "prefill", "logits": step.logits})
 
 
-def prompt_kv_bytes(model: ModelConfig, hardware: HardwareConfig, workload: Workload, prompt: int) -> float:
+def prompt_kv_bytes(model: ModelConfig, workload: Workload, prompt: int) -> float:
     """KV-cache bytes one whole prompt of `prompt` tokens holds on a device: what a decode step of one
     sequence at that context finds cached (more than it reads with sparse attention)."""
     return float(sequence_kv_bytes(model, workload, [prompt])[0])
@@ -178,7 +178,7 @@ def chunked_prefill(
     the ep data-parallel ranks prefills its own ceil(B / ep) sequences on that schedule, in lockstep (their
     MoE layers exchange tokens), so a step's global batch is ep times a rank's."""
     ep = workload.ep
-    kv_per_sequence = prompt_kv_bytes(model, hardware, workload, prompt)
+    kv_per_sequence = prompt_kv_bytes(model, workload, prompt)
     cache: dict[tuple[int, int, int, str], pd.Series] = {}
     rows = []
     for b in batches:

@@ -266,7 +266,7 @@ def serving_steady_state(
     check_parallelism(model, workload)
     contexts = list(range(prompt, prompt + generate - 1))
     ep = workload.ep
-    kv_per_prompt = prompt_kv_bytes(model, hardware, workload, prompt)
+    kv_per_prompt = prompt_kv_bytes(model, workload, prompt)
     costs = {"efficiency": efficiency, "overhead": overhead}
     rows = []
     for n in sorted(set(workload.batch)):

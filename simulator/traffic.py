@@ -730,10 +730,10 @@ def engine_memory(
     `simulate`'s HBM for a prefill step of `budget` tokens (weights, that step's activations and the
     residual stream: the largest step the engine runs) less that prompt's own cache; the second the
     cache one sequence holds at P + G (`prompt_kv_bytes`)."""
-    per_request = prompt_kv_bytes(model, hardware, workload, prompt + generate)
+    per_request = prompt_kv_bytes(model, workload, prompt + generate)
     full = {"phase": "prefill", "batch": [1], "context": [budget], "prefix": 0, "logits": "last"}
     held = float(simulate(model, hardware, workload.model_copy(update=full))["memory_bytes"].iloc[0])
-    return held - prompt_kv_bytes(model, hardware, workload, budget), per_request
+    return held - prompt_kv_bytes(model, workload, budget), per_request
 
 
 def engine_capacity(
@@ -1012,7 +1012,7 @@ def _capacity_bound(
     prompt, generate, hit = request
     rest = max(prompt - hit, 1)
     held = rest if engine.allocation == "paged" else rest + generate
-    per_request = prompt_kv_bytes(model, hardware, workload, held)
+    per_request = prompt_kv_bytes(model, workload, held)
     limit = max(_seq_limit(room, per_request, engine.max_seqs), 1)
     return engine_capacity(model, hardware, workload, rest, generate, engine.token_budget, limit, **costs)
 
@@ -1120,9 +1120,7 @@ def simulate_traffic(
     return pd.DataFrame(rows).reindex(columns=list(TRAFFIC_COLUMNS))
 
 
-def request_kv_bytes(
-    model: ModelConfig, hardware: HardwareConfig, workload: Workload, tokens: np.ndarray
-) -> np.ndarray:
+def request_kv_bytes(model: ModelConfig, workload: Workload, tokens: np.ndarray) -> np.ndarray:
     """`prompt_kv_bytes` at each of `tokens` (P + G per request), costed once per distinct count in one
     sweep, rounded up to whole bytes so that the engine's reservations add up exactly."""
     distinct, index = np.unique(np.asarray(tokens, dtype=np.int64), return_inverse=True)
@@ -1168,7 +1166,7 @@ def simulate_trace(
     mean_p, mean_g = float(requests.prompt.mean()), float(requests.generate.mean())
     typical = max(round(mean_p), 1), max(round(mean_g), 1)
     resident, per_request, room = _engine_room(model, hardware, workload, engine, *typical)
-    reserve = request_kv_bytes(model, hardware, workload, requests.prompt + requests.generate)
+    reserve = request_kv_bytes(model, workload, requests.prompt + requests.generate)
     if reserve.max() > room:
         i = int(np.argmax(reserve))
         raise ConfigError(

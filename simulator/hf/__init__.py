@@ -122,6 +122,11 @@ _BUILDERS: dict[str, Callable[[Reader, int, int], list[BlockConfig]]] = {
     **classic_families.BUILDERS,
     **hybrid_families.BUILDERS,
 }
+# what a family holds beside its blocks (LayerNorm, a learned position table, a biased LM head)
+_MODEL_FIELDS: dict[str, dict[str, Any]] = {
+    **attention_families.MODEL_FIELDS,
+    **classic_families.MODEL_FIELDS,
+}
 # image-text families whose `text_config` holds the decoder, and that decoder's model_type
 _TEXT_DECODER_OF: dict[str, str] = {
     "gemma3": "gemma3_text",
@@ -261,7 +266,7 @@ def from_hf_config(cfg: dict[str, Any], name: str) -> ModelConfig:
     n_layers = _LAYER_COUNT.get(model_type, _stated_layer_count)(r)
     per_layer = builder(r, d_model, n_layers)
     blocks = _group(per_layer)
-    fields = {**attention_families.MODEL_FIELDS, **classic_families.MODEL_FIELDS}.get(model_type, {})
+    fields = _MODEL_FIELDS.get(model_type, {})
 
     vocab_size = (
         r.need_int("vocab_size")

@@ -125,12 +125,26 @@ def _qwen3_moe(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
     return _mixed_blocks(r, attns, _qwen_sparse_layers(r, n_layers), moe)
 
 
+def _group_limit(r: Reader, n_group: int | None) -> dict[str, int | None]:
+    """The MoE's group-limited routing (`n_group` groups, the best `topk_group` of them searched) where
+    there is more than one group; `n_group` is what the family read (its default recorded)."""
+    grouped = (n_group or 1) > 1
+    return {
+        "n_groups": n_group if grouped else None,
+        "topk_groups": r.opt_int("topk_group", None) if grouped else None,
+    }
+
+
 def _mixed_blocks(
-    r: Reader, attns: list[AttentionConfig], sparse: list[bool], moe: MoEConfig | None
+    r: Reader,
+    attns: list[AttentionConfig],
+    sparse: list[bool],
+    moe: MoEConfig | None,
+    dense_bias: bool = False,
 ) -> list[BlockConfig]:
     """One block per layer: the MoE where `sparse` says so, the family's dense FFN elsewhere (read from
-    the config only when some layer needs it)."""
-    dense = dense_ffn(r) if not all(sparse) else None
+    the config only when some layer needs it; biased where the family's switch says so)."""
+    dense = dense_ffn(r, bias=dense_bias) if not all(sparse) else None
     return [
         BlockConfig(attention=a, ffn=[moe if s else dense])  # type: ignore[list-item]
         for a, s in zip(attns, sparse, strict=True)
@@ -154,7 +168,8 @@ def _deepseek_blocks(r: Reader, n_layers: int, attn: AttentionConfig) -> list[Bl
     expert_ffn = r.need_int("moe_intermediate_size") if n_routed else 0
     method = r.opt_str("topk_method", "greedy")
     n_group = r.opt_int("n_group", 1) or 1
-    grouped = method != "greedy" and n_group > 1  # plain greedy ignores the group fields
+    if method == "greedy":  # plain greedy ignores the group fields
+        n_group = 1
     moe = None
     if n_routed:
         moe = _moe(
@@ -165,8 +180,7 @@ def _deepseek_blocks(r: Reader, n_layers: int, attn: AttentionConfig) -> list[Bl
             shared_ffn=n_shared * expert_ffn,  # shared experts have the routed width, not intermediate_size
             router="sigmoid" if r.opt_str("scoring_func", "softmax") == "sigmoid" else "softmax",
             router_bias=method == "noaux_tc",  # V3's e_score_correction_bias
-            n_groups=n_group if grouped else None,
-            topk_groups=r.opt_int("topk_group", None) if grouped else None,
+            **_group_limit(r, n_group),
         )
     # modeling_deepseek: MoE iff n_routed_experts and layer >= first_k_dense_replace and layer % freq == 0
     sparse = [bool(n_routed) and i >= first_dense and i % freq == 0 for i in range(n_layers)]
@@ -243,8 +257,6 @@ def _glm4_moe(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
     bias = r.opt_bool("attention_bias", False)
     attn = attention_config(r, d, qkv_bias=bias, o_bias=False)
     n_shared = r.opt_int("n_shared_experts", 1) or 0
-    n_group = r.opt_int("n_group", 1) or 1
-    grouped = n_group > 1
     moe = _moe(
         r,
         "n_routed_experts",
@@ -253,8 +265,7 @@ def _glm4_moe(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
         shared_ffn=n_shared * r.need_int("moe_intermediate_size"),
         router="sigmoid",
         router_bias=True,
-        n_groups=n_group if grouped else None,
-        topk_groups=r.opt_int("topk_group", None) if grouped else None,
+        **_group_limit(r, r.opt_int("n_group", 1)),
     )
     first_dense = r.opt_int("first_k_dense_replace", 1) or 0
     return _mixed_blocks(r, [attn] * n_layers, [i >= first_dense for i in range(n_layers)], moe)
@@ -432,7 +443,6 @@ def _bailing_moe(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
     n_shared = r.opt_count("num_shared_experts", 0)
     shared_width = r.opt_size("moe_shared_expert_intermediate_size", width)
     sigmoid = r.opt_str("score_function", "softmax") == "sigmoid"
-    n_group = r.opt_int("n_group", None) or 1
     moe = _moe(
         r,
         "num_experts",
@@ -441,18 +451,11 @@ def _bailing_moe(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
         shared_ffn=n_shared * shared_width,
         router="sigmoid" if sigmoid else "softmax",
         router_bias=r.opt_bool("moe_router_enable_expert_bias", False),
-        n_groups=n_group if n_group > 1 else None,
-        topk_groups=r.opt_int("topk_group", None) if n_group > 1 else None,
+        **_group_limit(r, r.opt_int("n_group", None)),
     )
     first_dense = r.opt_count("first_k_dense_replace", 0)
     sparse = [i >= first_dense for i in range(n_layers)]
-    blocks = _mixed_blocks(r, [attn] * n_layers, sparse, moe)
-    if bias:  # the dense MLP shares the switch
-        blocks = [
-            b if s else b.model_copy(update={"ffn": [dense_ffn(r, bias=True)]})
-            for b, s in zip(blocks, sparse, strict=True)
-        ]
-    return blocks
+    return _mixed_blocks(r, [attn] * n_layers, sparse, moe, dense_bias=bias)  # the MLP shares the switch
 
 
 def _dots1(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
@@ -462,7 +465,6 @@ def _dots1(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
     bias = r.opt_bool("attention_bias", False)
     attn = attention_config(r, d, qkv_bias=bias, o_bias=bias)
     n_shared = r.opt_count("n_shared_experts", 0)
-    n_group = r.opt_int("n_group", None) or 1
     moe = _moe(
         r,
         "n_routed_experts",
@@ -471,8 +473,7 @@ def _dots1(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
         shared_ffn=n_shared * r.need_int("moe_intermediate_size"),
         router="sigmoid",
         router_bias=True,  # e_score_correction_bias
-        n_groups=n_group if n_group > 1 else None,
-        topk_groups=r.opt_int("topk_group", None) if n_group > 1 else None,
+        **_group_limit(r, r.opt_int("n_group", None)),
     )
     first_dense = r.opt_count("first_k_dense_replace", 0)
     return _mixed_blocks(r, [attn] * n_layers, [i >= first_dense for i in range(n_layers)], moe)
