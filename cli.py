@@ -1134,6 +1134,7 @@ def report(
 
 
 SAMPLE_RUNS = {"moe": "h100-sample-moe", "umv2": "h100-sample-umv2"}
+PROFILED_SAMPLES = ("moe", "umv2")  # traces/samples/h100-profiled: bundles `profile` wrote on an H100
 
 
 @app.command()
@@ -1142,8 +1143,9 @@ def demo(
         "memtraffic-demo"
     ),
 ) -> None:
-    """The main job on the embedded default: import the bundled real H100 recordings, validate them,
-    compare OLMoE-1B-7B with UltraMemV2-1B/7B on an H100 at batch 1..4096 and at a 5 ms TPOT (static and
+    """The main job on the embedded default: import the bundled real H100 recordings, validate them and
+    the H100 profiles memtraffic made itself (OLMoE-like and UltraMemV2-like, batch 1..4096), compare
+    OLMoE-1B-7B with UltraMemV2-1B/7B on an H100 at batch 1..4096 and at a 5 ms TPOT (static and
     continuous batching), write one HTML report."""
     import shlex
     from importlib.resources import files
@@ -1183,6 +1185,12 @@ def demo(
             bundle, model=preset, output=output / f"validation-{recorded}", fmt="csv", console=console
         )
         bundles.append(bundle)
+    profiled = Path(str(files("traces") / "samples" / "h100-profiled"))
+    for name in PROFILED_SAMPLES:
+        console.rule(f"[bold]{name}: profiled on an H100 by memtraffic (kernels, NVML/GPM, ncu, routing)")
+        _print_bundle_summary(profiled / name)
+        validate_run(profiled / name, output=output / f"validation-h100-{name}", fmt="csv", console=console)
+        bundles.append(profiled / name)
 
     console.rule("[bold]OLMoE-1B-7B against UltraMemV2-1B/7B, simulated")
     pair = [load_model("olmoe-1b-7b"), load_model("ultramemv2-1b-7b")]

@@ -1,17 +1,24 @@
 """Turn what scripts/gpu_checks.sh brought back from a lent GPU into committed sample data.
 
-    python scripts/adopt_gpu_checks.py FILES_AT [--dest traces/samples/h100-profiled]
+    python scripts/adopt_gpu_checks.py FILES_AT [FILES_AT ...] [--dest traces/samples/h100-profiled]
 
-FILES_AT is the folder the device tool copied $OUT into (gpu-checks.tar.gz, or its .partNN pieces). The
-profiled bundles (moe-bundle, umv2-bundle, graphs-*-bundle) are read back (a bundle that does not read
-is refused with one line, exit 2), copied to DEST/{moe,umv2,graphs-*}, the check results (device
-facts, parity, GPM calibration, NVML overhead, stage summary) to DEST/checks/, and DEST/README.md
-records how they were made: the commands, this checkout's commit and the device the run reported.
+Each FILES_AT is a folder the device tool copied $OUT into (gpu-checks.tar.gz, or its .partNN pieces),
+one per device call, in the order they ran. The profiled bundles (moe-bundle, umv2-bundle, graphs-*,
+zoo*) are read back (a bundle that does not read is refused with one line, exit 2) and written to
+DEST/{moe,umv2,graphs-*,zoo*}:
+- their runs' NVML columns are recomputed from their own NVML table by this checkout's estimator
+  (traces.timeline.run_measurements), so bundles profiled before an estimator change agree with later ones;
+- their raw kineto traces keep every event but the CPU-side aten ops (`cpu_op`), which are two thirds of
+  the bytes and which nothing here reads from a profiled bundle (`--keep-cpu-ops` keeps them).
+Each call's check results (device facts, parity, GPM calibration and its timeline, NVML overhead, stage
+summary) go to DEST/checks/runN/, and DEST/README.md records how all of it was made: the commands, this
+checkout's commit and the device each call reported.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import io
 import json
 import shutil
@@ -25,29 +32,32 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from simulator.errors import MemtrafficError  # noqa: E402
-from traces.bundle import read_bundle  # noqa: E402
+from traces.bundle import Bundle, read_bundle, write_bundle  # noqa: E402
+from traces.timeline import RUN_MEASUREMENT_COLUMNS, run_measurements  # noqa: E402
 
 BUNDLES = {
     "moe-bundle": "moe",
     "umv2-bundle": "umv2",
     "graphs-umv2-bundle": "graphs-umv2",
     "graphs-moe-bundle": "graphs-moe",
+    "zoo-bundle": "zoo",
+    "zoo_prefill-bundle": "zoo-prefill",
+    "zoo_b16-bundle": "zoo-b16",
+    "graphs8-umv2-bundle": "graphs8-umv2",
 }
 CHECK_FILES = (
     "summary.json",
     "device.json",
     "parity.json",
     "gpm_calibration.json",
+    "gpm_calibration_timeline.csv",
     "nvml_overhead.txt",
-    "moe-summary.txt",
-    "umv2-summary.txt",
-    "graphs-umv2-summary.txt",
-    "graphs-moe-summary.txt",
+    *(f"{name.removesuffix('-bundle')}-summary.txt" for name in BUNDLES),
 )
 COMMANDS = """\
 bash scripts/gpu_wheels.sh                          # on the CPU machine: .whl/ for the GPU image
-device run: command "bash scripts/gpu_checks.sh", carry [".whl"], timeout_s 600
-python scripts/adopt_gpu_checks.py FILES_AT --dest {dest}"""
+device run: command "bash scripts/gpu_checks.sh [--stages ...]", carry [".whl"], timeout_s 600
+python scripts/adopt_gpu_checks.py FILES_AT [FILES_AT ...] --dest {dest}"""
 
 
 class AdoptError(MemtrafficError):
@@ -92,43 +102,80 @@ def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def adopt(files_at: Path, dest: Path) -> list[str]:
-    """Copy the bundles and check results into `dest`; returns the README's lines."""
+def slim_trace(gz: bytes) -> bytes:
+    """A gzipped kineto trace without its `cpu_op` events (every other event kept as it was)."""
+    trace = json.loads(gzip.decompress(gz))
+    trace["traceEvents"] = [e for e in trace.get("traceEvents", []) if e.get("cat") != "cpu_op"]
+    return gzip.compress(json.dumps(trace, separators=(",", ":")).encode(), compresslevel=9, mtime=0)
+
+
+def rewrite_bundle(src: Bundle, target: Path, keep_cpu_ops: bool) -> None:
+    """`src` written to `target` (atomically) with its runs' NVML columns recomputed and its raw traces
+    slimmed unless `keep_cpu_ops`."""
+    tables = {name: src.table(name) for name in src.tables}
+    runs, nvml = tables.get("runs"), tables.get("nvml")
+    peak = src.meta["device"].get("peak_hbm_Bps")
+    if runs is not None and nvml is not None and not nvml.empty:
+        fresh = [
+            run_measurements(nvml, int(r.steady_start_ns), int(r.steady_end_ns), int(r.steps), peak)
+            for r in runs.itertuples()
+        ]
+        for col in RUN_MEASUREMENT_COLUMNS:
+            runs[col] = [f[col] for f in fresh]
+    raw = {p.name.removesuffix(".gz"): p.read_bytes() for p in src.raw_traces}
+    if not keep_cpu_ops:
+        raw = {name: slim_trace(data) for name, data in raw.items()}
+    meta = {k: v for k, v in src.meta.items() if k not in ("format", "version")}
+    meta["extra"] = {
+        **meta.get("extra", {}),
+        "adopted": "runs' NVML columns recomputed by traces.timeline.run_measurements"
+        + ("" if keep_cpu_ops else "; cpu_op events dropped from raw/"),
+    }
+    write_bundle(target, meta, tables, raw)
+
+
+def adopt(calls: list[Path], dest: Path, keep_cpu_ops: bool = False) -> list[str]:
+    """Write the bundles and check results of each device call (in order) into `dest`; returns the
+    README's lines."""
+    lines = ["# Profiled on a lent GPU by scripts/gpu_checks.sh", "", "Made with:", "```"]
+    shown = dest.resolve().relative_to(ROOT) if dest.resolve().is_relative_to(ROOT) else dest
+    lines += [*COMMANDS.format(dest=shown).splitlines(), "```", "", f"Adopted at checkout: {_commit()}"]
     with tempfile.TemporaryDirectory() as tmp:
-        work = extract(archive_bytes(files_at), Path(tmp))
-        found = {name: work / name for name in BUNDLES if (work / name).is_dir()}
+        works = [extract(archive_bytes(at), Path(tmp) / f"run{i}") for i, at in enumerate(calls, 1)]
+        found = {name: work / name for work in works for name in BUNDLES if (work / name).is_dir()}
         if not found:
             raise AdoptError(f"no profiled bundle in the archive (looked for {', '.join(BUNDLES)})")
-        bundles = {name: read_bundle(path) for name, path in found.items()}  # refuse before copying
+        bundles = {name: read_bundle(path) for name, path in found.items()}  # refuse before writing
         dest.mkdir(parents=True, exist_ok=True)
-        lines = ["# Profiled on a lent GPU by scripts/gpu_checks.sh", "", "Made with:", "```"]
-        lines += [*COMMANDS.format(dest=dest).splitlines(), "```", "", f"Checkout: {_commit()}", ""]
-        device_file = work / "device.json"
-        if device_file.is_file():
-            device = json.loads(device_file.read_text())
-            got = {k: device.get(k, "?") for k in ("name", "torch", "cuda")}
-            lines.append(f"Device: {got['name']}, torch {got['torch']}, CUDA {got['cuda']}")
-        for name, b in bundles.items():
-            target = dest / BUNDLES[name]
-            if target.exists():
-                shutil.rmtree(target)
-            shutil.copytree(found[name], target)
-            runs = b.meta.get("runs", [])
-            lines.append(
-                f"- `{BUNDLES[name]}/`: {b.meta['model']['name']}, batches "
-                f"{[r['batch'] for r in runs]}, partial={b.partial}, {_size(target) / 1e6:.1f} MB; "
-                f"not measured: {'; '.join(b.meta.get('missing', [])) or 'nothing'}"
-            )
-        checks = dest / "checks"
-        checks.mkdir(exist_ok=True)
-        for f in CHECK_FILES:
-            if (work / f).is_file():
-                shutil.copy2(work / f, checks / f)
-        summary_file = work / "summary.json"
-        if summary_file.is_file():
-            stages = json.loads(summary_file.read_text()).get("stages", {})
-            lines += ["", "| stage | rc | seconds |", "| --- | --- | --- |"]
-            lines += [f"| {n} | {s.get('rc')} | {s.get('seconds')} |" for n, s in stages.items()]
+        for i, work in enumerate(works, 1):
+            lines += ["", f"## Call {i}"]
+            device_file = work / "device.json"
+            if device_file.is_file():
+                device = json.loads(device_file.read_text())
+                got = {k: device.get(k, "?") for k in ("name", "torch", "cuda")}
+                lines.append(f"Device: {got['name']}, torch {got['torch']}, CUDA {got['cuda']}")
+            for name in (n for n, path in found.items() if path.parent == work):
+                b, target = bundles[name], dest / BUNDLES[name]
+                rewrite_bundle(b, target, keep_cpu_ops)
+                runs = b.meta.get("runs", [])
+                lines.append(
+                    f"- `{BUNDLES[name]}/`: {b.meta['model']['name']} ({b.meta['workload']['phase']}), "
+                    f"batches {[r['batch'] for r in runs]}, partial={b.partial}, "
+                    f"{_size(target) / 1e6:.1f} MB; not measured: "
+                    f"{'; '.join(b.meta.get('missing', [])) or 'nothing'}"
+                )
+            checks = dest / "checks" / f"run{i}"
+            checks.mkdir(parents=True, exist_ok=True)
+            for f in CHECK_FILES:
+                if (work / f).is_file():
+                    shutil.copy2(work / f, checks / f)
+            summary_file = work / "summary.json"
+            if summary_file.is_file():
+                summary = json.loads(summary_file.read_text())
+                stages = summary.get("stages", {})
+                lines += [f"Started {summary.get('started_utc', '?')}; check results in `checks/run{i}/`."]
+                lines += ["", "| stage | rc | seconds |", "| --- | --- | --- |"]
+                lines += [f"| {n} | {s.get('rc')} | {s.get('seconds')} |" for n, s in stages.items()]
     readme = dest / "README.md"
     tmp_readme = readme.with_suffix(".md.tmp")
     tmp_readme.write_text("\n".join(lines) + "\n")
@@ -138,11 +185,17 @@ def adopt(files_at: Path, dest: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("files_at", type=Path, help="folder holding gpu-checks.tar.gz (or its parts)")
+    p.add_argument(
+        "files_at",
+        type=Path,
+        nargs="+",
+        help="folders holding gpu-checks.tar.gz (or its parts), in run order",
+    )
     p.add_argument("--dest", type=Path, default=ROOT / "traces" / "samples" / "h100-profiled")
+    p.add_argument("--keep-cpu-ops", action="store_true", help="keep the cpu_op events of the raw traces")
     a = p.parse_args(argv)
     try:
-        lines = adopt(a.files_at, a.dest)
+        lines = adopt(a.files_at, a.dest, a.keep_cpu_ops)
     except MemtrafficError as exc:
         print(f"adopt_gpu_checks: {exc}", file=sys.stderr)
         return 2

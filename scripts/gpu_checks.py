@@ -3,11 +3,14 @@
 Stages, each a child process with its own time budget (a hang or crash costs only that stage):
   device   device facts (NVML, torch), read-only nvidia-smi query
   parity   every reference-module family on CUDA, recurrent mixers too (fp32 vs the CPU, bf16 runs)
-  gpm      GPM calibration: a 2 GiB device copy loop for 1 s, bytes counted vs GPM DRAM bytes
+  gpm      GPM calibration: 2 GiB device copies in bursts of 1, 0.5 and 2 s, counted vs GPM DRAM bytes
   moe      profile an OLMoE-like model (d 2048, 8 blocks, 64 experts top-8) at batch 1..4096, ncu pass
   umv2     profile an UltraMemV2-like model (d 2048, 8 blocks, shared 2.2 M-row table), ncu pass
   nvml     benchmarks/bench_nvml_overhead.py: does the sampler slow the run it measures
   graphs   2-block versions of both models replayed as CUDA graphs beside eager (MoE: not capturable)
+Named with --stages only (held-out checks, run on 2026-11-27 in two further calls):
+  zoo, zoo_prefill, zoo_b16   one block of every layer family, shapes used nowhere else, with ncu
+  graphs8                     the 8-block UltraMemV2-like model replayed as a CUDA graph
 Everything lands in a work folder (/tmp/gpu-checks), packed after every stage into $OUT/gpu-checks.tar.gz
 (split into parts of <= 15 MiB when larger; the device tool returns at most 8 files of 16 MiB), so a
 command stopped early still brings back every finished stage. Stages run in their own process groups: a
@@ -44,6 +47,12 @@ NCU_BATCHES = {"moe": [1, 4], "umv2": [1, 1024]}
 # to start the child plus 20-40 ms per kernel replayed (MoE at batch 4: ~1,400 kernels per step)
 NCU_SECONDS = {"moe": 130, "umv2": 110}
 GRAPH_BATCHES = [1, 16, 256]
+ZOO_BATCHES = [1, 16, 256]
+ZOO_NCU = [1, 256]
+ZOO_PREFILL_BATCHES = [1, 4]
+ZOO_PREFILL_NCU = [4]
+ZOO_PROMPT = 512
+GRAPH8_BATCHES = [1, 64, 1024]
 PACK_SECONDS = 15  # kept back at the end for the last packing
 MIN_STAGE_SECONDS = 15  # a stage that would get less is skipped, not started
 DEADLINE_ENV = "GPU_CHECKS_STAGE_DEADLINE"  # wall-clock time (time.time()) a stage must end by
@@ -54,7 +63,7 @@ DEADLINE_ENV = "GPU_CHECKS_STAGE_DEADLINE"  # wall-clock time (time.time()) a st
 STAGES: dict[str, tuple[int, str]] = {
     "device": (20, "device facts: NVML device_info, torch.cuda properties, nvidia-smi query (read-only)"),
     "parity": (40, "each layer family on CUDA: fp32 output vs CPU (same weights), bf16 forward runs"),
-    "gpm": (25, "GPM calibration: 2 GiB copy loop >= 1 s, counted bytes vs integrated GPM DRAM bytes"),
+    "gpm": (25, "GPM calibration: 2 GiB copy bursts of 1, 0.5 and 2 s, counted bytes vs GPM DRAM bytes"),
     "moe": (
         190,
         f"profile OLMoE-like, batches {BATCHES}, context {CONTEXT}, NVML/GPM, ncu at {NCU_BATCHES['moe']}",
@@ -66,7 +75,18 @@ STAGES: dict[str, tuple[int, str]] = {
     ),
     "nvml": (50, "benchmarks/bench_nvml_overhead.py --steps 100"),
     "graphs": (45, f"2-block models at batches {GRAPH_BATCHES}: eager vs CUDA-graph step time"),
+    # held out: shapes no other stage or test uses, one block of every family in one model, so that one
+    # ncu pass per batch measures them all (not in the default run; name them with --stages)
+    "zoo": (150, f"one block per layer family (decode), batches {ZOO_BATCHES}, NVML/GPM, ncu at {ZOO_NCU}"),
+    "zoo_prefill": (
+        100,
+        f"attention/FFN families (prefill, {ZOO_PROMPT} tokens), batches {ZOO_PREFILL_BATCHES}, "
+        f"ncu at {ZOO_PREFILL_NCU}",
+    ),
+    "zoo_b16": (100, "the decode zoo at batch 16 alone, with ncu at 16"),
+    "graphs8": (60, f"8-block UltraMemV2-like model, batches {GRAPH8_BATCHES}: eager vs CUDA-graph step"),
 }
+DEFAULT_STAGES = ("device", "parity", "gpm", "moe", "umv2", "nvml", "graphs")
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -114,13 +134,113 @@ def umv2_config(blocks: int = 8) -> Any:
     )
 
 
+def zoo_config(phase: str = "decode") -> Any:
+    """One block of every layer family at d_model 2048, with shapes no other stage or test uses (a
+    held-out check of the cost model): each block is its own BlockConfig, so the layers are named
+    block0.attn, block0.ffn, block1.attn, block1.moe, ... Prefill keeps the attention mixers (the
+    reference recurrent prefills run per chunk or per token, too many kernels for one ncu pass)."""
+    from simulator.config import (
+        AttentionConfig,
+        BlockConfig,
+        DenseFFNConfig,
+        GatedDeltaNetConfig,
+        LightningAttentionConfig,
+        Mamba2Config,
+        MambaConfig,
+        MemoryPlusConfig,
+        ModelConfig,
+        MoEConfig,
+        PEERConfig,
+        PKMConfig,
+        UltraMemConfig,
+        UltraMemV2Config,
+    )
+
+    gqa = AttentionConfig(kind="gqa", n_heads=32, n_kv_heads=8, head_dim=64)
+    mha = AttentionConfig(kind="mha", n_heads=16, head_dim=128)
+    mla = AttentionConfig(
+        kind="mla",
+        n_heads=16,
+        q_lora_rank=768,
+        kv_lora_rank=512,
+        qk_nope_head_dim=128,
+        qk_rope_head_dim=64,
+        v_head_dim=128,
+    )
+    # DeepSeek-V3.2's indexer picks 128 of the cached tokens (decode context 256, prompt 512)
+    dsa = AttentionConfig.model_validate(
+        {**mla.model_dump(), "index_topk": 128, "index_n_heads": 16, "index_head_dim": 128}
+    )
+    dense = DenseFFNConfig(d_ff=5632)
+    layers: list[tuple[Any, list[Any], bool]] = [
+        (gqa, [dense], False),
+        (
+            mla,
+            [MoEConfig(n_experts=48, top_k=6, expert_ffn=1408, n_shared_experts=2, shared_ffn=1408)],
+            False,
+        ),
+        (gqa, [PKMConfig(n_keys=256, heads=4, top_k=32, key_dim=256)], False),
+        (mha, [PEERConfig(n_keys=128, heads=8, top_k=16, query_dim=128)], False),
+        (gqa, [MemoryPlusConfig(n_keys=256, heads=4, top_k=32, key_dim=512)], False),
+        (
+            gqa,
+            [UltraMemConfig(knum=256, key_dim=256, heads=2, top_m=32, row_col_top=16, value_dim=512)],
+            False,
+        ),
+        (
+            dsa,
+            [
+                DenseFFNConfig(d_ff=4096, activation="gelu"),
+                UltraMemV2Config(knum=384, key_dim=256, top_m=64, value_dim=512, pre_value_dim=256),
+            ],
+            True,
+        ),
+        (
+            gqa,
+            [
+                MoEConfig(
+                    n_experts=64,
+                    top_k=8,
+                    expert_ffn=768,
+                    router="sigmoid",
+                    router_bias=True,
+                    n_groups=8,
+                    topk_groups=4,
+                )
+            ],
+            False,
+        ),
+    ]
+    if phase == "decode":
+        recurrent = [
+            Mamba2Config(n_heads=64, head_dim=64, d_state=128, n_groups=8),
+            GatedDeltaNetConfig(n_k_heads=16, n_v_heads=32, head_k_dim=128, head_v_dim=128),
+            GatedDeltaNetConfig(
+                n_k_heads=16, n_v_heads=16, head_k_dim=128, head_v_dim=128, gate_rank=128, state_dtype="fp32"
+            ),
+            LightningAttentionConfig(n_heads=16, head_dim=128),
+            MambaConfig(d_inner=4096, d_state=16, dt_rank=128),
+        ]
+        layers += [(mixer, [dense], False) for mixer in recurrent]
+    return ModelConfig(
+        name=f"zoo-d2048-{phase}",
+        description="one block per layer family, held-out shapes (scripts/gpu_checks.py zoo_config)",
+        d_model=2048,
+        vocab_size=50304,
+        embeddings=False,
+        blocks=[BlockConfig(attention=a, ffn=f, parallel_ffn=par) for a, f, par in layers],
+    )
+
+
 def _model_plan(cfg: Any) -> dict[str, Any]:
     """Parameters and memory of a model, from a meta-tensor build (no memory used)."""
     from profiler.modules import ReferenceModel
 
     model = ReferenceModel(cfg, device="meta", dtype="bf16")
     params = model.param_count(include_norms=True)
-    kv = sum(b.attention.kv_elements_per_token * b.repeat for b in cfg.blocks) * 2  # bf16 bytes per token
+    kv = 2 * sum(  # bf16 bytes per token; recurrent mixers hold a fixed state instead
+        getattr(b.attention, "kv_elements_per_token", 0) * b.repeat for b in cfg.blocks
+    )
     return {
         "name": cfg.name,
         "params": params,
@@ -329,10 +449,17 @@ def _copy_caches(src: Any, dst: Any) -> None:
                     getattr(d_sub.layer, name).copy_(s)
 
 
+GPM_BURSTS_S = (1.0, 0.5, 2.0)  # copy bursts, each between idle gaps: the counter's lag shows at both edges
+
+
 def stage_gpm(out: Path) -> None:
+    """Device-to-device copy bursts of known bytes, each between idle gaps, under the NVML sampler: the
+    timeline and every burst's [t0, t1] are kept, so GPM bytes can be checked against counted bytes with
+    any estimator (the in-window integral, and the lag-aware one of traces.timeline)."""
     import torch
 
     from profiler.nvml import NvmlSampler, device_info, dram_bytes
+    from traces.timeline import gpm_steady_bytes
 
     info = device_info()
     peak = info["peak_hbm_Bps"]
@@ -342,52 +469,61 @@ def stage_gpm(out: Path) -> None:
     for _ in range(3):
         dst.copy_(src)
     torch.cuda.synchronize()
+    bursts = []
     with NvmlSampler(interval_s=0.1, require_gpm=True) as sampler:
-        time.sleep(0.3)  # an idle lead-in window
-        t0 = time.time_ns()
-        copies = 0
-        while time.time_ns() - t0 < 1_000_000_000 or copies < 10:
-            dst.copy_(src)
-            copies += 1
-            if copies % 10 == 0:
-                torch.cuda.synchronize()
-        torch.cuda.synchronize()
-        t1 = time.time_ns()
-        time.sleep(0.6)  # settle: the counter lags (measured-on-h100.md)
+        for seconds in GPM_BURSTS_S:
+            time.sleep(0.6)  # idle: the counter lags (measured-on-h100.md), let it settle
+            t0 = time.time_ns()
+            copies = 0
+            while time.time_ns() - t0 < seconds * 1e9 or copies < 10:
+                dst.copy_(src)
+                copies += 1
+                if copies % 10 == 0:
+                    torch.cuda.synchronize()
+            torch.cuda.synchronize()
+            bursts.append({"t0_ns": t0, "t1_ns": time.time_ns(), "copies": copies})
+        time.sleep(0.6)
     timeline = sampler.to_dataframe()
     timeline.to_csv(out / "gpm_calibration_timeline.csv", index=False)
-    moved = 2 * 2 * n * copies  # bytes read + written
-    seconds = (t1 - t0) / 1e9
-    gpm_window = dram_bytes(timeline, peak, t0, t1)
-    gpm_all = dram_bytes(timeline, peak)  # the whole recording: catches the lag after t1
+    for b in bursts:
+        b["bytes_counted"] = 2 * 2 * n * b["copies"]  # bytes read + written
+        b["seconds"] = (b["t1_ns"] - b["t0_ns"]) / 1e9
+        b["copy_Bps"] = b["bytes_counted"] / b["seconds"]
+        b["ratio_in_window"] = dram_bytes(timeline, peak, b["t0_ns"], b["t1_ns"]) / b["bytes_counted"]
+        steady = gpm_steady_bytes(timeline, peak, b["t0_ns"], b["t1_ns"])
+        b["ratio_lag_aware"] = None if steady is None else steady / b["bytes_counted"]
     result = {
         "peak_hbm_Bps": peak,
         "peak_derivation": info["peak_hbm_derivation"],
-        "copies": copies,
-        "seconds": seconds,
-        "bytes_counted": moved,
-        "copy_Bps": moved / seconds,
-        "gpm_bytes_in_window": gpm_window,
-        "gpm_bytes_whole_recording": gpm_all,
-        "ratio_window": gpm_window / moved,
-        "ratio_whole": gpm_all / moved,
+        "buffer_bytes": 2 * n,
+        "bursts": bursts,
+        "gpm_bytes_whole_recording": dram_bytes(timeline, peak),
+        "bytes_counted_all_bursts": sum(b["bytes_counted"] for b in bursts),
         "sampler_errors": sampler.errors[:5],
     }
     (out / "gpm_calibration.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
 
 
-def _profile_and_summarize(out: Path, cfg: Any, batches: list[int], name: str, **options: Any) -> None:
-    """profile_model on the GPU (decode, CONTEXT, bf16, 3 warm-up steps) into out/{name}-bundle, and its
-    summary into out/{name}-summary.txt."""
+def _profile_and_summarize(
+    out: Path,
+    cfg: Any,
+    batches: list[int],
+    name: str,
+    phase: str = "decode",
+    context: int = CONTEXT,
+    **options: Any,
+) -> None:
+    """profile_model on the GPU (decode at CONTEXT unless told, bf16, 3 warm-up steps) into
+    out/{name}-bundle, and its summary into out/{name}-summary.txt."""
     from profiler.run import profile_model
 
     started = time.time()
     path = profile_model(
         cfg,
         batches,
-        "decode",
-        CONTEXT,
+        phase,
+        context,
         warmup=3,
         output=out / f"{name}-bundle",
         device="cuda",
@@ -424,6 +560,28 @@ def stage_profile(out: Path, which: str) -> None:
         ncu_timeout_s=NCU_SECONDS[which],
         ncu_deadline=_stage_deadline(),
         routing_max_rows=200_000,  # keeps the committed bundles at a few MB
+    )
+
+
+def stage_zoo(out: Path, phase: str) -> None:
+    decode = phase == "decode"
+    _profile_and_summarize(
+        out,
+        zoo_config(phase),
+        ZOO_BATCHES if decode else ZOO_PREFILL_BATCHES,
+        "zoo" if decode else "zoo_prefill",
+        phase=phase,
+        context=CONTEXT if decode else ZOO_PROMPT,
+        steps=3 if decode else 2,
+        steady_seconds=1.0,
+        input_ring=8,
+        ncu=True,
+        record_routing=True,
+        ncu_batches=ZOO_NCU if decode else ZOO_PREFILL_NCU,
+        ncu_steps=1,
+        ncu_timeout_s=STAGES["zoo" if decode else "zoo_prefill"][0],
+        ncu_deadline=_stage_deadline(),
+        routing_max_rows=100_000,
     )
 
 
@@ -491,10 +649,49 @@ def stage_graphs(out: Path) -> None:
         )
 
 
+def stage_zoo_b16(out: Path) -> None:
+    _profile_and_summarize(
+        out,
+        zoo_config("decode"),
+        [16],
+        "zoo_b16",
+        steps=3,
+        steady_seconds=1.0,
+        input_ring=8,
+        ncu=True,
+        record_routing=True,
+        ncu_batches=[16],
+        ncu_steps=1,
+        ncu_timeout_s=STAGES["zoo_b16"][0],
+        ncu_deadline=_stage_deadline(),
+        routing_max_rows=100_000,
+    )
+
+
+def stage_graphs8(out: Path) -> None:
+    """The whole UltraMemV2-like model replayed as a CUDA graph: its step time without the host's
+    launch gaps, to set beside the roofline (the eager steps are host-bound)."""
+    _profile_and_summarize(
+        out,
+        umv2_config(),
+        GRAPH8_BATCHES,
+        "graphs8-umv2",
+        steps=2,
+        steady_seconds=1.0,
+        input_ring=8,
+        record_routing=False,
+        opcount=False,
+        cuda_graphs=True,
+    )
+
+
 def run_stage(name: str, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if name in ("moe", "umv2"):
         stage_profile(out, name)
+        return
+    if name in ("zoo", "zoo_prefill"):
+        stage_zoo(out, "decode" if name == "zoo" else "prefill")
         return
     stage = {
         "device": stage_device,
@@ -502,6 +699,8 @@ def run_stage(name: str, out: Path) -> None:
         "gpm": stage_gpm,
         "nvml": stage_nvml,
         "graphs": stage_graphs,
+        "zoo_b16": stage_zoo_b16,
+        "graphs8": stage_graphs8,
     }[name]
     stage(out)
 
@@ -606,7 +805,7 @@ def dry_run(stages: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit (any machine)")
-    p.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset, in order")
+    p.add_argument("--stages", default=",".join(DEFAULT_STAGES), help="comma-separated subset, in order")
     p.add_argument("--stage", default=None, help=argparse.SUPPRESS)  # child: run one stage
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu-checks-out")))
     p.add_argument("--work", type=Path, default=Path("/tmp/gpu-checks"), help="where stages write")

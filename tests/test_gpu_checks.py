@@ -3,6 +3,7 @@ stage (a command cut off later keeps them), a stage over its budget is stopped a
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from scripts import gpu_checks
-from traces.bundle import read_bundle
+from traces.bundle import read_bundle, write_bundle
 
 
 def test_orchestrate_packs_every_stage_and_records_a_timeout(
@@ -55,19 +56,33 @@ def test_large_results_come_back_in_parts(tmp_path: Path, monkeypatch: pytest.Mo
 def test_adopt_copies_readable_bundles_and_records_the_commands(tmp_path: Path) -> None:
     from scripts import adopt_gpu_checks
 
+    sample = read_bundle("traces/samples/bundles/moe")  # a real bundle as stand-in
     work = tmp_path / "work"
     work.mkdir()
-    shutil.copytree(Path("traces/samples/bundles/moe"), work / "moe-bundle")  # a real bundle as stand-in
+    # as profiled by an older estimator: adoption recomputes the runs' GPM columns from the NVML table
+    tables = {name: sample.table(name) for name in sample.tables}
+    tables["runs"] = tables["runs"].assign(gpm_bytes_per_step=1.0)
+    raw = {p.name.removesuffix(".gz"): p for p in sample.raw_traces}
+    meta = {k: v for k, v in sample.meta.items() if k not in ("format", "version")}
+    write_bundle(work / "moe-bundle", meta, tables, raw)
     (work / "device.json").write_text(json.dumps({"name": "NVIDIA H100 80GB HBM3", "torch": "2.11.0"}))
     (work / "summary.json").write_text(json.dumps({"stages": {"moe": {"rc": 0, "seconds": 150.2}}}))
     files_at = tmp_path / "files"
     gpu_checks.pack(work, files_at)
     dest = tmp_path / "samples"
     assert adopt_gpu_checks.main([str(files_at), "--dest", str(dest)]) == 0
-    assert read_bundle(dest / "moe").meta["runs"] == read_bundle("traces/samples/bundles/moe").meta["runs"]
+    adopted = read_bundle(dest / "moe")
+    assert adopted.meta["runs"] == sample.meta["runs"]
+    assert adopted.runs["gpm_bytes_per_step"].to_numpy() == pytest.approx(
+        sample.runs["gpm_bytes_per_step"].to_numpy()
+    )
+    for trace, original in zip(adopted.raw_traces, sample.raw_traces, strict=True):
+        events = json.loads(gzip.decompress(trace.read_bytes()))["traceEvents"]
+        before = json.loads(gzip.decompress(original.read_bytes()))["traceEvents"]
+        assert events == [e for e in before if e.get("cat") != "cpu_op"] and 1000 < len(events) < len(before)
     readme = (dest / "README.md").read_text()
     assert "bash scripts/gpu_checks.sh" in readme and "NVIDIA H100 80GB HBM3" in readme
-    assert "| moe | 0 | 150.2 |" in readme and (dest / "checks" / "device.json").is_file()
+    assert "| moe | 0 | 150.2 |" in readme and (dest / "checks" / "run1" / "device.json").is_file()
 
 
 def test_adopt_refuses_a_cut_archive_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -171,3 +186,18 @@ def test_a_stage_with_no_time_left_is_recorded_as_skipped_in_the_bundle(tmp_path
     stages = json.loads((work / "summary.json").read_text())["stages"]
     assert stages["device"]["rc"] == "skipped" and rc == 1
     assert [p.name for p in out.iterdir()] == ["gpu-checks.tar.gz"]
+
+
+@pytest.mark.parametrize(
+    ("bundle", "config"),
+    [
+        ("moe", lambda: gpu_checks.moe_config()),
+        ("umv2", lambda: gpu_checks.umv2_config()),
+        ("zoo", lambda: gpu_checks.zoo_config("decode")),
+        ("zoo-prefill", lambda: gpu_checks.zoo_config("prefill")),
+    ],
+)
+def test_the_committed_h100_bundles_hold_the_configs_this_script_builds(bundle: str, config) -> None:
+    """A change to a stage's model would leave the committed measurements describing another model."""
+    recorded = read_bundle(Path("traces/samples/h100-profiled") / bundle).meta["model"]["config"]
+    assert recorded == config().model_dump(mode="json")

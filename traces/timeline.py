@@ -55,6 +55,12 @@ MAX_UTIL_PCT = 105.0
 # GPM reports each metric over the interval between two samples (~100 ms, and it lags): a window shorter
 # than this is mostly idle time around the steps, so what it integrates is not a measurement of them
 GPM_MIN_WINDOW_S = 1.0
+# GPM values trail the GPU's activity: on the lent H100 (driver 580.159.04, 2026-11-27) a window read the
+# traffic of 0.07 s before it in one run and 0.13 s in another, the same at both edges of copy bursts
+# between idle gaps, and integrating a 0.5 s burst's own [t0, t1] found 0.85 of the bytes it copied
+# (traces/samples/h100-profiled/checks). A steady window's GPM rate is therefore taken from the rows that
+# start at least this long after it starts:
+GPM_LAG_S = 0.15
 # runs-table columns computed from GPM metrics, left NaN (not measured) for windows under GPM_MIN_WINDOW_S
 GPM_RUN_COLUMNS: tuple[str, ...] = (
     "gpm_bytes_per_step",
@@ -186,6 +192,50 @@ def integrate(timeline: pd.DataFrame, start_ns: int, end_ns: int, peak_Bps: floa
     )
 
 
+@dataclass(frozen=True)
+class SteadyGPM:
+    """GPM utilisations of a steady window, from the rows that report only its own activity."""
+
+    dram_util_pct: float | None
+    sm_util_pct: float | None
+    tensor_util_pct: float | None
+    rows: int
+
+
+def gpm_steady(timeline: pd.DataFrame, start_ns: int, end_ns: int, lag_s: float = GPM_LAG_S) -> SteadyGPM:
+    """Mean GPM utilisations over the rows [a, b) with a >= start + lag and b <= end + lag: with values
+    trailing by `lag_s`, those report the window's own activity and nothing before or after it. The
+    means are time-weighted; the steps run at one rate throughout a steady window, so the mean rate
+    times its length is its traffic (`gpm_steady_bytes`), where an integral over [start, end) would miss
+    what the lag pushes past the end (0.13 of a 1 s copy burst on the H100)."""
+    lag = np.int64(round(lag_s * 1e9))
+    a = timeline["t_start_ns"].to_numpy(dtype=np.int64)
+    b = timeline["t_end_ns"].to_numpy(dtype=np.int64)
+    inside = (a >= np.int64(start_ns) + lag) & (b <= np.int64(end_ns) + lag)
+    seconds = np.where(inside, (b - a).astype(np.float64) / 1e9, 0.0)
+
+    def mean(col: str) -> float | None:
+        return _weighted_mean(timeline[col].to_numpy(dtype=np.float64), seconds)
+
+    return SteadyGPM(
+        dram_util_pct=mean("gpm_dram_bw_util_pct"),
+        sm_util_pct=mean("gpm_sm_util_pct"),
+        tensor_util_pct=mean("gpm_tensor_util_pct"),
+        rows=int(inside.sum()),
+    )
+
+
+def gpm_steady_bytes(
+    timeline: pd.DataFrame, peak_Bps: float, start_ns: int, end_ns: int, lag_s: float = GPM_LAG_S
+) -> float | None:
+    """DRAM bytes of a steady window [start_ns, end_ns): its lag-aware GPM rate (`gpm_steady`) times its
+    length; None when no row reports only the window (shorter than the lag and one row)."""
+    util = gpm_steady(timeline, start_ns, end_ns, lag_s).dram_util_pct
+    if util is None:
+        return None
+    return util / 100.0 * peak_Bps * (end_ns - start_ns) / 1e9
+
+
 RUN_MEASUREMENT_COLUMNS: tuple[str, ...] = (
     "gpm_bytes_per_step",
     "gpm_bw_Bps",
@@ -203,27 +253,29 @@ def run_measurements(
     timeline: pd.DataFrame | None, start_ns: int, end_ns: int, steps: int, peak_Bps: float | None
 ) -> dict[str, float]:
     """The runs-table columns a timeline gives for one steady window of `steps` steps (NaN where it
-    gives nothing): GPM bytes and bandwidth, energy per step, mean power and utilisations, coverage."""
+    gives nothing): GPM bytes, bandwidth and utilisations from the lag-aware rows (`gpm_steady`), energy
+    per step, mean power and memory duty cycle over the window itself, coverage."""
     out = dict.fromkeys(RUN_MEASUREMENT_COLUMNS, float("nan"))
     if timeline is None or timeline.empty:
         return out
     st = integrate(timeline, start_ns, end_ns, peak_Bps)
+    gpm = gpm_steady(timeline, start_ns, end_ns)
 
     def val(v: float | None) -> float:
         return float("nan") if v is None else float(v)
 
     out.update(
-        mean_dram_util_pct=val(st.mean_dram_util_pct),
+        mean_dram_util_pct=val(gpm.dram_util_pct),
         mean_power_w=val(st.mean_power_w),
-        mean_sm_util_pct=val(st.mean_sm_util_pct),
-        mean_tensor_util_pct=val(st.mean_tensor_util_pct),
+        mean_sm_util_pct=val(gpm.sm_util_pct),
+        mean_tensor_util_pct=val(gpm.tensor_util_pct),
         mean_util_mem_pct=val(st.mean_util_mem_pct),
         nvml_coverage=st.covered_ns / st.window_ns if st.window_ns else float("nan"),
         energy_j_per_step=val(None if st.energy_j is None else st.energy_j / steps),
     )
-    if st.dram_bytes is not None:
-        out["gpm_bytes_per_step"] = st.dram_bytes / steps
-        out["gpm_bw_Bps"] = st.dram_bytes / ((end_ns - start_ns) / 1e9)
+    if peak_Bps is not None and gpm.dram_util_pct is not None:
+        out["gpm_bw_Bps"] = gpm.dram_util_pct / 100.0 * peak_Bps
+        out["gpm_bytes_per_step"] = out["gpm_bw_Bps"] * (end_ns - start_ns) / 1e9 / steps
     return out
 
 
