@@ -38,6 +38,22 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from profiler.child import run_group  # noqa: E402  (needs ROOT on the path; imports no torch)
+from simulator.config import (  # noqa: E402
+    AttentionConfig,
+    BlockConfig,
+    DenseFFNConfig,
+    GatedDeltaNetConfig,
+    LightningAttentionConfig,
+    Mamba2Config,
+    MambaConfig,
+    MemoryPlusConfig,
+    ModelConfig,
+    MoEConfig,
+    PEERConfig,
+    PKMConfig,
+    UltraMemConfig,
+    UltraMemV2Config,
+)
 
 BATCHES = [1, 4, 16, 64, 256, 1024, 4096]
 CONTEXT = 256  # KV entries per sequence; GQA 16q/4kv keeps batch 4096 at 17 GB of cache
@@ -90,9 +106,7 @@ DEFAULT_STAGES = ("device", "parity", "gpm", "moe", "umv2", "nvml", "graphs")
 
 
 # ------------------------------------------------------------------------------------------ models
-def moe_config(blocks: int = 8) -> Any:
-    from simulator.config import AttentionConfig, BlockConfig, ModelConfig, MoEConfig
-
+def moe_config(blocks: int = 8) -> ModelConfig:
     attn = AttentionConfig(kind="gqa", n_heads=16, n_kv_heads=4, head_dim=128)
     moe = MoEConfig(n_experts=64, top_k=8, expert_ffn=1024, activation="swiglu", router="softmax")
     return ModelConfig(
@@ -105,9 +119,7 @@ def moe_config(blocks: int = 8) -> Any:
     )
 
 
-def umv2_config(blocks: int = 8) -> Any:
-    from simulator.config import AttentionConfig, BlockConfig, DenseFFNConfig, ModelConfig, UltraMemV2Config
-
+def umv2_config(blocks: int = 8) -> ModelConfig:
     attn = AttentionConfig(kind="gqa", n_heads=16, n_kv_heads=4, head_dim=128)
     mem = UltraMemV2Config(
         knum=528,
@@ -134,27 +146,11 @@ def umv2_config(blocks: int = 8) -> Any:
     )
 
 
-def zoo_config(phase: str = "decode") -> Any:
+def zoo_config(phase: str = "decode") -> ModelConfig:
     """One block of every layer family at d_model 2048, with shapes no other stage or test uses (a
     held-out check of the cost model): each block is its own BlockConfig, so the layers are named
     block0.attn, block0.ffn, block1.attn, block1.moe, ... Prefill keeps the attention mixers (the
     reference recurrent prefills run per chunk or per token, too many kernels for one ncu pass)."""
-    from simulator.config import (
-        AttentionConfig,
-        BlockConfig,
-        DenseFFNConfig,
-        GatedDeltaNetConfig,
-        LightningAttentionConfig,
-        Mamba2Config,
-        MambaConfig,
-        MemoryPlusConfig,
-        ModelConfig,
-        MoEConfig,
-        PEERConfig,
-        PKMConfig,
-        UltraMemConfig,
-        UltraMemV2Config,
-    )
 
     gqa = AttentionConfig(kind="gqa", n_heads=32, n_kv_heads=8, head_dim=64)
     mha = AttentionConfig(kind="mha", n_heads=16, head_dim=128)
@@ -302,22 +298,6 @@ def stage_parity(out: Path) -> None:
     import torch
 
     from profiler.modules import ReferenceModel
-    from simulator.config import (
-        AttentionConfig,
-        BlockConfig,
-        DenseFFNConfig,
-        GatedDeltaNetConfig,
-        LightningAttentionConfig,
-        Mamba2Config,
-        MambaConfig,
-        MemoryPlusConfig,
-        ModelConfig,
-        MoEConfig,
-        PEERConfig,
-        PKMConfig,
-        UltraMemConfig,
-        UltraMemV2Config,
-    )
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
