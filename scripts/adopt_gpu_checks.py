@@ -10,6 +10,8 @@ DEST/{moe,umv2,graphs-*,zoo*}:
   (traces.timeline.run_measurements), so bundles profiled before an estimator change agree with later ones;
 - their raw kineto traces keep every event but the CPU-side aten ops (`cpu_op`), which are two thirds of
   the bytes and which nothing here reads from a profiled bundle (`--keep-cpu-ops` keeps them).
+- their raw kineto traces get the steady loops' NVML samples as counter tracks where they lack them
+  (profiles made before `profile` added them), as `profile` adds them now.
 Each call's check results (device facts, parity, GPM calibration and its timeline, NVML overhead, stage
 summary) go to DEST/checks/runN/, and DEST/README.md records how all of it was made: the commands, this
 checkout's commit and the device each call reported.
@@ -28,11 +30,14 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+import pandas as pd
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from simulator.errors import MemtrafficError  # noqa: E402
 from traces.bundle import Bundle, read_bundle, write_bundle  # noqa: E402
+from traces.counters import add_counter_tracks  # noqa: E402
 from traces.timeline import RUN_MEASUREMENT_COLUMNS, run_measurements  # noqa: E402
 
 BUNDLES = {
@@ -109,12 +114,27 @@ def slim_trace(gz: bytes) -> bytes:
     return gzip.compress(json.dumps(trace, separators=(",", ":")).encode(), compresslevel=9, mtime=0)
 
 
+def _with_counters(name: str, gz: bytes, nvml: pd.DataFrame, peak: float | None, until_ns: int) -> bytes:
+    """The trace with the NVML rows from its first event to `until_ns` as counter tracks, unless it
+    has them already (profiles made since they are added at profile time, imported bundles)."""
+    if any(e.get("ph") == "C" for e in json.loads(gzip.decompress(gz)).get("traceEvents", [])):
+        return gz
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / name, Path(tmp) / f"counters-{name}"
+        src.write_bytes(gz)
+        add_counter_tracks(src, dst, nvml, peak, until_ns)
+        return dst.read_bytes()
+
+
 def rewrite_bundle(src: Bundle, target: Path, keep_cpu_ops: bool) -> None:
-    """`src` written to `target` (atomically) with its runs' NVML columns recomputed and its raw traces
-    slimmed unless `keep_cpu_ops`."""
+    """`src` written to `target` (atomically) with its runs' NVML columns recomputed, the steady loops'
+    NVML samples as counter tracks of its raw traces, and those slimmed unless `keep_cpu_ops`."""
     tables = {name: src.table(name) for name in src.tables}
     runs, nvml = tables.get("runs"), tables.get("nvml")
     peak = src.meta["device"].get("peak_hbm_Bps")
+    raw = {p.name: p.read_bytes() for p in src.raw_traces}
+    if not keep_cpu_ops:
+        raw = {name: slim_trace(data) for name, data in raw.items()}
     if runs is not None and nvml is not None and not nvml.empty:
         fresh = [
             run_measurements(nvml, int(r.steady_start_ns), int(r.steady_end_ns), int(r.steps), peak)
@@ -122,16 +142,17 @@ def rewrite_bundle(src: Bundle, target: Path, keep_cpu_ops: bool) -> None:
         ]
         for col in RUN_MEASUREMENT_COLUMNS:
             runs[col] = [f[col] for f in fresh]
-    raw = {p.name.removesuffix(".gz"): p.read_bytes() for p in src.raw_traces}
-    if not keep_cpu_ops:
-        raw = {name: slim_trace(data) for name, data in raw.items()}
+        for run in src.meta["runs"]:
+            name = Path(run.get("kineto") or "").name
+            if name in raw:
+                raw[name] = _with_counters(name, raw[name], nvml, peak, int(run["steady_end_ns"]))
     meta = {k: v for k, v in src.meta.items() if k not in ("format", "version")}
     meta["extra"] = {
         **meta.get("extra", {}),
-        "adopted": "runs' NVML columns recomputed by traces.timeline.run_measurements"
-        + ("" if keep_cpu_ops else "; cpu_op events dropped from raw/"),
+        "adopted": "runs' NVML columns recomputed by traces.timeline.run_measurements; NVML counter tracks"
+        + (" in raw/" if keep_cpu_ops else " in raw/, its cpu_op events dropped"),
     }
-    write_bundle(target, meta, tables, raw)
+    write_bundle(target, meta, tables, {name.removesuffix(".gz"): data for name, data in raw.items()})
 
 
 def adopt(calls: list[Path], dest: Path, keep_cpu_ops: bool = False) -> list[str]:

@@ -8,6 +8,7 @@ The `zoo` bundles hold one block of every layer family with shapes no other test
 
 from __future__ import annotations
 
+import gzip
 import json
 from functools import cache
 from pathlib import Path
@@ -166,3 +167,19 @@ def test_a_cuda_graph_removes_the_host_gaps_of_the_eager_step() -> None:
     kernel_s = runs["kernel_time_ns_per_step"] * 1e-9
     assert ((graph_s / kernel_s).between(0.9, 1.2)).all()
     assert runs.loc[1, "us_per_step"] > 5 * runs.loc[1, "us_per_step_graph"]
+
+
+def test_the_raw_traces_show_the_steady_loops_bandwidth_under_their_kernels() -> None:
+    """Each profiled trace carries its batch's NVML samples as counter tracks (Perfetto), from its first
+    event to the end of its steady loop, on the trace's own time base."""
+    b = read_bundle(SAMPLES / "umv2")
+    for run in b.meta["runs"]:
+        trace = json.loads(gzip.decompress((SAMPLES / "umv2" / run["kineto"]).read_bytes()))
+        base = trace["baseTimeNanoseconds"]
+        counters = [e for e in trace["traceEvents"] if e.get("ph") == "C"]
+        dram = [e for e in counters if e["name"] == "GPM DRAM bandwidth (%)"]
+        wall = [e["ts"] * 1000 + base for e in dram]
+        a, z = b.nvml["t_start_ns"], b.nvml["t_end_ns"]
+        steady = b.nvml[(a >= run["steady_start_ns"]) & (z <= run["steady_end_ns"])]
+        assert len(dram) >= len(steady) >= 8
+        assert max(wall) < run["steady_end_ns"] and min(wall) < run["steady_start_ns"] + 2e8

@@ -464,3 +464,44 @@ def test_graph_refusal_is_remembered_and_other_failures_cost_one_batch(
             raise RuntimeError("capture invalidated")  # noqa: B904 (the implicit context is the point)
     except RuntimeError as exc:
         assert _root_cause(exc).startswith("CPU tensor copy during capture at test_profile_run.py:")
+
+
+def test_the_steady_loops_nvml_samples_become_counter_tracks_of_the_trace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """profile_batch with NVML (a scripted sampler: the CPU has none) writes the steady loop's samples
+    into the raw trace as counter events after its traced steps, none past the loop's end."""
+    import pandas as pd
+
+    import profiler.batch as batch_mod
+    import profiler.steady as steady
+    from traces.timeline import TIMELINE_COLUMNS
+
+    t0 = time.time_ns() - 10**9
+    starts = [t0 + i * 10**8 for i in range(200)]  # 20 s of 100 ms windows around the run
+    timeline = pd.DataFrame({c: [0.0] * len(starts) for c in TIMELINE_COLUMNS})
+    timeline["t_start_ns"], timeline["t_end_ns"] = starts, [s + 10**8 for s in starts]
+    timeline["gpm_dram_bw_util_pct"] = [float(i % 50) for i in range(len(starts))]
+
+    class ScriptedSampler:
+        errors: list[str] = []
+
+        def stop(self) -> pd.DataFrame:
+            return timeline
+
+    monkeypatch.setattr(steady, "_start_sampler", lambda device, interval, notes: ScriptedSampler())
+    target = run.reference_target(moe_model(), "decode", 16, torch.device("cpu"), "fp32")
+    opts = batch_mod.SweepOptions(
+        "decode", 16, 2, 1, 0.2, 2, False, True, 0.1, torch.device("cpu"), 3.35e12, tmp_path
+    )
+    result = batch_mod.profile_batch(target, 2, opts)
+    trace = json.loads(gzip.decompress(result.trace_gz.read_bytes()))
+    base = trace["baseTimeNanoseconds"]
+    dram = [e for e in trace["traceEvents"] if e.get("ph") == "C" and e["name"] == "GPM DRAM bandwidth (%)"]
+    first = min(e["ts"] for e in trace["traceEvents"] if e.get("ph") == "X") * 1000 + base
+    end = result.run["steady_end_ns"]
+    # every window from the first traced event to the steady loop's end, each once, with its value
+    want = timeline[(timeline["t_end_ns"] > first) & (timeline["t_start_ns"] < end)]
+    assert len(dram) == len(want) >= 2
+    assert [e["args"]["value"] for e in dram] == want["gpm_dram_bw_util_pct"].tolist()
+    assert max(e["ts"] for e in dram) * 1000 + base < end

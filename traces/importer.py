@@ -35,8 +35,8 @@ from traces.attribution import (
     step_ranges,
 )
 from traces.bundle import check_bundle_destination, write_bundle
+from traces.counters import device_pid
 from traces.kineto import (
-    DEVICE_CATEGORIES,
     KinetoTrace,
     TruncatedTraceError,
     inject_events,
@@ -448,7 +448,7 @@ def import_traces(
             extra: list[dict[str, Any]] = []
             span = imp.trace.span_ns
             if timeline is not None and span is not None:
-                extra = counter_events(timeline, imp.base_ns, span, _device_pid(imp.trace), peak)
+                extra = counter_events(timeline, imp.base_ns, span, device_pid(imp.trace), peak)
             inject_events(imp.path, dst, extra)
             raw[name] = dst
             run["kineto"] = f"raw/{name}"
@@ -570,13 +570,6 @@ def _salvaged_run_row(
     except TraceError as exc:
         problems.append(str(exc))
         return _run_row(imp, None, peak, nvml_name)
-
-
-def _device_pid(trace: KinetoTrace) -> int:
-    """pid of the GPU process in the trace (where kernels are), so counters show under the kernels."""
-    ev = trace.events
-    dev = ev[ev["cat"].isin(DEVICE_CATEGORIES)]
-    return int(dev["pid"].mode().iloc[0]) if len(dev) else 0
 
 
 def _meta(
