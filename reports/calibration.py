@@ -3,7 +3,8 @@
 Each layer of a kind is modelled as measured kernel time = overhead + predicted ideal bytes /
 (peak HBM bandwidth x efficiency): a least-squares line through its (bytes, time) points over batch
 sizes, so a fixed cost that does not scale with bytes (kernel launches, small-kernel tails) is not
-mistaken for low bandwidth. When the bytes do not vary enough to fit a line (one batch size, or time
+mistaken for low bandwidth. Only the points the roofline calls memory-bound enter the fit (a kind with
+none keeps all): a compute-bound GEMM's time is no measure of bandwidth. When the bytes do not vary enough to fit a line (one batch size, or time
 not growing with bytes) the kind gets the median achieved share of peak and no overhead. Efficiency is
 clipped to (0, 1.5]; above 1 means the layer moved fewer bytes than predicted (L2 reuse), not that HBM ran
 faster than peak. `simulate(..., efficiency=cal, overhead=cal.overhead_s)` applies both; the whole-step
@@ -97,6 +98,11 @@ def fit_kind(bytes_: np.ndarray, seconds: np.ndarray, peak_Bps: float) -> tuple[
 def calibration_from_layers(layers: pd.DataFrame, peak_Bps: float) -> Calibration:
     """Fit every kind from per-layer rows (kind, pred_bytes_ideal, meas_kernel_s) over batch sizes."""
     df = layers.dropna(subset=["kind", "pred_bytes_ideal", "meas_kernel_s"])
+    if "bound" in df:
+        # a bandwidth efficiency comes from the points bandwidth limits: a compute-bound GEMM's time
+        # (a dense FFN at thousands of tokens) is no measure of it. A kind with none keeps them all.
+        memory = df["bound"] == "memory"
+        df = df[memory | ~df["kind"].isin(df.loc[memory, "kind"].unique())]
     eff: dict[str, float] = {}
     overhead: dict[str, float] = {}
     for kind, g in df.groupby("kind", sort=False):
