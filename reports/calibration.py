@@ -4,11 +4,12 @@ Each layer of a kind is modelled as measured kernel time = overhead + predicted 
 (peak HBM bandwidth x efficiency): a least-squares line through its (bytes, time) points over batch
 sizes, so a fixed cost that does not scale with bytes (kernel launches, small-kernel tails) is not
 mistaken for low bandwidth. Only the points the roofline calls memory-bound enter the fit (a kind with
-none keeps all): a compute-bound GEMM's time is no measure of bandwidth. When the bytes do not vary enough to fit a line (one batch size, or time
-not growing with bytes) the kind gets the median achieved share of peak and no overhead. Efficiency is
-clipped to (0, 1.5]; above 1 means the layer moved fewer bytes than predicted (L2 reuse), not that HBM ran
-faster than peak. `simulate(..., efficiency=cal, overhead=cal.overhead_s)` applies both; the whole-step
-value ("step", from the kernel-time sum per step) is informational.
+none keeps all): a compute-bound GEMM's time is no measure of bandwidth. When the bytes do not vary
+enough to fit a line (one batch size, or time not growing with bytes) the kind gets the median achieved
+share of peak and no overhead. Efficiency is clipped to (0, 1.5]; above 1 means the layer moved fewer
+bytes than predicted (L2 reuse), not that HBM ran faster than peak. `simulate(..., efficiency=cal,
+overhead=cal.overhead_s)` applies both; the whole-step value ("step", from the kernel-time sum per
+step) is informational.
 """
 
 from __future__ import annotations
