@@ -248,6 +248,22 @@ def _gpt_oss(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
     ]
 
 
+def _v3_style_moe(r: Reader, n_shared: int, n_group: int | None) -> MoEConfig:
+    """DeepSeek-V3's MoE as GLM-4.5 and dots.llm1 write it (each with its own defaults for the counts):
+    routed experts of `moe_intermediate_size`, the shared ones fused into one MLP of n_shared x that width,
+    a sigmoid router with its selection bias (e_score_correction_bias), group-limited routing."""
+    return _moe(
+        r,
+        "n_routed_experts",
+        "moe_intermediate_size",
+        n_shared_experts=n_shared,
+        shared_ffn=n_shared * r.need_int("moe_intermediate_size"),
+        router="sigmoid",
+        router_bias=True,
+        **_group_limit(r, n_group),
+    )
+
+
 def _glm4_moe(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
     """GLM-4.5: biased q/k/v (`attention_bias`), never o; a query width of heads x head_dim that need not
     be hidden_size; dense layers below `first_k_dense_replace`, then MoE with one shared MLP of
@@ -256,17 +272,7 @@ def _glm4_moe(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
     runs and is left out, as are the q/k norms (norm weights)."""
     bias = r.opt_bool("attention_bias", False)
     attn = attention_config(r, d, qkv_bias=bias, o_bias=False)
-    n_shared = r.opt_int("n_shared_experts", 1) or 0
-    moe = _moe(
-        r,
-        "n_routed_experts",
-        "moe_intermediate_size",
-        n_shared_experts=n_shared,
-        shared_ffn=n_shared * r.need_int("moe_intermediate_size"),
-        router="sigmoid",
-        router_bias=True,
-        **_group_limit(r, r.opt_int("n_group", 1)),
-    )
+    moe = _v3_style_moe(r, r.opt_int("n_shared_experts", 1) or 0, r.opt_int("n_group", 1))
     first_dense = r.opt_int("first_k_dense_replace", 1) or 0
     return _mixed_blocks(r, [attn] * n_layers, [i >= first_dense for i in range(n_layers)], moe)
 
@@ -464,17 +470,7 @@ def _dots1(r: Reader, d: int, n_layers: int) -> list[BlockConfig]:
     attention with per-head q/k norms (norm weights), hidden/heads per head."""
     bias = r.opt_bool("attention_bias", False)
     attn = attention_config(r, d, qkv_bias=bias, o_bias=bias)
-    n_shared = r.opt_count("n_shared_experts", 0)
-    moe = _moe(
-        r,
-        "n_routed_experts",
-        "moe_intermediate_size",
-        n_shared_experts=n_shared,
-        shared_ffn=n_shared * r.need_int("moe_intermediate_size"),
-        router="sigmoid",
-        router_bias=True,  # e_score_correction_bias
-        **_group_limit(r, r.opt_int("n_group", None)),
-    )
+    moe = _v3_style_moe(r, r.opt_count("n_shared_experts", 0), r.opt_int("n_group", None))
     first_dense = r.opt_count("first_k_dense_replace", 0)
     return _mixed_blocks(r, [attn] * n_layers, [i >= first_dense for i in range(n_layers)], moe)
 
