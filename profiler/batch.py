@@ -21,7 +21,6 @@ from profiler.graphs import graph_step_us
 from profiler.steady import runs_row, sampled_steady_loop
 from profiler.target import Target, sync
 from simulator.errors import MeasurementUnavailable
-from traces.counters import add_counter_tracks
 
 
 @dataclass
@@ -99,12 +98,9 @@ def profile_batch(
         )
         graph_us = _graph_step_us(target, ring, opts, batch, notes) if opts.cuda_graphs else None
     gz = opts.tmp / f"b{batch}.json.gz"
-    tables = trace_tables(raw, gz, batch, opts.steps, dev, target.layer_pattern)
-    if window.nvml is not None and not window.nvml.empty:
-        # the steady loop's NVML samples under the traced kernels, on the same wall-clock axis (Perfetto)
-        with_counters = opts.tmp / f"b{batch}.counters.json.gz"
-        add_counter_tracks(gz, with_counters, window.nvml, opts.peak_hbm_Bps, window.end_ns)
-        with_counters.replace(gz)
+    tables = trace_tables(
+        raw, gz, batch, opts.steps, dev, target.layer_pattern, window.nvml, window.end_ns, opts.peak_hbm_Bps
+    )
     row = runs_row(
         batch, window, opts.peak_hbm_Bps, tables.kernel_time_ns, tables.n_kernels, opts.steps, opts.input_ring
     )

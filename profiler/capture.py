@@ -24,7 +24,8 @@ from profiler.modules import RoutingRecorder, layer_range
 from profiler.session import torch_profile
 from profiler.target import Target, sync
 from traces.attribution import _group_key, attribute, innermost, layer_ranges, layer_table, step_ranges
-from traces.kineto import read_kineto, write_gzip_copy
+from traces.counters import counter_tracks
+from traces.kineto import inject_events, read_kineto
 
 ROUTING_MAX_ROWS = 2_000_000  # per batch size: routing rows kept (whole steps) before the cap
 LAYER_COLUMNS = [
@@ -84,11 +85,22 @@ class TraceTables:
 
 
 def trace_tables(
-    trace_json: Path, gz: Path, batch: int, steps: int, device: torch.device, layer_pattern: str
+    trace_json: Path,
+    gz: Path,
+    batch: int,
+    steps: int,
+    device: torch.device,
+    layer_pattern: str,
+    nvml: pd.DataFrame | None = None,
+    until_ns: int | None = None,
+    peak_Bps: float | None = None,
 ) -> TraceTables:
-    """Gzip the trace into `gz` (removing `trace_json`) and attribute it to layers; `steps` profiled."""
-    write_gzip_copy(trace_json, gz)
+    """Gzip the trace into `gz` (removing `trace_json`) and attribute it to layers; `steps` profiled.
+    NVML samples given (the steady loop's, which ends at `until_ns`) go into `gz` as counter tracks, on
+    the kernels' time axis (Perfetto)."""
     trace = read_kineto(trace_json, with_ops=device.type != "cuda")
+    extra = [] if nvml is None else counter_tracks(trace, nvml, peak_Bps, until_ns)
+    inject_events(trace_json, gz, extra)
     trace_json.unlink()
     base = trace.base_time_ns or 0
     if device.type != "cuda":

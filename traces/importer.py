@@ -35,7 +35,7 @@ from traces.attribution import (
     step_ranges,
 )
 from traces.bundle import check_bundle_destination, write_bundle
-from traces.counters import device_pid
+from traces.counters import counter_tracks
 from traces.kineto import (
     KinetoTrace,
     TruncatedTraceError,
@@ -45,7 +45,6 @@ from traces.kineto import (
 from traces.timeline import (
     GPM_MIN_WINDOW_S,
     GPM_RUN_COLUMNS,
-    counter_events,
     read_timeline,
     run_measurements,
 )
@@ -445,10 +444,7 @@ def import_traces(
             if name in raw:  # same file name from two folders
                 name = f"b{imp.batch}_{name}"
             dst = Path(tmpdir) / name
-            extra: list[dict[str, Any]] = []
-            span = imp.trace.span_ns
-            if timeline is not None and span is not None:
-                extra = counter_events(timeline, imp.base_ns, span, device_pid(imp.trace), peak)
+            extra = counter_tracks(imp.trace, timeline, peak) if timeline is not None else []
             inject_events(imp.path, dst, extra)
             raw[name] = dst
             run["kineto"] = f"raw/{name}"
