@@ -199,7 +199,6 @@ class SteadyGPM:
     dram_util_pct: float | None
     sm_util_pct: float | None
     tensor_util_pct: float | None
-    rows: int
 
 
 def gpm_steady(timeline: pd.DataFrame, start_ns: int, end_ns: int, lag_s: float = GPM_LAG_S) -> SteadyGPM:
@@ -221,7 +220,6 @@ def gpm_steady(timeline: pd.DataFrame, start_ns: int, end_ns: int, lag_s: float 
         dram_util_pct=mean("gpm_dram_bw_util_pct"),
         sm_util_pct=mean("gpm_sm_util_pct"),
         tensor_util_pct=mean("gpm_tensor_util_pct"),
-        rows=int(inside.sum()),
     )
 
 
