@@ -9,9 +9,9 @@ DEST/{moe,umv2,graphs-*,zoo*}:
 - their runs' NVML columns are recomputed from their own NVML table by this checkout's estimator
   (traces.timeline.run_measurements), so bundles profiled before an estimator change agree with later ones;
 - their raw kineto traces keep every event but the CPU-side aten ops (`cpu_op`), which are two thirds of
-  the bytes and which nothing here reads from a profiled bundle (`--keep-cpu-ops` keeps them).
-- their raw kineto traces get the steady loops' NVML samples as counter tracks where they lack them
-  (profiles made before `profile` added them), as `profile` adds them now.
+  the bytes and which nothing here reads from a profiled bundle (`--keep-cpu-ops` keeps them), and get
+  the steady loops' NVML samples as counter tracks where they lack them (profiles made before `profile`
+  added them).
 Each call's check results (device facts, parity, GPM calibration and its timeline, NVML overhead, stage
 summary) go to DEST/checks/runN/, and DEST/README.md records how all of it was made: the commands, this
 checkout's commit and the device each call reported.

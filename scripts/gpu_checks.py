@@ -543,13 +543,21 @@ def stage_profile(out: Path, which: str) -> None:
     )
 
 
-def stage_zoo(out: Path, phase: str) -> None:
+ZOO_STAGES = {  # stage -> (phase, batches, ncu batches)
+    "zoo": ("decode", ZOO_BATCHES, ZOO_NCU),
+    "zoo_b16": ("decode", [16], [16]),
+    "zoo_prefill": ("prefill", ZOO_PREFILL_BATCHES, ZOO_PREFILL_NCU),
+}
+
+
+def stage_zoo(out: Path, stage: str) -> None:
+    phase, batches, ncu_batches = ZOO_STAGES[stage]
     decode = phase == "decode"
     _profile_and_summarize(
         out,
         zoo_config(phase),
-        ZOO_BATCHES if decode else ZOO_PREFILL_BATCHES,
-        "zoo" if decode else "zoo_prefill",
+        batches,
+        stage,
         phase=phase,
         context=CONTEXT if decode else ZOO_PROMPT,
         steps=3 if decode else 2,
@@ -557,9 +565,9 @@ def stage_zoo(out: Path, phase: str) -> None:
         input_ring=8,
         ncu=True,
         record_routing=True,
-        ncu_batches=ZOO_NCU if decode else ZOO_PREFILL_NCU,
+        ncu_batches=ncu_batches,
         ncu_steps=1,
-        ncu_timeout_s=STAGES["zoo" if decode else "zoo_prefill"][0],
+        ncu_timeout_s=STAGES[stage][0],
         ncu_deadline=_stage_deadline(),
         routing_max_rows=100_000,
     )
@@ -629,25 +637,6 @@ def stage_graphs(out: Path) -> None:
         )
 
 
-def stage_zoo_b16(out: Path) -> None:
-    _profile_and_summarize(
-        out,
-        zoo_config("decode"),
-        [16],
-        "zoo_b16",
-        steps=3,
-        steady_seconds=1.0,
-        input_ring=8,
-        ncu=True,
-        record_routing=True,
-        ncu_batches=[16],
-        ncu_steps=1,
-        ncu_timeout_s=STAGES["zoo_b16"][0],
-        ncu_deadline=_stage_deadline(),
-        routing_max_rows=100_000,
-    )
-
-
 def stage_graphs8(out: Path) -> None:
     """The whole UltraMemV2-like model replayed as a CUDA graph: its step time without the host's
     launch gaps, to set beside the roofline (the eager steps are host-bound)."""
@@ -670,8 +659,8 @@ def run_stage(name: str, out: Path) -> None:
     if name in ("moe", "umv2"):
         stage_profile(out, name)
         return
-    if name in ("zoo", "zoo_prefill"):
-        stage_zoo(out, "decode" if name == "zoo" else "prefill")
+    if name in ZOO_STAGES:
+        stage_zoo(out, name)
         return
     stage = {
         "device": stage_device,
@@ -679,7 +668,6 @@ def run_stage(name: str, out: Path) -> None:
         "gpm": stage_gpm,
         "nvml": stage_nvml,
         "graphs": stage_graphs,
-        "zoo_b16": stage_zoo_b16,
         "graphs8": stage_graphs8,
     }[name]
     stage(out)
